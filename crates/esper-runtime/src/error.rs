@@ -1,0 +1,55 @@
+//! The runtime's error type.
+
+use std::path::PathBuf;
+
+/// Result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can stop the runtime from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {detail}")]
+    ParseConfig {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        detail: String,
+    },
+    /// A key is unknown, has the wrong type, or is out of range.
+    #[error("config key `{key}`: {detail}")]
+    ConfigKey {
+        /// Full dotted key, e.g. `leyline.security.nonce_ttl_s`.
+        key: String,
+        /// What is wrong, and where the value came from.
+        detail: String,
+    },
+    /// An `ESPER_*` environment variable is malformed or unknown.
+    #[error("environment variable {var}: {detail}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The signing secret could not be obtained.
+    #[error("signing secret ({source_desc}): {detail}")]
+    Secret {
+        /// Where it was to come from.
+        source_desc: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A contract-level failure.
+    #[error(transparent)]
+    Leyline(#[from] leyline::Error),
+}

@@ -1,0 +1,19 @@
+//! esper-runtime: the thin layer that turns one configuration into a running Esper.
+//!
+//! It resolves the configuration once ([`config::load`]: one `esper.toml` plus
+//! `ESPER_*` environment overrides, unknown keys and out-of-range values rejected
+//! with the key named), hands each crate its typed section, and provides the
+//! `esper` command-line program. Nothing below it reads the environment.
+//!
+//! Today the program resolves configuration and runs the contract self-check
+//! ([`selfcheck`]); training, the Urza service and the other subcommands arrive
+//! with the subsystems that implement them.
+
+#![deny(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod selfcheck;
+
+pub use config::{EsperConfig, Resolved, RunConfig};
+pub use error::{Error, Result};

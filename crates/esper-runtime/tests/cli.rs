@@ -1,0 +1,103 @@
+//! The `esper` binary as an operator runs it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Output};
+
+fn esper(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_esper"));
+    cmd.args(args);
+    // Start from a clean ESPER_* environment so the developer's shell cannot leak in.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ESPER_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn check_passes_with_defaults() {
+    let out = esper(&["check"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("5 checks, 5 passed, 0 failed"), "{t}");
+    assert!(
+        t.contains("lifecycle table") && t.contains("verification latency"),
+        "{t}"
+    );
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let out = esper(&["--help"], &[]);
+    assert!(out.status.success());
+    let t = text(&out);
+    assert!(t.contains("check") && t.contains("config"), "{t}");
+}
+
+#[test]
+fn unknown_config_key_fails_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("esper.toml");
+    std::fs::write(&path, "[leyline.limits]\nmax_mesh_layer = 3\n").unwrap();
+    let out = esper(&["--config", path.to_str().unwrap(), "check"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("leyline.limits.max_mesh_layer"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_env_value_fails_naming_the_key_and_variable() {
+    let out = esper(&["config"], &[("ESPER_LEYLINE__LIMITS__MAX_RETRIES", "0")]);
+    assert_eq!(out.status.code(), Some(2));
+    let t = text(&out);
+    assert!(
+        t.contains("leyline.limits.max_retries")
+            && t.contains("ESPER_LEYLINE__LIMITS__MAX_RETRIES"),
+        "{t}"
+    );
+}
+
+#[test]
+fn config_prints_the_resolved_values_and_never_a_secret() {
+    let key = "aa".repeat(32);
+    let out = esper(
+        &["config"],
+        &[
+            ("ESPER_RUN__SEED", "11"),
+            ("ESPER_LEYLINE__SECURITY__SECRET__SOURCE", "env"),
+            ("ESPER_LEYLINE__SECURITY__SECRET__VAR", "ESPER_SECRET"),
+            ("ESPER_SECRET", &key),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("seed = 11"), "{t}");
+    assert!(t.contains("ESPER_SECRET") && !t.contains(&key), "{t}");
+}
+
+#[test]
+fn missing_secret_is_a_startup_error() {
+    let out = esper(
+        &["check"],
+        &[
+            ("ESPER_LEYLINE__SECURITY__SECRET__SOURCE", "file"),
+            ("ESPER_LEYLINE__SECURITY__SECRET__PATH", "/nonexistent/key"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("signing secret"), "{}", text(&out));
+}

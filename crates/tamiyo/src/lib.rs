@@ -1,0 +1,24 @@
+//! Tamiyo: the controller that reads training state and decides when, where and
+//! what to grow — heuristic and learned policies behind one step API, a separate
+//! risk engine, and field reports (DESIGN §6).
+//!
+//! **Status:** this crate is not built yet (issue #8). It holds only its
+//! documentation and its [`Error`] type, so that the workspace has its final shape
+//! and every subsystem can already name the error it will return.
+
+#![deny(missing_docs)]
+
+/// Result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The requested feature is not implemented yet; the message names the issue
+    /// that tracks it.
+    #[error("{feature} is not implemented yet (issue #8)")]
+    NotImplemented {
+        /// What was asked for.
+        feature: &'static str,
+    },
+}
