@@ -52,4 +52,7 @@ pub enum Error {
     /// A contract-level failure.
     #[error(transparent)]
     Leyline(#[from] leyline::Error),
+    /// Training failed.
+    #[error(transparent)]
+    Tolaria(#[from] tolaria::Error),
 }

@@ -5,9 +5,10 @@
 //! with the key named), hands each crate its typed section, and provides the
 //! `esper` command-line program. Nothing below it reads the environment.
 //!
-//! Today the program resolves configuration and runs the contract self-check
-//! ([`selfcheck`]); training, the Urza service and the other subcommands arrive
-//! with the subsystems that implement them.
+//! Today the program resolves configuration, runs the contract self-check
+//! ([`selfcheck`]) and trains a reference host on the bundled MNIST subset with
+//! every slot dormant (`esper train`); growth, the Urza service and the other
+//! subcommands arrive with the subsystems that implement them.
 
 #![deny(missing_docs)]
 

@@ -27,6 +27,9 @@ enum Command {
     Check,
     /// Print the resolved configuration as TOML (secrets are never printed).
     Config,
+    /// Train the configured reference host (every slot dormant until Kasmina's
+    /// seeds arrive), reporting each epoch.
+    Train,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", resolved.config.to_toml()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Train => train(&resolved),
         Command::Check => {
             println!(
                 "esper {} — contract self-check (run {})",
@@ -69,4 +73,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
+    let config = resolved.config.tolaria.clone();
+    let seed = resolved.config.run.seed;
+    let mut trainer = tolaria::Trainer::new(config.clone(), seed).context("setting up training")?;
+    let params: usize = trainer
+        .host()
+        .parameters()
+        .iter()
+        .map(|p| p.var.elem_count())
+        .sum();
+    let (train, validation) = trainer.dataset_sizes();
+    println!(
+        "esper train: run {} | host {} ({params} parameters, slots {}) | {train} train / {validation} validation images | {} epochs of batch {} on {:?} | seed {seed}",
+        resolved.run_id,
+        trainer.host().name(),
+        trainer
+            .host()
+            .slots()
+            .iter()
+            .map(|s| format!("{}{:?}", s.id, s.feature_shape))
+            .collect::<Vec<_>>()
+            .join(" "),
+        config.epochs,
+        config.batch_size,
+        config.device,
+    );
+    let reports = trainer
+        .run(|r| {
+            println!(
+                "epoch {:>3} | step {:>6} | train loss {:.4} acc {:6.2}% | validation loss {:.4} acc {:6.2}% | {:>6.0} img/s | {:.1} s",
+                r.epoch,
+                r.global_step,
+                r.train_loss,
+                100.0 * r.train_accuracy,
+                r.validation.loss,
+                100.0 * r.validation.accuracy,
+                r.train_images_per_second,
+                r.seconds
+            )
+        })
+        .context("training")?;
+    if let Some(last) = reports.last() {
+        println!(
+            "esper train: done — validation accuracy {:.2}% after {} steps",
+            100.0 * last.validation.accuracy,
+            last.global_step
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

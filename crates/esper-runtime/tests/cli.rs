@@ -101,3 +101,33 @@ fn missing_secret_is_a_startup_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("signing secret"), "{}", text(&out));
 }
+
+#[test]
+fn train_runs_a_short_real_training_and_reports_each_epoch() {
+    let out = esper(
+        &["train"],
+        &[
+            ("ESPER_TOLARIA__HOST", "mlp"),
+            ("ESPER_TOLARIA__EPOCHS", "2"),
+            ("ESPER_TOLARIA__TRAIN_SIZE", "1024"),
+            ("ESPER_RUN__SEED", "5"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("host mlp") && t.contains("1024 train / 8976 validation"),
+        "{t}"
+    );
+    assert!(
+        t.contains("epoch   1") && t.contains("epoch   2") && t.contains("done"),
+        "{t}"
+    );
+}
+
+#[test]
+fn train_rejects_an_unknown_host_before_starting() {
+    let out = esper(&["train"], &[("ESPER_TOLARIA__HOST", "resnet")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("tolaria.host"), "{}", text(&out));
+}

@@ -1,24 +1,25 @@
-//! Tolaria: the training orchestrator — loop driver, control hook, datasets,
-//! reference hosts, optimizers and LR schedules, rollback and checkpoints,
-//! governor and emergency controller (DESIGN §7).
+//! Tolaria: the training orchestrator — loop driver, datasets, reference hosts,
+//! optimizers and learning-rate schedules (DESIGN §7).
 //!
-//! **Status:** this crate is not built yet (issue #3). It holds only its
-//! documentation and its [`Error`] type, so that the workspace has its final shape
-//! and every subsystem can already name the error it will return.
+//! **Status (issue #3, in progress):** built are the data layer ([`data`]: MNIST
+//! IDX and CIFAR-10 loaders, the bundled 10 000-digit MNIST subset, seeded
+//! shuffling, prefetched batches), the reference hosts ([`hosts`]: `mlp`, `cnn`,
+//! `cnn-impaired`, seeded initialisation), our own optimizers ([`optim`]: AdamW and
+//! SGD with momentum, parameter groups, state keyed by parameter name), the
+//! learning-rate controller ([`lr`]) and the training loop with a real validation
+//! pass ([`Trainer`]). Still to come: checkpoints and rollback, the governor, the
+//! emergency controller and the control hook.
 
 #![deny(missing_docs)]
 
-/// Result with [`Error`].
-pub type Result<T> = std::result::Result<T, Error>;
+mod config;
+pub mod data;
+mod error;
+pub mod hosts;
+pub mod lr;
+pub mod optim;
+mod trainer;
 
-/// Everything that can go wrong in this crate.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The requested feature is not implemented yet; the message names the issue
-    /// that tracks it.
-    #[error("{feature} is not implemented yet (issue #3)")]
-    NotImplemented {
-        /// What was asked for.
-        feature: &'static str,
-    },
-}
+pub use config::{Config, OptimizerConfig, OptimizerKindConfig};
+pub use error::{Error, Result};
+pub use trainer::{EpochReport, Trainer, Validation};

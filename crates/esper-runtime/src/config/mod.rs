@@ -35,6 +35,8 @@ pub struct EsperConfig {
     pub run: RunConfig,
     /// Contracts: message security, limits, budgets.
     pub leyline: leyline::Config,
+    /// Training: host, data, optimizer, learning-rate schedule.
+    pub tolaria: tolaria::Config,
 }
 
 /// Identity and seed of the run.
@@ -93,6 +95,10 @@ impl EsperConfig {
         self.leyline.validate("leyline").map_err(|e| match e {
             leyline::Error::Config { key, detail } => Error::ConfigKey { key, detail },
             other => Error::Leyline(other),
+        })?;
+        self.tolaria.validate("tolaria").map_err(|e| match e {
+            tolaria::Error::Config { key, detail } => Error::ConfigKey { key, detail },
+            other => Error::Tolaria(other),
         })
     }
 

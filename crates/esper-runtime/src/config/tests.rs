@@ -47,9 +47,13 @@ fn unknown_keys_are_rejected_with_the_key_named() {
     let (key, _) = key_error(load(Some(file.path()), &env(&[])));
     assert_eq!(key, "leyline.security.nonce_ttl");
 
-    let file = write("[tolaria]\nepochs = 5\n");
+    let file = write("[tolaria]\nepoch = 5\n");
     let (key, _) = key_error(load(Some(file.path()), &env(&[])));
-    assert_eq!(key, "tolaria");
+    assert_eq!(key, "tolaria.epoch");
+
+    let file = write("[kasmina]\nembargo = 5\n");
+    let (key, _) = key_error(load(Some(file.path()), &env(&[])));
+    assert_eq!(key, "kasmina");
 
     let (key, detail) = key_error(load(None, &env(&[("ESPER_RUN__SEEED", "1")])));
     assert_eq!(key, "run.seeed");

@@ -1,0 +1,31 @@
+//! The crate's error type.
+
+/// Result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in Kasmina.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The requested feature is not implemented yet; the message names the issue
+    /// that tracks it.
+    #[error("{feature} is not implemented yet (issue #7)")]
+    NotImplemented {
+        /// What was asked for.
+        feature: &'static str,
+    },
+    /// A host passed a slot an activation whose shape is not the declared one.
+    #[error(
+        "slot {slot}: activation shape {actual:?} does not match the declared [N, {expected:?}]"
+    )]
+    SlotShape {
+        /// Slot id.
+        slot: String,
+        /// Declared feature shape (without the batch dimension).
+        expected: Vec<usize>,
+        /// Shape received (with the batch dimension).
+        actual: Vec<usize>,
+    },
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}

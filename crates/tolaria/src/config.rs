@@ -1,0 +1,222 @@
+//! The typed `[tolaria]` section of `esper.toml`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lr::LrConfig;
+use crate::optim::Rule;
+
+/// Tolaria's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Reference host: `mlp`, `cnn` or `cnn-impaired` (default `cnn`).
+    pub host: String,
+    /// MNIST directory (IDX files, optionally gzip); default: the bundled subset.
+    pub data_dir: Option<PathBuf>,
+    /// Images used for training; the rest validate (default 8 000 of the bundled 10 000).
+    pub train_size: usize,
+    /// Passes over the training set (default 5).
+    pub epochs: u32,
+    /// Images per step (default 128).
+    pub batch_size: usize,
+    /// Batches assembled ahead of the step on the worker thread (default 2).
+    pub prefetch_batches: usize,
+    /// `cpu` or `cuda` (the `cuda` cargo feature and a GPU are required for `cuda`).
+    pub device: DeviceKind,
+    /// Optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    pub lr: LrConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "cnn".into(),
+            data_dir: None,
+            train_size: 8_000,
+            epochs: 5,
+            batch_size: 128,
+            prefetch_batches: 2,
+            device: DeviceKind::Cpu,
+            optimizer: OptimizerConfig::default(),
+            lr: LrConfig::default(),
+        }
+    }
+}
+
+/// Where tensors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU.
+    Cuda,
+}
+
+/// The `[tolaria.optimizer]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Update rule (default AdamW with β = (0.9, 0.999), ε = 1e-8).
+    pub rule: OptimizerKindConfig,
+    /// Base learning rate of the host group (default 1e-3).
+    pub lr: f64,
+    /// Weight decay of the host group (default 0.01).
+    pub weight_decay: f64,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            rule: OptimizerKindConfig::Adamw {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            lr: 1e-3,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// The update rule, selected by `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerKindConfig {
+    /// AdamW.
+    Adamw {
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator epsilon.
+        eps: f64,
+    },
+    /// SGD with momentum.
+    Sgd {
+        /// Momentum factor.
+        momentum: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+}
+
+impl OptimizerKindConfig {
+    /// The optimizer rule.
+    pub fn rule(self) -> Rule {
+        match self {
+            OptimizerKindConfig::Adamw { beta1, beta2, eps } => Rule::AdamW { beta1, beta2, eps },
+            OptimizerKindConfig::Sgd { momentum, nesterov } => Rule::Sgd { momentum, nesterov },
+        }
+    }
+}
+
+impl Config {
+    /// Checks every value; `prefix` is the section's dotted path (`"tolaria"`).
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        let bad = |key: &str, detail: String| {
+            Err(Error::Config {
+                key: format!("{prefix}.{key}"),
+                detail,
+            })
+        };
+        if !crate::hosts::HOST_NAMES.contains(&self.host.as_str()) {
+            return bad(
+                "host",
+                format!(
+                    "unknown host {:?}; the reference hosts are {:?}",
+                    self.host,
+                    crate::hosts::HOST_NAMES
+                ),
+            );
+        }
+        if self.train_size == 0 {
+            return bad("train_size", "must be at least 1".into());
+        }
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
+            return bad(
+                "optimizer.lr",
+                format!("{} must be a finite number > 0", self.optimizer.lr),
+            );
+        }
+        if !(self.optimizer.weight_decay.is_finite() && self.optimizer.weight_decay >= 0.0) {
+            return bad(
+                "optimizer.weight_decay",
+                format!("{} must be >= 0", self.optimizer.weight_decay),
+            );
+        }
+        crate::optim::Optimizer::new(self.optimizer.rule.rule()).map_err(|e| Error::Config {
+            key: format!("{prefix}.optimizer.rule"),
+            detail: e.to_string(),
+        })?;
+        self.lr.validate(&format!("{prefix}.lr"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_name_their_key() {
+        Config::default().validate("tolaria").unwrap();
+        let c = Config {
+            host: "vgg".into(),
+            ..Config::default()
+        };
+        assert!(
+            c.validate("tolaria")
+                .unwrap_err()
+                .to_string()
+                .contains("tolaria.host")
+        );
+        let c = Config {
+            optimizer: OptimizerConfig {
+                lr: -1.0,
+                ..OptimizerConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(
+            c.validate("tolaria")
+                .unwrap_err()
+                .to_string()
+                .contains("tolaria.optimizer.lr")
+        );
+        let c = Config {
+            optimizer: OptimizerConfig {
+                rule: OptimizerKindConfig::Sgd {
+                    momentum: 1.5,
+                    nesterov: false,
+                },
+                ..OptimizerConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(
+            c.validate("tolaria")
+                .unwrap_err()
+                .to_string()
+                .contains("tolaria.optimizer.rule")
+        );
+        let err = toml::from_str::<Config>("[optimizer.rule]\nkind = \"lion\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lion"), "{err}");
+        let err = toml::from_str::<Config>("epoch = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("epoch"), "{err}");
+    }
+}

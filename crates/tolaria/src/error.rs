@@ -1,0 +1,53 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in Tolaria.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A data file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A data file or dataset is malformed.
+    #[error("bad data in {path}: {detail}")]
+    Data {
+        /// The file or directory (empty for an in-memory dataset).
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A configuration value is unknown or out of range.
+    #[error("config key `{key}`: {detail}")]
+    Config {
+        /// Full dotted key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An optimizer was misused (duplicate or unknown parameter, bad state).
+    #[error("optimizer: {0}")]
+    Optimizer(String),
+    /// The training loss was not a finite number.
+    #[error("loss is {loss} at global step {step}")]
+    NonFiniteLoss {
+        /// The loss value.
+        loss: f32,
+        /// Global optimizer step.
+        step: u64,
+    },
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// Kasmina (slots, host contract) failed.
+    #[error(transparent)]
+    Kasmina(#[from] kasmina::Error),
+}

@@ -1,0 +1,153 @@
+//! Reference hosts (DESIGN §7), for 1 × 28 × 28 input and 10 classes:
+//!
+//! - `mlp`: 784 → 128 (ReLU) → slot `r0` \[128\] → 10;
+//! - `cnn`: conv 3×3 1→16 pad 1, ReLU, 2×2 max-pool → slot `r0` \[16,14,14\] →
+//!   conv 3×3 16→32 pad 1, ReLU, 2×2 max-pool → slot `r1` \[32,7,7\] → linear 1568→10;
+//! - `cnn-impaired`: the same with 1×1 convolutions 1→4 and 4→8 (no spatial
+//!   context) → slots `r0` \[4,14,14\] and `r1` \[8,7,7\] → linear 392→10: the host on
+//!   which growth must visibly pay.
+//!
+//! Weights are initialised from our own seeded RNG (candle cannot seed CPU
+//! initialisation), with PyTorch's default scheme: weights and biases uniform in
+//! ±1/√fan_in. Other hosts can be added by implementing [`kasmina::Host`].
+
+mod layers;
+
+use candle_core::{Device, Tensor};
+use kasmina::{Host, NamedParameter, SlotRunner, SlotSpec};
+
+pub use layers::{Conv2d, Linear, ParamInit, max_pool2x2};
+
+use crate::error::{Error, Result};
+
+/// Names of the reference hosts.
+pub const HOST_NAMES: [&str; 3] = ["mlp", "cnn", "cnn-impaired"];
+
+/// Builds the reference host `name` with weights drawn from `seed`.
+pub fn build(name: &str, seed: u64, device: &Device) -> Result<Box<dyn Host>> {
+    let mut init = ParamInit::new(seed, device.clone());
+    Ok(match name {
+        "mlp" => Box::new(Mlp::new(&mut init)?),
+        "cnn" => Box::new(ConvNet::new("cnn", 3, 16, 32, &mut init)?),
+        "cnn-impaired" => Box::new(ConvNet::new("cnn-impaired", 1, 4, 8, &mut init)?),
+        other => {
+            return Err(Error::Config {
+                key: "tolaria.host".into(),
+                detail: format!("unknown host {other:?}; the reference hosts are {HOST_NAMES:?}"),
+            });
+        }
+    })
+}
+
+/// `mlp`: 784 → 128 (ReLU) → slot `r0` → 10.
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    slots: Vec<SlotSpec>,
+}
+
+impl Mlp {
+    fn new(init: &mut ParamInit) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new("fc1", 784, 128, init)?,
+            fc2: Linear::new("fc2", 128, 10, init)?,
+            slots: vec![SlotSpec::dense("r0", 128, 0)],
+        })
+    }
+}
+
+impl Host for Mlp {
+    fn name(&self) -> &str {
+        "mlp"
+    }
+    fn input_shape(&self) -> &[usize] {
+        &[1, 28, 28]
+    }
+    fn num_classes(&self) -> usize {
+        10
+    }
+    fn slots(&self) -> &[SlotSpec] {
+        &self.slots
+    }
+    fn forward_with_slots(
+        &self,
+        x: &Tensor,
+        slots: &mut dyn SlotRunner,
+    ) -> kasmina::Result<Tensor> {
+        let x = x.flatten_from(1)?;
+        let h = self.fc1.forward(&x)?.relu()?;
+        let h = slots.run(&self.slots[0], h)?;
+        Ok(self.fc2.forward(&h)?)
+    }
+    fn parameters(&self) -> Vec<NamedParameter> {
+        [self.fc1.parameters(), self.fc2.parameters()].concat()
+    }
+}
+
+/// `cnn` and `cnn-impaired`: two conv stages with a slot after each.
+pub struct ConvNet {
+    name: &'static str,
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc: Linear,
+    slots: Vec<SlotSpec>,
+}
+
+impl ConvNet {
+    fn new(
+        name: &'static str,
+        kernel: usize,
+        c1: usize,
+        c2: usize,
+        init: &mut ParamInit,
+    ) -> Result<Self> {
+        let padding = kernel / 2;
+        Ok(Self {
+            name,
+            conv1: Conv2d::new("conv1", 1, c1, kernel, padding, init)?,
+            conv2: Conv2d::new("conv2", c1, c2, kernel, padding, init)?,
+            fc: Linear::new("fc", c2 * 7 * 7, 10, init)?,
+            slots: vec![
+                SlotSpec::conv2d("r0", c1, 14, 14, 0),
+                SlotSpec::conv2d("r1", c2, 7, 7, 1),
+            ],
+        })
+    }
+}
+
+impl Host for ConvNet {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn input_shape(&self) -> &[usize] {
+        &[1, 28, 28]
+    }
+    fn num_classes(&self) -> usize {
+        10
+    }
+    fn slots(&self) -> &[SlotSpec] {
+        &self.slots
+    }
+    fn forward_with_slots(
+        &self,
+        x: &Tensor,
+        slots: &mut dyn SlotRunner,
+    ) -> kasmina::Result<Tensor> {
+        let h = max_pool2x2(&self.conv1.forward(x)?.relu()?)?;
+        let h = slots.run(&self.slots[0], h)?;
+        let h = max_pool2x2(&self.conv2.forward(&h)?.relu()?)?;
+        let h = slots.run(&self.slots[1], h)?;
+        Ok(self.fc.forward(&h.flatten_from(1)?)?)
+    }
+    fn parameters(&self) -> Vec<NamedParameter> {
+        [
+            self.conv1.parameters(),
+            self.conv2.parameters(),
+            self.fc.parameters(),
+        ]
+        .concat()
+    }
+}
+
+#[cfg(test)]
+mod tests;

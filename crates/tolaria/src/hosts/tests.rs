@@ -1,0 +1,149 @@
+use super::*;
+use candle_core::{D, DType, Var};
+use kasmina::DormantSlots;
+
+fn input(n: usize) -> Tensor {
+    Tensor::arange(0f32, (n * 784) as f32, &Device::Cpu)
+        .unwrap()
+        .affine(1e-3, -0.3)
+        .unwrap()
+        .reshape((n, 1, 28, 28))
+        .unwrap()
+}
+
+#[test]
+fn reference_hosts_have_the_specified_slots_and_sizes() {
+    let expected: [(&str, Vec<Vec<usize>>, usize); 3] = [
+        ("mlp", vec![vec![128]], 784 * 128 + 128 + 128 * 10 + 10),
+        (
+            "cnn",
+            vec![vec![16, 14, 14], vec![32, 7, 7]],
+            16 * 9 + 16 + 32 * 16 * 9 + 32 + 1568 * 10 + 10,
+        ),
+        (
+            "cnn-impaired",
+            vec![vec![4, 14, 14], vec![8, 7, 7]],
+            4 + 4 + 8 * 4 + 8 + 392 * 10 + 10,
+        ),
+    ];
+    for (name, shapes, params) in expected {
+        let host = build(name, 0, &Device::Cpu).unwrap();
+        assert_eq!(host.name(), name);
+        let got: Vec<Vec<usize>> = host
+            .slots()
+            .iter()
+            .map(|s| s.feature_shape.clone())
+            .collect();
+        assert_eq!(got, shapes, "{name}");
+        let count: usize = host.parameters().iter().map(|p| p.var.elem_count()).sum();
+        assert_eq!(count, params, "{name}");
+        let out = host
+            .forward_with_slots(&input(3), &mut DormantSlots)
+            .unwrap();
+        assert_eq!(out.dims(), &[3, 10]);
+    }
+    let err = build("resnet", 0, &Device::Cpu)
+        .err()
+        .expect("unknown host must fail");
+    assert!(err.to_string().contains("tolaria.host"), "{err}");
+}
+
+#[test]
+fn initialisation_is_seeded_and_bounded() {
+    let a = build("cnn", 7, &Device::Cpu).unwrap();
+    let b = build("cnn", 7, &Device::Cpu).unwrap();
+    let c = build("cnn", 8, &Device::Cpu).unwrap();
+    for ((pa, pb), pc) in a
+        .parameters()
+        .iter()
+        .zip(b.parameters())
+        .zip(c.parameters())
+    {
+        let va: Vec<f32> = pa.var.flatten_all().unwrap().to_vec1().unwrap();
+        let vb: Vec<f32> = pb.var.flatten_all().unwrap().to_vec1().unwrap();
+        let vc: Vec<f32> = pc.var.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(va, vb, "{}", pa.name);
+        assert_ne!(va, vc, "{}", pa.name);
+    }
+    // conv1: fan_in 9, bound 1/3.
+    let w: Vec<f32> = a.parameters()[0]
+        .var
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(w.iter().all(|x| x.abs() <= 1.0 / 3.0));
+    assert!(
+        w.iter().any(|x| x.abs() > 0.25),
+        "weights should use their range"
+    );
+}
+
+/// Pooling gradient against central finite differences (candle's own
+/// `max_pool2d` backward fails this; DESIGN §12).
+#[test]
+fn max_pool_gradient_matches_finite_differences() {
+    let values: Vec<f32> = (0..2 * 3 * 4 * 4)
+        .map(|i| ((i * 37) % 101) as f32 / 10.0)
+        .collect();
+    let x = Var::from_vec(values.clone(), (2, 3, 4, 4), &Device::Cpu).unwrap();
+    let weights = Tensor::arange(1f32, 25.0, &Device::Cpu)
+        .unwrap()
+        .reshape((2, 3, 2, 2))
+        .unwrap();
+    let loss = |t: &Tensor| {
+        max_pool2x2(t)
+            .unwrap()
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let grads = loss(x.as_tensor()).backward().unwrap();
+    let analytic: Vec<f32> = grads
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    // Values in a window differ by at least 0.1, so a step of 0.04 never changes
+    // which element is the maximum; f32 sums of ~500 allow ~1e-3 relative error.
+    let eps = 0.04f32;
+    for i in 0..values.len() {
+        let mut plus = values.clone();
+        plus[i] += eps;
+        let mut minus = values.clone();
+        minus[i] -= eps;
+        let f = |v: Vec<f32>| {
+            loss(&Tensor::from_vec(v, (2, 3, 4, 4), &Device::Cpu).unwrap())
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let numeric = (f(plus) - f(minus)) / (2.0 * eps);
+        let tolerance = 2e-3 * analytic[i].abs().max(1.0);
+        assert!(
+            (numeric - analytic[i]).abs() < tolerance,
+            "element {i}: numeric {numeric}, analytic {}",
+            analytic[i]
+        );
+    }
+    let odd = Tensor::zeros((1, 1, 3, 4), DType::F32, &Device::Cpu).unwrap();
+    assert!(max_pool2x2(&odd).is_err());
+}
+
+#[test]
+fn host_gradients_reach_every_parameter() {
+    let host = build("cnn-impaired", 1, &Device::Cpu).unwrap();
+    let logits = host
+        .forward_with_slots(&input(4), &mut DormantSlots)
+        .unwrap();
+    let loss = candle_nn::ops::log_softmax(&logits, D::Minus1)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    for p in host.parameters() {
+        assert!(grads.get(&p.var).is_some(), "no gradient for {}", p.name);
+    }
+}

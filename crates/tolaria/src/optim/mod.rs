@@ -1,0 +1,266 @@
+//! Our optimizers: AdamW and SGD with momentum, with parameter groups and visible,
+//! saveable state.
+//!
+//! candle-nn's AdamW keeps its moments private and its SGD has no momentum
+//! (DESIGN §12), so these are written here, following PyTorch's update rules
+//! exactly (see [`Optimizer::step`]). State is keyed by parameter *name*: adding or
+//! removing a group (a seed's parameters) never touches another group's state, and
+//! a checkpoint can restore it by name.
+
+mod state;
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use candle_core::backprop::GradStore;
+use kasmina::NamedParameter;
+
+pub use state::StateEntry;
+
+use crate::error::{Error, Result};
+
+/// Which update rule, with its rule-specific hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// AdamW (decoupled weight decay), PyTorch's `torch.optim.AdamW`.
+    AdamW {
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator epsilon.
+        eps: f64,
+    },
+    /// SGD with momentum (L2 weight decay added to the gradient), PyTorch's
+    /// `torch.optim.SGD` with dampening 0.
+    Sgd {
+        /// Momentum factor (0 disables the buffer).
+        momentum: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+}
+
+/// One parameter group: parameters sharing a learning rate and weight decay.
+#[derive(Debug, Clone)]
+pub struct ParamGroup {
+    /// Group name, e.g. `host` or a seed id.
+    pub name: String,
+    /// The group's parameters.
+    pub params: Vec<NamedParameter>,
+    /// Learning rate before scheduling.
+    pub base_lr: f64,
+    /// Learning rate in effect (set by the LR controller).
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+}
+
+impl ParamGroup {
+    /// A group whose current LR starts at `base_lr`.
+    pub fn new(
+        name: impl Into<String>,
+        params: Vec<NamedParameter>,
+        base_lr: f64,
+        weight_decay: f64,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            params,
+            base_lr,
+            lr: base_lr,
+            weight_decay,
+        }
+    }
+}
+
+/// Per-parameter state.
+#[derive(Debug, Clone, Default)]
+struct ParamState {
+    step: u64,
+    /// AdamW first moment, or the SGD momentum buffer.
+    first: Option<Tensor>,
+    /// AdamW second moment.
+    second: Option<Tensor>,
+}
+
+/// An optimizer over named parameter groups.
+#[derive(Debug)]
+pub struct Optimizer {
+    rule: Rule,
+    groups: Vec<ParamGroup>,
+    state: BTreeMap<String, ParamState>,
+}
+
+impl Optimizer {
+    /// An optimizer with no groups yet.
+    pub fn new(rule: Rule) -> Result<Self> {
+        let bad = |what: &str| Err(Error::Optimizer(format!("invalid {what}")));
+        match rule {
+            Rule::AdamW { beta1, beta2, eps } => {
+                if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+                    return bad("AdamW betas: each must be in [0, 1)");
+                }
+                if !(eps > 0.0 && eps.is_finite()) {
+                    return bad("AdamW eps: must be > 0");
+                }
+            }
+            Rule::Sgd { momentum, nesterov } => {
+                if !(0.0..1.0).contains(&momentum) {
+                    return bad("SGD momentum: must be in [0, 1)");
+                }
+                if nesterov && momentum == 0.0 {
+                    return bad("SGD: Nesterov needs momentum > 0");
+                }
+            }
+        }
+        Ok(Self {
+            rule,
+            groups: Vec::new(),
+            state: BTreeMap::new(),
+        })
+    }
+
+    /// The update rule.
+    pub fn rule(&self) -> Rule {
+        self.rule
+    }
+
+    /// Adds a group. Its name and its parameters' names must be new.
+    pub fn add_group(&mut self, group: ParamGroup) -> Result<()> {
+        if !(group.base_lr.is_finite() && group.base_lr > 0.0) {
+            return Err(Error::Optimizer(format!(
+                "group {} has no valid learning rate ({})",
+                group.name, group.base_lr
+            )));
+        }
+        if !(group.weight_decay.is_finite() && group.weight_decay >= 0.0) {
+            return Err(Error::Optimizer(format!(
+                "group {} has invalid weight decay {}",
+                group.name, group.weight_decay
+            )));
+        }
+        if self.groups.iter().any(|g| g.name == group.name) {
+            return Err(Error::Optimizer(format!(
+                "group {} already exists",
+                group.name
+            )));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &group.params {
+            let owned = self
+                .groups
+                .iter()
+                .any(|g| g.params.iter().any(|q| q.name == p.name));
+            if owned || !names.insert(p.name.as_str()) {
+                return Err(Error::Optimizer(format!(
+                    "parameter {} is already in a group",
+                    p.name
+                )));
+            }
+        }
+        self.groups.push(group);
+        Ok(())
+    }
+
+    /// Removes a group and its parameters' state; other groups are untouched.
+    pub fn remove_group(&mut self, name: &str) -> Result<ParamGroup> {
+        let index = self
+            .groups
+            .iter()
+            .position(|g| g.name == name)
+            .ok_or_else(|| Error::Optimizer(format!("no group named {name}")))?;
+        let group = self.groups.remove(index);
+        for p in &group.params {
+            self.state.remove(&p.name);
+        }
+        Ok(group)
+    }
+
+    /// The groups, in the order added.
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// Sets every group's current LR to its base LR times `factor`.
+    pub fn scale_lr(&mut self, factor: f64) {
+        for g in &mut self.groups {
+            g.lr = g.base_lr * factor;
+        }
+    }
+
+    /// Steps taken by parameter `name` (0 if it never had a gradient).
+    pub fn steps_of(&self, name: &str) -> u64 {
+        self.state.get(name).map_or(0, |s| s.step)
+    }
+
+    /// One update of every parameter that has a gradient in `grads`; parameters
+    /// without one (frozen, or unused by this forward) are left as they are.
+    ///
+    /// AdamW, per parameter `p` with gradient `g` at step `t`:
+    /// `p ← p·(1 − lr·wd)`; `m ← β₁m + (1−β₁)g`; `v ← β₂v + (1−β₂)g²`;
+    /// `p ← p − (lr/(1−β₁ᵗ)) · m / (√v/√(1−β₂ᵗ) + ε)`.
+    ///
+    /// SGD: `g ← g + wd·p`; with momentum `b ← g` at the first step, then
+    /// `b ← μb + g`; `g ← b` (or `g + μb` with Nesterov); `p ← p − lr·g`.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        for group in &self.groups {
+            for p in &group.params {
+                let Some(g) = grads.get(&p.var) else { continue };
+                let state = self.state.entry(p.name.clone()).or_default();
+                state.step += 1;
+                let param = p.var.as_tensor();
+                let updated = match self.rule {
+                    Rule::AdamW { beta1, beta2, eps } => {
+                        let decayed = param.affine(1.0 - group.lr * group.weight_decay, 0.0)?;
+                        let m = match &state.first {
+                            Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
+                            None => (g * (1.0 - beta1))?,
+                        };
+                        let g2 = g.sqr()?;
+                        let v = match &state.second {
+                            Some(v) => ((v * beta2)? + (g2 * (1.0 - beta2))?)?,
+                            None => (g2 * (1.0 - beta2))?,
+                        };
+                        let t = state.step as i32;
+                        let bias1 = 1.0 - beta1.powi(t);
+                        let bias2 = 1.0 - beta2.powi(t);
+                        let denom = (v.sqrt()? / bias2.sqrt())?.affine(1.0, eps)?;
+                        let update = (m.div(&denom)? * (group.lr / bias1))?;
+                        state.first = Some(m);
+                        state.second = Some(v);
+                        (decayed - update)?
+                    }
+                    Rule::Sgd { momentum, nesterov } => {
+                        let g = if group.weight_decay > 0.0 {
+                            (g + (param * group.weight_decay)?)?
+                        } else {
+                            g.clone()
+                        };
+                        let direction = if momentum > 0.0 {
+                            let buffer = match &state.first {
+                                Some(b) => ((b * momentum)? + &g)?,
+                                None => g.clone(),
+                            };
+                            let direction = if nesterov {
+                                (&g + (&buffer * momentum)?)?
+                            } else {
+                                buffer.clone()
+                            };
+                            state.first = Some(buffer);
+                            direction
+                        } else {
+                            g
+                        };
+                        (param - (direction * group.lr)?)?
+                    }
+                };
+                p.var.set(&updated)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! The training loop: batches → host forward (through the slots) → cross-entropy →
+//! backward → optimizer step, with the LR set from the global step, and a real
+//! validation pass at the end of every epoch.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor};
+use kasmina::{DormantSlots, Host};
+
+use crate::config::{Config, DeviceKind};
+use crate::data::{BatchLoader, Dataset, bundled_mnist_dir, load_mnist};
+use crate::error::{Error, Result};
+use crate::optim::{Optimizer, ParamGroup};
+
+/// Metrics of one validation pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Fraction classified correctly, in [0, 1].
+    pub accuracy: f64,
+    /// Images evaluated.
+    pub samples: usize,
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// Epoch number, from 1.
+    pub epoch: u32,
+    /// Global optimizer step at the end of the epoch.
+    pub global_step: u64,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch (on the fly, weights changing).
+    pub train_accuracy: f64,
+    /// The end-of-epoch validation pass.
+    pub validation: Validation,
+    /// Training throughput (forward + backward + optimizer), images per second.
+    pub train_images_per_second: f64,
+    /// Wall time of the epoch including validation, seconds.
+    pub seconds: f64,
+}
+
+/// Trains one host on one dataset.
+pub struct Trainer {
+    config: Config,
+    host: Box<dyn Host>,
+    optimizer: Optimizer,
+    train: Arc<Dataset>,
+    validation: Arc<Dataset>,
+    device: Device,
+    seed: u64,
+    global_step: u64,
+    epoch: u32,
+}
+
+/// The device named by the config; CUDA without the feature or a GPU is an error,
+/// never a silent fallback to the CPU.
+fn device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => Device::new_cuda(0).map_err(|e| Error::Config {
+            key: "tolaria.device".into(),
+            detail: format!("cuda requested but unavailable: {e}"),
+        }),
+    }
+}
+
+impl Trainer {
+    /// Validates `config`, loads and splits the data, and builds the host with
+    /// weights drawn from `seed`.
+    pub fn new(config: Config, seed: u64) -> Result<Self> {
+        config.validate("tolaria")?;
+        let device = device(config.device)?;
+        let dir = config.data_dir.clone().unwrap_or_else(bundled_mnist_dir);
+        let (train, validation) = load_mnist(&dir)?.split(config.train_size)?;
+        let host = crate::hosts::build(&config.host, seed, &device)?;
+        let mut optimizer = Optimizer::new(config.optimizer.rule.rule())?;
+        optimizer.add_group(ParamGroup::new(
+            "host",
+            host.parameters(),
+            config.optimizer.lr,
+            config.optimizer.weight_decay,
+        ))?;
+        Ok(Self {
+            config,
+            host,
+            optimizer,
+            train: Arc::new(train),
+            validation: Arc::new(validation),
+            device,
+            seed,
+            global_step: 0,
+            epoch: 0,
+        })
+    }
+
+    /// The host being trained.
+    pub fn host(&self) -> &dyn Host {
+        self.host.as_ref()
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn global_step(&self) -> u64 {
+        self.global_step
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// Sizes of the training and validation sets.
+    pub fn dataset_sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.validation.len())
+    }
+
+    /// Shuffle seed of `epoch`: distinct per epoch, fixed by the run seed.
+    fn epoch_seed(&self, epoch: u32) -> u64 {
+        self.seed
+            ^ u64::from(epoch)
+                .wrapping_add(1)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// Trains one epoch, then validates.
+    pub fn run_epoch(&mut self) -> Result<EpochReport> {
+        let started = Instant::now();
+        self.epoch += 1;
+        let mut loader = BatchLoader::new(
+            self.train.clone(),
+            self.config.batch_size,
+            Some(self.epoch_seed(self.epoch)),
+            self.config.prefetch_batches,
+        )?;
+        let (mut loss_sum, mut batches, mut correct, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
+        while let Some(batch) = loader.next_batch(&self.device)? {
+            self.optimizer
+                .scale_lr(self.config.lr.factor(self.global_step));
+            let logits = self
+                .host
+                .forward_with_slots(&batch.images, &mut DormantSlots)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+            let value = loss.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                return Err(Error::NonFiniteLoss {
+                    loss: value,
+                    step: self.global_step,
+                });
+            }
+            let grads = loss.backward()?;
+            self.optimizer.step(&grads)?;
+            self.global_step += 1;
+            loss_sum += f64::from(value);
+            batches += 1;
+            correct += count_correct(&logits, &batch.labels)?;
+            seen += batch.labels.dims1()?;
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        let validation = self.validate()?;
+        Ok(EpochReport {
+            epoch: self.epoch,
+            global_step: self.global_step,
+            train_loss: loss_sum / batches.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            validation,
+            train_images_per_second: seen as f64 / train_seconds.max(1e-9),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Runs every configured epoch, reporting each as it ends.
+    pub fn run(&mut self, mut on_epoch: impl FnMut(&EpochReport)) -> Result<Vec<EpochReport>> {
+        let mut reports = Vec::new();
+        while self.epoch < self.config.epochs {
+            let report = self.run_epoch()?;
+            on_epoch(&report);
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// One pass over the validation set with the current weights.
+    pub fn validate(&self) -> Result<Validation> {
+        let mut loader = BatchLoader::new(
+            self.validation.clone(),
+            self.config.batch_size,
+            None,
+            self.config.prefetch_batches,
+        )?;
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        while let Some(batch) = loader.next_batch(&self.device)? {
+            let logits = self
+                .host
+                .forward_with_slots(&batch.images, &mut DormantSlots)?
+                .detach();
+            let n = batch.labels.dims1()?;
+            let loss =
+                candle_nn::loss::cross_entropy(&logits, &batch.labels)?.to_scalar::<f32>()?;
+            loss_sum += f64::from(loss) * n as f64;
+            correct += count_correct(&logits, &batch.labels)?;
+            seen += n;
+        }
+        Ok(Validation {
+            loss: loss_sum / seen.max(1) as f64,
+            accuracy: correct as f64 / seen.max(1) as f64,
+            samples: seen,
+        })
+    }
+}
+
+fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    let predicted = logits.argmax(D::Minus1)?;
+    let hits = predicted
+        .eq(labels)?
+        .to_dtype(DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()?;
+    Ok(hits as usize)
+}

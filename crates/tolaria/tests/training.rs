@@ -1,0 +1,67 @@
+//! Training on the bundled MNIST subset, end to end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use tolaria::{Config, Trainer};
+
+// Candle's CPU backend churns large buffers: the system allocator made training
+// 2.7x slower (DESIGN §12), so tests train with mimalloc like the binaries do.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn config(host: &str, epochs: u32, train_size: usize) -> Config {
+    Config {
+        host: host.into(),
+        epochs,
+        train_size,
+        ..Config::default()
+    }
+}
+
+/// The small CNN learns real digits: loss falls and validation accuracy on the
+/// 2 000 held-out digits exceeds 95 %.
+#[test]
+fn cnn_exceeds_95_percent_on_bundled_mnist() {
+    let mut trainer = Trainer::new(config("cnn", 4, 8_000), 0).unwrap();
+    assert_eq!(trainer.dataset_sizes(), (8_000, 2_000));
+    let reports = trainer
+        .run(|r| {
+            eprintln!(
+                "epoch {} step {} train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {:.0} img/s",
+                r.epoch, r.global_step, r.train_loss, r.train_accuracy, r.validation.loss, r.validation.accuracy, r.train_images_per_second
+            )
+        })
+        .unwrap();
+    let first = &reports[0];
+    let last = reports.last().unwrap();
+    assert!(last.train_loss < first.train_loss, "loss did not decrease");
+    assert_eq!(last.global_step, 4 * 63);
+    assert_eq!(last.validation.samples, 2_000);
+    assert!(
+        last.validation.accuracy > 0.95,
+        "validation accuracy {}",
+        last.validation.accuracy
+    );
+}
+
+/// Same config and seed on the CPU: bit-identical metrics.
+#[test]
+fn seeded_runs_are_bit_identical() {
+    let run = |seed| {
+        let mut t = Trainer::new(config("cnn-impaired", 2, 1_024), seed).unwrap();
+        t.run(|_| {})
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.train_loss.to_bits(),
+                    r.validation.loss.to_bits(),
+                    r.validation.accuracy.to_bits(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = run(3);
+    assert_eq!(a, run(3));
+    assert_ne!(a, run(4));
+}
