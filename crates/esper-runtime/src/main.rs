@@ -101,8 +101,26 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         config.batch_size,
         config.device,
     );
+    for corrupt in trainer.skipped_checkpoints() {
+        eprintln!(
+            "esper train: warning: skipped corrupt checkpoint {}: {}",
+            corrupt.path.display(),
+            corrupt.reason
+        );
+    }
+    if let Some(from) = trainer.resumed_from() {
+        println!(
+            "esper train: resumed from {} (epoch {}, step {})",
+            from.display(),
+            trainer.epoch(),
+            trainer.global_step()
+        );
+    }
     let reports = trainer
         .run(|r| {
+            if r.rollbacks > 0 {
+                println!("esper train: epoch {}: {} rollback(s) to the last known-good state", r.epoch, r.rollbacks);
+            }
             println!(
                 "epoch {:>3} | step {:>6} | train loss {:.4} acc {:6.2}% | validation loss {:.4} acc {:6.2}% | {:>6.0} img/s | {:.1} s",
                 r.epoch,

@@ -30,6 +30,33 @@ pub struct Config {
     pub optimizer: OptimizerConfig,
     /// Learning-rate schedule.
     pub lr: LrConfig,
+    /// Consecutive rollbacks (non-finite losses) tolerated before the run stops
+    /// with an error (default 3).
+    pub max_rollbacks: u32,
+    /// Durable checkpoints.
+    pub checkpoint: CheckpointConfig,
+}
+
+/// The `[tolaria.checkpoint]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Directory of checkpoints; none are written when unset (the default).
+    pub dir: Option<PathBuf>,
+    /// Checkpoints kept, newest first (default 3).
+    pub keep: usize,
+    /// Resume from the newest valid checkpoint in `dir` at start (default true).
+    pub resume: bool,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            keep: 3,
+            resume: true,
+        }
+    }
 }
 
 impl Default for Config {
@@ -44,6 +71,8 @@ impl Default for Config {
             device: DeviceKind::Cpu,
             optimizer: OptimizerConfig::default(),
             lr: LrConfig::default(),
+            max_rollbacks: 3,
+            checkpoint: CheckpointConfig::default(),
         }
     }
 }
@@ -143,6 +172,9 @@ impl Config {
         }
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1".into());
+        }
+        if self.checkpoint.keep == 0 {
+            return bad("checkpoint.keep", "must be at least 1".into());
         }
         if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
             return bad(

@@ -36,6 +36,9 @@ pub enum Error {
     /// An optimizer was misused (duplicate or unknown parameter, bad state).
     #[error("optimizer: {0}")]
     Optimizer(String),
+    /// An emergency-level change that the controller does not allow.
+    #[error("emergency controller: {0}")]
+    Emergency(String),
     /// The training loss was not a finite number.
     #[error("loss is {loss} at global step {step}")]
     NonFiniteLoss {

@@ -7,19 +7,24 @@
 //! `cnn-impaired`, seeded initialisation), our own optimizers ([`optim`]: AdamW and
 //! SGD with momentum, parameter groups, state keyed by parameter name), the
 //! learning-rate controller ([`lr`]) and the training loop with a real validation
-//! pass ([`Trainer`]). Still to come: checkpoints and rollback, the governor, the
-//! emergency controller and the control hook.
+//! pass ([`Trainer`]), in-RAM known-good snapshots with rollback on a non-finite
+//! loss, and durable checksummed checkpoints with resume ([`state`]). Still to
+//! come: the loss-explosion governor beyond NaN, wiring the emergency controller
+//! ([`emergency`], built) into the loop and onto Oona, the control hook and
+//! asynchronous checkpoint writes.
 
 #![deny(missing_docs)]
 
 mod config;
 pub mod data;
+pub mod emergency;
 mod error;
 pub mod hosts;
 pub mod lr;
 pub mod optim;
+pub mod state;
 mod trainer;
 
-pub use config::{Config, OptimizerConfig, OptimizerKindConfig};
+pub use config::{CheckpointConfig, Config, DeviceKind, OptimizerConfig, OptimizerKindConfig};
 pub use error::{Error, Result};
-pub use trainer::{EpochReport, Trainer, Validation};
+pub use trainer::{EpochReport, Fault, Trainer, Validation};

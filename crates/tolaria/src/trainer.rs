@@ -12,6 +12,14 @@ use crate::config::{Config, DeviceKind};
 use crate::data::{BatchLoader, Dataset, bundled_mnist_dir, load_mnist};
 use crate::error::{Error, Result};
 use crate::optim::{Optimizer, ParamGroup};
+use crate::state::{CheckpointStore, Corrupt, RollbackReport, Snapshot};
+
+/// A fault injected on purpose, to drill the safety paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The next training loss becomes NaN (through the real loss tensor).
+    NanLoss,
+}
 
 /// Metrics of one validation pass.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,6 +49,10 @@ pub struct EpochReport {
     pub train_images_per_second: f64,
     /// Wall time of the epoch including validation, seconds.
     pub seconds: f64,
+    /// Rollbacks during the epoch.
+    pub rollbacks: usize,
+    /// Checkpoint written at the end of the epoch, if any.
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 /// Trains one host on one dataset.
@@ -54,6 +66,13 @@ pub struct Trainer {
     seed: u64,
     global_step: u64,
     epoch: u32,
+    known_good: Snapshot,
+    rollbacks: Vec<RollbackReport>,
+    consecutive_rollbacks: u32,
+    pending_fault: Option<Fault>,
+    checkpoints: Option<CheckpointStore>,
+    skipped_checkpoints: Vec<Corrupt>,
+    resumed_from: Option<std::path::PathBuf>,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -84,6 +103,38 @@ impl Trainer {
             config.optimizer.lr,
             config.optimizer.weight_decay,
         ))?;
+        let mut known_good = Snapshot::capture(&host.parameters(), &optimizer, 0, 0)?;
+        let (mut epoch, mut global_step) = (0, 0);
+        let (mut checkpoints, mut skipped_checkpoints, mut resumed_from) = (None, Vec::new(), None);
+        if let Some(dir) = &config.checkpoint.dir {
+            let (store, _stale_tmp) = CheckpointStore::open(dir, config.checkpoint.keep)?;
+            if config.checkpoint.resume {
+                let (loaded, skipped) = store.load_latest(&device)?;
+                skipped_checkpoints = skipped;
+                if let Some(loaded) = loaded {
+                    if loaded.manifest.host != config.host || loaded.manifest.seed != seed {
+                        return Err(Error::Config {
+                            key: "tolaria.checkpoint.dir".into(),
+                            detail: format!(
+                                "{} holds a checkpoint of host {} seed {}, this run is host {} seed {seed}",
+                                loaded.path.display(),
+                                loaded.manifest.host,
+                                loaded.manifest.seed,
+                                config.host
+                            ),
+                        });
+                    }
+                    loaded
+                        .snapshot
+                        .restore(&host.parameters(), &mut optimizer)?;
+                    epoch = loaded.manifest.epoch;
+                    global_step = loaded.manifest.global_step;
+                    known_good = loaded.snapshot;
+                    resumed_from = Some(loaded.path);
+                }
+            }
+            checkpoints = Some(store);
+        }
         Ok(Self {
             config,
             host,
@@ -92,9 +143,64 @@ impl Trainer {
             validation: Arc::new(validation),
             device,
             seed,
-            global_step: 0,
-            epoch: 0,
+            global_step,
+            epoch,
+            known_good,
+            rollbacks: Vec::new(),
+            consecutive_rollbacks: 0,
+            pending_fault: None,
+            checkpoints,
+            skipped_checkpoints,
+            resumed_from,
         })
+    }
+
+    /// Arms a fault for the next step (drills and tests of the safety paths).
+    pub fn inject_fault(&mut self, fault: Fault) {
+        self.pending_fault = Some(fault);
+    }
+
+    /// Every rollback so far.
+    pub fn rollbacks(&self) -> &[RollbackReport] {
+        &self.rollbacks
+    }
+
+    /// Checkpoints that failed verification at start-up and were skipped.
+    pub fn skipped_checkpoints(&self) -> &[Corrupt] {
+        &self.skipped_checkpoints
+    }
+
+    /// The checkpoint this run resumed from, if any.
+    pub fn resumed_from(&self) -> Option<&std::path::Path> {
+        self.resumed_from.as_deref()
+    }
+
+    /// Completed epochs.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Restores the last known-good snapshot after a bad step.
+    fn rollback(&mut self, reason: String, loss: f32) -> Result<()> {
+        self.consecutive_rollbacks += 1;
+        if self.consecutive_rollbacks > self.config.max_rollbacks {
+            return Err(Error::NonFiniteLoss {
+                loss,
+                step: self.global_step,
+            });
+        }
+        let started = Instant::now();
+        self.known_good
+            .restore(&self.host.parameters(), &mut self.optimizer)?;
+        self.rollbacks.push(RollbackReport {
+            tier: "fast",
+            reason,
+            at_step: self.global_step,
+            restored_step: self.known_good.global_step,
+            restore_ms: started.elapsed().as_secs_f64() * 1e3,
+        });
+        self.global_step = self.known_good.global_step;
+        Ok(())
     }
 
     /// The host being trained.
@@ -136,22 +242,30 @@ impl Trainer {
             self.config.prefetch_batches,
         )?;
         let (mut loss_sum, mut batches, mut correct, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
+        let rollbacks_before = self.rollbacks.len();
         while let Some(batch) = loader.next_batch(&self.device)? {
             self.optimizer
                 .scale_lr(self.config.lr.factor(self.global_step));
             let logits = self
                 .host
                 .forward_with_slots(&batch.images, &mut DormantSlots)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+            let mut loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+            if let Some(Fault::NanLoss) = self.pending_fault.take() {
+                loss = (loss * f64::NAN)?;
+            }
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {
-                return Err(Error::NonFiniteLoss {
-                    loss: value,
-                    step: self.global_step,
-                });
+                // Never step on a non-finite loss: restore the known-good state and
+                // carry on with the next batch.
+                self.rollback(
+                    format!("training loss {value} at step {}", self.global_step),
+                    value,
+                )?;
+                continue;
             }
             let grads = loss.backward()?;
             self.optimizer.step(&grads)?;
+            self.consecutive_rollbacks = 0;
             self.global_step += 1;
             loss_sum += f64::from(value);
             batches += 1;
@@ -160,6 +274,19 @@ impl Trainer {
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let validation = self.validate()?;
+        let mut checkpoint = None;
+        if validation.loss.is_finite() {
+            // A boundary that passed its health check becomes the known-good state.
+            self.known_good = Snapshot::capture(
+                &self.host.parameters(),
+                &self.optimizer,
+                self.global_step,
+                self.epoch,
+            )?;
+            if let Some(store) = &self.checkpoints {
+                checkpoint = Some(store.save(&self.known_good, &self.config.host, self.seed)?);
+            }
+        }
         Ok(EpochReport {
             epoch: self.epoch,
             global_step: self.global_step,
@@ -168,6 +295,8 @@ impl Trainer {
             validation,
             train_images_per_second: seen as f64 / train_seconds.max(1e-9),
             seconds: started.elapsed().as_secs_f64(),
+            rollbacks: self.rollbacks.len() - rollbacks_before,
+            checkpoint,
         })
     }
 

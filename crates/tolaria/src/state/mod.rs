@@ -1,0 +1,16 @@
+//! Training state: in-RAM known-good snapshots for fast rollback, and durable
+//! checkpoints for resume.
+//!
+//! A [`Snapshot`] deep-copies every parameter (`Var::set` writes in place, so a
+//! shallow clone would follow the live weights) and the optimizer state. A
+//! [`CheckpointStore`] writes snapshots to disk atomically — files into a
+//! temporary directory, each fsynced, the directory renamed into place, the
+//! parent fsynced — with a SHA-256 of every file in a JSON manifest; loading
+//! verifies every checksum, and a corrupt checkpoint is reported and skipped in
+//! favour of the previous one.
+
+mod checkpoint;
+mod snapshot;
+
+pub use checkpoint::{CheckpointStore, Corrupt, Loaded, Manifest};
+pub use snapshot::{RollbackReport, Snapshot};

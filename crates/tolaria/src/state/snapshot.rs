@@ -1,0 +1,98 @@
+//! In-RAM snapshots of parameters and optimizer state.
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use kasmina::NamedParameter;
+
+use crate::error::{Error, Result};
+use crate::optim::{Optimizer, StateEntry};
+
+/// A deep copy of the trainable state at one step.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Global optimizer step the snapshot was taken at.
+    pub global_step: u64,
+    /// Completed epochs at that step.
+    pub epoch: u32,
+    pub(crate) params: BTreeMap<String, Tensor>,
+    pub(crate) optimizer: BTreeMap<String, StateEntry>,
+}
+
+/// One rollback: why, from where to where, and how long the restore took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollbackReport {
+    /// Which store it restored from (`fast` = in-RAM snapshot).
+    pub tier: &'static str,
+    /// What triggered it.
+    pub reason: String,
+    /// Step at which the fault was seen.
+    pub at_step: u64,
+    /// Step of the snapshot restored.
+    pub restored_step: u64,
+    /// Restore time, milliseconds.
+    pub restore_ms: f64,
+}
+
+impl Snapshot {
+    /// Copies every parameter and the optimizer's state.
+    pub fn capture(
+        params: &[NamedParameter],
+        optimizer: &Optimizer,
+        global_step: u64,
+        epoch: u32,
+    ) -> Result<Self> {
+        let params = params
+            .iter()
+            .map(|p| Ok((p.name.clone(), p.var.as_tensor().copy()?)))
+            .collect::<Result<_>>()?;
+        // Optimizer moments are replaced by new tensors at every step, never
+        // written in place, so sharing them is safe.
+        Ok(Self {
+            global_step,
+            epoch,
+            params,
+            optimizer: optimizer.export_state(),
+        })
+    }
+
+    /// Bytes of parameter data held.
+    pub fn param_bytes(&self) -> usize {
+        self.params
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// Writes the snapshot back into `params` and `optimizer`. The parameter names
+    /// must be exactly the snapshot's.
+    pub fn restore(&self, params: &[NamedParameter], optimizer: &mut Optimizer) -> Result<()> {
+        if params.len() != self.params.len() {
+            return Err(Error::Optimizer(format!(
+                "snapshot holds {} parameters, the model has {}",
+                self.params.len(),
+                params.len()
+            )));
+        }
+        for p in params {
+            let saved = self
+                .params
+                .get(&p.name)
+                .ok_or_else(|| Error::Optimizer(format!("snapshot lacks parameter {}", p.name)))?;
+            if saved.dims() != p.var.dims() {
+                return Err(Error::Optimizer(format!(
+                    "snapshot shape {:?} of {} differs from {:?}",
+                    saved.dims(),
+                    p.name,
+                    p.var.dims()
+                )));
+            }
+        }
+        for p in params {
+            if let Some(saved) = self.params.get(&p.name) {
+                p.var.set(saved)?;
+            }
+        }
+        optimizer.import_state(self.optimizer.clone())
+    }
+}

@@ -1,0 +1,165 @@
+//! Safety paths: rollback on a non-finite loss, durable checkpoints, exact resume.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use tolaria::state::CheckpointStore;
+use tolaria::{CheckpointConfig, Config, Error, Fault, Trainer};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mlp` on 1 024 digits: 8 steps per epoch.
+fn config(epochs: u32, dir: Option<&Path>) -> Config {
+    Config {
+        host: "mlp".into(),
+        epochs,
+        train_size: 1_024,
+        checkpoint: CheckpointConfig {
+            dir: dir.map(Path::to_path_buf),
+            ..CheckpointConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+fn bits(r: &tolaria::EpochReport) -> (u64, u64, u64, u64) {
+    (
+        r.global_step,
+        r.train_loss.to_bits(),
+        r.validation.loss.to_bits(),
+        r.validation.accuracy.to_bits(),
+    )
+}
+
+#[test]
+fn nan_loss_rolls_back_to_known_good_and_training_continues() {
+    let mut t = Trainer::new(config(2, None), 1).unwrap();
+    let first = t.run_epoch().unwrap();
+    assert_eq!((first.global_step, first.rollbacks), (8, 0));
+    t.inject_fault(Fault::NanLoss);
+    let second = t.run_epoch().unwrap();
+    assert_eq!(second.rollbacks, 1);
+    let rb = &t.rollbacks()[0];
+    assert_eq!((rb.tier, rb.at_step, rb.restored_step), ("fast", 8, 8));
+    assert!(rb.reason.contains("NaN"), "{}", rb.reason);
+    // The poisoned batch was skipped, the other seven trained.
+    assert_eq!(second.global_step, 15);
+    assert!(second.validation.loss.is_finite());
+    assert!(
+        second.validation.accuracy > first.validation.accuracy,
+        "training went on improving"
+    );
+}
+
+#[test]
+fn too_many_consecutive_rollbacks_stop_the_run() {
+    let mut t = Trainer::new(
+        Config {
+            max_rollbacks: 0,
+            ..config(1, None)
+        },
+        1,
+    )
+    .unwrap();
+    t.inject_fault(Fault::NanLoss);
+    match t.run_epoch() {
+        Err(Error::NonFiniteLoss { loss, step }) => assert!(loss.is_nan() && step == 0),
+        other => panic!("expected NonFiniteLoss, got {other:?}"),
+    }
+}
+
+#[test]
+fn checkpoint_then_resume_matches_an_uninterrupted_run() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let uninterrupted = Trainer::new(config(3, Some(a.path())), 9)
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    let before = Trainer::new(config(2, Some(b.path())), 9)
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    assert_eq!(bits(&before[1]), bits(&uninterrupted[1]));
+    let mut resumed = Trainer::new(config(3, Some(b.path())), 9).unwrap();
+    assert!(
+        resumed
+            .resumed_from()
+            .unwrap()
+            .ends_with("ckpt-000000000016")
+    );
+    assert_eq!((resumed.epoch(), resumed.global_step()), (2, 16));
+    let after = resumed.run(|_| {}).unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        bits(&after[0]),
+        bits(&uninterrupted[2]),
+        "resumed epoch 3 differs from the uninterrupted one"
+    );
+}
+
+#[test]
+fn a_corrupted_checkpoint_byte_is_detected_and_the_previous_one_used() {
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(config(2, Some(dir.path())), 4)
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    let newest = dir.path().join("ckpt-000000000016/model.safetensors");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&newest, bytes).unwrap();
+
+    let t = Trainer::new(config(3, Some(dir.path())), 4).unwrap();
+    assert!(t.resumed_from().unwrap().ends_with("ckpt-000000000008"));
+    assert_eq!(t.epoch(), 1);
+    let skipped = t.skipped_checkpoints();
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        skipped[0].reason.contains("checksum mismatch"),
+        "{}",
+        skipped[0].reason
+    );
+    // The corrupt checkpoint is left on disk for inspection, never deleted silently.
+    assert!(newest.exists());
+}
+
+#[test]
+fn resume_refuses_another_runs_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(config(1, Some(dir.path())), 4)
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    let err = Trainer::new(config(2, Some(dir.path())), 5)
+        .err()
+        .expect("seed mismatch must fail");
+    assert!(err.to_string().contains("tolaria.checkpoint.dir"), "{err}");
+}
+
+#[test]
+fn the_store_rotates_and_cleans_up_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep2 = Config {
+        checkpoint: CheckpointConfig {
+            dir: Some(dir.path().to_path_buf()),
+            keep: 2,
+            resume: true,
+        },
+        ..config(3, None)
+    };
+    Trainer::new(keep2, 2).unwrap().run(|_| {}).unwrap();
+    std::fs::create_dir(dir.path().join("ckpt-000000000099.tmp")).unwrap();
+    let (store, removed) = CheckpointStore::open(dir.path(), 2).unwrap();
+    assert_eq!(removed, 1, "half-written checkpoint removed");
+    let names: Vec<String> = store
+        .list()
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["ckpt-000000000016", "ckpt-000000000024"]);
+}
