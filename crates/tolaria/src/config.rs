@@ -92,7 +92,7 @@ pub enum DeviceKind {
 #[serde(deny_unknown_fields, default)]
 pub struct OptimizerConfig {
     /// Update rule (default AdamW with β = (0.9, 0.999), ε = 1e-8).
-    pub rule: OptimizerKindConfig,
+    pub rule: Rule,
     /// Base learning rate of the host group (default 1e-3).
     pub lr: f64,
     /// Weight decay of the host group (default 0.01).
@@ -102,45 +102,13 @@ pub struct OptimizerConfig {
 impl Default for OptimizerConfig {
     fn default() -> Self {
         Self {
-            rule: OptimizerKindConfig::Adamw {
+            rule: Rule::AdamW {
                 beta1: 0.9,
                 beta2: 0.999,
                 eps: 1e-8,
             },
             lr: 1e-3,
             weight_decay: 0.01,
-        }
-    }
-}
-
-/// The update rule, selected by `kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum OptimizerKindConfig {
-    /// AdamW.
-    Adamw {
-        /// First-moment decay.
-        beta1: f64,
-        /// Second-moment decay.
-        beta2: f64,
-        /// Denominator epsilon.
-        eps: f64,
-    },
-    /// SGD with momentum.
-    Sgd {
-        /// Momentum factor.
-        momentum: f64,
-        /// Nesterov momentum.
-        nesterov: bool,
-    },
-}
-
-impl OptimizerKindConfig {
-    /// The optimizer rule.
-    pub fn rule(self) -> Rule {
-        match self {
-            OptimizerKindConfig::Adamw { beta1, beta2, eps } => Rule::AdamW { beta1, beta2, eps },
-            OptimizerKindConfig::Sgd { momentum, nesterov } => Rule::Sgd { momentum, nesterov },
         }
     }
 }
@@ -188,7 +156,7 @@ impl Config {
                 format!("{} must be >= 0", self.optimizer.weight_decay),
             );
         }
-        crate::optim::Optimizer::new(self.optimizer.rule.rule()).map_err(|e| Error::Config {
+        crate::optim::Optimizer::new(self.optimizer.rule).map_err(|e| Error::Config {
             key: format!("{prefix}.optimizer.rule"),
             detail: e.to_string(),
         })?;
@@ -228,7 +196,7 @@ mod tests {
         );
         let c = Config {
             optimizer: OptimizerConfig {
-                rule: OptimizerKindConfig::Sgd {
+                rule: Rule::Sgd {
                     momentum: 1.5,
                     nesterov: false,
                 },

@@ -25,6 +25,6 @@ pub mod optim;
 pub mod state;
 mod trainer;
 
-pub use config::{CheckpointConfig, Config, DeviceKind, OptimizerConfig, OptimizerKindConfig};
+pub use config::{CheckpointConfig, Config, DeviceKind, OptimizerConfig};
 pub use error::{Error, Result};
 pub use trainer::{EpochReport, Fault, Trainer, Validation};

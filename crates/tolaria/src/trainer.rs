@@ -96,7 +96,7 @@ impl Trainer {
         let dir = config.data_dir.clone().unwrap_or_else(bundled_mnist_dir);
         let (train, validation) = load_mnist(&dir)?.split(config.train_size)?;
         let host = crate::hosts::build(&config.host, seed, &device)?;
-        let mut optimizer = Optimizer::new(config.optimizer.rule.rule())?;
+        let mut optimizer = Optimizer::new(config.optimizer.rule)?;
         optimizer.add_group(ParamGroup::new(
             "host",
             host.parameters(),

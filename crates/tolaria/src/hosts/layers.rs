@@ -41,6 +41,21 @@ impl ParamInit {
     }
 }
 
+/// The parameters of a layer with a weight and a bias, named `name.weight` and
+/// `name.bias`.
+fn weight_and_bias(name: &str, weight: &Var, bias: &Var) -> Vec<NamedParameter> {
+    vec![
+        NamedParameter {
+            name: format!("{name}.weight"),
+            var: weight.clone(),
+        },
+        NamedParameter {
+            name: format!("{name}.bias"),
+            var: bias.clone(),
+        },
+    ]
+}
+
 /// Fully connected layer `y = x Wᵀ + b`.
 pub struct Linear {
     name: String,
@@ -72,16 +87,7 @@ impl Linear {
 
     /// `name.weight`, `name.bias`.
     pub fn parameters(&self) -> Vec<NamedParameter> {
-        vec![
-            NamedParameter {
-                name: format!("{}.weight", self.name),
-                var: self.weight.clone(),
-            },
-            NamedParameter {
-                name: format!("{}.bias", self.name),
-                var: self.bias.clone(),
-            },
-        ]
+        weight_and_bias(&self.name, &self.weight, &self.bias)
     }
 }
 
@@ -127,16 +133,7 @@ impl Conv2d {
 
     /// `name.weight`, `name.bias`.
     pub fn parameters(&self) -> Vec<NamedParameter> {
-        vec![
-            NamedParameter {
-                name: format!("{}.weight", self.name),
-                var: self.weight.clone(),
-            },
-            NamedParameter {
-                name: format!("{}.bias", self.name),
-                var: self.bias.clone(),
-            },
-        ]
+        weight_and_bias(&self.name, &self.weight, &self.bias)
     }
 }
 

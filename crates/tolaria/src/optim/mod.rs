@@ -19,10 +19,13 @@ pub use state::StateEntry;
 
 use crate::error::{Error, Result};
 
-/// Which update rule, with its rule-specific hyperparameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Which update rule, with its rule-specific hyperparameters. In configuration it
+/// is selected by `kind` (`"adamw"` or `"sgd"`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Rule {
     /// AdamW (decoupled weight decay), PyTorch's `torch.optim.AdamW`.
+    #[serde(rename = "adamw")]
     AdamW {
         /// First-moment decay.
         beta1: f64,
