@@ -78,7 +78,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
     let config = resolved.config.tolaria.clone();
     let seed = resolved.config.run.seed;
-    let mut trainer = tolaria::Trainer::new(config.clone(), seed).context("setting up training")?;
+    let mut trainer = tolaria::Trainer::new(config.clone(), seed)
+        .context("setting up training")?
+        .with_run_id(&resolved.run_id);
     let params: usize = trainer
         .host()
         .parameters()
@@ -133,7 +135,9 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
                 r.seconds
             )
         })
+        .inspect_err(|_| report_emergencies(&mut trainer))
         .context("training")?;
+    report_emergencies(&mut trainer);
     if let Some(last) = reports.last() {
         println!(
             "esper train: done — validation accuracy {:.2}% after {} steps",
@@ -142,4 +146,19 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints emergency signals and events (Oona will carry them once it exists).
+fn report_emergencies(trainer: &mut tolaria::Trainer) {
+    for event in trainer.drain_events() {
+        eprintln!("esper train: {}: {}", event.name, event.description);
+    }
+    trainer.emergency().outbox().drain(|signal| {
+        eprintln!(
+            "esper train: emergency {}: {}",
+            signal.level().as_str_name(),
+            signal.reason
+        );
+        Ok::<(), std::convert::Infallible>(())
+    });
 }

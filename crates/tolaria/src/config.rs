@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::governor::GovernorConfig;
 use crate::lr::LrConfig;
 use crate::optim::Rule;
 
@@ -35,6 +36,10 @@ pub struct Config {
     pub max_rollbacks: u32,
     /// Durable checkpoints.
     pub checkpoint: CheckpointConfig,
+    /// Loss-explosion detection.
+    pub governor: GovernorConfig,
+    /// Entries the emergency outbox holds before coalescing by level (default 64).
+    pub emergency_outbox: usize,
 }
 
 /// The `[tolaria.checkpoint]` section.
@@ -73,6 +78,8 @@ impl Default for Config {
             lr: LrConfig::default(),
             max_rollbacks: 3,
             checkpoint: CheckpointConfig::default(),
+            governor: GovernorConfig::default(),
+            emergency_outbox: 64,
         }
     }
 }
@@ -141,6 +148,13 @@ impl Config {
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1".into());
         }
+        if self.emergency_outbox < 5 {
+            return bad(
+                "emergency_outbox",
+                "must be at least 5 (one entry per level, plus room)".into(),
+            );
+        }
+        self.governor.validate(&format!("{prefix}.governor"))?;
         if self.checkpoint.keep == 0 {
             return bad("checkpoint.keep", "must be at least 1".into());
         }

@@ -39,13 +39,17 @@ pub enum Error {
     /// An emergency-level change that the controller does not allow.
     #[error("emergency controller: {0}")]
     Emergency(String),
-    /// The training loss was not a finite number.
-    #[error("loss is {loss} at global step {step}")]
-    NonFiniteLoss {
-        /// The loss value.
-        loss: f32,
+    /// The run halted: the governor saw more consecutive loss explosions than
+    /// `max_rollbacks` allows. The last known-good state was checkpointed when a
+    /// checkpoint directory is configured.
+    #[error("run halted at global step {step}: {reason}{}", .checkpoint.as_ref().map(|p| format!(" (known-good state saved to {})", p.display())).unwrap_or_default())]
+    Halted {
+        /// The last explosion's description.
+        reason: String,
         /// Global optimizer step.
         step: u64,
+        /// Final checkpoint of the known-good state, if written.
+        checkpoint: Option<PathBuf>,
     },
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]

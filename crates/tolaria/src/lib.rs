@@ -9,9 +9,11 @@
 //! learning-rate controller ([`lr`]) and the training loop with a real validation
 //! pass ([`Trainer`]), in-RAM known-good snapshots with rollback on a non-finite
 //! loss, and durable checksummed checkpoints with resume ([`state`]). Still to
-//! come: the loss-explosion governor beyond NaN, wiring the emergency controller
-//! ([`emergency`], built) into the loop and onto Oona, the control hook and
-//! asynchronous checkpoint writes.
+//! come: publishing emergency signals on Oona, the control hook, asynchronous
+//! checkpoint writes and the PyTorch comparison bench. The governor
+//! ([`governor`]) judges every loss (NaN, k-sigma and ratio to its moving mean);
+//! an explosion rolls back to the known-good state and raises the emergency level
+//! ([`emergency`]); too many in a row halt the run with a final checkpoint.
 
 #![deny(missing_docs)]
 
@@ -19,6 +21,7 @@ mod config;
 pub mod data;
 pub mod emergency;
 mod error;
+pub mod governor;
 pub mod hosts;
 pub mod lr;
 pub mod optim;

@@ -10,9 +10,12 @@ use kasmina::{DormantSlots, Host};
 
 use crate::config::{Config, DeviceKind};
 use crate::data::{BatchLoader, Dataset, bundled_mnist_dir, load_mnist};
+use crate::emergency::EmergencyController;
 use crate::error::{Error, Result};
+use crate::governor::{Governor, Verdict};
 use crate::optim::{Optimizer, ParamGroup};
 use crate::state::{CheckpointStore, Corrupt, RollbackReport, Snapshot};
+use leyline::v1::{EmergencyLevel, TelemetryEvent};
 
 /// A fault injected on purpose, to drill the safety paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,9 @@ pub struct Trainer {
     checkpoints: Option<CheckpointStore>,
     skipped_checkpoints: Vec<Corrupt>,
     resumed_from: Option<std::path::PathBuf>,
+    governor: Governor,
+    emergency: EmergencyController,
+    events: Vec<TelemetryEvent>,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -135,6 +141,7 @@ impl Trainer {
             }
             checkpoints = Some(store);
         }
+        let (config_governor, config_outbox) = (config.governor.clone(), config.emergency_outbox);
         Ok(Self {
             config,
             host,
@@ -152,7 +159,27 @@ impl Trainer {
             checkpoints,
             skipped_checkpoints,
             resumed_from,
+            governor: Governor::new(config_governor),
+            emergency: EmergencyController::new("", config_outbox),
+            events: Vec::new(),
         })
+    }
+
+    /// Names the run in emergency signals (call before training).
+    pub fn with_run_id(mut self, run_id: &str) -> Self {
+        let capacity = self.config.emergency_outbox;
+        self.emergency = EmergencyController::new(run_id, capacity);
+        self
+    }
+
+    /// The emergency controller, with its outbox of signals to deliver.
+    pub fn emergency(&mut self) -> &mut EmergencyController {
+        &mut self.emergency
+    }
+
+    /// Telemetry events raised since the last call (e.g. outbox overflows).
+    pub fn drain_events(&mut self) -> Vec<TelemetryEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Arms a fault for the next step (drills and tests of the safety paths).
@@ -180,14 +207,32 @@ impl Trainer {
         self.epoch
     }
 
-    /// Restores the last known-good snapshot after a bad step.
-    fn rollback(&mut self, reason: String, loss: f32) -> Result<()> {
+    /// Restores the last known-good snapshot after a loss explosion, raising the
+    /// emergency level; more than `max_rollbacks` in a row halt the run.
+    fn rollback(&mut self, reason: String) -> Result<()> {
         self.consecutive_rollbacks += 1;
         if self.consecutive_rollbacks > self.config.max_rollbacks {
-            return Err(Error::NonFiniteLoss {
-                loss,
+            let why = format!(
+                "{} consecutive loss explosions, the last: {reason}",
+                self.consecutive_rollbacks
+            );
+            let event = self.emergency.escalate(EmergencyLevel::Halt, &why)?;
+            self.events.extend(event);
+            let checkpoint = match &self.checkpoints {
+                Some(store) => Some(store.save(&self.known_good, &self.config.host, self.seed)?),
+                None => None,
+            };
+            return Err(Error::Halted {
+                reason: why,
                 step: self.global_step,
+                checkpoint,
             });
+        }
+        if self.emergency.level() < EmergencyLevel::Elevated {
+            let event = self
+                .emergency
+                .escalate(EmergencyLevel::Elevated, &format!("rollback: {reason}"))?;
+            self.events.extend(event);
         }
         let started = Instant::now();
         self.known_good
@@ -254,13 +299,10 @@ impl Trainer {
                 loss = (loss * f64::NAN)?;
             }
             let value = loss.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                // Never step on a non-finite loss: restore the known-good state and
+            if let Verdict::Explosion(reason) = self.governor.observe(f64::from(value)) {
+                // Never step on an exploded loss: restore the known-good state and
                 // carry on with the next batch.
-                self.rollback(
-                    format!("training loss {value} at step {}", self.global_step),
-                    value,
-                )?;
+                self.rollback(format!("{reason} at step {}", self.global_step))?;
                 continue;
             }
             let grads = loss.backward()?;
@@ -274,6 +316,14 @@ impl Trainer {
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let validation = self.validate()?;
+        let rollbacks = self.rollbacks.len() - rollbacks_before;
+        if rollbacks == 0 && self.emergency.level() == EmergencyLevel::Elevated {
+            // Explicit downgrade rule: a whole epoch without a rollback.
+            let event = self
+                .emergency
+                .downgrade(EmergencyLevel::Notice, "an epoch without rollbacks")?;
+            self.events.extend(event);
+        }
         let mut checkpoint = None;
         if validation.loss.is_finite() {
             // A boundary that passed its health check becomes the known-good state.
@@ -295,7 +345,7 @@ impl Trainer {
             validation,
             train_images_per_second: seen as f64 / train_seconds.max(1e-9),
             seconds: started.elapsed().as_secs_f64(),
-            rollbacks: self.rollbacks.len() - rollbacks_before,
+            rollbacks,
             checkpoint,
         })
     }

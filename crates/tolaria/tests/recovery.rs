@@ -35,7 +35,9 @@ fn bits(r: &tolaria::EpochReport) -> (u64, u64, u64, u64) {
 
 #[test]
 fn nan_loss_rolls_back_to_known_good_and_training_continues() {
-    let mut t = Trainer::new(config(2, None), 1).unwrap();
+    let mut t = Trainer::new(config(3, None), 1)
+        .unwrap()
+        .with_run_id("nan-drill");
     let first = t.run_epoch().unwrap();
     assert_eq!((first.global_step, first.rollbacks), (8, 0));
     t.inject_fault(Fault::NanLoss);
@@ -44,6 +46,7 @@ fn nan_loss_rolls_back_to_known_good_and_training_continues() {
     let rb = &t.rollbacks()[0];
     assert_eq!((rb.tier, rb.at_step, rb.restored_step), ("fast", 8, 8));
     assert!(rb.reason.contains("NaN"), "{}", rb.reason);
+    assert_eq!(t.emergency().level(), leyline::v1::EmergencyLevel::Elevated);
     // The poisoned batch was skipped, the other seven trained.
     assert_eq!(second.global_step, 15);
     assert!(second.validation.loss.is_finite());
@@ -54,20 +57,44 @@ fn nan_loss_rolls_back_to_known_good_and_training_continues() {
 }
 
 #[test]
-fn too_many_consecutive_rollbacks_stop_the_run() {
+fn too_many_consecutive_explosions_halt_the_run_with_a_final_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
     let mut t = Trainer::new(
         Config {
             max_rollbacks: 0,
-            ..config(1, None)
+            ..config(2, Some(dir.path()))
         },
         1,
     )
-    .unwrap();
+    .unwrap()
+    .with_run_id("halt-drill");
+    t.run_epoch().unwrap();
     t.inject_fault(Fault::NanLoss);
     match t.run_epoch() {
-        Err(Error::NonFiniteLoss { loss, step }) => assert!(loss.is_nan() && step == 0),
-        other => panic!("expected NonFiniteLoss, got {other:?}"),
+        Err(Error::Halted {
+            reason,
+            step,
+            checkpoint,
+        }) => {
+            assert!(reason.contains("NaN") && step == 8, "{reason} at {step}");
+            assert!(checkpoint.unwrap().ends_with("ckpt-000000000008"));
+        }
+        other => panic!("expected Halted, got {other:?}"),
     }
+    assert!(t.emergency().halted());
+    let mut signals = Vec::new();
+    t.emergency().outbox().drain(|s| {
+        signals.push(s.clone());
+        Ok::<(), ()>(())
+    });
+    assert_eq!(signals.len(), 1);
+    assert_eq!(signals[0].level(), leyline::v1::EmergencyLevel::Halt);
+    assert_eq!(signals[0].training_run_id, "halt-drill");
+    assert!(
+        leyline::validate::Validator::default()
+            .emergency_signal(&signals[0])
+            .passed()
+    );
 }
 
 #[test]

@@ -1,0 +1,182 @@
+//! The governor: decides whether a training loss is healthy or an explosion.
+//!
+//! A loss is an explosion when it is not finite, or — after `warmup_steps`
+//! healthy steps — when it is both more than `sigma` standard deviations above the
+//! exponentially weighted mean of recent healthy losses *and* more than `ratio`
+//! times that mean. Requiring both keeps ordinary minibatch noise (many sigmas
+//! once the loss is small and steady, but not several times the mean) from
+//! triggering rollbacks. Only healthy losses update the statistics.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The `[tolaria.governor]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernorConfig {
+    /// Weight of the newest loss in the moving statistics (default 0.05).
+    pub ewma_alpha: f64,
+    /// Standard deviations above the mean that count as a spike (default 6).
+    pub sigma: f64,
+    /// Multiple of the mean that counts as a spike (default 3).
+    pub ratio: f64,
+    /// Healthy steps observed before spikes are judged (default 20).
+    pub warmup_steps: u64,
+}
+
+impl Default for GovernorConfig {
+    fn default() -> Self {
+        Self {
+            ewma_alpha: 0.05,
+            sigma: 6.0,
+            ratio: 3.0,
+            warmup_steps: 20,
+        }
+    }
+}
+
+impl GovernorConfig {
+    /// Checks the values; `prefix` is the section's dotted path.
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        let bad = |key: &str, detail: String| {
+            Err(Error::Config {
+                key: format!("{prefix}.{key}"),
+                detail,
+            })
+        };
+        if !(self.ewma_alpha > 0.0 && self.ewma_alpha < 1.0) {
+            return bad(
+                "ewma_alpha",
+                format!("{} must be in (0, 1)", self.ewma_alpha),
+            );
+        }
+        if !(self.sigma.is_finite() && self.sigma > 0.0) {
+            return bad("sigma", format!("{} must be > 0", self.sigma));
+        }
+        if !(self.ratio.is_finite() && self.ratio > 1.0) {
+            return bad("ratio", format!("{} must be > 1", self.ratio));
+        }
+        Ok(())
+    }
+}
+
+/// The governor's judgement of one loss.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Train on.
+    Healthy,
+    /// Roll back; the string says why.
+    Explosion(String),
+}
+
+/// Moving statistics of healthy losses.
+#[derive(Debug, Clone)]
+pub struct Governor {
+    config: GovernorConfig,
+    mean: f64,
+    variance: f64,
+    seen: u64,
+}
+
+impl Governor {
+    /// A governor with no history.
+    pub fn new(config: GovernorConfig) -> Self {
+        Self {
+            config,
+            mean: 0.0,
+            variance: 0.0,
+            seen: 0,
+        }
+    }
+
+    /// Judges `loss`, learning from it when it is healthy.
+    pub fn observe(&mut self, loss: f64) -> Verdict {
+        if !loss.is_finite() {
+            return Verdict::Explosion(format!("loss is {loss}"));
+        }
+        if self.seen >= self.config.warmup_steps {
+            let std = self.variance.sqrt();
+            let over_sigma = loss > self.mean + self.config.sigma * std;
+            let over_ratio = loss > self.config.ratio * self.mean;
+            if over_sigma && over_ratio {
+                return Verdict::Explosion(format!(
+                    "loss {loss:.4} is {:.1} sigma above its moving mean {:.4} and {:.1}x it",
+                    (loss - self.mean) / std.max(f64::MIN_POSITIVE),
+                    self.mean,
+                    loss / self.mean.max(f64::MIN_POSITIVE)
+                ));
+            }
+        }
+        if self.seen == 0 {
+            self.mean = loss;
+        } else {
+            let a = self.config.ewma_alpha;
+            let delta = loss - self.mean;
+            self.mean += a * delta;
+            self.variance = (1.0 - a) * (self.variance + a * delta * delta);
+        }
+        self.seen += 1;
+        Verdict::Healthy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warmed(losses: impl IntoIterator<Item = f64>) -> Governor {
+        let mut g = Governor::new(GovernorConfig::default());
+        for l in losses {
+            assert_eq!(g.observe(l), Verdict::Healthy);
+        }
+        g
+    }
+
+    #[test]
+    fn non_finite_losses_are_explosions_from_the_first_step() {
+        let mut g = Governor::new(GovernorConfig::default());
+        assert!(matches!(g.observe(f64::NAN), Verdict::Explosion(r) if r.contains("NaN")));
+        assert!(matches!(g.observe(f64::INFINITY), Verdict::Explosion(_)));
+    }
+
+    #[test]
+    fn spikes_need_both_sigma_and_ratio() {
+        // A noisy but steady loss around 0.1.
+        let noisy = (0..200).map(|i| 0.1 + 0.02 * ((i * 7 % 11) as f64 / 11.0 - 0.5));
+        let mut g = warmed(noisy);
+        assert_eq!(
+            g.observe(0.25),
+            Verdict::Healthy,
+            "2.5x the mean but noise-level sigma would be a false alarm"
+        );
+        assert!(matches!(g.observe(5.0), Verdict::Explosion(r) if r.contains("sigma")));
+        // The explosion did not pollute the statistics.
+        assert_eq!(g.observe(0.1), Verdict::Healthy);
+    }
+
+    #[test]
+    fn a_falling_loss_never_trips_the_governor() {
+        warmed((0..500).map(|i| 2.3 * (-(i as f64) / 100.0).exp() + 0.05));
+    }
+
+    #[test]
+    fn nothing_is_judged_during_warmup() {
+        let mut g = warmed([0.1; 5]);
+        assert_eq!(g.observe(50.0), Verdict::Healthy);
+    }
+
+    #[test]
+    fn bad_config_names_its_key() {
+        let c = GovernorConfig {
+            ratio: 1.0,
+            ..GovernorConfig::default()
+        };
+        assert!(
+            c.validate("tolaria.governor")
+                .unwrap_err()
+                .to_string()
+                .contains("tolaria.governor.ratio")
+        );
+    }
+}
