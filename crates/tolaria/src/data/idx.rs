@@ -81,7 +81,7 @@ fn find(dir: &Path, stems: &[&str]) -> Result<PathBuf> {
     Err(Error::Data {
         path: dir.to_path_buf(),
         detail: format!(
-            "no file named {} (optionally .gz) in the directory",
+            "no file named {} (optionally .gz) in the directory; set tolaria.data_dir to an MNIST directory",
             stems.join(" or ")
         ),
     })

@@ -155,8 +155,14 @@ impl Dataset {
 }
 
 /// The MNIST subset bundled with the repository (`data/mnist`), for the default
-/// run and the tests.
+/// run and the tests: `data/mnist` under the working directory when it exists
+/// (a binary run from a checkout or a copy of it), else the checkout this crate
+/// was built from.
 pub fn bundled_mnist_dir() -> PathBuf {
+    let local = Path::new("data/mnist");
+    if local.is_dir() {
+        return local.to_path_buf();
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")
 }
 
