@@ -78,7 +78,54 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     outcome.with_context(|| format!("ci step `{name}` failed"))
 }
 
+/// Oona's Redis tests start real `redis-server` processes. Install Debian's
+/// package when it is missing and we may (root with apt-get); otherwise say how.
+fn prerequisites() -> Result<()> {
+    let have = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have("redis-server") {
+        return Ok(());
+    }
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !(root_user && have("apt-get")) {
+        bail!(
+            "redis-server is not installed; Oona's tests need it \
+             (Debian/Ubuntu: sudo apt-get install -y redis-server)"
+        );
+    }
+    println!("redis-server missing: installing Debian's redis-server");
+    for args in [
+        &["update", "-qq"][..],
+        &[
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "redis-server",
+        ][..],
+    ] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!("`apt-get {}` failed ({status})", args.join(" "));
+        }
+    }
+    Ok(())
+}
+
 fn ci(root: &Path) -> Result<()> {
+    step("prerequisites", prerequisites)?;
     step("fmt", || cargo(root, &["fmt", "--all", "--", "--check"]))?;
     step("tidy", || tidy::run(root))?;
     step("proto-check", || proto_check::run(root, false))?;

@@ -1,0 +1,208 @@
+//! Oona's typed configuration (`[oona]` in the Esper config file), with
+//! documented defaults. Resolved once by `esper-runtime` and passed down.
+
+use serde::{Deserialize, Serialize};
+
+/// Which backend carries the streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// In-process queues (the embedded default; one process only).
+    InProcess,
+    /// Redis Streams.
+    Redis {
+        /// Server URL, e.g. `redis://127.0.0.1:6379/0`.
+        url: String,
+    },
+}
+
+/// All of Oona's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Backend (default: in-process).
+    pub backend: BackendConfig,
+    /// Prefix of every stream name (default `oona`; streams are `oona.normal`, …).
+    pub namespace: String,
+    /// Approximate length cap of the capped streams (`XADD MAXLEN ~`, default 100 000).
+    pub max_len: u64,
+    /// Longest a consumer blocks waiting for new entries, ms (default 100; at most 500
+    /// so that cancellation is honoured within 500 ms).
+    pub block_ms: u64,
+    /// Entries read per call (default 128).
+    pub batch: u32,
+    /// An unacknowledged entry idle this long is reclaimed and redelivered, ms (default 5 000).
+    pub claim_idle_ms: u64,
+    /// Delay before an entry whose handler failed is redelivered, ms (default 100).
+    pub retry_backoff_ms: u64,
+    /// Deliveries before an entry goes to the dead-letter stream (default 5).
+    pub max_attempts: u32,
+    /// Housekeeping trims acknowledged entries older than this, s (default 3 600).
+    pub retention_s: u64,
+    /// How long a sampled stream depth is reused for routing, ms (default 50).
+    pub depth_refresh_ms: u64,
+    /// Backpressure and conservative mode.
+    pub backpressure: BackpressureConfig,
+    /// The telemetry emitter.
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            backend: BackendConfig::InProcess,
+            namespace: "oona".to_owned(),
+            max_len: 100_000,
+            block_ms: 100,
+            batch: 128,
+            claim_idle_ms: 5_000,
+            retry_backoff_ms: 100,
+            max_attempts: 5,
+            retention_s: 3_600,
+            depth_refresh_ms: 50,
+            backpressure: BackpressureConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// When LOW/NORMAL traffic is shed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackpressureConfig {
+    /// A stream this deep (undelivered + unacknowledged, deepest group) sheds
+    /// LOW/NORMAL messages bound for it (default 10 000).
+    pub shed_depth: u64,
+    /// Conservative mode is entered when any stream is this deep (default 50 000).
+    pub conservative_enter_depth: u64,
+    /// … and left when every stream is at most this deep (default 5 000) and
+    /// the mode has lasted at least `conservative_min_ms`.
+    pub conservative_exit_depth: u64,
+    /// Shortest time in conservative mode, ms (default 1 000).
+    pub conservative_min_ms: u64,
+}
+
+impl Default for BackpressureConfig {
+    fn default() -> Self {
+        Self {
+            shed_depth: 10_000,
+            conservative_enter_depth: 50_000,
+            conservative_exit_depth: 5_000,
+            conservative_min_ms: 1_000,
+        }
+    }
+}
+
+/// The telemetry emitter's batching and budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Events held before the emitter drops new ones (default 4 096).
+    pub queue: u32,
+    /// Most events in one packet (default 64).
+    pub batch: u32,
+    /// A partial batch is flushed after this long, ms (default 250).
+    pub flush_ms: u64,
+    /// Telemetry packets per second, sustained (default 50). CRITICAL events
+    /// bypass this budget.
+    pub packets_per_s: u32,
+    /// Burst allowance of the packet budget (default 100).
+    pub burst: u32,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            queue: 4_096,
+            batch: 64,
+            flush_ms: 250,
+            packets_per_s: 50,
+            burst: 100,
+        }
+    }
+}
+
+/// A setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("oona.{key}: {problem}")]
+pub struct ConfigError {
+    /// Dotted key under `[oona]`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Config {
+    /// Rejects values that would make the bus misbehave, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, problem: &str| {
+            Err(ConfigError {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.namespace.is_empty() || self.namespace.contains(char::is_whitespace) {
+            return err("namespace", "must be non-empty without whitespace");
+        }
+        if let BackendConfig::Redis { url } = &self.backend
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return err("backend.url", "must start with redis:// or rediss://");
+        }
+        if self.max_len == 0 {
+            return err("max_len", "must be at least 1");
+        }
+        if self.block_ms == 0 || self.block_ms > 500 {
+            return err("block_ms", "must be in 1..=500 (cancellation bound)");
+        }
+        if self.batch == 0 {
+            return err("batch", "must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            return err("max_attempts", "must be at least 1");
+        }
+        if self.retry_backoff_ms > self.claim_idle_ms {
+            return err("retry_backoff_ms", "must not exceed claim_idle_ms");
+        }
+        let bp = &self.backpressure;
+        if bp.conservative_exit_depth >= bp.conservative_enter_depth {
+            return err(
+                "backpressure.conservative_exit_depth",
+                "must be below conservative_enter_depth (hysteresis)",
+            );
+        }
+        let t = &self.telemetry;
+        if t.queue == 0 || t.batch == 0 || t.packets_per_s == 0 || t.burst == 0 {
+            return err(
+                "telemetry",
+                "queue, batch, packets_per_s and burst must be at least 1",
+            );
+        }
+        Ok(())
+    }
+
+    /// The full name of `stream` under this namespace.
+    pub fn stream_key(&self, stream: crate::Stream) -> String {
+        format!("{}.{}", self.namespace, stream.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_key() {
+        Config::default().validate().unwrap();
+        let c = Config {
+            block_ms: 900,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "block_ms");
+        let mut c = Config::default();
+        c.backpressure.conservative_exit_depth = c.backpressure.conservative_enter_depth;
+        assert!(c.validate().unwrap_err().key.contains("exit_depth"));
+        let c: Result<Config, _> = toml::from_str("backend = { kind = \"redis\", urll = \"x\" }");
+        assert!(c.unwrap_err().to_string().contains("urll"));
+    }
+}

@@ -1,0 +1,163 @@
+//! Test support: a real `redis-server` on a free loopback port, and Oona
+//! handles on either backend with test-friendly timings.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use leyline::SecurityConfig;
+use leyline::security::SigningKey;
+use oona::{Bus, Config, Identity, MemoryBus, Oona, RedisBus};
+
+/// The signing key every test handle shares.
+pub fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32]).unwrap()
+}
+
+pub fn identity(source: &str) -> Identity {
+    Identity {
+        source: source.into(),
+        run_id: "run-test".into(),
+    }
+}
+
+/// Short timings so that redelivery and dead-lettering happen within a test.
+pub fn config() -> Config {
+    Config {
+        block_ms: 50,
+        claim_idle_ms: 300,
+        retry_backoff_ms: 30,
+        max_attempts: 3,
+        depth_refresh_ms: 0,
+        max_len: 200,
+        ..Config::default()
+    }
+}
+
+pub fn handle<B: Bus>(bus: B, config: &Config) -> Oona<B> {
+    Oona::new(
+        bus,
+        config,
+        &SecurityConfig::default(),
+        key(),
+        identity("test"),
+    )
+    .unwrap()
+}
+
+pub fn memory(config: &Config) -> Oona<MemoryBus> {
+    handle(MemoryBus::new(config.max_len), config)
+}
+
+/// A `redis-server` child process with append-only persistence (fsync on every
+/// write), so that a killed and restarted server keeps every acknowledged write.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("redis-server"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "redis-server not found on PATH: the Redis half of Oona's tests needs a real \
+             server (Debian: apt-get install -y redis-server; .ci/run installs it)"
+        )
+    })
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(binary())
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "yes"])
+            .args(["--appendfsync", "always"])
+            .args(["--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no final save.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub async fn bus(&self, config: &Config) -> RedisBus {
+        RedisBus::connect(&self.url(), &config.namespace, config.max_len)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
