@@ -19,6 +19,9 @@ use crate::backend::Bus;
 use crate::client::{Oona, Published};
 use crate::config::TelemetryConfig;
 
+/// Publish attempts for one CRITICAL event (backoff 10 ms doubling to 500 ms).
+const CRITICAL_TRIES: u32 = 25;
+
 enum Item {
     Event(TelemetryEvent),
     Metric(MetricPoint),
@@ -253,10 +256,24 @@ impl<B: Bus> Task<B> {
         builder.build()
     }
 
+    /// CRITICAL events are retried (the backend may be reconnecting) for about
+    /// ten seconds before the failure is counted; they are never shed.
     async fn critical(&mut self, event: TelemetryEvent) {
         let packet = self.packet(vec![Item::Event(event)]);
         self.counters.critical.fetch_add(1, Ordering::Relaxed);
-        self.send(packet).await;
+        let mut pause = Duration::from_millis(10);
+        for _ in 0..CRITICAL_TRIES {
+            match self.oona.publish(&packet, packet.priority()).await {
+                Ok(Published::Stored { .. }) => return,
+                Ok(Published::Shed { .. }) | Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+        self.counters
+            .publish_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     async fn flush(&mut self, pending: &mut Vec<Item>) {

@@ -2,6 +2,7 @@
 //! against Redis Streams on a real `redis-server` started on a free port.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -432,36 +433,7 @@ fn backpressure_config() -> Config {
     c
 }
 
-macro_rules! conformance {
-    ($($name:ident $(with $config:expr)?),* $(,)?) => {
-        mod in_process {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    #[allow(unused_mut, unused_assignments)]
-                    let mut config = crate::common::config();
-                    $(config = $config;)?
-                    super::$name(crate::common::memory(&config)).await;
-                }
-            )*
-        }
-        mod redis_streams {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    #[allow(unused_mut, unused_assignments)]
-                    let mut config = crate::common::config();
-                    $(config = $config;)?
-                    let server = crate::common::RedisServer::start();
-                    let bus = server.bus(&config).await;
-                    super::$name(crate::common::handle(bus, &config)).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance! {
+on_both_backends! {
     ordering_per_stream,
     unacked_entries_are_redelivered_with_their_count,
     dead_letter_after_max_attempts,

@@ -161,3 +161,36 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Generates `in_process::<name>` and `redis_streams::<name>` tests that call
+/// `super::<name>(oona)` with an `Oona` on each backend (a fresh redis-server
+/// per test), optionally with a custom config.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident $(with $config:expr)?),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    #[allow(unused_mut, unused_assignments)]
+                    let mut config = crate::common::config();
+                    $(config = $config;)?
+                    super::$name(crate::common::memory(&config)).await;
+                }
+            )*
+        }
+        mod redis_streams {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    #[allow(unused_mut, unused_assignments)]
+                    let mut config = crate::common::config();
+                    $(config = $config;)?
+                    let server = crate::common::RedisServer::start();
+                    let bus = server.bus(&config).await;
+                    super::$name(crate::common::handle(bus, &config)).await;
+                }
+            )*
+        }
+    };
+}
