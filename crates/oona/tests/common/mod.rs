@@ -165,6 +165,7 @@ impl Drop for RedisServer {
 /// Generates `in_process::<name>` and `redis_streams::<name>` tests that call
 /// `super::<name>(oona)` with an `Oona` on each backend (a fresh redis-server
 /// per test), optionally with a custom config.
+#[allow(unused_macros)]
 macro_rules! on_both_backends {
     ($($name:ident $(with $config:expr)?),* $(,)?) => {
         mod in_process {
