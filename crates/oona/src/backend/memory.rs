@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,9 @@ struct Inner {
 struct Slot {
     state: Mutex<StreamState>,
     notify: Notify,
+    /// Readers about to block. Publishers skip the notification (a lock inside
+    /// `Notify`) when nobody waits, which is the common case under load.
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -85,25 +88,45 @@ impl MemoryBus {
     }
 
     fn append(&self, stream: Stream, record: Record) -> Result<EntryId> {
-        let id = {
+        let mut ids = self.append_all(stream, std::iter::once(record))?;
+        ids.pop()
+            .ok_or_else(|| Error::Invariant("append stored nothing".into()))
+    }
+
+    /// Appends under one lock acquisition, then wakes blocked readers once.
+    fn append_all(
+        &self,
+        stream: Stream,
+        records: impl Iterator<Item = Record>,
+    ) -> Result<Vec<EntryId>> {
+        let ids = {
             let mut state = self.lock(stream)?;
             let now_ms = leyline::unix_now_ms();
-            let id = if now_ms > state.last_id.ms {
-                EntryId { ms: now_ms, seq: 0 }
-            } else {
-                state.last_id.next()
-            };
-            state.last_id = id;
-            state.entries.push_back((id, record));
+            let ids: Vec<EntryId> = records
+                .map(|record| {
+                    let id = if now_ms > state.last_id.ms {
+                        EntryId { ms: now_ms, seq: 0 }
+                    } else {
+                        state.last_id.next()
+                    };
+                    state.last_id = id;
+                    state.entries.push_back((id, record));
+                    id
+                })
+                .collect();
             if stream.capped() {
-                while state.entries.len() > self.inner.max_len {
-                    state.entries.pop_front();
-                }
+                let excess = state.entries.len().saturating_sub(self.inner.max_len);
+                state.entries.drain(..excess);
             }
-            id
+            ids
         };
-        self.slot(stream).notify.notify_waiters();
-        Ok(id)
+        // SeqCst pairs with the reader's increment before it looks at the stream:
+        // either we see the waiter, or it sees the entries pushed above.
+        let slot = self.slot(stream);
+        if slot.waiting.load(Ordering::SeqCst) > 0 {
+            slot.notify.notify_waiters();
+        }
+        Ok(ids)
     }
 
     fn ack_locked(
@@ -117,6 +140,22 @@ impl MemoryBus {
             .iter()
             .filter(|id| group_state.pending.remove(id).is_some())
             .count() as u64)
+    }
+}
+
+/// Counts a blocked reader for as long as it lives (also when its future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -215,6 +254,10 @@ impl Bus for MemoryBus {
         self.append(stream, record)
     }
 
+    async fn publish_many(&self, stream: Stream, records: Vec<Record>) -> Result<Vec<EntryId>> {
+        self.append_all(stream, records.into_iter())
+    }
+
     async fn ensure_group(&self, stream: Stream, group: &str, start: StartFrom) -> Result<bool> {
         let mut state = self.lock(stream)?;
         if state.groups.contains_key(group) {
@@ -242,10 +285,8 @@ impl Bus for MemoryBus {
         options: ReadOptions,
     ) -> Result<ReadBatch> {
         let deadline = Instant::now() + options.block;
+        let slot = self.slot(stream);
         loop {
-            let mut notified = pin!(self.slot(stream).notify.notified());
-            // Registered before looking, so a publish in between is not missed.
-            notified.as_mut().enable();
             {
                 let mut state = self.lock(stream)?;
                 let batch = read_once(&mut state, stream, group, options, Instant::now())?;
@@ -256,6 +297,17 @@ impl Bus for MemoryBus {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(ReadBatch::default());
+            }
+            // Announce the wait and register for the notification *before*
+            // looking again, so that a publish in between is never missed.
+            let _waiting = Waiting::new(&slot.waiting);
+            let mut notified = pin!(slot.notify.notified());
+            notified.as_mut().enable();
+            let batch = self.lock(stream).and_then(|mut state| {
+                read_once(&mut state, stream, group, options, Instant::now())
+            })?;
+            if !batch.deliveries.is_empty() || !batch.trimmed.is_empty() {
+                return Ok(batch);
             }
             let _ = tokio::time::timeout(deadline - now, notified).await;
         }
@@ -348,7 +400,7 @@ impl Bus for MemoryBus {
     }
 
     async fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
+        self.inner.closed.store(true, Ordering::SeqCst);
         for slot in &self.inner.slots {
             slot.notify.notify_waiters();
         }

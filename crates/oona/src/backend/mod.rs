@@ -107,6 +107,14 @@ pub trait Bus: Clone + Send + Sync + 'static {
         record: Record,
     ) -> impl Future<Output = Result<EntryId>> + Send;
 
+    /// Appends `records` in order, in one round trip where the backend allows
+    /// (Redis: one pipeline). Ids are returned in the same order.
+    fn publish_many(
+        &self,
+        stream: Stream,
+        records: Vec<Record>,
+    ) -> impl Future<Output = Result<Vec<EntryId>>> + Send;
+
     /// Creates `group` at `start` unless it exists (then it is left as it is).
     /// Returns whether it was created.
     fn ensure_group(
@@ -208,6 +216,9 @@ impl Bus for AnyBus {
     }
     async fn publish(&self, stream: Stream, record: Record) -> Result<EntryId> {
         delegate!(self, b => b.publish(stream, record).await)
+    }
+    async fn publish_many(&self, stream: Stream, records: Vec<Record>) -> Result<Vec<EntryId>> {
+        delegate!(self, b => b.publish_many(stream, records).await)
     }
     async fn ensure_group(&self, stream: Stream, group: &str, start: StartFrom) -> Result<bool> {
         delegate!(self, b => b.ensure_group(stream, group, start).await)

@@ -228,6 +228,27 @@ impl Bus for RedisBus {
         reply::entry_id("XADD", &v)
     }
 
+    async fn publish_many(&self, stream: Stream, records: Vec<Record>) -> Result<Vec<EntryId>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_open()?;
+        let mut pipe = redis::pipe();
+        for record in &records {
+            pipe.add_command(self.xadd(stream, record));
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> =
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|source| Error::Redis {
+                    op: "XADD (pipelined)",
+                    stream: self.key(stream).to_owned(),
+                    source,
+                })?;
+        replies.iter().map(|v| reply::entry_id("XADD", v)).collect()
+    }
+
     async fn ensure_group(&self, stream: Stream, group: &str, start: StartFrom) -> Result<bool> {
         let start = match start {
             StartFrom::Beginning => "0".to_owned(),

@@ -246,3 +246,77 @@ pub(super) fn groups(v: &Value) -> Result<Vec<GroupInfo>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            any::<i64>().prop_map(Value::Int),
+            proptest::collection::vec(any::<u8>(), 0..12).prop_map(Value::BulkString),
+            "[0-9]{1,3}-[0-9]{1,2}".prop_map(|s| Value::BulkString(s.into_bytes())),
+            prop_oneof![
+                Just("e"),
+                Just("p"),
+                Just("os"),
+                Just("oi"),
+                Just("name"),
+                Just("lag")
+            ]
+            .prop_map(|s| Value::SimpleString(s.to_owned())),
+            Just(Value::Okay),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    proptest! {
+        // Replies come from a server we do not control: any shape gives a
+        // value or a typed error, never a panic.
+        #[test]
+        fn any_reply_shape_parses_or_errors(v in value()) {
+            let _ = read_group(&v);
+            let _ = autoclaim(&v);
+            let _ = pending_counts(&v);
+            let _ = pending_min(&v);
+            let _ = groups(&v);
+            let _ = entries("XRANGE", &v);
+            let _ = record(&v);
+        }
+    }
+
+    #[test]
+    fn entry_fields_round_trip_and_bad_fields_give_an_empty_payload() {
+        let fields = Value::Array(vec![
+            Value::BulkString(b"e".to_vec()),
+            Value::BulkString(vec![1, 2, 3]),
+            Value::BulkString(b"p".to_vec()),
+            Value::BulkString(b"42".to_vec()),
+            Value::BulkString(b"os".to_vec()),
+            Value::BulkString(b"normal".to_vec()),
+            Value::BulkString(b"oi".to_vec()),
+            Value::BulkString(b"5-1".to_vec()),
+            Value::BulkString(b"oa".to_vec()),
+            Value::Int(3),
+            Value::BulkString(b"or".to_vec()),
+            Value::BulkString(b"why".to_vec()),
+        ]);
+        let r = record(&fields);
+        assert_eq!(r.payload.as_ref(), &[1, 2, 3]);
+        assert_eq!(r.published_us, 42);
+        let o = r.origin.unwrap();
+        assert_eq!(
+            (o.stream, o.entry.to_string(), o.attempts, o.reason.as_str()),
+            (Stream::Normal, "5-1".into(), 3, "why")
+        );
+        let junk = record(&Value::Array(vec![Value::Int(1)]));
+        assert!(junk.payload.is_empty() && junk.origin.is_none());
+    }
+}

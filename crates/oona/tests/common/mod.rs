@@ -62,6 +62,7 @@ pub fn memory(config: &Config) -> Oona<MemoryBus> {
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
+    durable: bool,
     child: Option<Child>,
 }
 
@@ -89,10 +90,20 @@ fn binary() -> PathBuf {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Without persistence (benchmarks measure the bus, not the disk).
+    pub fn start_volatile() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut server = Self {
             port: free_port(),
             dir,
+            durable,
             child: None,
         };
         server.spawn();
@@ -108,7 +119,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "yes"])
+            .args(["--appendonly", if self.durable { "yes" } else { "no" }])
             .args(["--appendfsync", "always"])
             .args(["--protected-mode", "no"])
             .arg("--dir")
