@@ -55,4 +55,10 @@ pub enum Error {
     /// Training failed.
     #[error(transparent)]
     Tolaria(#[from] tolaria::Error),
+    /// The message bus failed.
+    #[error(transparent)]
+    Oona(#[from] oona::Error),
+    /// The async runtime could not be started or a task failed.
+    #[error("{0}")]
+    Runtime(String),
 }

@@ -7,14 +7,17 @@
 //!
 //! Today the program resolves configuration, runs the contract self-check
 //! ([`selfcheck`]) and trains a reference host on the bundled MNIST subset with
-//! every slot dormant (`esper train`); growth, the Urza service and the other
-//! subcommands arrive with the subsystems that implement them.
+//! every slot dormant (`esper train`), publishing its state packets, telemetry
+//! and emergency signals on Oona ([`bus`]); growth, the Urza service and the
+//! other subcommands arrive with the subsystems that implement them.
 
 #![deny(missing_docs)]
 
+pub mod bus;
 pub mod config;
 mod error;
 pub mod selfcheck;
 
+pub use bus::{BusSummary, RunBus};
 pub use config::{EsperConfig, Resolved, RunConfig};
 pub use error::{Error, Result};

@@ -118,40 +118,95 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
             trainer.global_step()
         );
     }
-    let reports = trainer
-        .run(|r| {
-            if r.rollbacks > 0 {
-                println!("esper train: epoch {}: {} rollback(s) to the last known-good state", r.epoch, r.rollbacks);
+    let bus = esper_runtime::RunBus::start(resolved, "tolaria").context("connecting to Oona")?;
+    let identity = tolaria::packet::RunIdentity {
+        run_id: resolved.run_id.clone(),
+        experiment: resolved.config.run.experiment.clone(),
+    };
+    let mut last = None;
+    while trainer.epoch() < config.epochs {
+        let r = match trainer.run_epoch() {
+            Ok(r) => r,
+            Err(e) => {
+                report_emergencies(&mut trainer, &bus);
+                return Err(e).context("training");
             }
+        };
+        if r.rollbacks > 0 {
             println!(
-                "epoch {:>3} | step {:>6} | train loss {:.4} acc {:6.2}% | validation loss {:.4} acc {:6.2}% | {:>6.0} img/s | {:.1} s",
-                r.epoch,
-                r.global_step,
-                r.train_loss,
-                100.0 * r.train_accuracy,
-                r.validation.loss,
-                100.0 * r.validation.accuracy,
-                r.train_images_per_second,
-                r.seconds
-            )
-        })
-        .inspect_err(|_| report_emergencies(&mut trainer))
-        .context("training")?;
-    report_emergencies(&mut trainer);
-    if let Some(last) = reports.last() {
+                "esper train: epoch {}: {} rollback(s) to the last known-good state",
+                r.epoch, r.rollbacks
+            );
+        }
+        println!(
+            "epoch {:>3} | step {:>6} | train loss {:.4} acc {:6.2}% | validation loss {:.4} acc {:6.2}% | {:>6.0} img/s | {:.1} s",
+            r.epoch,
+            r.global_step,
+            r.train_loss,
+            100.0 * r.train_accuracy,
+            r.validation.loss,
+            100.0 * r.validation.accuracy,
+            r.train_images_per_second,
+            r.seconds
+        );
+        let packet = tolaria::packet::state_packet(&trainer, &r, &identity, config.device);
+        if let oona::Published::Shed { stream, reason } = bus
+            .publish_state(&packet)
+            .context("publishing the state packet")?
+        {
+            eprintln!(
+                "esper train: state packet shed from {stream} ({})",
+                reason.as_str()
+            );
+        }
+        bus.metric(leyline::telemetry::metric(
+            "validation_accuracy",
+            r.validation.accuracy,
+            "ratio",
+        ));
+        bus.metric(leyline::telemetry::metric(
+            "train_images_per_second",
+            r.train_images_per_second,
+            "img/s",
+        ));
+        report_emergencies(&mut trainer, &bus);
+        last = Some(r);
+    }
+    if let Some(last) = last {
         println!(
             "esper train: done — validation accuracy {:.2}% after {} steps",
             100.0 * last.validation.accuracy,
             last.global_step
         );
     }
+    let summary = bus.finish().context("closing the bus")?;
+    let published: u64 = summary.stats.published.values().sum();
+    println!(
+        "esper train: oona ({}) — {published} messages published ({}), {} shed, {} telemetry events dropped",
+        match resolved.config.oona.backend {
+            oona::config::BackendConfig::InProcess => "in-process".to_owned(),
+            oona::config::BackendConfig::Redis { ref url } => format!("redis {url}"),
+        },
+        summary
+            .stats
+            .published
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        summary.stats.shed_total(),
+        summary.emitter.dropped_queue_full + summary.emitter.dropped_budget,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints emergency signals and events (Oona will carry them once it exists).
-fn report_emergencies(trainer: &mut tolaria::Trainer) {
+/// Sends the trainer's telemetry events and emergency signals over Oona (and
+/// shows them to the operator). A signal that cannot be published stays in the
+/// outbox for the next call.
+fn report_emergencies(trainer: &mut tolaria::Trainer, bus: &esper_runtime::RunBus) {
     for event in trainer.drain_events() {
         eprintln!("esper train: {}: {}", event.name, event.description);
+        bus.emit(event);
     }
     trainer.emergency().outbox().drain(|signal| {
         eprintln!(
@@ -159,6 +214,10 @@ fn report_emergencies(trainer: &mut tolaria::Trainer) {
             signal.level().as_str_name(),
             signal.reason
         );
-        Ok::<(), std::convert::Infallible>(())
+        bus.publish_signal(signal.clone())
+            .map(|_| ())
+            .inspect_err(|e| {
+                eprintln!("esper train: emergency signal not yet delivered (kept): {e}");
+            })
     });
 }

@@ -88,6 +88,7 @@ pub fn run(resolved: &Resolved) -> Report {
         check("validator", validation(resolved, &validator)),
         check("signing and verification", security(resolved)),
         check("verification latency", latency(resolved)),
+        check("oona round trip", bus_round_trip(resolved)),
     ];
     Report { checks }
 }
@@ -285,6 +286,71 @@ fn latency(resolved: &Resolved) -> Result<String, String> {
     }
 }
 
+/// Publishes a signed state packet on the configured backend (under the
+/// `<namespace>.selfcheck` streams, so that real traffic is untouched), reads it
+/// back through a consumer group, verifies, acknowledges and trims it.
+fn bus_round_trip(resolved: &Resolved) -> Result<String, String> {
+    use oona::Bus as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let mut config = resolved.config.oona.clone();
+    config.namespace = format!("{}.selfcheck", config.namespace);
+    let backend = match &config.backend {
+        oona::config::BackendConfig::InProcess => "in-process".to_owned(),
+        oona::config::BackendConfig::Redis { url } => format!("redis {url}"),
+    };
+    runtime.block_on(async {
+        let fail = |what: &str, e: oona::Error| format!("{backend}: {what}: {e}");
+        let identity = oona::Identity {
+            source: "esper-check".into(),
+            run_id: resolved.run_id.clone(),
+        };
+        let bus = oona::connect(
+            &config,
+            &resolved.config.leyline,
+            resolved.signing_key.clone(),
+            identity,
+        )
+        .await
+        .map_err(|e| fail("connect", e))?;
+        let mut sub = bus
+            .subscribe(oona::Stream::Normal, "esper-check", "check", oona::StartFrom::Beginning)
+            .await
+            .map_err(|e| fail("subscribe", e))?;
+        let packet = leyline::v1::SystemStatePacket {
+            packet_id: leyline::new_id(),
+            training_run_id: resolved.run_id.clone(),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        bus.publish(&packet, MessagePriority::High)
+            .await
+            .map_err(|e| fail("publish", e))?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while Instant::now() < deadline {
+            for d in sub.next_batch().await.map_err(|e| fail("read", e))? {
+                sub.ack(&d).await.map_err(|e| fail("ack", e))?;
+                if matches!(&d.payload, BusPayload::SystemState(p) if p.packet_id == packet.packet_id)
+                {
+                    let took = started.elapsed();
+                    let trimmed = bus
+                        .bus()
+                        .trim_acknowledged(oona::Stream::Normal, leyline::unix_now_ms() + 1)
+                        .await
+                        .map_err(|e| fail("trim", e))?;
+                    return Ok(format!(
+                        "{backend}: signed, published, delivered, verified and acknowledged in {:.2} ms ({trimmed} acknowledged entries trimmed)",
+                        took.as_secs_f64() * 1e3
+                    ));
+                }
+            }
+        }
+        Err(format!("{backend}: the published packet was not delivered within 2 s"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +361,20 @@ mod tests {
         let resolved = crate::config::load(None, &BTreeMap::new()).unwrap();
         let report = run(&resolved);
         assert!(report.passed(), "{report}");
-        assert_eq!(report.checks.len(), 5);
+        assert_eq!(report.checks.len(), 6);
+    }
+
+    #[test]
+    fn an_unreachable_bus_fails_the_round_trip() {
+        let mut resolved = crate::config::load(None, &BTreeMap::new()).unwrap();
+        resolved.config.oona.backend = oona::config::BackendConfig::Redis {
+            url: "redis://127.0.0.1:1/0".into(),
+        };
+        let report = run(&resolved);
+        let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
+        assert_eq!(failed.len(), 1, "{report}");
+        assert_eq!(failed[0].name, "oona round trip");
+        assert!(failed[0].detail.contains("connect"), "{}", failed[0].detail);
     }
 
     #[test]

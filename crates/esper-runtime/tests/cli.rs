@@ -30,7 +30,11 @@ fn check_passes_with_defaults() {
     let out = esper(&["check"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("5 checks, 5 passed, 0 failed"), "{t}");
+    assert!(t.contains("6 checks, 6 passed, 0 failed"), "{t}");
+    assert!(
+        t.contains("oona round trip") && t.contains("in-process"),
+        "{t}"
+    );
     assert!(
         t.contains("lifecycle table") && t.contains("verification latency"),
         "{t}"
@@ -121,6 +125,11 @@ fn train_runs_a_short_real_training_and_reports_each_epoch() {
     );
     assert!(
         t.contains("epoch   1") && t.contains("epoch   2") && t.contains("done"),
+        "{t}"
+    );
+    // One state packet per epoch went out on the (in-process) bus.
+    assert!(
+        t.contains("oona (in-process)") && t.contains("normal 2"),
         "{t}"
     );
 }

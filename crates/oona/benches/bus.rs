@@ -39,17 +39,19 @@ fn packet(i: u64) -> SystemStatePacket {
     }
 }
 
-fn bench_config() -> Config {
-    let mut c = Config {
+fn bench_config() -> common::Setup {
+    let mut setup = common::config();
+    setup.oona = Config {
         max_len: 10_000_000,
         block_ms: 20,
         batch: 1024,
         ..Config::default()
     };
-    c.backpressure.shed_depth = u64::MAX;
-    c.backpressure.conservative_enter_depth = u64::MAX;
-    c.backpressure.conservative_exit_depth = 0;
-    c
+    // Measure the bus, not backpressure: nothing is shed.
+    setup.leyline.limits.max_queue_depth = u32::MAX;
+    setup.oona.backpressure.conservative_enter_depth = u64::MAX;
+    setup.oona.backpressure.conservative_exit_depth = 0;
+    setup
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -395,10 +397,8 @@ fn main() {
             None => println!("redis-benchmark not installed: C-client reference skipped"),
         }
         // A namespace of its own: the throughput run left 100 000 entries behind.
-        let consumer_cfg = Config {
-            namespace: "latency".into(),
-            ..bench_config()
-        };
+        let mut consumer_cfg = bench_config();
+        consumer_cfg.oona.namespace = "latency".into();
         let fresh = common::handle(server.bus(&consumer_cfg).await, &consumer_cfg);
         let (p50, p95, p99, count) = paced_latency(fresh, 10_000, 3).await;
         println!(

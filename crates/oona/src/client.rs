@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use leyline::SecurityConfig;
+use leyline::Config as LeylineConfig;
 use leyline::security::{SigningKey, sign};
 use leyline::v1::{
     AdaptationCommand, BusEnvelope, BusMessageType, EmergencySignal, FieldReport,
@@ -97,7 +97,7 @@ pub(crate) struct Shared<B> {
     pub(crate) key: SigningKey,
     pub(crate) identity: Identity,
     pub(crate) config: Config,
-    pub(crate) security: SecurityConfig,
+    pub(crate) leyline: LeylineConfig,
     pub(crate) stats: Stats,
     mode: Mutex<ModeTracker>,
     depths: Mutex<[Option<(Instant, u64)>; Stream::ALL.len()]>,
@@ -110,7 +110,7 @@ pub(crate) struct Shared<B> {
 /// fails at start-up when its secret cannot be resolved.
 pub async fn connect(
     config: &Config,
-    security: &SecurityConfig,
+    leyline: &LeylineConfig,
     key: SigningKey,
     identity: Identity,
 ) -> Result<Oona<AnyBus>> {
@@ -121,7 +121,7 @@ pub async fn connect(
             AnyBus::Redis(RedisBus::connect(url, &config.namespace, config.max_len).await?)
         }
     };
-    Oona::new(bus, config, security, key, identity)
+    Oona::new(bus, config, leyline, key, identity)
 }
 
 fn now_us() -> u64 {
@@ -131,22 +131,27 @@ fn now_us() -> u64 {
 }
 
 impl<B: Bus> Oona<B> {
-    /// A handle on `bus`. Fails when `config` is out of range.
+    /// A handle on `bus`. Security windows and the shared limits (shedding
+    /// depth, attempts before dead-lettering) come from `leyline`. Fails when
+    /// either config is out of range.
     pub fn new(
         bus: B,
         config: &Config,
-        security: &SecurityConfig,
+        leyline: &LeylineConfig,
         key: SigningKey,
         identity: Identity,
     ) -> Result<Self> {
         config.validate()?;
+        leyline
+            .validate("leyline")
+            .map_err(|e| Error::Invariant(format!("invalid leyline config: {e}")))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 bus,
                 key,
                 identity,
                 config: config.clone(),
-                security: security.clone(),
+                leyline: leyline.clone(),
                 stats: Stats::default(),
                 mode: Mutex::new(ModeTracker::new(config.backpressure.clone())),
                 depths: Mutex::new([None; Stream::ALL.len()]),
@@ -172,6 +177,17 @@ impl<B: Bus> Oona<B> {
     /// The resolved configuration.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// Deliveries before an entry is dead-lettered (`leyline.limits.max_retries`).
+    pub fn max_attempts(&self) -> u32 {
+        self.shared.leyline.limits.max_retries
+    }
+
+    /// Depth at which LOW/NORMAL traffic to a stream is shed
+    /// (`leyline.limits.max_queue_depth`).
+    pub fn shed_depth(&self) -> u64 {
+        u64::from(self.shared.leyline.limits.max_queue_depth)
     }
 
     /// Sends every later rejection (quarantine) to `emitter` as a telemetry
@@ -311,7 +327,7 @@ impl<B: Bus> Oona<B> {
             priority,
             depth,
             conservative,
-            &self.shared.config.backpressure,
+            u64::from(self.shared.leyline.limits.max_queue_depth),
         ) {
             Route::Publish(stream) => Ok(Ok((stream, priority))),
             Route::Shed(stream, reason) => {

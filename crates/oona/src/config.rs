@@ -35,8 +35,6 @@ pub struct Config {
     pub claim_idle_ms: u64,
     /// Delay before an entry whose handler failed is redelivered, ms (default 100).
     pub retry_backoff_ms: u64,
-    /// Deliveries before an entry goes to the dead-letter stream (default 5).
-    pub max_attempts: u32,
     /// Housekeeping trims acknowledged entries older than this, s (default 3 600).
     pub retention_s: u64,
     /// How long a sampled stream depth is reused for routing, ms (default 50).
@@ -57,7 +55,6 @@ impl Default for Config {
             batch: 128,
             claim_idle_ms: 5_000,
             retry_backoff_ms: 100,
-            max_attempts: 5,
             retention_s: 3_600,
             depth_refresh_ms: 50,
             backpressure: BackpressureConfig::default(),
@@ -66,13 +63,12 @@ impl Default for Config {
     }
 }
 
-/// When LOW/NORMAL traffic is shed.
+/// When the bus turns conservative. The per-stream shedding depth is the shared
+/// limit `leyline.limits.max_queue_depth`, and the attempts before dead-lettering
+/// are `leyline.limits.max_retries`: one value each for every subsystem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackpressureConfig {
-    /// A stream this deep (undelivered + unacknowledged, deepest group) sheds
-    /// LOW/NORMAL messages bound for it (default 10 000).
-    pub shed_depth: u64,
     /// Conservative mode is entered when any stream is this deep (default 50 000).
     pub conservative_enter_depth: u64,
     /// … and left when every stream is at most this deep (default 5 000) and
@@ -85,7 +81,6 @@ pub struct BackpressureConfig {
 impl Default for BackpressureConfig {
     fn default() -> Self {
         Self {
-            shed_depth: 10_000,
             conservative_enter_depth: 50_000,
             conservative_exit_depth: 5_000,
             conservative_min_ms: 1_000,
@@ -157,9 +152,6 @@ impl Config {
         }
         if self.batch == 0 {
             return err("batch", "must be at least 1");
-        }
-        if self.max_attempts == 0 {
-            return err("max_attempts", "must be at least 1");
         }
         if self.retry_backoff_ms > self.claim_idle_ms {
             return err("retry_backoff_ms", "must not exceed claim_idle_ms");

@@ -84,12 +84,12 @@ pub enum Error {
         /// Group name.
         group: String,
     },
-    /// A Redis command failed.
-    #[error("redis {op} on {stream:?} failed: {source}")]
+    /// A Redis command failed (the cause is the error's `source`).
+    #[error("redis {op} on {stream} failed")]
     Redis {
         /// The command.
         op: &'static str,
-        /// The stream key (empty for connection set-up).
+        /// The stream key, or the server URL for connection set-up.
         stream: String,
         /// What Redis or the connection said.
         #[source]

@@ -75,13 +75,14 @@ fn sheddable(priority: MessagePriority) -> bool {
     }
 }
 
-/// Routes one message. `depth` is the depth of the stream it would take.
+/// Routes one message. `depth` is the depth of the stream it would take;
+/// LOW/NORMAL messages are shed when it is at least `shed_depth`.
 pub fn route(
     message_type: BusMessageType,
     priority: MessagePriority,
     depth: u64,
     conservative: bool,
-    config: &BackpressureConfig,
+    shed_depth: u64,
 ) -> Route {
     let stream = stream_for(message_type, priority);
     // Emergency signals are exempt whatever priority their publisher claimed.
@@ -90,7 +91,7 @@ pub fn route(
     }
     if conservative {
         Route::Shed(stream, ShedReason::Conservative)
-    } else if depth >= config.shed_depth {
+    } else if depth >= shed_depth {
         Route::Shed(stream, ShedReason::DepthPressure)
     } else {
         Route::Publish(stream)
@@ -187,11 +188,11 @@ mod tests {
         fn routing_never_promotes_and_never_sheds_emergencies(
             t in any::<u8>(), p in any::<u8>(), depth in any::<u64>(), cons in any::<bool>()
         ) {
-            let cfg = BackpressureConfig::default();
+            let shed = 10_000;
             let (t, p) = (message_type(t), priority(p));
-            let r = route(t, p, depth, cons, &cfg);
+            let r = route(t, p, depth, cons, shed);
             // Pure: the same inputs give the same answer.
-            prop_assert_eq!(r, route(t, p, depth, cons, &cfg));
+            prop_assert_eq!(r, route(t, p, depth, cons, shed));
             let stream = match r { Route::Publish(s) | Route::Shed(s, _) => s };
             // Depth and mode never change the stream, only whether it is shed.
             prop_assert_eq!(stream, stream_for(t, p));
@@ -209,18 +210,18 @@ mod tests {
 
     #[test]
     fn low_and_normal_are_shed_under_pressure() {
-        let cfg = BackpressureConfig::default();
+        let shed = 10_000;
         let t = BusMessageType::Telemetry;
         assert_eq!(
-            route(t, MessagePriority::Low, cfg.shed_depth, false, &cfg),
+            route(t, MessagePriority::Low, shed, false, shed),
             Route::Shed(Stream::Telemetry, ShedReason::DepthPressure)
         );
         assert_eq!(
-            route(t, MessagePriority::Normal, 0, true, &cfg),
+            route(t, MessagePriority::Normal, 0, true, shed),
             Route::Shed(Stream::Telemetry, ShedReason::Conservative)
         );
         assert_eq!(
-            route(t, MessagePriority::Normal, cfg.shed_depth - 1, false, &cfg),
+            route(t, MessagePriority::Normal, shed - 1, false, shed),
             Route::Publish(Stream::Telemetry)
         );
     }

@@ -114,7 +114,7 @@ fn remember(set: &mut BTreeSet<EntryId>, id: EntryId) {
 impl<B: Bus> Subscription<B> {
     pub(crate) fn new(oona: Oona<B>, bus: B, stream: Stream, group: &str, consumer: &str) -> Self {
         let shared = oona.shared();
-        let verifier = Verifier::new(shared.key.clone(), &shared.security);
+        let verifier = Verifier::new(shared.key.clone(), &shared.leyline.security);
         Self {
             bus,
             stream,
@@ -171,7 +171,7 @@ impl<B: Bus> Subscription<B> {
 
     /// Dead-letters, quarantines, skips or admits one raw delivery.
     async fn admit(&mut self, raw: RawDelivery) -> Result<Option<Delivery>> {
-        let max = self.oona.config().max_attempts;
+        let max = self.oona.max_attempts();
         if raw.attempt > max {
             let reason = format!("not handled after {max} attempts");
             self.move_to(Stream::DeadLetter, &raw, reason).await?;
@@ -303,7 +303,7 @@ impl<B: Bus> Subscription<B> {
     /// when it has had `max_attempts` deliveries.
     pub async fn fail(&mut self, delivery: &Delivery, reason: &str) -> Result<FailOutcome> {
         let c = self.oona.config();
-        if delivery.attempt >= c.max_attempts {
+        if delivery.attempt >= self.oona.max_attempts() {
             let reason = format!("handler failed {} times; last: {reason}", delivery.attempt);
             self.move_to(Stream::DeadLetter, &delivery.raw, reason)
                 .await?;

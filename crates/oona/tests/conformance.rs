@@ -15,7 +15,7 @@ use leyline::v1::{
     SystemStatePacket, TelemetryPacket,
 };
 use oona::routing::ShedReason;
-use oona::{Bus, Config, Delivery, Oona, Published, Record, StartFrom, Stream};
+use oona::{Bus, Delivery, Oona, Published, Record, StartFrom, Stream};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -161,7 +161,7 @@ async fn dead_letter_after_max_attempts<B: Bus>(oona: Oona<B>) {
         .await
         .unwrap();
     watcher.await.unwrap();
-    let max = oona.config().max_attempts;
+    let max = oona.max_attempts();
     assert_eq!(calls, max as usize);
     assert_eq!(report.dead_lettered, 1);
     let dead = oona
@@ -358,7 +358,7 @@ async fn cancellation_stops_consumers_promptly<B: Bus>(oona: Oona<B>) {
 }
 
 async fn backpressure_sheds_low_and_normal_only<B: Bus>(oona: Oona<B>) {
-    let shed_depth = oona.config().backpressure.shed_depth;
+    let shed_depth = oona.shed_depth();
     // A group that never reads: the backlog grows.
     oona.bus()
         .ensure_group(Stream::Telemetry, "slow", StartFrom::Beginning)
@@ -424,13 +424,14 @@ async fn backpressure_sheds_low_and_normal_only<B: Bus>(oona: Oona<B>) {
     assert!(!oona.conservative());
 }
 
-fn backpressure_config() -> Config {
-    let mut c = common::config();
-    c.backpressure.shed_depth = 20;
+fn backpressure_config() -> common::Setup {
+    let mut setup = common::config();
+    setup.leyline.limits.max_queue_depth = 20;
+    let c = &mut setup.oona;
     c.backpressure.conservative_enter_depth = 1_000;
     c.backpressure.conservative_exit_depth = 500;
     c.backpressure.conservative_min_ms = 0;
-    c
+    setup
 }
 
 on_both_backends! {

@@ -16,17 +16,16 @@ use leyline::telemetry::event;
 use leyline::v1::{
     EmergencyLevel, EmergencySignal, MessagePriority, TelemetryLevel, TelemetryPacket,
 };
-use oona::{Bus, Config, Delivery, Oona, StartFrom, Stream};
+use oona::{Bus, Delivery, Oona, StartFrom, Stream};
 use tokio_util::sync::CancellationToken;
 
 const FLOOD: u64 = 10_000;
 const SIGNALS: usize = 200;
 
-fn flood_config() -> Config {
-    Config {
-        max_len: 100_000,
-        ..common::config()
-    }
+fn flood_config() -> common::Setup {
+    let mut setup = common::config();
+    setup.oona.max_len = 100_000;
+    setup
 }
 
 fn now_us() -> u64 {

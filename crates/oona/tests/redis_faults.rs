@@ -11,18 +11,16 @@ use std::time::{Duration, Instant};
 
 use leyline::codec::BusPayload;
 use leyline::v1::{MessagePriority, SystemStatePacket};
-use oona::{Bus, Config, Delivery, Published, StartFrom, Stream};
+use oona::{Bus, Delivery, Published, StartFrom, Stream};
 use tokio_util::sync::CancellationToken;
 
 const MESSAGES: u64 = 3_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_loses_nothing_acknowledged_and_duplicates_nothing() {
-    let config = Config {
-        max_len: 100_000,
-        claim_idle_ms: 500,
-        ..common::config()
-    };
+    let mut config = common::config();
+    config.oona.max_len = 100_000;
+    config.oona.claim_idle_ms = 500;
     let mut server = common::RedisServer::start();
     let publisher = common::handle(server.bus(&config).await, &config);
     let consumer = common::handle(server.bus(&config).await, &config);

@@ -25,6 +25,7 @@ pub mod governor;
 pub mod hosts;
 pub mod lr;
 pub mod optim;
+pub mod packet;
 pub mod state;
 mod trainer;
 

@@ -37,6 +37,8 @@ pub struct EsperConfig {
     pub leyline: leyline::Config,
     /// Training: host, data, optimizer, learning-rate schedule.
     pub tolaria: tolaria::Config,
+    /// The message bus: backend, streams, delivery, backpressure, telemetry.
+    pub oona: oona::Config,
 }
 
 /// Identity and seed of the run.
@@ -99,7 +101,23 @@ impl EsperConfig {
         self.tolaria.validate("tolaria").map_err(|e| match e {
             tolaria::Error::Config { key, detail } => Error::ConfigKey { key, detail },
             other => Error::Tolaria(other),
-        })
+        })?;
+        self.oona.validate().map_err(|e| Error::ConfigKey {
+            key: format!("oona.{}", e.key),
+            detail: e.problem,
+        })?;
+        // A key generated per process cannot verify messages from another one.
+        if let (oona::config::BackendConfig::Redis { .. }, SecretSource::Ephemeral) =
+            (&self.oona.backend, &self.leyline.security.secret)
+        {
+            return Err(Error::ConfigKey {
+                key: "leyline.security.secret".into(),
+                detail: "an ephemeral secret cannot be shared between processes; with the redis \
+                         backend use { source = \"env\", var = ... } or { source = \"file\", path = ... }"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// The configuration as TOML (secrets are never part of it: only where they

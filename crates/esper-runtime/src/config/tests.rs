@@ -180,3 +180,27 @@ fn leaf_keys(table: &toml::Table, prefix: &str) -> Vec<String> {
     }
     keys
 }
+
+#[test]
+fn the_redis_bus_needs_a_shared_secret_and_a_redis_url() {
+    let redis = "[oona.backend]\nkind = \"redis\"\nurl = \"redis://10.0.0.5:6379/0\"\n";
+    let (key, detail) = key_error(load(Some(write(redis).path()), &env(&[])));
+    assert_eq!(key, "leyline.security.secret");
+    assert!(detail.contains("ephemeral"), "{detail}");
+
+    let hex = "ab".repeat(32);
+    let shared =
+        format!("{redis}[leyline.security.secret]\nsource = \"env\"\nvar = \"ESPER_SECRET\"\n");
+    let r = load(Some(write(&shared).path()), &env(&[("ESPER_SECRET", &hex)])).unwrap();
+    assert!(matches!(
+        r.config.oona.backend,
+        oona::config::BackendConfig::Redis { .. }
+    ));
+
+    let bad = "[oona.backend]\nkind = \"redis\"\nurl = \"http://x\"\n";
+    let (key, _) = key_error(load(Some(write(bad).path()), &env(&[])));
+    assert_eq!(key, "oona.backend.url");
+    let (key, detail) = key_error(load(None, &env(&[("ESPER_OONA__BLOCK_MS", "900")])));
+    assert_eq!(key, "oona.block_ms");
+    assert!(detail.contains("ESPER_OONA__BLOCK_MS"), "{detail}");
+}

@@ -55,7 +55,7 @@ impl RedisBus {
     pub async fn connect(url: &str, namespace: &str, max_len: u64) -> Result<Self> {
         let client = redis::Client::open(url).map_err(|source| Error::Redis {
             op: "connect",
-            stream: String::new(),
+            stream: url.to_owned(),
             source,
         })?;
         let conn = Self::manager(&client).await?;
@@ -83,7 +83,7 @@ impl RedisBus {
             .await
             .map_err(|source| Error::Redis {
                 op: "connect",
-                stream: String::new(),
+                stream: client.get_connection_info().addr().to_string(),
                 source,
             })
     }

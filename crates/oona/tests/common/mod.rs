@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use leyline::SecurityConfig;
 use leyline::security::SigningKey;
 use oona::{Bus, Config, Identity, MemoryBus, Oona, RedisBus};
 
@@ -29,32 +28,37 @@ pub fn identity(source: &str) -> Identity {
     }
 }
 
-/// Short timings so that redelivery and dead-lettering happen within a test.
-pub fn config() -> Config {
-    Config {
-        block_ms: 50,
-        claim_idle_ms: 300,
-        retry_backoff_ms: 30,
-        max_attempts: 3,
-        depth_refresh_ms: 0,
-        max_len: 200,
-        ..Config::default()
+/// Oona's settings and the shared Leyline ones (security, limits).
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub oona: Config,
+    pub leyline: leyline::Config,
+}
+
+/// Short timings so that redelivery and dead-lettering happen within a test;
+/// 3 attempts before dead-lettering (`leyline.limits.max_retries`).
+pub fn config() -> Setup {
+    let mut leyline = leyline::Config::default();
+    leyline.limits.max_retries = 3;
+    Setup {
+        oona: Config {
+            block_ms: 50,
+            claim_idle_ms: 300,
+            retry_backoff_ms: 30,
+            depth_refresh_ms: 0,
+            max_len: 200,
+            ..Config::default()
+        },
+        leyline,
     }
 }
 
-pub fn handle<B: Bus>(bus: B, config: &Config) -> Oona<B> {
-    Oona::new(
-        bus,
-        config,
-        &SecurityConfig::default(),
-        key(),
-        identity("test"),
-    )
-    .unwrap()
+pub fn handle<B: Bus>(bus: B, setup: &Setup) -> Oona<B> {
+    Oona::new(bus, &setup.oona, &setup.leyline, key(), identity("test")).unwrap()
 }
 
-pub fn memory(config: &Config) -> Oona<MemoryBus> {
-    handle(MemoryBus::new(config.max_len), config)
+pub fn memory(setup: &Setup) -> Oona<MemoryBus> {
+    handle(MemoryBus::new(setup.oona.max_len), setup)
 }
 
 /// A `redis-server` child process with append-only persistence (fsync on every
@@ -160,8 +164,8 @@ impl RedisServer {
         self.spawn();
     }
 
-    pub async fn bus(&self, config: &Config) -> RedisBus {
-        RedisBus::connect(&self.url(), &config.namespace, config.max_len)
+    pub async fn bus(&self, setup: &Setup) -> RedisBus {
+        RedisBus::connect(&self.url(), &setup.oona.namespace, setup.oona.max_len)
             .await
             .unwrap()
     }

@@ -1,0 +1,122 @@
+//! The process's connection to Oona: one tokio runtime (the only one — no
+//! nested runtimes), one bus handle signing as this subsystem, and one
+//! telemetry emitter. Synchronous code (the training loop) calls in through
+//! [`RunBus`]; its publishes block only on the bus itself, its telemetry never.
+
+use std::collections::BTreeMap;
+
+use leyline::v1::{
+    EmergencySignal, MessagePriority, MetricPoint, SystemStatePacket, TelemetryEvent,
+};
+use oona::{AnyBus, EmitterHandle, EmitterStats, Identity, Oona, Published, StatsSnapshot};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Resolved;
+use crate::error::{Error, Result};
+
+/// What the bus did during a run.
+#[derive(Debug, Clone)]
+pub struct BusSummary {
+    /// Oona's counters.
+    pub stats: StatsSnapshot,
+    /// The emitter's counters.
+    pub emitter: EmitterStats,
+}
+
+/// A bus connection for one subsystem of this process.
+#[derive(Debug)]
+pub struct RunBus {
+    runtime: Runtime,
+    oona: Oona<AnyBus>,
+    emitter: EmitterHandle,
+    emitter_task: JoinHandle<EmitterStats>,
+    cancel: CancellationToken,
+}
+
+impl RunBus {
+    /// Connects the configured backend as `source` and starts the emitter.
+    pub fn start(resolved: &Resolved, source: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("esper-bus")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Runtime(format!("cannot start the bus runtime: {e}")))?;
+        let identity = Identity {
+            source: source.to_owned(),
+            run_id: resolved.run_id.clone(),
+        };
+        let config = &resolved.config;
+        let oona = runtime.block_on(oona::connect(
+            &config.oona,
+            &config.leyline,
+            resolved.signing_key.clone(),
+            identity,
+        ))?;
+        let cancel = CancellationToken::new();
+        let attributes = BTreeMap::from([
+            ("run_id".to_owned(), resolved.run_id.clone()),
+            ("experiment".to_owned(), config.run.experiment.clone()),
+        ]);
+        let (emitter, emitter_task) = {
+            let _guard = runtime.enter();
+            oona::emitter::spawn(
+                oona.clone(),
+                &config.oona.telemetry,
+                attributes,
+                cancel.clone(),
+            )
+        };
+        oona.report_rejections_to(emitter.clone());
+        Ok(Self {
+            runtime,
+            oona,
+            emitter,
+            emitter_task,
+            cancel,
+        })
+    }
+
+    /// Publishes a state packet (NORMAL priority; may be shed under backpressure,
+    /// which the result says).
+    pub fn publish_state(&self, packet: &SystemStatePacket) -> Result<Published> {
+        Ok(self
+            .runtime
+            .block_on(self.oona.publish(packet, MessagePriority::Normal))?)
+    }
+
+    /// Publishes an emergency signal on the emergency stream (never shed).
+    pub fn publish_signal(&self, signal: EmergencySignal) -> Result<oona::EntryId> {
+        Ok(self.runtime.block_on(self.oona.publish_signal(signal))?)
+    }
+
+    /// Queues a telemetry event (never blocks).
+    pub fn emit(&self, event: TelemetryEvent) {
+        self.emitter.emit(event);
+    }
+
+    /// Queues a metric point (never blocks).
+    pub fn metric(&self, point: MetricPoint) {
+        self.emitter.metric(point);
+    }
+
+    /// The bus handle.
+    pub fn oona(&self) -> &Oona<AnyBus> {
+        &self.oona
+    }
+
+    /// Flushes the emitter and reports what the bus did.
+    pub fn finish(self) -> Result<BusSummary> {
+        self.cancel.cancel();
+        let emitter = self
+            .runtime
+            .block_on(self.emitter_task)
+            .map_err(|e| Error::Runtime(format!("telemetry emitter task failed: {e}")))?;
+        Ok(BusSummary {
+            stats: self.oona.stats(),
+            emitter,
+        })
+    }
+}
