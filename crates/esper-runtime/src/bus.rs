@@ -70,6 +70,11 @@ impl RunBus {
             )
         };
         oona.report_rejections_to(emitter.clone());
+        runtime.spawn({
+            let oona = oona.clone();
+            let cancel = cancel.clone();
+            async move { oona.run_housekeeping(cancel).await }
+        });
         Ok(Self {
             runtime,
             oona,

@@ -439,6 +439,27 @@ impl<B: Bus> Oona<B> {
         Ok(removed)
     }
 
+    /// Runs [`Oona::housekeep`] and samples every stream's depth each
+    /// `housekeeping_s` until `cancel` fires. Backend errors are counted and
+    /// retried at the next round, never fatal. Returns the entries trimmed.
+    pub async fn run_housekeeping(&self, cancel: tokio_util::sync::CancellationToken) -> u64 {
+        let every = Duration::from_secs(self.shared.config.housekeeping_s);
+        let mut trimmed = 0;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return trimmed,
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.housekeep().await {
+                Ok(n) => trimmed += n,
+                Err(_) => metrics::counter!("oona_housekeeping_errors_total").increment(1),
+            }
+            for stream in Stream::ALL {
+                let _ = self.depth(stream).await;
+            }
+        }
+    }
+
     /// A copy of every counter.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot(self.lock_mode().times_entered())

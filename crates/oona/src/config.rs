@@ -37,6 +37,8 @@ pub struct Config {
     pub retry_backoff_ms: u64,
     /// Housekeeping trims acknowledged entries older than this, s (default 3 600).
     pub retention_s: u64,
+    /// How often housekeeping runs (trim, depth sampling), s (default 60).
+    pub housekeeping_s: u64,
     /// How long a sampled stream depth is reused for routing, ms (default 50).
     pub depth_refresh_ms: u64,
     /// Backpressure and conservative mode.
@@ -56,6 +58,7 @@ impl Default for Config {
             claim_idle_ms: 5_000,
             retry_backoff_ms: 100,
             retention_s: 3_600,
+            housekeeping_s: 60,
             depth_refresh_ms: 50,
             backpressure: BackpressureConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -149,6 +152,9 @@ impl Config {
         }
         if self.block_ms == 0 || self.block_ms > 500 {
             return err("block_ms", "must be in 1..=500 (cancellation bound)");
+        }
+        if self.housekeeping_s == 0 {
+            return err("housekeeping_s", "must be at least 1");
         }
         if self.batch == 0 {
             return err("batch", "must be at least 1");
