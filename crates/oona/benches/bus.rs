@@ -345,6 +345,9 @@ fn main() {
     runtime.block_on(async {
         println!("oona bus bench (release, mimalloc, tokio 2 workers)");
         let n = 1_000_000;
+        // Untimed warm-up: the first million entries pay for the allocator
+        // growing the process's heap (page faults), not for the bus.
+        memory_backend_throughput(n, 1).await;
         for batch in [1, 64] {
             let backend = memory_backend_throughput(n, batch).await;
             println!(

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::pending::{Pending, PendingList};
 use super::{Bus, RawDelivery, ReadBatch, ReadOptions, Record, StreamDepth};
 use crate::{EntryId, Error, Result, StartFrom, Stream};
 
@@ -46,15 +47,7 @@ struct StreamState {
 struct Group {
     /// Last entry delivered to the group.
     cursor: EntryId,
-    pending: BTreeMap<EntryId, Pending>,
-}
-
-#[derive(Debug)]
-struct Pending {
-    delivered_at: Instant,
-    /// Set by `retry_later`: reclaimable from then on instead of after `claim_idle`.
-    ready_at: Option<Instant>,
-    count: u32,
+    pending: PendingList,
 }
 
 impl MemoryBus {
@@ -93,40 +86,49 @@ impl MemoryBus {
             .ok_or_else(|| Error::Invariant("append stored nothing".into()))
     }
 
-    /// Appends under one lock acquisition, then wakes blocked readers once.
     fn append_all(
         &self,
         stream: Stream,
-        records: impl Iterator<Item = Record>,
+        records: impl ExactSizeIterator<Item = Record>,
     ) -> Result<Vec<EntryId>> {
-        let ids = {
+        let mut ids = Vec::with_capacity(records.len());
+        self.append_with(stream, records, |id| ids.push(id))?;
+        Ok(ids)
+    }
+
+    /// Appends under one lock acquisition, reporting each new id, then wakes
+    /// blocked readers once.
+    fn append_with(
+        &self,
+        stream: Stream,
+        records: impl Iterator<Item = Record>,
+        mut on_id: impl FnMut(EntryId),
+    ) -> Result<()> {
+        {
             let mut state = self.lock(stream)?;
             let now_ms = leyline::unix_now_ms();
-            let ids: Vec<EntryId> = records
-                .map(|record| {
-                    let id = if now_ms > state.last_id.ms {
-                        EntryId { ms: now_ms, seq: 0 }
-                    } else {
-                        state.last_id.next()
-                    };
-                    state.last_id = id;
-                    state.entries.push_back((id, record));
-                    id
-                })
-                .collect();
+            for record in records {
+                let id = if now_ms > state.last_id.ms {
+                    EntryId { ms: now_ms, seq: 0 }
+                } else {
+                    state.last_id.next()
+                };
+                state.last_id = id;
+                state.entries.push_back((id, record));
+                on_id(id);
+            }
             if stream.capped() {
                 let excess = state.entries.len().saturating_sub(self.inner.max_len);
                 state.entries.drain(..excess);
             }
-            ids
-        };
+        }
         // SeqCst pairs with the reader's increment before it looks at the stream:
         // either we see the waiter, or it sees the entries pushed above.
         let slot = self.slot(stream);
         if slot.waiting.load(Ordering::SeqCst) > 0 {
             slot.notify.notify_waiters();
         }
-        Ok(ids)
+        Ok(())
     }
 
     fn ack_locked(
@@ -138,7 +140,7 @@ impl MemoryBus {
         let group_state = group_mut(state, stream, group)?;
         Ok(entries
             .iter()
-            .filter(|id| group_state.pending.remove(id).is_some())
+            .filter(|id| group_state.pending.remove(**id))
             .count() as u64)
     }
 }
@@ -197,17 +199,17 @@ fn read_once(
             Some(at) => now >= at,
             None => now.duration_since(p.delivered_at) >= options.claim_idle,
         })
-        .map(|(id, _)| *id)
+        .map(|(id, _)| id)
         .take(options.count)
         .collect();
     for id in idle {
         match find(entries, id) {
             None => {
-                g.pending.remove(&id);
+                g.pending.remove(id);
                 batch.trimmed.push(id);
             }
             Some(record) => {
-                if let Some(p) = g.pending.get_mut(&id) {
+                if let Some(p) = g.pending.get_mut(id) {
                     p.delivered_at = now;
                     p.ready_at = None;
                     p.count = p.count.saturating_add(1);
@@ -226,7 +228,7 @@ fn read_once(
         let start = entries.partition_point(|(id, _)| *id <= g.cursor);
         for (id, record) in entries.range(start..).take(room) {
             g.cursor = *id;
-            g.pending.insert(
+            g.pending.push(
                 *id,
                 Pending {
                     delivered_at: now,
@@ -271,7 +273,7 @@ impl Bus for MemoryBus {
             group.to_owned(),
             Group {
                 cursor,
-                pending: BTreeMap::new(),
+                pending: PendingList::default(),
             },
         );
         Ok(true)
@@ -329,7 +331,7 @@ impl Bus for MemoryBus {
     ) -> Result<()> {
         let mut state = self.lock(stream)?;
         let g = group_mut(&mut state, stream, group)?;
-        if let Some(p) = g.pending.get_mut(&delivery.entry) {
+        if let Some(p) = g.pending.get_mut(delivery.entry) {
             p.ready_at = Some(Instant::now() + backoff);
         }
         Ok(())
@@ -390,8 +392,8 @@ impl Bus for MemoryBus {
         };
         for g in state.groups.values() {
             safe = safe.min(g.cursor.next());
-            if let Some((first, _)) = g.pending.first_key_value() {
-                safe = safe.min(*first);
+            if let Some(first) = g.pending.first() {
+                safe = safe.min(first);
             }
         }
         let cut = state.entries.partition_point(|(id, _)| *id < safe);

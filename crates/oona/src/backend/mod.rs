@@ -19,6 +19,7 @@ use bytes::Bytes;
 use crate::{EntryId, Result, StartFrom, Stream};
 
 mod memory;
+mod pending;
 mod redis;
 mod redis_reply;
 
