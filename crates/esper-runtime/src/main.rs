@@ -139,13 +139,16 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
             );
         }
         println!(
-            "epoch {:>3} | step {:>6} | train loss {:.4} acc {:6.2}% | validation loss {:.4} acc {:6.2}% | {:>6.0} img/s | {:.1} s",
+            "epoch {:>3} | step {:>6} | train loss {:.4} acc {:6.2}% | validation loss {:.4} acc {:6.2}% | |g| {:.3} | step p50 {:.1} ms p95 {:.1} ms | {:>6.0} img/s | {:.1} s",
             r.epoch,
             r.global_step,
             r.train_loss,
             100.0 * r.train_accuracy,
             r.validation.loss,
             100.0 * r.validation.accuracy,
+            r.grad_norm,
+            r.step_ms_p50,
+            r.step_ms_p95,
             r.train_images_per_second,
             r.seconds
         );

@@ -40,6 +40,9 @@ pub struct Config {
     pub governor: GovernorConfig,
     /// Entries the emergency outbox holds before coalescing by level (default 64).
     pub emergency_outbox: usize,
+    /// Optimizer steps between control fences; 0 = epoch ends only (default 100).
+    /// The fence deadline is `leyline.budgets.performance.control_fence_ms`.
+    pub fence_every_steps: u64,
 }
 
 /// The `[tolaria.checkpoint]` section.
@@ -80,6 +83,7 @@ impl Default for Config {
             checkpoint: CheckpointConfig::default(),
             governor: GovernorConfig::default(),
             emergency_outbox: 64,
+            fence_every_steps: 100,
         }
     }
 }

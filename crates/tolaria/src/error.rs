@@ -57,4 +57,12 @@ pub enum Error {
     /// Kasmina (slots, host contract) failed.
     #[error(transparent)]
     Kasmina(#[from] kasmina::Error),
+    /// The control hook failed at a fence.
+    #[error("control hook failed at step {global_step}: {detail}")]
+    ControlHook {
+        /// Global optimizer step of the fence.
+        global_step: u64,
+        /// What the hook said.
+        detail: String,
+    },
 }

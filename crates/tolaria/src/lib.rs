@@ -21,6 +21,7 @@ mod config;
 pub mod data;
 pub mod emergency;
 mod error;
+pub mod fence;
 pub mod governor;
 pub mod hosts;
 pub mod lr;

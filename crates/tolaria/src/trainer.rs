@@ -3,7 +3,7 @@
 //! validation pass at the end of every epoch.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{D, DType, Device, Tensor};
 use kasmina::{DormantSlots, Host};
@@ -12,6 +12,7 @@ use crate::config::{Config, DeviceKind};
 use crate::data::{BatchLoader, Dataset, bundled_mnist_dir, load_mnist};
 use crate::emergency::EmergencyController;
 use crate::error::{Error, Result};
+use crate::fence::{ControlHook, Fence, FenceContext, FenceKind, FenceOutcome, FenceStats};
 use crate::governor::{Governor, Verdict};
 use crate::optim::{Optimizer, ParamGroup};
 use crate::state::{CheckpointStore, Corrupt, RollbackReport, Snapshot};
@@ -56,6 +57,16 @@ pub struct EpochReport {
     pub rollbacks: usize,
     /// Checkpoint written at the end of the epoch, if any.
     pub checkpoint: Option<std::path::PathBuf>,
+    /// Mean global L2 norm of the gradients over the epoch's steps.
+    pub grad_norm: f64,
+    /// Median training step latency (forward, backward, optimizer), ms.
+    pub step_ms_p50: f64,
+    /// 95th-percentile training step latency, ms.
+    pub step_ms_p95: f64,
+    /// Control fences of the epoch.
+    pub fences: FenceStats,
+    /// Set when the control hook asked the run to stop.
+    pub stop: Option<String>,
 }
 
 /// Trains one host on one dataset.
@@ -79,6 +90,8 @@ pub struct Trainer {
     governor: Governor,
     emergency: EmergencyController,
     events: Vec<TelemetryEvent>,
+    fence: Fence,
+    stop: Option<String>,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -142,6 +155,7 @@ impl Trainer {
             checkpoints = Some(store);
         }
         let (config_governor, config_outbox) = (config.governor.clone(), config.emergency_outbox);
+        let fence_every_steps = config.fence_every_steps;
         Ok(Self {
             config,
             host,
@@ -162,6 +176,12 @@ impl Trainer {
             governor: Governor::new(config_governor),
             emergency: EmergencyController::new("", config_outbox),
             events: Vec::new(),
+            fence: Fence {
+                hook: None,
+                every_steps: fence_every_steps,
+                deadline: Duration::from_millis(50),
+            },
+            stop: None,
         })
     }
 
@@ -170,6 +190,19 @@ impl Trainer {
         let capacity = self.config.emergency_outbox;
         self.emergency = EmergencyController::new(run_id, capacity);
         self
+    }
+
+    /// Installs the control plane's hook, called at every fence with `deadline`
+    /// (the runtime passes `leyline.budgets.performance.control_fence_ms`).
+    pub fn with_control_hook(mut self, hook: Box<dyn ControlHook>, deadline: Duration) -> Self {
+        self.fence.hook = Some(hook);
+        self.fence.deadline = deadline;
+        self
+    }
+
+    /// Why the control hook stopped the run, if it did.
+    pub fn stop_requested(&self) -> Option<&str> {
+        self.stop.as_deref()
     }
 
     /// The emergency controller, with its outbox of signals to deliver.
@@ -287,8 +320,12 @@ impl Trainer {
             self.config.prefetch_batches,
         )?;
         let (mut loss_sum, mut batches, mut correct, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
+        let (mut grad_norm_sum, mut step_ms, mut fences) =
+            (0.0f64, Vec::new(), FenceStats::default());
+        let mut last_loss = f64::NAN;
         let rollbacks_before = self.rollbacks.len();
         while let Some(batch) = loader.next_batch(&self.device)? {
+            let step_started = Instant::now();
             self.optimizer
                 .scale_lr(self.config.lr.factor(self.global_step));
             let logits = self
@@ -306,16 +343,34 @@ impl Trainer {
                 continue;
             }
             let grads = loss.backward()?;
+            grad_norm_sum += global_grad_norm(&self.host.parameters(), &grads)?;
             self.optimizer.step(&grads)?;
+            step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
             self.consecutive_rollbacks = 0;
             self.global_step += 1;
-            loss_sum += f64::from(value);
+            last_loss = f64::from(value);
+            loss_sum += last_loss;
             batches += 1;
             correct += count_correct(&logits, &batch.labels)?;
             seen += batch.labels.dims1()?;
+            if self.fence.due(self.global_step) {
+                self.at_fence(FenceKind::Step, last_loss, None, &mut fences)?;
+                if self.stop.is_some() {
+                    break;
+                }
+            }
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let validation = self.validate()?;
+        if self.stop.is_none() {
+            self.at_fence(
+                FenceKind::EpochEnd,
+                last_loss,
+                Some(validation.accuracy),
+                &mut fences,
+            )?;
+        }
+        step_ms.sort_by(f64::total_cmp);
         let rollbacks = self.rollbacks.len() - rollbacks_before;
         if rollbacks == 0 && self.emergency.level() == EmergencyLevel::Elevated {
             // Explicit downgrade rule: a whole epoch without a rollback.
@@ -347,13 +402,71 @@ impl Trainer {
             seconds: started.elapsed().as_secs_f64(),
             rollbacks,
             checkpoint,
+            grad_norm: grad_norm_sum / batches.max(1) as f64,
+            step_ms_p50: quantile(&step_ms, 0.50),
+            step_ms_p95: quantile(&step_ms, 0.95),
+            fences,
+            stop: self.stop.clone(),
         })
+    }
+
+    /// Calls the hook (if any), timing it against the deadline.
+    fn at_fence(
+        &mut self,
+        kind: FenceKind,
+        last_loss: f64,
+        validation_accuracy: Option<f64>,
+        stats: &mut FenceStats,
+    ) -> Result<()> {
+        stats.fences += 1;
+        let Some(hook) = self.fence.hook.as_mut() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let context = FenceContext {
+            kind,
+            epoch: self.epoch,
+            global_step: self.global_step,
+            last_loss,
+            validation_accuracy,
+            host: self.host.as_ref(),
+            deadline: started + self.fence.deadline,
+        };
+        let outcome = hook
+            .at_fence(&context)
+            .map_err(|detail| Error::ControlHook {
+                global_step: self.global_step,
+                detail,
+            })?;
+        let took = started.elapsed();
+        stats.slowest_ms = stats.slowest_ms.max(took.as_secs_f64() * 1e3);
+        if took > self.fence.deadline {
+            stats.deadline_misses += 1;
+            self.events.push(
+                leyline::telemetry::event(
+                    "control_fence_deadline_missed",
+                    leyline::v1::TelemetryLevel::Warning,
+                    format!(
+                        "control hook took {:.1} ms at step {} (deadline {} ms)",
+                        took.as_secs_f64() * 1e3,
+                        self.global_step,
+                        self.fence.deadline.as_millis()
+                    ),
+                )
+                .attr("global_step", self.global_step)
+                .build(),
+            );
+        }
+        if let FenceOutcome::Stop { reason } = outcome {
+            self.stop = Some(reason);
+        }
+        Ok(())
     }
 
     /// Runs every configured epoch, reporting each as it ends.
     pub fn run(&mut self, mut on_epoch: impl FnMut(&EpochReport)) -> Result<Vec<EpochReport>> {
         let mut reports = Vec::new();
-        while self.epoch < self.config.epochs {
+        while self.epoch < self.config.epochs && self.stop.is_none() {
             let report = self.run_epoch()?;
             on_epoch(&report);
             reports.push(report);
@@ -388,6 +501,36 @@ impl Trainer {
             samples: seen,
         })
     }
+}
+
+/// Global L2 norm of every parameter's gradient, reduced on the device and read once.
+fn global_grad_norm(
+    params: &[kasmina::NamedParameter],
+    grads: &candle_core::backprop::GradStore,
+) -> Result<f64> {
+    let mut total: Option<Tensor> = None;
+    for p in params {
+        if let Some(g) = grads.get(p.var.as_tensor()) {
+            let s = g.sqr()?.sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + s)?,
+                None => s,
+            });
+        }
+    }
+    Ok(match total {
+        Some(t) => f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?).sqrt(),
+        None => 0.0,
+    })
+}
+
+/// `q`-quantile of sorted values (0 when empty).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
 }
 
 fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {

@@ -1,0 +1,149 @@
+//! The control fence: cadence, context, deadline accounting, stop and failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tolaria::fence::{ControlHook, FenceContext, FenceKind, FenceOutcome};
+use tolaria::{Config, Error, Trainer};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mlp` on 2 560 digits: 20 steps per epoch, a step fence every 10.
+fn config(epochs: u32) -> Config {
+    Config {
+        host: "mlp".into(),
+        epochs,
+        train_size: 2_560,
+        fence_every_steps: 10,
+        ..Config::default()
+    }
+}
+
+type Seen = Arc<Mutex<Vec<(FenceKind, u32, u64, Option<f64>, usize)>>>;
+
+struct Recorder {
+    seen: Seen,
+    sleep: Duration,
+    stop_at: Option<u64>,
+    fail_at: Option<u64>,
+}
+
+impl ControlHook for Recorder {
+    fn at_fence(&mut self, c: &FenceContext<'_>) -> Result<FenceOutcome, String> {
+        assert!(c.last_loss.is_finite());
+        self.seen.lock().unwrap().push((
+            c.kind,
+            c.epoch,
+            c.global_step,
+            c.validation_accuracy,
+            c.host.slots().len(),
+        ));
+        std::thread::sleep(self.sleep);
+        if self.fail_at == Some(c.global_step) {
+            return Err("controller crashed".into());
+        }
+        if self.stop_at == Some(c.global_step) {
+            return Ok(FenceOutcome::Stop {
+                reason: "controller asked to stop".into(),
+            });
+        }
+        Ok(FenceOutcome::Continue)
+    }
+}
+
+fn recorder(sleep: Duration, stop_at: Option<u64>, fail_at: Option<u64>) -> (Box<Recorder>, Seen) {
+    let seen = Seen::default();
+    let hook = Recorder {
+        seen: Arc::clone(&seen),
+        sleep,
+        stop_at,
+        fail_at,
+    };
+    (Box::new(hook), seen)
+}
+
+#[test]
+fn fences_come_every_n_steps_and_at_each_epoch_end() {
+    let (hook, seen) = recorder(Duration::ZERO, None, None);
+    let mut t = Trainer::new(config(2), 3)
+        .unwrap()
+        .with_control_hook(hook, Duration::from_secs(5));
+    let reports = t.run(|_| {}).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let kinds: Vec<(FenceKind, u32, u64)> = seen.iter().map(|s| (s.0, s.1, s.2)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (FenceKind::Step, 1, 10),
+            (FenceKind::Step, 1, 20),
+            (FenceKind::EpochEnd, 1, 20),
+            (FenceKind::Step, 2, 30),
+            (FenceKind::Step, 2, 40),
+            (FenceKind::EpochEnd, 2, 40),
+        ]
+    );
+    // Epoch-end fences see the validation they follow; every fence sees the slots.
+    assert_eq!(seen[2].3, Some(reports[0].validation.accuracy));
+    assert!(seen.iter().all(|s| s.4 == 1));
+    assert_eq!(reports[0].fences.fences, 3);
+    assert_eq!(reports[0].fences.deadline_misses, 0);
+    // The new per-epoch metrics are measured, not defaulted.
+    assert!(reports[0].grad_norm > 0.0 && reports[0].grad_norm.is_finite());
+    assert!(reports[0].step_ms_p50 > 0.0 && reports[0].step_ms_p95 >= reports[0].step_ms_p50);
+}
+
+#[test]
+fn a_slow_hook_is_counted_and_reported_not_hidden() {
+    let (hook, _) = recorder(Duration::from_millis(20), None, None);
+    let mut t = Trainer::new(config(1), 3)
+        .unwrap()
+        .with_control_hook(hook, Duration::from_millis(1));
+    let r = t.run_epoch().unwrap();
+    assert_eq!(r.fences.deadline_misses, 3);
+    assert!(r.fences.slowest_ms >= 20.0);
+    let events = t.drain_events();
+    let misses = events
+        .iter()
+        .filter(|e| e.name == "control_fence_deadline_missed")
+        .count();
+    assert_eq!(misses, 3);
+}
+
+#[test]
+fn the_hook_can_stop_the_run_cleanly() {
+    let (hook, seen) = recorder(Duration::ZERO, Some(30), None);
+    let mut t = Trainer::new(config(3), 3)
+        .unwrap()
+        .with_control_hook(hook, Duration::from_secs(5));
+    let reports = t.run(|_| {}).unwrap();
+    assert_eq!(reports.len(), 2, "stopped during epoch 2");
+    assert_eq!(reports[1].global_step, 30);
+    assert_eq!(reports[1].stop.as_deref(), Some("controller asked to stop"));
+    assert_eq!(t.stop_requested(), Some("controller asked to stop"));
+    assert!(
+        reports[1].validation.loss.is_finite(),
+        "the stopped epoch still validates"
+    );
+    assert_eq!(seen.lock().unwrap().last().unwrap().2, 30);
+}
+
+#[test]
+fn a_failing_hook_stops_training_with_a_typed_error() {
+    let (hook, _) = recorder(Duration::ZERO, None, Some(10));
+    let mut t = Trainer::new(config(1), 3)
+        .unwrap()
+        .with_control_hook(hook, Duration::from_secs(5));
+    match t.run_epoch() {
+        Err(Error::ControlHook {
+            global_step,
+            detail,
+        }) => {
+            assert_eq!(global_step, 10);
+            assert!(detail.contains("crashed"));
+        }
+        other => panic!("expected a control-hook error, got {other:?}"),
+    }
+}
