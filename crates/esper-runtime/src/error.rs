@@ -58,6 +58,15 @@ pub enum Error {
     /// The message bus failed.
     #[error(transparent)]
     Oona(#[from] oona::Error),
+    /// The run directory could not be written.
+    #[error("run directory {path}: {source}")]
+    RunDir {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The async runtime could not be started or a task failed.
     #[error("{0}")]
     Runtime(String),

@@ -16,6 +16,7 @@
 pub mod bus;
 pub mod config;
 mod error;
+pub mod runlog;
 pub mod selfcheck;
 
 pub use bus::{BusSummary, RunBus};

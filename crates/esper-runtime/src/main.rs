@@ -28,8 +28,13 @@ enum Command {
     /// Print the resolved configuration as TOML (secrets are never printed).
     Config,
     /// Train the configured reference host (every slot dormant until Kasmina's
-    /// seeds arrive), reporting each epoch.
-    Train,
+    /// seeds arrive), reporting each epoch; writes `<run.dir>/<run id>/`.
+    Train {
+        /// Continue run RUN_ID from its newest valid checkpoint (its directory
+        /// under `run.dir` must exist).
+        #[arg(long, value_name = "RUN_ID")]
+        resume: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,7 +62,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", resolved.config.to_toml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Train => train(&resolved),
+        Command::Train { resume } => {
+            let mut resolved = resolved;
+            if let Some(run_id) = resume {
+                resolved.resume(&run_id).context("--resume")?;
+            }
+            train(&resolved)
+        }
         Command::Check => {
             println!(
                 "esper {} — contract self-check (run {})",
@@ -76,7 +87,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
-    let config = resolved.config.tolaria.clone();
+    let mut config = resolved.config.tolaria.clone();
+    if config.checkpoint.dir.is_none() {
+        config.checkpoint.dir = Some(resolved.run_dir().join("checkpoints"));
+    }
+    let mut log =
+        esper_runtime::runlog::RunLog::open(resolved).context("opening the run directory")?;
     let seed = resolved.config.run.seed;
     let mut trainer = tolaria::Trainer::new(config.clone(), seed)
         .context("setting up training")?
@@ -124,14 +140,30 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         experiment: resolved.config.run.experiment.clone(),
     };
     let mut last = None;
-    while trainer.epoch() < config.epochs {
-        let r = match trainer.run_epoch() {
+    println!("esper train: writing {}", log.dir().display());
+    while trainer.epoch() < config.epochs && trainer.stop_requested().is_none() {
+        let progress = epoch_progress(trainer.epoch() + 1, config.epochs);
+        let r = match trainer.run_epoch_with_progress(&mut |p| {
+            progress.set_length(p.batches as u64);
+            progress.set_position(p.batch as u64);
+            progress.set_message(format!(
+                "step {} | loss {:.4} | acc {:5.1}% | {:.0} img/s",
+                p.global_step,
+                p.loss,
+                100.0 * p.accuracy,
+                p.images_per_second
+            ));
+        }) {
             Ok(r) => r,
             Err(e) => {
+                progress.abandon();
                 report_emergencies(&mut trainer, &bus);
                 return Err(e).context("training");
             }
         };
+        progress.finish_and_clear();
+        log.append(&esper_runtime::runlog::EpochLine::new(&resolved.run_id, &r))
+            .context("writing metrics.jsonl")?;
         if r.rollbacks > 0 {
             println!(
                 "esper train: epoch {}: {} rollback(s) to the last known-good state",
@@ -175,6 +207,9 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         report_emergencies(&mut trainer, &bus);
         last = Some(r);
     }
+    if let Some(reason) = trainer.stop_requested() {
+        println!("esper train: stopped by the control plane: {reason}");
+    }
     if let Some(last) = last {
         println!(
             "esper train: done — validation accuracy {:.2}% after {} steps",
@@ -201,6 +236,20 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         summary.emitter.dropped_queue_full + summary.emitter.dropped_budget,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar for one epoch on stderr; invisible when stderr is not a
+/// terminal (logs, CI), where the per-epoch lines on stdout say it all.
+fn epoch_progress(epoch: u32, epochs: u32) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30.cyan/blue}] {pos}/{len} batches | {msg} | {elapsed}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+    bar
 }
 
 /// Sends the trainer's telemetry events and emergency signals over Oona (and

@@ -108,6 +108,7 @@ fn missing_secret_is_a_startup_error() {
 
 #[test]
 fn train_runs_a_short_real_training_and_reports_each_epoch() {
+    let runs = tempfile::tempdir().unwrap();
     let out = esper(
         &["train"],
         &[
@@ -115,6 +116,8 @@ fn train_runs_a_short_real_training_and_reports_each_epoch() {
             ("ESPER_TOLARIA__EPOCHS", "2"),
             ("ESPER_TOLARIA__TRAIN_SIZE", "1024"),
             ("ESPER_RUN__SEED", "5"),
+            ("ESPER_RUN__RUN_ID", "cli-run"),
+            ("ESPER_RUN__DIR", runs.path().to_str().unwrap()),
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -132,6 +135,60 @@ fn train_runs_a_short_real_training_and_reports_each_epoch() {
         t.contains("oona (in-process)") && t.contains("normal 2"),
         "{t}"
     );
+    // The run directory: resolved config, one metrics line and one checkpoint per epoch.
+    let dir = runs.path().join("cli-run");
+    let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 2);
+    assert_eq!(epochs[1]["epoch"], 2);
+    assert!(epochs[1]["validation_accuracy"].as_f64().unwrap() > 0.5);
+    assert!(
+        std::fs::read_to_string(dir.join("config.toml"))
+            .unwrap()
+            .contains("[oona]")
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.join("checkpoints")).unwrap().count(),
+        2
+    );
+}
+
+#[test]
+fn train_resume_continues_a_run_from_its_checkpoint() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().to_str().unwrap();
+    let common = [
+        ("ESPER_TOLARIA__HOST", "mlp"),
+        ("ESPER_TOLARIA__TRAIN_SIZE", "1024"),
+        ("ESPER_RUN__DIR", dir),
+    ];
+    let first: Vec<_> = common
+        .iter()
+        .copied()
+        .chain([("ESPER_TOLARIA__EPOCHS", "1"), ("ESPER_RUN__RUN_ID", "r-1")])
+        .collect();
+    let out = esper(&["train"], &first);
+    assert!(out.status.success(), "{}", text(&out));
+    let second: Vec<_> = common
+        .iter()
+        .copied()
+        .chain([("ESPER_TOLARIA__EPOCHS", "2")])
+        .collect();
+    let out = esper(&["train", "--resume", "r-1"], &second);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("resumed from") && t.contains("epoch   2") && !t.contains("epoch   1 |"),
+        "{t}"
+    );
+    let lines = std::fs::read_to_string(runs.path().join("r-1/metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    let out = esper(&["train", "--resume", "no-such-run"], &second);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("does not exist"), "{}", text(&out));
 }
 
 #[test]

@@ -69,6 +69,25 @@ pub struct EpochReport {
     pub stop: Option<String>,
 }
 
+/// Where an epoch is, after each optimizer step (for progress displays).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepProgress {
+    /// Epoch number, from 1.
+    pub epoch: u32,
+    /// Batches of this epoch done (stepped or rolled back).
+    pub batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// Global optimizer step.
+    pub global_step: u64,
+    /// Loss of the last stepped batch.
+    pub loss: f64,
+    /// Training accuracy of the epoch so far.
+    pub accuracy: f64,
+    /// Training images per second of the epoch so far.
+    pub images_per_second: f64,
+}
+
 /// Trains one host on one dataset.
 pub struct Trainer {
     config: Config,
@@ -311,7 +330,17 @@ impl Trainer {
 
     /// Trains one epoch, then validates.
     pub fn run_epoch(&mut self) -> Result<EpochReport> {
+        self.run_epoch_with_progress(&mut |_| {})
+    }
+
+    /// [`Trainer::run_epoch`], calling `on_step` after every batch.
+    pub fn run_epoch_with_progress(
+        &mut self,
+        on_step: &mut dyn FnMut(&StepProgress),
+    ) -> Result<EpochReport> {
         let started = Instant::now();
+        let batches_in_epoch = self.train.len().div_ceil(self.config.batch_size);
+        let mut batch_index = 0usize;
         self.epoch += 1;
         let mut loader = BatchLoader::new(
             self.train.clone(),
@@ -326,6 +355,7 @@ impl Trainer {
         let rollbacks_before = self.rollbacks.len();
         while let Some(batch) = loader.next_batch(&self.device)? {
             let step_started = Instant::now();
+            batch_index += 1;
             self.optimizer
                 .scale_lr(self.config.lr.factor(self.global_step));
             let logits = self
@@ -353,6 +383,15 @@ impl Trainer {
             batches += 1;
             correct += count_correct(&logits, &batch.labels)?;
             seen += batch.labels.dims1()?;
+            on_step(&StepProgress {
+                epoch: self.epoch,
+                batch: batch_index,
+                batches: batches_in_epoch,
+                global_step: self.global_step,
+                loss: last_loss,
+                accuracy: correct as f64 / seen.max(1) as f64,
+                images_per_second: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            });
             if self.fence.due(self.global_step) {
                 self.at_fence(FenceKind::Step, last_loss, None, &mut fences)?;
                 if self.stop.is_some() {

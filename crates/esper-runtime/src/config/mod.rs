@@ -52,6 +52,10 @@ pub struct RunConfig {
     pub experiment: String,
     /// Seed of every random number generator of the run (default 0).
     pub seed: u64,
+    /// Root of run directories: each run writes `<dir>/<run id>/` (its metrics
+    /// log, resolved config and, unless `tolaria.checkpoint.dir` says otherwise,
+    /// its checkpoints). Default `runs`.
+    pub dir: PathBuf,
 }
 
 impl Default for RunConfig {
@@ -60,6 +64,7 @@ impl Default for RunConfig {
             run_id: None,
             experiment: "default".into(),
             seed: 0,
+            dir: PathBuf::from("runs"),
         }
     }
 }
@@ -79,6 +84,12 @@ impl RunConfig {
                     ),
                 });
             }
+        }
+        if self.dir.as_os_str().is_empty() {
+            return Err(Error::ConfigKey {
+                key: "run.dir".into(),
+                detail: "must not be empty".into(),
+            });
         }
         if self.experiment.trim().is_empty() {
             return Err(Error::ConfigKey {
@@ -141,6 +152,32 @@ pub struct Resolved {
     pub signing_key: SigningKey,
     /// Where values came from: the file, then each override applied.
     pub sources: Vec<String>,
+}
+
+impl Resolved {
+    /// This run's directory, `<run.dir>/<run id>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.config.run.dir.join(&self.run_id)
+    }
+
+    /// Makes this the continuation of run `run_id`: its id, its directory, and
+    /// resuming from its newest valid checkpoint. The run directory must exist.
+    pub fn resume(&mut self, run_id: &str) -> Result<()> {
+        let mut run = self.config.run.clone();
+        run.run_id = Some(run_id.to_owned());
+        run.validate()?;
+        let dir = run.dir.join(run_id);
+        if !dir.is_dir() {
+            return Err(Error::ConfigKey {
+                key: "run.run_id".into(),
+                detail: format!("cannot resume {run_id:?}: {} does not exist", dir.display()),
+            });
+        }
+        self.config.run = run;
+        self.run_id = run_id.to_owned();
+        self.config.tolaria.checkpoint.resume = true;
+        Ok(())
+    }
 }
 
 /// Resolves the configuration from an optional file and the environment.
