@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -94,9 +95,14 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
     let mut log =
         esper_runtime::runlog::RunLog::open(resolved).context("opening the run directory")?;
     let seed = resolved.config.run.seed;
+    let budgets = &resolved.config.leyline.budgets.performance;
     let mut trainer = tolaria::Trainer::new(config.clone(), seed)
         .context("setting up training")?
-        .with_run_id(&resolved.run_id);
+        .with_run_id(&resolved.run_id)
+        .with_rollback_deadlines(
+            Duration::from_secs_f64(budgets.fast_rollback_ms / 1e3),
+            Duration::from_secs_f64(budgets.full_rollback_ms / 1e3),
+        );
     let params: usize = trainer
         .host()
         .parameters()
@@ -206,6 +212,19 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         ));
         report_emergencies(&mut trainer, &bus);
         last = Some(r);
+    }
+    trainer.finish().context("writing the last checkpoints")?;
+    let sla = trainer.rollback_stats();
+    if sla.fast + sla.full > 0 {
+        println!(
+            "esper train: rollbacks — fast {} ({} over {} ms), full {} ({} over {} ms)",
+            sla.fast,
+            sla.fast_missed,
+            budgets.fast_rollback_ms,
+            sla.full,
+            sla.full_missed,
+            budgets.full_rollback_ms
+        );
     }
     if let Some(reason) = trainer.stop_requested() {
         println!("esper train: stopped by the control plane: {reason}");

@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::fence::{ControlHook, Fence, FenceContext, FenceKind, FenceOutcome, FenceStats};
 use crate::governor::{Governor, Verdict};
 use crate::optim::{Optimizer, ParamGroup};
-use crate::state::{CheckpointStore, Corrupt, RollbackReport, Snapshot};
+use crate::state::{
+    CheckpointStore, CheckpointWriter, Corrupt, RollbackReport, RollbackStats, Snapshot, Written,
+};
 use leyline::v1::{EmergencyLevel, TelemetryEvent};
 
 /// A fault injected on purpose, to drill the safety paths.
@@ -55,7 +57,9 @@ pub struct EpochReport {
     pub seconds: f64,
     /// Rollbacks during the epoch.
     pub rollbacks: usize,
-    /// Checkpoint written at the end of the epoch, if any.
+    /// Checkpoint queued at the end of the epoch, if any: written off the
+    /// training thread; [`Trainer::finish`] (or dropping the trainer) waits for
+    /// it, and a failed write is an error at the next epoch end or at finish.
     pub checkpoint: Option<std::path::PathBuf>,
     /// Mean global L2 norm of the gradients over the epoch's steps.
     pub grad_norm: f64,
@@ -103,7 +107,10 @@ pub struct Trainer {
     rollbacks: Vec<RollbackReport>,
     consecutive_rollbacks: u32,
     pending_fault: Option<Fault>,
-    checkpoints: Option<CheckpointStore>,
+    checkpoints: Option<CheckpointWriter>,
+    written: Vec<Written>,
+    rollback_deadlines: (Duration, Duration),
+    rollback_stats: RollbackStats,
     skipped_checkpoints: Vec<Corrupt>,
     resumed_from: Option<std::path::PathBuf>,
     governor: Governor,
@@ -171,7 +178,7 @@ impl Trainer {
                     resumed_from = Some(loaded.path);
                 }
             }
-            checkpoints = Some(store);
+            checkpoints = Some(CheckpointWriter::spawn(store)?);
         }
         let (config_governor, config_outbox) = (config.governor.clone(), config.emergency_outbox);
         let fence_every_steps = config.fence_every_steps;
@@ -190,6 +197,10 @@ impl Trainer {
             consecutive_rollbacks: 0,
             pending_fault: None,
             checkpoints,
+            written: Vec::new(),
+            // DESIGN §7 SLAs; the runtime passes leyline's budgets.
+            rollback_deadlines: (Duration::from_millis(500), Duration::from_secs(12)),
+            rollback_stats: RollbackStats::default(),
             skipped_checkpoints,
             resumed_from,
             governor: Governor::new(config_governor),
@@ -270,8 +281,13 @@ impl Trainer {
             );
             let event = self.emergency.escalate(EmergencyLevel::Halt, &why)?;
             self.events.extend(event);
-            let checkpoint = match &self.checkpoints {
-                Some(store) => Some(store.save(&self.known_good, &self.config.host, self.seed)?),
+            let checkpoint = match &mut self.checkpoints {
+                Some(writer) => {
+                    let path =
+                        writer.submit(self.known_good.clone(), &self.config.host, self.seed)?;
+                    self.collect_writes(true)?;
+                    Some(path)
+                }
                 None => None,
             };
             return Err(Error::Halted {
@@ -287,16 +303,137 @@ impl Trainer {
             self.events.extend(event);
         }
         let started = Instant::now();
-        self.known_good
+        match self
+            .known_good
+            .restore(&self.host.parameters(), &mut self.optimizer)
+        {
+            Ok(()) => {
+                let report =
+                    self.rollback_report("fast", reason, self.known_good.global_step, started);
+                self.rollbacks.push(report);
+                self.global_step = self.known_good.global_step;
+                Ok(())
+            }
+            // The in-RAM state could not be restored: fall back to the disk.
+            Err(fast) if self.checkpoints.is_some() => self
+                .full_rollback(&format!("{reason}; fast restore failed: {fast}"))
+                .map(|_| ()),
+            Err(fast) => Err(fast),
+        }
+    }
+
+    /// Full-tier rollback: restores the newest valid checkpoint on disk
+    /// (parameters, optimizer state, step and epoch) and makes it the known-good
+    /// state. Errors when no checkpoint directory is configured or none is valid.
+    pub fn full_rollback(&mut self, reason: &str) -> Result<RollbackReport> {
+        let started = Instant::now();
+        let Some(writer) = self.checkpoints.as_mut() else {
+            return Err(Error::Config {
+                key: "tolaria.checkpoint.dir".into(),
+                detail: format!(
+                    "a full rollback ({reason}) needs checkpoints, and none are configured"
+                ),
+            });
+        };
+        // The newest checkpoint may still be in the writer's hands.
+        let pending = writer.flush();
+        let (loaded, skipped) = writer.store().load_latest(&self.device)?;
+        self.record_writes(pending)?;
+        self.skipped_checkpoints.extend(skipped);
+        let Some(loaded) = loaded else {
+            return Err(Error::Data {
+                path: self.config.checkpoint.dir.clone().unwrap_or_default(),
+                detail: format!("a full rollback ({reason}) found no valid checkpoint"),
+            });
+        };
+        loaded
+            .snapshot
             .restore(&self.host.parameters(), &mut self.optimizer)?;
-        self.rollbacks.push(RollbackReport {
-            tier: "fast",
+        self.global_step = loaded.manifest.global_step;
+        self.epoch = loaded.manifest.epoch;
+        self.known_good = loaded.snapshot;
+        let report = self.rollback_report("full", reason.to_owned(), self.global_step, started);
+        self.rollbacks.push(report.clone());
+        Ok(report)
+    }
+
+    fn rollback_report(
+        &mut self,
+        tier: &'static str,
+        reason: String,
+        restored_step: u64,
+        started: Instant,
+    ) -> RollbackReport {
+        let took = started.elapsed();
+        let (deadline, counters) = match tier {
+            "fast" => (
+                self.rollback_deadlines.0,
+                (
+                    &mut self.rollback_stats.fast,
+                    &mut self.rollback_stats.fast_missed,
+                ),
+            ),
+            _ => (
+                self.rollback_deadlines.1,
+                (
+                    &mut self.rollback_stats.full,
+                    &mut self.rollback_stats.full_missed,
+                ),
+            ),
+        };
+        *counters.0 += 1;
+        let tripped = (took > deadline).then(|| {
+            *counters.1 += 1;
+            // The moment the deadline passed, on the wall clock.
+            leyline::unix_now_ms().saturating_sub((took - deadline).as_millis() as u64)
+        });
+        RollbackReport {
+            tier,
             reason,
             at_step: self.global_step,
-            restored_step: self.known_good.global_step,
-            restore_ms: started.elapsed().as_secs_f64() * 1e3,
-        });
-        self.global_step = self.known_good.global_step;
+            restored_step,
+            restore_ms: took.as_secs_f64() * 1e3,
+            deadline_ms: deadline.as_secs_f64() * 1e3,
+            deadline_tripped_at_ms: tripped,
+        }
+    }
+
+    /// Sets the fast and full rollback deadlines (the runtime passes
+    /// `leyline.budgets.performance.fast_rollback_ms` / `full_rollback_ms`).
+    pub fn with_rollback_deadlines(mut self, fast: Duration, full: Duration) -> Self {
+        self.rollback_deadlines = (fast, full);
+        self
+    }
+
+    /// SLA compliance of the rollbacks so far.
+    pub fn rollback_stats(&self) -> RollbackStats {
+        self.rollback_stats
+    }
+
+    /// Checkpoints confirmed written so far.
+    pub fn checkpoints_written(&self) -> &[Written] {
+        &self.written
+    }
+
+    /// Waits for every queued checkpoint write; an error if any failed.
+    pub fn finish(&mut self) -> Result<()> {
+        self.collect_writes(true)
+    }
+
+    /// Gathers finished checkpoint writes (waiting for all when `wait`).
+    fn collect_writes(&mut self, wait: bool) -> Result<()> {
+        let outcomes = match self.checkpoints.as_mut() {
+            Some(writer) if wait => writer.flush(),
+            Some(writer) => writer.finished(),
+            None => Vec::new(),
+        };
+        self.record_writes(outcomes)
+    }
+
+    fn record_writes(&mut self, outcomes: Vec<Result<Written>>) -> Result<()> {
+        for outcome in outcomes {
+            self.written.push(outcome?);
+        }
         Ok(())
     }
 
@@ -427,8 +564,11 @@ impl Trainer {
                 self.global_step,
                 self.epoch,
             )?;
-            if let Some(store) = &self.checkpoints {
-                checkpoint = Some(store.save(&self.known_good, &self.config.host, self.seed)?);
+            // A failed earlier write surfaces here, before the next is queued.
+            self.collect_writes(false)?;
+            if let Some(writer) = &mut self.checkpoints {
+                checkpoint =
+                    Some(writer.submit(self.known_good.clone(), &self.config.host, self.seed)?);
             }
         }
         Ok(EpochReport {

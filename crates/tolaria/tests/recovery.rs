@@ -190,3 +190,70 @@ fn the_store_rotates_and_cleans_up_after_a_crash() {
         .collect();
     assert_eq!(names, vec!["ckpt-000000000016", "ckpt-000000000024"]);
 }
+
+#[test]
+fn full_rollback_restores_the_newest_checkpoint_and_counts_its_sla() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(config(3, Some(dir.path())), 6)
+        .unwrap()
+        .with_rollback_deadlines(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(12),
+        );
+    let first = t.run_epoch().unwrap();
+    let second = t.run_epoch().unwrap();
+    assert_eq!(second.global_step, 16);
+    let report = t.full_rollback("operator asked").unwrap();
+    assert_eq!((report.tier, report.restored_step), ("full", 16));
+    assert!(report.within_deadline() && report.deadline_ms == 12_000.0);
+    assert_eq!(t.global_step(), 16);
+    assert_eq!(t.epoch(), 2);
+    // Both checkpoints were written off the training thread and confirmed.
+    let written: Vec<u64> = t
+        .checkpoints_written()
+        .iter()
+        .map(|w| w.global_step)
+        .collect();
+    assert_eq!(written, vec![8, 16]);
+    let stats = t.rollback_stats();
+    assert_eq!((stats.full, stats.full_missed, stats.fast), (1, 0, 0));
+    // Training carries on from the restored state, identically to before.
+    let third = t.run_epoch().unwrap();
+    assert_eq!(third.global_step, 24);
+    assert!(third.validation.accuracy >= first.validation.accuracy);
+}
+
+#[test]
+fn a_missed_rollback_deadline_is_counted_with_its_trip_time() {
+    let mut t = Trainer::new(config(2, None), 1)
+        .unwrap()
+        .with_rollback_deadlines(std::time::Duration::ZERO, std::time::Duration::ZERO);
+    t.run_epoch().unwrap();
+    let before = leyline::unix_now_ms();
+    t.inject_fault(Fault::NanLoss);
+    t.run_epoch().unwrap();
+    let rb = &t.rollbacks()[0];
+    assert_eq!(rb.tier, "fast");
+    let tripped = rb
+        .deadline_tripped_at_ms
+        .expect("a zero deadline is always missed");
+    assert!(tripped >= before.saturating_sub(1) && tripped <= leyline::unix_now_ms());
+    let stats = t.rollback_stats();
+    assert_eq!((stats.fast, stats.fast_missed), (1, 1));
+    // Without checkpoints a full rollback is a typed error, not a silent no-op.
+    assert!(matches!(t.full_rollback("x"), Err(Error::Config { .. })));
+}
+
+#[test]
+fn a_failed_background_checkpoint_write_is_an_error_not_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let mut t = Trainer::new(config(2, Some(&ckpt)), 2).unwrap();
+    // Take the directory away: the writer thread cannot create its files.
+    std::fs::remove_dir_all(&ckpt).unwrap();
+    std::fs::write(&ckpt, b"not a directory").unwrap();
+    let r = t.run_epoch().unwrap();
+    assert!(r.checkpoint.is_some(), "queued");
+    let err = t.finish().unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+}

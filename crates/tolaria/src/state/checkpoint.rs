@@ -122,10 +122,15 @@ impl CheckpointStore {
         Ok(found.into_iter().map(|(_, p)| p).collect())
     }
 
+    /// The directory of the checkpoint of `global_step`.
+    pub fn path_for(&self, global_step: u64) -> PathBuf {
+        self.dir.join(format!("ckpt-{global_step:012}"))
+    }
+
     /// Writes `snapshot` atomically, then deletes checkpoints beyond `keep`.
     pub fn save(&self, snapshot: &Snapshot, host: &str, seed: u64) -> Result<PathBuf> {
         let name = format!("ckpt-{:012}", snapshot.global_step);
-        let final_dir = self.dir.join(&name);
+        let final_dir = self.path_for(snapshot.global_step);
         let tmp = self.dir.join(format!("{name}.tmp"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;

@@ -7,10 +7,13 @@
 //! temporary directory, each fsynced, the directory renamed into place, the
 //! parent fsynced — with a SHA-256 of every file in a JSON manifest; loading
 //! verifies every checksum, and a corrupt checkpoint is reported and skipped in
-//! favour of the previous one.
+//! favour of the previous one. A [`CheckpointWriter`] does the writing on a
+//! thread of its own, so that training does not wait on the disk.
 
 mod checkpoint;
 mod snapshot;
+mod writer;
 
 pub use checkpoint::{CheckpointStore, Corrupt, Loaded, Manifest};
-pub use snapshot::{RollbackReport, Snapshot};
+pub use snapshot::{RollbackReport, RollbackStats, Snapshot};
+pub use writer::{CheckpointWriter, Written};

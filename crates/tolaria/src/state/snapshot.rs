@@ -22,16 +22,41 @@ pub struct Snapshot {
 /// One rollback: why, from where to where, and how long the restore took.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RollbackReport {
-    /// Which store it restored from (`fast` = in-RAM snapshot).
+    /// Which store it restored from: `fast` (the in-RAM known-good snapshot) or
+    /// `full` (the newest valid checkpoint on disk).
     pub tier: &'static str,
     /// What triggered it.
     pub reason: String,
     /// Step at which the fault was seen.
     pub at_step: u64,
-    /// Step of the snapshot restored.
+    /// Step of the state restored.
     pub restored_step: u64,
     /// Restore time, milliseconds.
     pub restore_ms: f64,
+    /// The tier's deadline (SLA), milliseconds.
+    pub deadline_ms: f64,
+    /// Wall-clock time (Unix ms) at which the deadline was exceeded, if it was.
+    pub deadline_tripped_at_ms: Option<u64>,
+}
+
+impl RollbackReport {
+    /// Whether the restore met its deadline.
+    pub fn within_deadline(&self) -> bool {
+        self.deadline_tripped_at_ms.is_none()
+    }
+}
+
+/// SLA compliance of rollbacks so far, per tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollbackStats {
+    /// Fast (in-RAM) restores.
+    pub fast: u32,
+    /// … that exceeded the fast deadline.
+    pub fast_missed: u32,
+    /// Full (checkpoint) restores.
+    pub full: u32,
+    /// … that exceeded the full deadline.
+    pub full_missed: u32,
 }
 
 impl Snapshot {
