@@ -214,6 +214,9 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         last = Some(r);
     }
     trainer.finish().context("writing the last checkpoints")?;
+    for trace in trainer.profiler_traces() {
+        println!("esper train: profiler trace {}", trace.display());
+    }
     let sla = trainer.rollback_stats();
     if sla.fast + sla.full > 0 {
         println!(

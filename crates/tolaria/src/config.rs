@@ -40,6 +40,8 @@ pub struct Config {
     pub governor: GovernorConfig,
     /// Entries the emergency outbox holds before coalescing by level (default 64).
     pub emergency_outbox: usize,
+    /// Step profiler (Chrome traces of bounded windows of steps).
+    pub profiler: crate::profiler::ProfilerConfig,
     /// Optimizer steps between control fences; 0 = epoch ends only (default 100).
     /// The fence deadline is `leyline.budgets.performance.control_fence_ms`.
     pub fence_every_steps: u64,
@@ -84,6 +86,7 @@ impl Default for Config {
             governor: GovernorConfig::default(),
             emergency_outbox: 64,
             fence_every_steps: 100,
+            profiler: crate::profiler::ProfilerConfig::default(),
         }
     }
 }
@@ -159,6 +162,9 @@ impl Config {
             );
         }
         self.governor.validate(&format!("{prefix}.governor"))?;
+        if let Some((key, detail)) = self.profiler.problem() {
+            return bad(&format!("profiler.{key}"), detail);
+        }
         if self.checkpoint.keep == 0 {
             return bad("checkpoint.keep", "must be at least 1".into());
         }

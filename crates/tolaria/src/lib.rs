@@ -27,6 +27,7 @@ pub mod hosts;
 pub mod lr;
 pub mod optim;
 pub mod packet;
+pub mod profiler;
 pub mod state;
 mod trainer;
 

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::fence::{ControlHook, Fence, FenceContext, FenceKind, FenceOutcome, FenceStats};
 use crate::governor::{Governor, Verdict};
 use crate::optim::{Optimizer, ParamGroup};
+use crate::profiler::Profiler;
 use crate::state::{
     CheckpointStore, CheckpointWriter, Corrupt, RollbackReport, RollbackStats, Snapshot, Written,
 };
@@ -118,6 +119,7 @@ pub struct Trainer {
     events: Vec<TelemetryEvent>,
     fence: Fence,
     stop: Option<String>,
+    profiler: Profiler,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -182,6 +184,8 @@ impl Trainer {
         }
         let (config_governor, config_outbox) = (config.governor.clone(), config.emergency_outbox);
         let fence_every_steps = config.fence_every_steps;
+        let mut events = Vec::new();
+        let profiler = Profiler::new(config.profiler.clone(), &mut events);
         Ok(Self {
             config,
             host,
@@ -205,13 +209,14 @@ impl Trainer {
             resumed_from,
             governor: Governor::new(config_governor),
             emergency: EmergencyController::new("", config_outbox),
-            events: Vec::new(),
+            events,
             fence: Fence {
                 hook: None,
                 every_steps: fence_every_steps,
                 deadline: Duration::from_millis(50),
             },
             stop: None,
+            profiler,
         })
     }
 
@@ -415,9 +420,21 @@ impl Trainer {
         &self.written
     }
 
-    /// Waits for every queued checkpoint write; an error if any failed.
+    /// Closes an open profiler window and waits for every queued checkpoint
+    /// write; an error if any write failed.
     pub fn finish(&mut self) -> Result<()> {
+        self.profiler.close(&mut self.events);
         self.collect_writes(true)
+    }
+
+    /// Chrome trace files written by the profiler so far.
+    pub fn profiler_traces(&self) -> &[std::path::PathBuf] {
+        self.profiler.traces()
+    }
+
+    /// Profiler failures so far (each also a telemetry event).
+    pub fn profiler_failures(&self) -> u32 {
+        self.profiler.failures()
     }
 
     /// Gathers finished checkpoint writes (waiting for all when `wait`).
@@ -490,11 +507,22 @@ impl Trainer {
             (0.0f64, Vec::new(), FenceStats::default());
         let mut last_loss = f64::NAN;
         let rollbacks_before = self.rollbacks.len();
-        while let Some(batch) = loader.next_batch(&self.device)? {
+        loop {
+            let step_no = self.global_step + 1;
+            let _trace = self.profiler.enter(step_no, &mut self.events);
+            let step_span = tracing::info_span!("step", step = step_no).entered();
+            let next = {
+                let _data = tracing::info_span!("data").entered();
+                loader.next_batch(&self.device)?
+            };
+            let Some(batch) = next else {
+                break;
+            };
             let step_started = Instant::now();
             batch_index += 1;
             self.optimizer
                 .scale_lr(self.config.lr.factor(self.global_step));
+            let forward = tracing::info_span!("forward").entered();
             let logits = self
                 .host
                 .forward_with_slots(&batch.images, &mut DormantSlots)?;
@@ -509,9 +537,16 @@ impl Trainer {
                 self.rollback(format!("{reason} at step {}", self.global_step))?;
                 continue;
             }
-            let grads = loss.backward()?;
-            grad_norm_sum += global_grad_norm(&self.host.parameters(), &grads)?;
-            self.optimizer.step(&grads)?;
+            drop(forward);
+            let grads = {
+                let _backward = tracing::info_span!("backward").entered();
+                loss.backward()?
+            };
+            {
+                let _optimizer = tracing::info_span!("optimizer").entered();
+                grad_norm_sum += global_grad_norm(&self.host.parameters(), &grads)?;
+                self.optimizer.step(&grads)?;
+            }
             step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
             self.consecutive_rollbacks = 0;
             self.global_step += 1;
@@ -529,6 +564,9 @@ impl Trainer {
                 accuracy: correct as f64 / seen.max(1) as f64,
                 images_per_second: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
             });
+            drop(step_span);
+            drop(_trace);
+            self.profiler.exit(step_no, &mut self.events);
             if self.fence.due(self.global_step) {
                 self.at_fence(FenceKind::Step, last_loss, None, &mut fences)?;
                 if self.stop.is_some() {
