@@ -73,7 +73,11 @@ fn ensure_torch(root: &Path) -> Result<()> {
             .status()
             .with_context(|| format!("cannot run {}", program.display()))?;
         if !status.success() {
-            bail!("`{} {}` failed ({status})", program.display(), args.join(" "));
+            bail!(
+                "`{} {}` failed ({status})",
+                program.display(),
+                args.join(" ")
+            );
         }
         Ok(())
     };

@@ -86,7 +86,10 @@ fn torch_rates(python: &Path, threads: usize) -> Option<(String, Vec<(String, f6
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!("torch_step.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "torch_step.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -109,7 +112,9 @@ fn main() {
     let torch = python().and_then(|p| torch_rates(&p, threads));
     match &torch {
         None => {
-            println!("PyTorch not available (run `cargo xtask bench --with-torch` to install it into target/torch-venv)");
+            println!(
+                "PyTorch not available (run `cargo xtask bench --with-torch` to install it into target/torch-venv)"
+            );
             for (name, rate) in &candle {
                 println!("{name:>13}  candle {rate:>9.0} img/s");
             }

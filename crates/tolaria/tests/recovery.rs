@@ -257,3 +257,44 @@ fn a_failed_background_checkpoint_write_is_an_error_not_silence() {
     let err = t.finish().unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
 }
+
+#[test]
+fn the_manifest_records_lr_rng_and_config_and_a_changed_config_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(config(1, Some(dir.path())), 4)
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    let (store, _) = CheckpointStore::open(dir.path(), 3).unwrap();
+    let latest = store.list().unwrap().pop().unwrap();
+    let manifest: tolaria::state::Manifest =
+        serde_json::from_slice(&std::fs::read(latest.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest.rng.as_ref().map(|r| (r.seed, r.next_epoch)),
+        Some((4, 2))
+    );
+    assert!(manifest.lr.unwrap() > 0.0);
+    assert_eq!(manifest.config_sha256.as_ref().map(String::len), Some(64));
+
+    // A longer run of the same training: resumed silently.
+    let mut same = Trainer::new(config(2, Some(dir.path())), 4).unwrap();
+    assert!(same.resumed_from().is_some());
+    assert!(
+        !same
+            .drain_events()
+            .iter()
+            .any(|e| e.name == "checkpoint_config_changed")
+    );
+    drop(same);
+    // Another learning rate: resumed, and reported.
+    let mut other = config(2, Some(dir.path()));
+    other.optimizer.lr = 5e-4;
+    let mut changed = Trainer::new(other, 4).unwrap();
+    assert!(changed.resumed_from().is_some());
+    assert!(
+        changed
+            .drain_events()
+            .iter()
+            .any(|e| e.name == "checkpoint_config_changed")
+    );
+}

@@ -35,6 +35,41 @@ pub struct Manifest {
     pub optimizer_steps: BTreeMap<String, u64>,
     /// SHA-256 (hex) of every data file.
     pub sha256: BTreeMap<String, String>,
+    /// Learning rate of the host group at `global_step` (schedule applied).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// SHA-256 (hex) of the training configuration, run length and output
+    /// settings excluded; a resume under another one is reported.
+    #[serde(default)]
+    pub config_sha256: Option<String>,
+    /// Random state: every random choice of the run derives from `seed` (weight
+    /// initialisation) and `(seed, epoch)` (data order), so the next epoch's order
+    /// is fixed by these two numbers.
+    #[serde(default)]
+    pub rng: Option<RngState>,
+}
+
+/// The random state a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngState {
+    /// The run seed.
+    pub seed: u64,
+    /// The epoch whose data order comes next.
+    pub next_epoch: u32,
+}
+
+/// What a checkpoint records besides the tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointMeta {
+    /// Host name.
+    pub host: String,
+    /// Run seed.
+    pub seed: u64,
+    /// Learning rate at the snapshot's step.
+    pub lr: f64,
+    /// Hash of the training configuration.
+    pub config_sha256: String,
 }
 
 /// A checkpoint that failed verification, and why.
@@ -71,7 +106,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -128,7 +163,7 @@ impl CheckpointStore {
     }
 
     /// Writes `snapshot` atomically, then deletes checkpoints beyond `keep`.
-    pub fn save(&self, snapshot: &Snapshot, host: &str, seed: u64) -> Result<PathBuf> {
+    pub fn save(&self, snapshot: &Snapshot, meta: &CheckpointMeta) -> Result<PathBuf> {
         let name = format!("ckpt-{:012}", snapshot.global_step);
         let final_dir = self.path_for(snapshot.global_step);
         let tmp = self.dir.join(format!("{name}.tmp"));
@@ -165,12 +200,18 @@ impl CheckpointStore {
         }
         let manifest = Manifest {
             format: FORMAT,
-            host: host.to_string(),
-            seed,
+            host: meta.host.clone(),
+            seed: meta.seed,
             epoch: snapshot.epoch,
             global_step: snapshot.global_step,
             optimizer_steps,
             sha256,
+            lr: Some(meta.lr),
+            config_sha256: Some(meta.config_sha256.clone()),
+            rng: Some(RngState {
+                seed: meta.seed,
+                next_epoch: snapshot.epoch + 1,
+            }),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Data {
             path: tmp.clone(),

@@ -14,6 +14,8 @@ mod checkpoint;
 mod snapshot;
 mod writer;
 
-pub use checkpoint::{CheckpointStore, Corrupt, Loaded, Manifest};
+pub(crate) use checkpoint::sha256_hex;
+
+pub use checkpoint::{CheckpointMeta, CheckpointStore, Corrupt, Loaded, Manifest, RngState};
 pub use snapshot::{RollbackReport, RollbackStats, Snapshot};
 pub use writer::{CheckpointWriter, Written};

@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::{CheckpointStore, Snapshot};
+use super::{CheckpointMeta, CheckpointStore, Snapshot};
 use crate::error::{Error, Result};
 
 /// A finished checkpoint write.
@@ -31,8 +31,7 @@ pub struct Written {
 
 struct Job {
     snapshot: Snapshot,
-    host: String,
-    seed: u64,
+    meta: CheckpointMeta,
 }
 
 /// A background checkpoint writer for one store.
@@ -64,14 +63,13 @@ impl CheckpointWriter {
             .spawn(move || {
                 for job in queue {
                     let started = Instant::now();
-                    let outcome =
-                        worker_store
-                            .save(&job.snapshot, &job.host, job.seed)
-                            .map(|path| Written {
-                                path,
-                                global_step: job.snapshot.global_step,
-                                write_ms: started.elapsed().as_secs_f64() * 1e3,
-                            });
+                    let outcome = worker_store
+                        .save(&job.snapshot, &job.meta)
+                        .map(|path| Written {
+                            path,
+                            global_step: job.snapshot.global_step,
+                            write_ms: started.elapsed().as_secs_f64() * 1e3,
+                        });
                     if done.send(outcome).is_err() {
                         return;
                     }
@@ -97,16 +95,10 @@ impl CheckpointWriter {
 
     /// Queues `snapshot`; waits only while a previous write is still queued.
     /// Returns the directory it will be written to.
-    pub fn submit(&mut self, snapshot: Snapshot, host: &str, seed: u64) -> Result<PathBuf> {
+    pub fn submit(&mut self, snapshot: Snapshot, meta: CheckpointMeta) -> Result<PathBuf> {
         let path = self.store.path_for(snapshot.global_step);
         let sender = self.jobs.as_ref().ok_or_else(stopped)?;
-        sender
-            .send(Job {
-                snapshot,
-                host: host.to_owned(),
-                seed,
-            })
-            .map_err(|_| stopped())?;
+        sender.send(Job { snapshot, meta }).map_err(|_| stopped())?;
         self.in_flight += 1;
         Ok(path)
     }

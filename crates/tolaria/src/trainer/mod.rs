@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::Device;
 use kasmina::{DormantSlots, Host};
 
 use crate::config::{Config, DeviceKind};
@@ -120,6 +120,7 @@ pub struct Trainer {
     fence: Fence,
     stop: Option<String>,
     profiler: Profiler,
+    config_sha256: String,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -133,6 +134,11 @@ fn device(kind: DeviceKind) -> Result<Device> {
         }),
     }
 }
+
+mod helpers;
+mod recovery;
+
+use helpers::{checkpoint_meta, count_correct, global_grad_norm, quantile, training_config_sha256};
 
 impl Trainer {
     /// Validates `config`, loads and splits the data, and builds the host with
@@ -151,6 +157,8 @@ impl Trainer {
             config.optimizer.weight_decay,
         ))?;
         let mut known_good = Snapshot::capture(&host.parameters(), &optimizer, 0, 0)?;
+        let config_sha256 = training_config_sha256(&config);
+        let mut resume_events = Vec::new();
         let (mut epoch, mut global_step) = (0, 0);
         let (mut checkpoints, mut skipped_checkpoints, mut resumed_from) = (None, Vec::new(), None);
         if let Some(dir) = &config.checkpoint.dir {
@@ -171,6 +179,21 @@ impl Trainer {
                             ),
                         });
                     }
+                    if let Some(theirs) = &loaded.manifest.config_sha256
+                        && *theirs != config_sha256
+                    {
+                        resume_events.push(
+                            leyline::telemetry::event(
+                                "checkpoint_config_changed",
+                                leyline::v1::TelemetryLevel::Warning,
+                                format!(
+                                    "resuming {} under a different training configuration",
+                                    loaded.path.display()
+                                ),
+                            )
+                            .build(),
+                        );
+                    }
                     loaded
                         .snapshot
                         .restore(&host.parameters(), &mut optimizer)?;
@@ -184,7 +207,7 @@ impl Trainer {
         }
         let (config_governor, config_outbox) = (config.governor.clone(), config.emergency_outbox);
         let fence_every_steps = config.fence_every_steps;
-        let mut events = Vec::new();
+        let mut events = resume_events;
         let profiler = Profiler::new(config.profiler.clone(), &mut events);
         Ok(Self {
             config,
@@ -217,6 +240,7 @@ impl Trainer {
             },
             stop: None,
             profiler,
+            config_sha256,
         })
     }
 
@@ -273,185 +297,6 @@ impl Trainer {
     /// Completed epochs.
     pub fn epoch(&self) -> u32 {
         self.epoch
-    }
-
-    /// Restores the last known-good snapshot after a loss explosion, raising the
-    /// emergency level; more than `max_rollbacks` in a row halt the run.
-    fn rollback(&mut self, reason: String) -> Result<()> {
-        self.consecutive_rollbacks += 1;
-        if self.consecutive_rollbacks > self.config.max_rollbacks {
-            let why = format!(
-                "{} consecutive loss explosions, the last: {reason}",
-                self.consecutive_rollbacks
-            );
-            let event = self.emergency.escalate(EmergencyLevel::Halt, &why)?;
-            self.events.extend(event);
-            let checkpoint = match &mut self.checkpoints {
-                Some(writer) => {
-                    let path =
-                        writer.submit(self.known_good.clone(), &self.config.host, self.seed)?;
-                    self.collect_writes(true)?;
-                    Some(path)
-                }
-                None => None,
-            };
-            return Err(Error::Halted {
-                reason: why,
-                step: self.global_step,
-                checkpoint,
-            });
-        }
-        if self.emergency.level() < EmergencyLevel::Elevated {
-            let event = self
-                .emergency
-                .escalate(EmergencyLevel::Elevated, &format!("rollback: {reason}"))?;
-            self.events.extend(event);
-        }
-        let started = Instant::now();
-        match self
-            .known_good
-            .restore(&self.host.parameters(), &mut self.optimizer)
-        {
-            Ok(()) => {
-                let report =
-                    self.rollback_report("fast", reason, self.known_good.global_step, started);
-                self.rollbacks.push(report);
-                self.global_step = self.known_good.global_step;
-                Ok(())
-            }
-            // The in-RAM state could not be restored: fall back to the disk.
-            Err(fast) if self.checkpoints.is_some() => self
-                .full_rollback(&format!("{reason}; fast restore failed: {fast}"))
-                .map(|_| ()),
-            Err(fast) => Err(fast),
-        }
-    }
-
-    /// Full-tier rollback: restores the newest valid checkpoint on disk
-    /// (parameters, optimizer state, step and epoch) and makes it the known-good
-    /// state. Errors when no checkpoint directory is configured or none is valid.
-    pub fn full_rollback(&mut self, reason: &str) -> Result<RollbackReport> {
-        let started = Instant::now();
-        let Some(writer) = self.checkpoints.as_mut() else {
-            return Err(Error::Config {
-                key: "tolaria.checkpoint.dir".into(),
-                detail: format!(
-                    "a full rollback ({reason}) needs checkpoints, and none are configured"
-                ),
-            });
-        };
-        // The newest checkpoint may still be in the writer's hands.
-        let pending = writer.flush();
-        let (loaded, skipped) = writer.store().load_latest(&self.device)?;
-        self.record_writes(pending)?;
-        self.skipped_checkpoints.extend(skipped);
-        let Some(loaded) = loaded else {
-            return Err(Error::Data {
-                path: self.config.checkpoint.dir.clone().unwrap_or_default(),
-                detail: format!("a full rollback ({reason}) found no valid checkpoint"),
-            });
-        };
-        loaded
-            .snapshot
-            .restore(&self.host.parameters(), &mut self.optimizer)?;
-        self.global_step = loaded.manifest.global_step;
-        self.epoch = loaded.manifest.epoch;
-        self.known_good = loaded.snapshot;
-        let report = self.rollback_report("full", reason.to_owned(), self.global_step, started);
-        self.rollbacks.push(report.clone());
-        Ok(report)
-    }
-
-    fn rollback_report(
-        &mut self,
-        tier: &'static str,
-        reason: String,
-        restored_step: u64,
-        started: Instant,
-    ) -> RollbackReport {
-        let took = started.elapsed();
-        let (deadline, counters) = match tier {
-            "fast" => (
-                self.rollback_deadlines.0,
-                (
-                    &mut self.rollback_stats.fast,
-                    &mut self.rollback_stats.fast_missed,
-                ),
-            ),
-            _ => (
-                self.rollback_deadlines.1,
-                (
-                    &mut self.rollback_stats.full,
-                    &mut self.rollback_stats.full_missed,
-                ),
-            ),
-        };
-        *counters.0 += 1;
-        let tripped = (took > deadline).then(|| {
-            *counters.1 += 1;
-            // The moment the deadline passed, on the wall clock.
-            leyline::unix_now_ms().saturating_sub((took - deadline).as_millis() as u64)
-        });
-        RollbackReport {
-            tier,
-            reason,
-            at_step: self.global_step,
-            restored_step,
-            restore_ms: took.as_secs_f64() * 1e3,
-            deadline_ms: deadline.as_secs_f64() * 1e3,
-            deadline_tripped_at_ms: tripped,
-        }
-    }
-
-    /// Sets the fast and full rollback deadlines (the runtime passes
-    /// `leyline.budgets.performance.fast_rollback_ms` / `full_rollback_ms`).
-    pub fn with_rollback_deadlines(mut self, fast: Duration, full: Duration) -> Self {
-        self.rollback_deadlines = (fast, full);
-        self
-    }
-
-    /// SLA compliance of the rollbacks so far.
-    pub fn rollback_stats(&self) -> RollbackStats {
-        self.rollback_stats
-    }
-
-    /// Checkpoints confirmed written so far.
-    pub fn checkpoints_written(&self) -> &[Written] {
-        &self.written
-    }
-
-    /// Closes an open profiler window and waits for every queued checkpoint
-    /// write; an error if any write failed.
-    pub fn finish(&mut self) -> Result<()> {
-        self.profiler.close(&mut self.events);
-        self.collect_writes(true)
-    }
-
-    /// Chrome trace files written by the profiler so far.
-    pub fn profiler_traces(&self) -> &[std::path::PathBuf] {
-        self.profiler.traces()
-    }
-
-    /// Profiler failures so far (each also a telemetry event).
-    pub fn profiler_failures(&self) -> u32 {
-        self.profiler.failures()
-    }
-
-    /// Gathers finished checkpoint writes (waiting for all when `wait`).
-    fn collect_writes(&mut self, wait: bool) -> Result<()> {
-        let outcomes = match self.checkpoints.as_mut() {
-            Some(writer) if wait => writer.flush(),
-            Some(writer) => writer.finished(),
-            None => Vec::new(),
-        };
-        self.record_writes(outcomes)
-    }
-
-    fn record_writes(&mut self, outcomes: Vec<Result<Written>>) -> Result<()> {
-        for outcome in outcomes {
-            self.written.push(outcome?);
-        }
-        Ok(())
     }
 
     /// The host being trained.
@@ -605,8 +450,13 @@ impl Trainer {
             // A failed earlier write surfaces here, before the next is queued.
             self.collect_writes(false)?;
             if let Some(writer) = &mut self.checkpoints {
-                checkpoint =
-                    Some(writer.submit(self.known_good.clone(), &self.config.host, self.seed)?);
+                let meta = checkpoint_meta(
+                    &self.config,
+                    self.seed,
+                    &self.config_sha256,
+                    self.known_good.global_step,
+                );
+                checkpoint = Some(writer.submit(self.known_good.clone(), meta)?);
             }
         }
         Ok(EpochReport {
@@ -718,44 +568,4 @@ impl Trainer {
             samples: seen,
         })
     }
-}
-
-/// Global L2 norm of every parameter's gradient, reduced on the device and read once.
-fn global_grad_norm(
-    params: &[kasmina::NamedParameter],
-    grads: &candle_core::backprop::GradStore,
-) -> Result<f64> {
-    let mut total: Option<Tensor> = None;
-    for p in params {
-        if let Some(g) = grads.get(p.var.as_tensor()) {
-            let s = g.sqr()?.sum_all()?;
-            total = Some(match total {
-                Some(t) => (t + s)?,
-                None => s,
-            });
-        }
-    }
-    Ok(match total {
-        Some(t) => f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?).sqrt(),
-        None => 0.0,
-    })
-}
-
-/// `q`-quantile of sorted values (0 when empty).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
-    let predicted = logits.argmax(D::Minus1)?;
-    let hits = predicted
-        .eq(labels)?
-        .to_dtype(DType::U32)?
-        .sum_all()?
-        .to_scalar::<u32>()?;
-    Ok(hits as usize)
 }

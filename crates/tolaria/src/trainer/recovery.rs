@@ -1,0 +1,197 @@
+//! Rollback (fast from the in-RAM known-good snapshot, full from the newest
+//! checkpoint), rollback deadlines and SLA counters, and the collection of
+//! background checkpoint writes.
+
+use std::time::{Duration, Instant};
+
+use leyline::v1::EmergencyLevel;
+
+use super::{Trainer, checkpoint_meta};
+use crate::error::{Error, Result};
+use crate::state::{RollbackReport, RollbackStats, Written};
+
+impl Trainer {
+    /// Restores the last known-good snapshot after a loss explosion, raising the
+    /// emergency level; more than `max_rollbacks` in a row halt the run.
+    pub(super) fn rollback(&mut self, reason: String) -> Result<()> {
+        self.consecutive_rollbacks += 1;
+        if self.consecutive_rollbacks > self.config.max_rollbacks {
+            let why = format!(
+                "{} consecutive loss explosions, the last: {reason}",
+                self.consecutive_rollbacks
+            );
+            let event = self.emergency.escalate(EmergencyLevel::Halt, &why)?;
+            self.events.extend(event);
+            let checkpoint = match &mut self.checkpoints {
+                Some(writer) => {
+                    let meta = checkpoint_meta(
+                        &self.config,
+                        self.seed,
+                        &self.config_sha256,
+                        self.known_good.global_step,
+                    );
+                    let path = writer.submit(self.known_good.clone(), meta)?;
+                    self.collect_writes(true)?;
+                    Some(path)
+                }
+                None => None,
+            };
+            return Err(Error::Halted {
+                reason: why,
+                step: self.global_step,
+                checkpoint,
+            });
+        }
+        if self.emergency.level() < EmergencyLevel::Elevated {
+            let event = self
+                .emergency
+                .escalate(EmergencyLevel::Elevated, &format!("rollback: {reason}"))?;
+            self.events.extend(event);
+        }
+        let started = Instant::now();
+        match self
+            .known_good
+            .restore(&self.host.parameters(), &mut self.optimizer)
+        {
+            Ok(()) => {
+                let report =
+                    self.rollback_report("fast", reason, self.known_good.global_step, started);
+                self.rollbacks.push(report);
+                self.global_step = self.known_good.global_step;
+                Ok(())
+            }
+            // The in-RAM state could not be restored: fall back to the disk.
+            Err(fast) if self.checkpoints.is_some() => self
+                .full_rollback(&format!("{reason}; fast restore failed: {fast}"))
+                .map(|_| ()),
+            Err(fast) => Err(fast),
+        }
+    }
+
+    /// Full-tier rollback: restores the newest valid checkpoint on disk
+    /// (parameters, optimizer state, step and epoch) and makes it the known-good
+    /// state. Errors when no checkpoint directory is configured or none is valid.
+    pub fn full_rollback(&mut self, reason: &str) -> Result<RollbackReport> {
+        let started = Instant::now();
+        let Some(writer) = self.checkpoints.as_mut() else {
+            return Err(Error::Config {
+                key: "tolaria.checkpoint.dir".into(),
+                detail: format!(
+                    "a full rollback ({reason}) needs checkpoints, and none are configured"
+                ),
+            });
+        };
+        // The newest checkpoint may still be in the writer's hands.
+        let pending = writer.flush();
+        let (loaded, skipped) = writer.store().load_latest(&self.device)?;
+        self.record_writes(pending)?;
+        self.skipped_checkpoints.extend(skipped);
+        let Some(loaded) = loaded else {
+            return Err(Error::Data {
+                path: self.config.checkpoint.dir.clone().unwrap_or_default(),
+                detail: format!("a full rollback ({reason}) found no valid checkpoint"),
+            });
+        };
+        loaded
+            .snapshot
+            .restore(&self.host.parameters(), &mut self.optimizer)?;
+        self.global_step = loaded.manifest.global_step;
+        self.epoch = loaded.manifest.epoch;
+        self.known_good = loaded.snapshot;
+        let report = self.rollback_report("full", reason.to_owned(), self.global_step, started);
+        self.rollbacks.push(report.clone());
+        Ok(report)
+    }
+
+    fn rollback_report(
+        &mut self,
+        tier: &'static str,
+        reason: String,
+        restored_step: u64,
+        started: Instant,
+    ) -> RollbackReport {
+        let took = started.elapsed();
+        let (deadline, counters) = match tier {
+            "fast" => (
+                self.rollback_deadlines.0,
+                (
+                    &mut self.rollback_stats.fast,
+                    &mut self.rollback_stats.fast_missed,
+                ),
+            ),
+            _ => (
+                self.rollback_deadlines.1,
+                (
+                    &mut self.rollback_stats.full,
+                    &mut self.rollback_stats.full_missed,
+                ),
+            ),
+        };
+        *counters.0 += 1;
+        let tripped = (took > deadline).then(|| {
+            *counters.1 += 1;
+            // The moment the deadline passed, on the wall clock.
+            leyline::unix_now_ms().saturating_sub((took - deadline).as_millis() as u64)
+        });
+        RollbackReport {
+            tier,
+            reason,
+            at_step: self.global_step,
+            restored_step,
+            restore_ms: took.as_secs_f64() * 1e3,
+            deadline_ms: deadline.as_secs_f64() * 1e3,
+            deadline_tripped_at_ms: tripped,
+        }
+    }
+
+    /// Sets the fast and full rollback deadlines (the runtime passes
+    /// `leyline.budgets.performance.fast_rollback_ms` / `full_rollback_ms`).
+    pub fn with_rollback_deadlines(mut self, fast: Duration, full: Duration) -> Self {
+        self.rollback_deadlines = (fast, full);
+        self
+    }
+
+    /// SLA compliance of the rollbacks so far.
+    pub fn rollback_stats(&self) -> RollbackStats {
+        self.rollback_stats
+    }
+
+    /// Checkpoints confirmed written so far.
+    pub fn checkpoints_written(&self) -> &[Written] {
+        &self.written
+    }
+
+    /// Closes an open profiler window and waits for every queued checkpoint
+    /// write; an error if any write failed.
+    pub fn finish(&mut self) -> Result<()> {
+        self.profiler.close(&mut self.events);
+        self.collect_writes(true)
+    }
+
+    /// Chrome trace files written by the profiler so far.
+    pub fn profiler_traces(&self) -> &[std::path::PathBuf] {
+        self.profiler.traces()
+    }
+
+    /// Profiler failures so far (each also a telemetry event).
+    pub fn profiler_failures(&self) -> u32 {
+        self.profiler.failures()
+    }
+
+    /// Gathers finished checkpoint writes (waiting for all when `wait`).
+    pub(super) fn collect_writes(&mut self, wait: bool) -> Result<()> {
+        let outcomes = match self.checkpoints.as_mut() {
+            Some(writer) if wait => writer.flush(),
+            Some(writer) => writer.finished(),
+            None => Vec::new(),
+        };
+        self.record_writes(outcomes)
+    }
+
+    fn record_writes(&mut self, outcomes: Vec<Result<Written>>) -> Result<()> {
+        for outcome in outcomes {
+            self.written.push(outcome?);
+        }
+        Ok(())
+    }
+}
