@@ -18,9 +18,8 @@ fn an_epoch_state_packet_reaches_a_controller_over_oona() {
         ("ESPER_RUN__EXPERIMENT".to_owned(), "bus-flow".to_owned()),
     ]);
     let resolved = esper_runtime::config::load(None, &env).unwrap();
-    let mut trainer = tolaria::Trainer::new(resolved.config.tolaria.clone(), 1)
-        .unwrap()
-        .with_run_id(&resolved.run_id);
+    let mut trainer =
+        tolaria::Trainer::new(resolved.config.tolaria.clone(), 1, &resolved.run_id).unwrap();
     let bus = esper_runtime::RunBus::start(&resolved, "tolaria").unwrap();
 
     // The controller's consumer group exists before training starts.

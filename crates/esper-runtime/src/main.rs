@@ -96,9 +96,8 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         esper_runtime::runlog::RunLog::open(resolved).context("opening the run directory")?;
     let seed = resolved.config.run.seed;
     let budgets = &resolved.config.leyline.budgets.performance;
-    let mut trainer = tolaria::Trainer::new(config.clone(), seed)
+    let mut trainer = tolaria::Trainer::new(config.clone(), seed, &resolved.run_id)
         .context("setting up training")?
-        .with_run_id(&resolved.run_id)
         .with_rollback_deadlines(
             Duration::from_secs_f64(budgets.fast_rollback_ms / 1e3),
             Duration::from_secs_f64(budgets.full_rollback_ms / 1e3),

@@ -14,45 +14,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use kasmina::DormantSlots;
-use tolaria::optim::{Optimizer, ParamGroup, Rule};
+mod common;
+use common::{BATCH, StepFixture};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const BATCH: usize = 128;
 /// Timed steps per host (after a tenth as many warm-up steps, at least 3).
 const STEPS: [(&str, usize); 3] = [("mlp", 200), ("cnn", 30), ("cnn-impaired", 60)];
 
 fn candle_rate(name: &str, steps: usize) -> f64 {
-    let x = Tensor::randn(0f32, 1.0, (BATCH, 1, 28, 28), &Device::Cpu).expect("input");
-    let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 10).collect();
-    let y = Tensor::from_vec(labels, BATCH, &Device::Cpu).expect("labels");
-    let host = tolaria::hosts::build(name, 0, &Device::Cpu).expect("host");
-    let mut optimizer = Optimizer::new(Rule::AdamW {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-    })
-    .expect("rule");
-    optimizer
-        .add_group(ParamGroup::new("host", host.parameters(), 1e-3, 0.01))
-        .expect("group");
-    let mut step = || {
-        let logits = host
-            .forward_with_slots(&x, &mut DormantSlots)
-            .expect("forward");
-        let loss = candle_nn::loss::cross_entropy(&logits, &y).expect("loss");
-        let grads = loss.backward().expect("backward");
-        optimizer.step(&grads).expect("step");
-    };
+    let mut fixture = StepFixture::new(name);
     for _ in 0..(steps / 10).max(3) {
-        step();
+        fixture.step();
     }
     let started = Instant::now();
     for _ in 0..steps {
-        step();
+        fixture.step();
     }
     (steps * BATCH) as f64 / started.elapsed().as_secs_f64()
 }

@@ -68,7 +68,7 @@ fn recorder(sleep: Duration, stop_at: Option<u64>, fail_at: Option<u64>) -> (Box
 #[test]
 fn fences_come_every_n_steps_and_at_each_epoch_end() {
     let (hook, seen) = recorder(Duration::ZERO, None, None);
-    let mut t = Trainer::new(config(2), 3)
+    let mut t = Trainer::new(config(2), 3, "test-run")
         .unwrap()
         .with_control_hook(hook, Duration::from_secs(5));
     let reports = t.run(|_| {}).unwrap();
@@ -98,7 +98,7 @@ fn fences_come_every_n_steps_and_at_each_epoch_end() {
 #[test]
 fn a_slow_hook_is_counted_and_reported_not_hidden() {
     let (hook, _) = recorder(Duration::from_millis(20), None, None);
-    let mut t = Trainer::new(config(1), 3)
+    let mut t = Trainer::new(config(1), 3, "test-run")
         .unwrap()
         .with_control_hook(hook, Duration::from_millis(1));
     let r = t.run_epoch().unwrap();
@@ -115,7 +115,7 @@ fn a_slow_hook_is_counted_and_reported_not_hidden() {
 #[test]
 fn the_hook_can_stop_the_run_cleanly() {
     let (hook, seen) = recorder(Duration::ZERO, Some(30), None);
-    let mut t = Trainer::new(config(3), 3)
+    let mut t = Trainer::new(config(3), 3, "test-run")
         .unwrap()
         .with_control_hook(hook, Duration::from_secs(5));
     let reports = t.run(|_| {}).unwrap();
@@ -133,7 +133,7 @@ fn the_hook_can_stop_the_run_cleanly() {
 #[test]
 fn a_failing_hook_stops_training_with_a_typed_error() {
     let (hook, _) = recorder(Duration::ZERO, None, Some(10));
-    let mut t = Trainer::new(config(1), 3)
+    let mut t = Trainer::new(config(1), 3, "test-run")
         .unwrap()
         .with_control_hook(hook, Duration::from_secs(5));
     match t.run_epoch() {

@@ -36,6 +36,7 @@ fn windows_of_steps_become_chrome_traces() {
             every_steps: 8,
         }),
         1,
+        "test-run",
     )
     .unwrap();
     t.run(|_| {}).unwrap();
@@ -71,6 +72,7 @@ fn an_unwritable_trace_directory_is_an_event_and_training_continues() {
             ..ProfilerConfig::default()
         }),
         1,
+        "test-run",
     )
     .unwrap();
     assert_eq!(t.profiler_failures(), 1);
@@ -92,7 +94,7 @@ fn overlapping_windows_are_a_config_error() {
         every_steps: 5,
         ..ProfilerConfig::default()
     });
-    match Trainer::new(bad, 1) {
+    match Trainer::new(bad, 1, "test-run") {
         Err(Error::Config { key, .. }) => assert_eq!(key, "tolaria.profiler.every_steps"),
         other => panic!("expected a config error, got {:?}", other.map(|_| ())),
     }

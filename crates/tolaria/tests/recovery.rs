@@ -35,9 +35,7 @@ fn bits(r: &tolaria::EpochReport) -> (u64, u64, u64, u64) {
 
 #[test]
 fn nan_loss_rolls_back_to_known_good_and_training_continues() {
-    let mut t = Trainer::new(config(3, None), 1)
-        .unwrap()
-        .with_run_id("nan-drill");
+    let mut t = Trainer::new(config(3, None), 1, "nan-drill").unwrap();
     let first = t.run_epoch().unwrap();
     assert_eq!((first.global_step, first.rollbacks), (8, 0));
     t.inject_fault(Fault::NanLoss);
@@ -65,9 +63,9 @@ fn too_many_consecutive_explosions_halt_the_run_with_a_final_checkpoint() {
             ..config(2, Some(dir.path()))
         },
         1,
+        "halt-drill",
     )
-    .unwrap()
-    .with_run_id("halt-drill");
+    .unwrap();
     t.run_epoch().unwrap();
     t.inject_fault(Fault::NanLoss);
     match t.run_epoch() {
@@ -101,16 +99,16 @@ fn too_many_consecutive_explosions_halt_the_run_with_a_final_checkpoint() {
 fn checkpoint_then_resume_matches_an_uninterrupted_run() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let uninterrupted = Trainer::new(config(3, Some(a.path())), 9)
+    let uninterrupted = Trainer::new(config(3, Some(a.path())), 9, "test-run")
         .unwrap()
         .run(|_| {})
         .unwrap();
-    let before = Trainer::new(config(2, Some(b.path())), 9)
+    let before = Trainer::new(config(2, Some(b.path())), 9, "test-run")
         .unwrap()
         .run(|_| {})
         .unwrap();
     assert_eq!(bits(&before[1]), bits(&uninterrupted[1]));
-    let mut resumed = Trainer::new(config(3, Some(b.path())), 9).unwrap();
+    let mut resumed = Trainer::new(config(3, Some(b.path())), 9, "test-run").unwrap();
     assert!(
         resumed
             .resumed_from()
@@ -130,7 +128,7 @@ fn checkpoint_then_resume_matches_an_uninterrupted_run() {
 #[test]
 fn a_corrupted_checkpoint_byte_is_detected_and_the_previous_one_used() {
     let dir = tempfile::tempdir().unwrap();
-    Trainer::new(config(2, Some(dir.path())), 4)
+    Trainer::new(config(2, Some(dir.path())), 4, "test-run")
         .unwrap()
         .run(|_| {})
         .unwrap();
@@ -140,7 +138,7 @@ fn a_corrupted_checkpoint_byte_is_detected_and_the_previous_one_used() {
     bytes[middle] ^= 0x01;
     std::fs::write(&newest, bytes).unwrap();
 
-    let t = Trainer::new(config(3, Some(dir.path())), 4).unwrap();
+    let t = Trainer::new(config(3, Some(dir.path())), 4, "test-run").unwrap();
     assert!(t.resumed_from().unwrap().ends_with("ckpt-000000000008"));
     assert_eq!(t.epoch(), 1);
     let skipped = t.skipped_checkpoints();
@@ -157,11 +155,11 @@ fn a_corrupted_checkpoint_byte_is_detected_and_the_previous_one_used() {
 #[test]
 fn resume_refuses_another_runs_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    Trainer::new(config(1, Some(dir.path())), 4)
+    Trainer::new(config(1, Some(dir.path())), 4, "test-run")
         .unwrap()
         .run(|_| {})
         .unwrap();
-    let err = Trainer::new(config(2, Some(dir.path())), 5)
+    let err = Trainer::new(config(2, Some(dir.path())), 5, "test-run")
         .err()
         .expect("seed mismatch must fail");
     assert!(err.to_string().contains("tolaria.checkpoint.dir"), "{err}");
@@ -178,7 +176,10 @@ fn the_store_rotates_and_cleans_up_after_a_crash() {
         },
         ..config(3, None)
     };
-    Trainer::new(keep2, 2).unwrap().run(|_| {}).unwrap();
+    Trainer::new(keep2, 2, "test-run")
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
     std::fs::create_dir(dir.path().join("ckpt-000000000099.tmp")).unwrap();
     let (store, removed) = CheckpointStore::open(dir.path(), 2).unwrap();
     assert_eq!(removed, 1, "half-written checkpoint removed");
@@ -194,7 +195,7 @@ fn the_store_rotates_and_cleans_up_after_a_crash() {
 #[test]
 fn full_rollback_restores_the_newest_checkpoint_and_counts_its_sla() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(config(3, Some(dir.path())), 6)
+    let mut t = Trainer::new(config(3, Some(dir.path())), 6, "test-run")
         .unwrap()
         .with_rollback_deadlines(
             std::time::Duration::from_millis(500),
@@ -225,7 +226,7 @@ fn full_rollback_restores_the_newest_checkpoint_and_counts_its_sla() {
 
 #[test]
 fn a_missed_rollback_deadline_is_counted_with_its_trip_time() {
-    let mut t = Trainer::new(config(2, None), 1)
+    let mut t = Trainer::new(config(2, None), 1, "test-run")
         .unwrap()
         .with_rollback_deadlines(std::time::Duration::ZERO, std::time::Duration::ZERO);
     t.run_epoch().unwrap();
@@ -248,7 +249,7 @@ fn a_missed_rollback_deadline_is_counted_with_its_trip_time() {
 fn a_failed_background_checkpoint_write_is_an_error_not_silence() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
-    let mut t = Trainer::new(config(2, Some(&ckpt)), 2).unwrap();
+    let mut t = Trainer::new(config(2, Some(&ckpt)), 2, "test-run").unwrap();
     // Take the directory away: the writer thread cannot create its files.
     std::fs::remove_dir_all(&ckpt).unwrap();
     std::fs::write(&ckpt, b"not a directory").unwrap();
@@ -261,7 +262,7 @@ fn a_failed_background_checkpoint_write_is_an_error_not_silence() {
 #[test]
 fn the_manifest_records_lr_rng_and_config_and_a_changed_config_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    Trainer::new(config(1, Some(dir.path())), 4)
+    Trainer::new(config(1, Some(dir.path())), 4, "test-run")
         .unwrap()
         .run(|_| {})
         .unwrap();
@@ -277,7 +278,7 @@ fn the_manifest_records_lr_rng_and_config_and_a_changed_config_is_reported() {
     assert_eq!(manifest.config_sha256.as_ref().map(String::len), Some(64));
 
     // A longer run of the same training: resumed silently.
-    let mut same = Trainer::new(config(2, Some(dir.path())), 4).unwrap();
+    let mut same = Trainer::new(config(2, Some(dir.path())), 4, "test-run").unwrap();
     assert!(same.resumed_from().is_some());
     assert!(
         !same
@@ -289,7 +290,7 @@ fn the_manifest_records_lr_rng_and_config_and_a_changed_config_is_reported() {
     // Another learning rate: resumed, and reported.
     let mut other = config(2, Some(dir.path()));
     other.optimizer.lr = 5e-4;
-    let mut changed = Trainer::new(other, 4).unwrap();
+    let mut changed = Trainer::new(other, 4, "test-run").unwrap();
     assert!(changed.resumed_from().is_some());
     assert!(
         changed

@@ -22,7 +22,7 @@ fn config(host: &str, epochs: u32, train_size: usize) -> Config {
 /// 2 000 held-out digits exceeds 95 %.
 #[test]
 fn cnn_exceeds_95_percent_on_bundled_mnist() {
-    let mut trainer = Trainer::new(config("cnn", 4, 8_000), 0).unwrap();
+    let mut trainer = Trainer::new(config("cnn", 4, 8_000), 0, "test-run").unwrap();
     assert_eq!(trainer.dataset_sizes(), (8_000, 2_000));
     let reports = trainer
         .run(|r| {
@@ -48,7 +48,7 @@ fn cnn_exceeds_95_percent_on_bundled_mnist() {
 #[test]
 fn seeded_runs_are_bit_identical() {
     let run = |seed| {
-        let mut t = Trainer::new(config("cnn-impaired", 2, 1_024), seed).unwrap();
+        let mut t = Trainer::new(config("cnn-impaired", 2, 1_024), seed, "test-run").unwrap();
         t.run(|_| {})
             .unwrap()
             .iter()

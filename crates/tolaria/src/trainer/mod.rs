@@ -142,9 +142,16 @@ use helpers::{checkpoint_meta, count_correct, global_grad_norm, quantile, traini
 
 impl Trainer {
     /// Validates `config`, loads and splits the data, and builds the host with
-    /// weights drawn from `seed`.
-    pub fn new(config: Config, seed: u64) -> Result<Self> {
+    /// weights drawn from `seed`. `run_id` names the run in every emergency
+    /// signal; it is required (no run goes unnamed).
+    pub fn new(config: Config, seed: u64, run_id: &str) -> Result<Self> {
         config.validate("tolaria")?;
+        if run_id.trim().is_empty() {
+            return Err(Error::Config {
+                key: "run.run_id".into(),
+                detail: "a trainer needs a run id".into(),
+            });
+        }
         let device = device(config.device)?;
         let dir = config.data_dir.clone().unwrap_or_else(bundled_mnist_dir);
         let (train, validation) = load_mnist(&dir)?.split(config.train_size)?;
@@ -231,7 +238,7 @@ impl Trainer {
             skipped_checkpoints,
             resumed_from,
             governor: Governor::new(config_governor),
-            emergency: EmergencyController::new("", config_outbox),
+            emergency: EmergencyController::new(run_id, config_outbox),
             events,
             fence: Fence {
                 hook: None,
@@ -242,13 +249,6 @@ impl Trainer {
             profiler,
             config_sha256,
         })
-    }
-
-    /// Names the run in emergency signals (call before training).
-    pub fn with_run_id(mut self, run_id: &str) -> Self {
-        let capacity = self.config.emergency_outbox;
-        self.emergency = EmergencyController::new(run_id, capacity);
-        self
     }
 
     /// Installs the control plane's hook, called at every fence with `deadline`
