@@ -1,45 +1,10 @@
-//! Layers with seeded initialisation, and the pooling helper.
+//! Layers with seeded initialisation (from `esper-ops`).
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
+use esper_ops::ParamInit;
 use kasmina::NamedParameter;
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
 
 use crate::error::Result;
-
-/// Draws initial weights from a seeded RNG, in call order, so that the same seed
-/// and the same construction order give bit-identical parameters.
-pub struct ParamInit {
-    rng: ChaCha8Rng,
-    device: Device,
-}
-
-impl ParamInit {
-    /// A generator seeded with `seed`, creating tensors on `device`.
-    pub fn new(seed: u64, device: Device) -> Self {
-        Self {
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            device,
-        }
-    }
-
-    /// A variable of `shape` with entries uniform in `[-bound, bound)`.
-    pub fn uniform(&mut self, shape: &[usize], bound: f32) -> Result<Var> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                // 24 random bits → a float in [0, 1) with every value exactly representable.
-                let unit = (self.rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
-                (2.0 * unit - 1.0) * bound
-            })
-            .collect();
-        Ok(Var::from_tensor(&Tensor::from_vec(
-            values,
-            shape,
-            &self.device,
-        )?)?)
-    }
-}
 
 /// The parameters of a layer with a weight and a bias, named `name.weight` and
 /// `name.bias`.
@@ -135,17 +100,4 @@ impl Conv2d {
     pub fn parameters(&self) -> Vec<NamedParameter> {
         weight_and_bias(&self.name, &self.weight, &self.bias)
     }
-}
-
-/// 2×2 max pooling, stride 2, by reshape and max: candle 0.11's `max_pool2d`
-/// backward is wrong (DESIGN §12), this one's gradient is exact (the max's
-/// gradient flows to the maximal element).
-pub fn max_pool2x2(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    if h % 2 != 0 || w % 2 != 0 {
-        return Err(candle_core::Error::Msg(format!(
-            "max_pool2x2 needs even height and width, got {h}x{w}"
-        )));
-    }
-    x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
 }

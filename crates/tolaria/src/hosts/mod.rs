@@ -16,7 +16,8 @@ mod layers;
 use candle_core::{Device, Tensor};
 use kasmina::{Host, NamedParameter, SlotRunner, SlotSpec};
 
-pub use layers::{Conv2d, Linear, ParamInit, max_pool2x2};
+pub use esper_ops::{ParamInit, max_pool2x2};
+pub use layers::{Conv2d, Linear};
 
 use crate::error::{Error, Result};
 
