@@ -5,16 +5,18 @@
 //!   random number generator (DESIGN §12), so determinism needs our own.
 //! * [`pool`]: 2×2 max pooling whose gradient is exact (candle 0.11's
 //!   `max_pool2d` backward is wrong, DESIGN §12).
+//! * [`conv`]: 2-D convolution as im2col + GEMM (stride, padding, dilation,
+//!   groups) whose backward skips the gradient of an untracked input.
 //!
-//! **Status (issue #6):** the fast CPU kernels this crate exists for —
-//! im2col + GEMM convolution with a backward that skips the data gradient,
-//! pooling with saved argmax indices, fused bias + activation — are not built
-//! yet; the operations here are compositions of candle's own ops.
+//! **Status (issue #6):** pooling with saved argmax indices, fused bias +
+//! activation and a batch-parallel unfold are not built yet.
 
 #![deny(missing_docs)]
 
+pub mod conv;
 pub mod init;
 pub mod pool;
 
+pub use conv::{Conv2dSpec, conv2d};
 pub use init::ParamInit;
 pub use pool::max_pool2x2;

@@ -87,13 +87,21 @@ impl Conv2d {
 
     /// Applies the convolution to `[N, C, H, W]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.conv2d(self.weight.as_tensor(), self.padding, 1, 1, 1)?
-            .broadcast_add(
-                &self
-                    .bias
-                    .as_tensor()
-                    .reshape((1, self.out_channels, 1, 1))?,
-            )
+        // im2col + GEMM from esper-ops: exact, and no gradient for the data batch.
+        esper_ops::conv2d(
+            x,
+            self.weight.as_tensor(),
+            esper_ops::Conv2dSpec {
+                padding: self.padding,
+                ..esper_ops::Conv2dSpec::default()
+            },
+        )?
+        .broadcast_add(
+            &self
+                .bias
+                .as_tensor()
+                .reshape((1, self.out_channels, 1, 1))?,
+        )
     }
 
     /// `name.weight`, `name.bias`.

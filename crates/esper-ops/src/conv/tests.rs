@@ -1,0 +1,266 @@
+use super::*;
+use candle_core::{Device, Var};
+use proptest::prelude::*;
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn close(a: &Tensor, b: &Tensor, what: &str) -> std::result::Result<(), TestCaseError> {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    prop_assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        // f32 sums of up to a few hundred products of values in [-1, 1).
+        let tol = 1e-4 * x.abs().max(y.abs()).max(1.0);
+        prop_assert!((x - y).abs() <= tol, "{} [{}]: {} vs {}", what, i, x, y);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    n: usize,
+    groups: usize,
+    c_per_group: usize,
+    out_per_group: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    spec: Conv2dSpec,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..3,
+        1usize..4,
+        1usize..4,
+        1usize..4,
+        3usize..9,
+        3usize..9,
+        prop_oneof![Just(1usize), Just(3), Just(2)],
+        0usize..3,
+        1usize..3,
+        1usize..3,
+    )
+        .prop_filter_map(
+            "kernel must fit",
+            |(n, groups, cpg, opg, h, w, k, p, s, d)| {
+                let span = d * (k - 1) + 1;
+                (h + 2 * p >= span && w + 2 * p >= span).then_some(Case {
+                    n,
+                    groups,
+                    c_per_group: cpg,
+                    out_per_group: opg,
+                    h,
+                    w,
+                    k,
+                    spec: Conv2dSpec {
+                        padding: p,
+                        stride: s,
+                        dilation: d,
+                        groups,
+                    },
+                })
+            },
+        )
+}
+
+fn tensors(c: &Case, seed: u64) -> (Var, Var) {
+    let cin = c.groups * c.c_per_group;
+    let cout = c.groups * c.out_per_group;
+    let x = Var::from_vec(
+        values(c.n * cin * c.h * c.w, seed),
+        (c.n, cin, c.h, c.w),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let k = Var::from_vec(
+        values(cout * c.c_per_group * c.k * c.k, seed + 1),
+        (cout, c.c_per_group, c.k, c.k),
+        &Device::Cpu,
+    )
+    .unwrap();
+    (x, k)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Forward equals candle's `conv2d` for every geometry.
+    #[test]
+    fn forward_matches_candle(c in case(), seed in 0u64..1000) {
+        let (x, k) = tensors(&c, seed);
+        let ours = conv2d(x.as_tensor(), k.as_tensor(), c.spec).unwrap();
+        let theirs = x
+            .as_tensor()
+            .conv2d(k.as_tensor(), c.spec.padding, c.spec.stride, c.spec.dilation, c.spec.groups)
+            .unwrap();
+        prop_assert_eq!(ours.dims(), theirs.dims());
+        close(&ours, &theirs, "forward")?;
+    }
+
+    /// Both gradients equal candle's where candle's backward works: ungrouped,
+    /// and strides that tile the padded input exactly (otherwise candle 0.11's
+    /// backward fails with a shape mismatch; those cases are checked against
+    /// finite differences below).
+    #[test]
+    fn gradients_match_candle(
+        c in case().prop_filter("where candle's backward works", |c| {
+            let span = c.spec.dilation * (c.k - 1) + 1;
+            c.groups == 1
+                && (c.h + 2 * c.spec.padding - span) % c.spec.stride == 0
+                && (c.w + 2 * c.spec.padding - span) % c.spec.stride == 0
+        }),
+        seed in 0u64..1000,
+    ) {
+        let (x, k) = tensors(&c, seed);
+        let out_shape = conv2d(x.as_tensor(), k.as_tensor(), c.spec).unwrap().dims().to_vec();
+        let weights = Tensor::from_vec(
+            values(out_shape.iter().product(), seed + 7),
+            out_shape.as_slice(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ours = conv2d(x.as_tensor(), k.as_tensor(), c.spec)
+            .unwrap()
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let theirs = x
+            .as_tensor()
+            .conv2d(k.as_tensor(), c.spec.padding, c.spec.stride, c.spec.dilation, 1)
+            .unwrap()
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(ours.get(&k).unwrap(), theirs.get(&k).unwrap(), "kernel gradient")?;
+        close(ours.get(&x).unwrap(), theirs.get(&x).unwrap(), "input gradient")?;
+    }
+}
+
+/// Grouped, depthwise, strided (not tiling the input) and dilated gradients
+/// against central finite differences.
+#[test]
+fn gradients_match_finite_differences() {
+    for (groups, cpg, opg, stride, dilation) in [
+        (2, 2, 3, 1, 1),
+        (3, 1, 1, 1, 1),
+        (4, 1, 2, 2, 1),
+        (1, 2, 2, 2, 2),
+        (2, 1, 2, 1, 2),
+    ] {
+        let c = Case {
+            n: 2,
+            groups,
+            c_per_group: cpg,
+            out_per_group: opg,
+            h: 6,
+            w: 5,
+            k: 3,
+            spec: Conv2dSpec {
+                padding: 1,
+                stride,
+                dilation,
+                groups,
+            },
+        };
+        let (x, k) = tensors(&c, 11);
+        let loss = |x: &Tensor, k: &Tensor| {
+            conv2d(x, k, c.spec)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let grads = loss(x.as_tensor(), k.as_tensor()).backward().unwrap();
+        let eps = 1e-2f32;
+        for (var, other, is_x) in [(&x, &k, true), (&k, &x, false)] {
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let analytic = grads
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for i in 0..base.len() {
+                let at = |delta: f32| {
+                    let mut v = base.clone();
+                    v[i] += delta;
+                    let t = Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap();
+                    let l = if is_x {
+                        loss(&t, other.as_tensor())
+                    } else {
+                        loss(other.as_tensor(), &t)
+                    };
+                    f64::from(l.to_scalar::<f32>().unwrap())
+                };
+                let numeric = ((at(eps) - at(-eps)) / (2.0 * f64::from(eps))) as f32;
+                let tol = 2e-2 * analytic[i].abs().max(1.0);
+                assert!(
+                    (numeric - analytic[i]).abs() < tol,
+                    "groups {groups}, {} [{i}]: numeric {numeric}, analytic {}",
+                    if is_x { "input" } else { "kernel" },
+                    analytic[i]
+                );
+            }
+        }
+    }
+}
+
+/// The data batch is not tracked: its gradient is never computed, and the
+/// kernel's still is.
+#[test]
+fn an_untracked_input_gets_no_gradient() {
+    let x = Tensor::from_vec(values(2 * 3 * 6 * 6, 3), (2, 3, 6, 6), &Device::Cpu).unwrap();
+    let k = Var::from_vec(values(4 * 3 * 9, 4), (4, 3, 3, 3), &Device::Cpu).unwrap();
+    let spec = Conv2dSpec {
+        padding: 1,
+        ..Conv2dSpec::default()
+    };
+    let grads = conv2d(&x, k.as_tensor(), spec)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&x).is_none());
+    assert!(grads.get(k.as_tensor()).is_some());
+}
+
+#[test]
+fn impossible_geometry_is_an_error() {
+    let x = Tensor::zeros((1, 4, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let k = Tensor::zeros((2, 3, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        conv2d(&x, &k, Conv2dSpec::default()).is_err(),
+        "channel mismatch"
+    );
+    let k = Tensor::zeros((2, 4, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        conv2d(&x, &k, Conv2dSpec::default()).is_err(),
+        "kernel larger than input"
+    );
+}
