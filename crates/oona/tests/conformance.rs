@@ -357,6 +357,29 @@ async fn cancellation_stops_consumers_promptly<B: Bus>(oona: Oona<B>) {
     );
 }
 
+async fn close_stops_blocked_consumers_and_later_calls_fail<B: Bus>(oona: Oona<B>) {
+    let sub = oona
+        .subscribe(Stream::Normal, "g", "c", StartFrom::Beginning)
+        .await
+        .unwrap();
+    // Never cancelled: only closing the bus can end this loop.
+    let task = tokio::spawn(sub.run(|_: &Delivery| Ok(()), CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    oona.close().await;
+    task.await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "consumer took {took:?} to see the close"
+    );
+    let err = oona
+        .publish(&state(1), MessagePriority::High)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, oona::Error::Closed), "{err}");
+}
+
 async fn backpressure_sheds_low_and_normal_only<B: Bus>(oona: Oona<B>) {
     let shed_depth = oona.shed_depth();
     // A group that never reads: the backlog grows.
@@ -442,5 +465,6 @@ on_both_backends! {
     trimming_caps_length_and_keeps_unacknowledged,
     bad_messages_go_to_quarantine,
     cancellation_stops_consumers_promptly,
+    close_stops_blocked_consumers_and_later_calls_fail,
     backpressure_sheds_low_and_normal_only with super::backpressure_config(),
 }
