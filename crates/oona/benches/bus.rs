@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use leyline::v1::{MessagePriority, SystemStatePacket};
 use oona::{Bus, Config, Delivery, MemoryBus, Oona, ReadOptions, Record, StartFrom, Stream};
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
@@ -75,19 +74,8 @@ async fn memory_backend_throughput(n: u64, batch: usize) -> f64 {
     bus.ensure_group(Stream::Normal, "g", StartFrom::Beginning)
         .await
         .unwrap();
-    let oona = common::memory(&bench_config());
     // A real signed envelope, encoded once: this measures the backend alone.
-    let record = {
-        let sink = MemoryBus::new(8);
-        let o = common::handle(sink.clone(), &bench_config());
-        o.publish(&packet(1), MessagePriority::Normal)
-            .await
-            .unwrap();
-        sink.range(Stream::Normal, None, 1).await.unwrap()[0]
-            .1
-            .clone()
-    };
-    drop(oona);
+    let record = signed_record().await;
     let consumer = {
         let bus = bus.clone();
         tokio::spawn(async move {
@@ -368,7 +356,7 @@ fn main() {
         let url = server.url();
         let config = bench_config();
         let oona = common::handle(server.bus(&config).await, &config);
-        let payload = Bytes::from(oona_envelope_bytes().await);
+        let payload = signed_record().await.payload;
         let in_flight = 64;
         let n = 100_000;
         let raw = raw_xadd_rate(&url, n, in_flight, payload.clone()).await;
@@ -411,14 +399,16 @@ fn main() {
     });
 }
 
-/// The bytes of one signed envelope as Oona stores it (for the raw baseline).
-async fn oona_envelope_bytes() -> Vec<u8> {
+/// One signed envelope as Oona stores it.
+async fn signed_record() -> Record {
     let sink = MemoryBus::new(8);
     let o = common::handle(sink.clone(), &bench_config());
     o.publish(&packet(1), MessagePriority::Normal)
         .await
         .unwrap();
-    let (_, record): (_, Record) = sink.range(Stream::Normal, None, 1).await.unwrap().remove(0);
-    let _ = SystemStatePacket::decode(&b""[..]);
-    record.payload.to_vec()
+    sink.range(Stream::Normal, None, 1)
+        .await
+        .unwrap()
+        .remove(0)
+        .1
 }

@@ -124,12 +124,6 @@ pub async fn connect(
     Oona::new(bus, config, leyline, key, identity)
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 impl<B: Bus> Oona<B> {
     /// A handle on `bus`. Security windows and the shared limits (shedding
     /// depth, attempts before dead-lettering) come from `leyline`. Fails when
@@ -359,7 +353,7 @@ impl<B: Bus> Oona<B> {
         sign(&self.shared.key, &mut envelope);
         Record {
             payload: Bytes::from(envelope.encode_to_vec()),
-            published_us: now_us(),
+            published_us: crate::now_us(),
             origin: None,
         }
     }

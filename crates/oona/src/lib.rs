@@ -58,7 +58,8 @@ pub use metrics::{Percentiles, StatsSnapshot};
 pub use stream::{BadEntryId, EntryId, StartFrom, Stream};
 pub use subscription::{Delivery, FailOutcome, Handler, HandlerResult, RunReport, Subscription};
 
-pub(crate) fn client_now_us() -> u64 {
+/// Wall clock, µs since the Unix epoch (publish → delivery latency).
+pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)

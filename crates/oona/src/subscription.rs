@@ -192,11 +192,10 @@ impl<B: Bus> Subscription<B> {
                 return Ok(None);
             }
         };
-        let key = self.oona.shared().key.clone();
         let verdict = if self.verified.contains(&raw.entry) {
             // A redelivery of an entry verified here: its id is burned already,
             // so only the signature is checked again.
-            if signature_valid(&key, &envelope) {
+            if signature_valid(&self.oona.shared().key, &envelope) {
                 Ok(())
             } else {
                 Err((
@@ -225,7 +224,7 @@ impl<B: Bus> Subscription<B> {
                 return Ok(None);
             }
         };
-        let latency = crate::client_now_us().saturating_sub(raw.record.published_us);
+        let latency = crate::now_us().saturating_sub(raw.record.published_us);
         self.oona
             .shared()
             .stats

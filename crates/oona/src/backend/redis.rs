@@ -293,12 +293,7 @@ impl Bus for RedisBus {
         }
         cmd.arg("STREAMS").arg(self.key(stream)).arg(">");
         let v = match self.query("XREADGROUP", stream, &cmd).await {
-            Err(Error::Redis {
-                source,
-                stream: key,
-                ..
-            }) if source.code() == Some("NOGROUP") => {
-                let _ = key;
+            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => {
                 return Err(Error::NoGroup {
                     stream: stream.name().to_owned(),
                     group: group.to_owned(),

@@ -10,15 +10,16 @@ use crate::state::CheckpointMeta;
 /// The hash of the training configuration, without what a resumed run may
 /// legitimately change: its length (`epochs`) and its outputs (checkpoint and
 /// profiler settings).
-pub(super) fn training_config_sha256(config: &Config) -> String {
+pub(super) fn training_config_sha256(config: &Config) -> Result<String> {
     let mut c = config.clone();
     c.epochs = 0;
     c.checkpoint = crate::config::CheckpointConfig::default();
     c.profiler = crate::profiler::ProfilerConfig::default();
-    // Serialising plain config structs cannot fail (string keys, finite values
-    // are not required by JSON writers for f64: non-finite ones become null).
-    let text = serde_json::to_vec(&c).unwrap_or_default();
-    crate::state::sha256_hex(&text)
+    let text = serde_json::to_vec(&c).map_err(|e| crate::error::Error::Config {
+        key: "tolaria".into(),
+        detail: format!("cannot serialise the configuration to hash it: {e}"),
+    })?;
+    Ok(crate::state::sha256_hex(&text))
 }
 
 pub(super) fn checkpoint_meta(

@@ -164,7 +164,7 @@ impl Trainer {
             config.optimizer.weight_decay,
         ))?;
         let mut known_good = Snapshot::capture(&host.parameters(), &optimizer, 0, 0)?;
-        let config_sha256 = training_config_sha256(&config);
+        let config_sha256 = training_config_sha256(&config)?;
         let mut resume_events = Vec::new();
         let (mut epoch, mut global_step) = (0, 0);
         let (mut checkpoints, mut skipped_checkpoints, mut resumed_from) = (None, Vec::new(), None);

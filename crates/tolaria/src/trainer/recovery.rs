@@ -10,6 +10,24 @@ use super::{Trainer, checkpoint_meta};
 use crate::error::{Error, Result};
 use crate::state::{RollbackReport, RollbackStats, Written};
 
+/// The store a rollback restores from.
+#[derive(Debug, Clone, Copy)]
+enum Tier {
+    /// The in-RAM known-good snapshot.
+    Fast,
+    /// The newest valid checkpoint on disk.
+    Full,
+}
+
+impl Tier {
+    fn as_str(self) -> &'static str {
+        match self {
+            Tier::Fast => "fast",
+            Tier::Full => "full",
+        }
+    }
+}
+
 impl Trainer {
     /// Restores the last known-good snapshot after a loss explosion, raising the
     /// emergency level; more than `max_rollbacks` in a row halt the run.
@@ -55,7 +73,7 @@ impl Trainer {
         {
             Ok(()) => {
                 let report =
-                    self.rollback_report("fast", reason, self.known_good.global_step, started);
+                    self.rollback_report(Tier::Fast, reason, self.known_good.global_step, started);
                 self.rollbacks.push(report);
                 self.global_step = self.known_good.global_step;
                 Ok(())
@@ -98,28 +116,28 @@ impl Trainer {
         self.global_step = loaded.manifest.global_step;
         self.epoch = loaded.manifest.epoch;
         self.known_good = loaded.snapshot;
-        let report = self.rollback_report("full", reason.to_owned(), self.global_step, started);
+        let report = self.rollback_report(Tier::Full, reason.to_owned(), self.global_step, started);
         self.rollbacks.push(report.clone());
         Ok(report)
     }
 
     fn rollback_report(
         &mut self,
-        tier: &'static str,
+        tier: Tier,
         reason: String,
         restored_step: u64,
         started: Instant,
     ) -> RollbackReport {
         let took = started.elapsed();
         let (deadline, counters) = match tier {
-            "fast" => (
+            Tier::Fast => (
                 self.rollback_deadlines.0,
                 (
                     &mut self.rollback_stats.fast,
                     &mut self.rollback_stats.fast_missed,
                 ),
             ),
-            _ => (
+            Tier::Full => (
                 self.rollback_deadlines.1,
                 (
                     &mut self.rollback_stats.full,
@@ -134,7 +152,7 @@ impl Trainer {
             leyline::unix_now_ms().saturating_sub((took - deadline).as_millis() as u64)
         });
         RollbackReport {
-            tier,
+            tier: tier.as_str(),
             reason,
             at_step: self.global_step,
             restored_step,
