@@ -25,6 +25,7 @@ const FILES: &[&str] = &[
     "lifecycle",
     "state",
     "telemetry",
+    "urza",
 ];
 const LOCK: &str = "proto/leyline.lock";
 

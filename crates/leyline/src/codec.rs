@@ -169,6 +169,20 @@ mod tests {
         KernelCatalogUpdate,
         MitigationAction,
         FieldReport,
+        CatalogEntry,
+        ArtifactProvenance,
+        ArtifactRecord,
+        ListBlueprintsRequest,
+        ListBlueprintsResponse,
+        GetBlueprintRequest,
+        ListArtifactsRequest,
+        ListArtifactsResponse,
+        FetchArtifactRequest,
+        ArtifactChunk,
+        PutArtifactChunk,
+        PutArtifactResponse,
+        EnsureArtifactRequest,
+        WatchCatalogRequest,
     );
 
     #[test]
@@ -179,7 +193,8 @@ mod tests {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
             for line in text.lines() {
                 if let Some(rest) = line.strip_prefix("message ") {
-                    declared.push(rest.trim_end_matches(" {").trim().to_string());
+                    let name = rest.trim_end_matches('}').trim_end().trim_end_matches('{');
+                    declared.push(name.trim().to_string());
                 }
             }
         }

@@ -1,23 +1,42 @@
 //! Urza: the blueprint catalog, the durable artifact library (SQLite +
 //! content-addressed safetensors) and its gRPC service and client (DESIGN §9).
 //!
-//! **Status:** this crate is not built yet (issue #5). It holds only its
-//! documentation and its [`Error`] type, so that the workspace has its final shape
-//! and every subsystem can already name the error it will return.
+//! * [`blueprint`]: thirteen explicit builders ([`catalog`]), each with declared
+//!   parameter bounds, an exact parameter count and an output shape equal to
+//!   its input shape.
+//! * [`select`]: which blueprints a controller may choose (tiers, quarantine,
+//!   approval, risk).
+//! * [`forge`]: builds an instance on a probe input, checks shapes and
+//!   gradients, measures build time and forward latency, computes its guard
+//!   digest.
+//! * [`artifact`]: the artifact file format (safetensors + Urza header).
+//! * [`library`]: the SQLite catalog and content-addressed artifact store.
 
 #![deny(missing_docs)]
 
-/// Result with [`Error`].
-pub type Result<T> = std::result::Result<T, Error>;
+pub mod artifact;
+pub mod blueprint;
+mod error;
+pub mod forge;
+pub mod library;
+mod params;
+pub mod select;
+mod slot;
 
-/// Everything that can go wrong in this crate.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The requested feature is not implemented yet; the message names the issue
-    /// that tracks it.
-    #[error("{feature} is not implemented yet (issue #5)")]
-    NotImplemented {
-        /// What was asked for.
-        feature: &'static str,
-    },
+pub use artifact::Artifact;
+pub use blueprint::{BlueprintDef, BlueprintModule, Weights, catalog, definition};
+pub use error::{Error, Result};
+pub use library::{CatalogQuery, Library, LibraryConfig};
+pub use params::{ParamSpec, Parameters};
+pub use slot::SlotSpec;
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
 }

@@ -1,0 +1,22 @@
+//! Generates the tonic client and server of `UrzaService` from
+//! `proto/leyline/v1/urza.proto` with `protox` (no system `protoc`). The messages
+//! themselves are Leyline's (`extern_path`), so only the service code lives here.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let proto_root = manifest_dir.join("../../proto");
+    let service = proto_root.join("leyline/v1/urza.proto");
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_root.join("leyline/v1").display()
+    );
+    let descriptors = protox::compile([&service], [&proto_root])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(".esper.leyline.v1", "::leyline::v1")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The blueprint catalog: thirteen explicit builders (eight convolutional, four
+//! dense, one identity). Each declares its parameters and bounds, checks that it
+//! fits a slot, reports its exact parameter count, and builds a candle module
+//! whose output shape equals its input shape.
+
+mod builder;
+mod catalog;
+mod conv;
+mod dense;
+
+use candle_core::{Tensor, Var};
+use leyline::v1::{BlueprintDescriptor, BlueprintTier, ParameterBound, SlotKind};
+
+pub use builder::Weights;
+pub use catalog::{catalog, definition};
+
+use crate::error::{Error, Result};
+use crate::params::{self, ParamSpec, Parameters};
+use crate::slot::SlotSpec;
+use builder::Builder;
+
+/// Which builder a blueprint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Identity,
+    ChannelNorm,
+    Depthwise,
+    LightConv,
+    HeavyConv,
+    Residual,
+    SqueezeExcitation,
+    SpatialAttention,
+    GroupedConv,
+    MlpSmall,
+    MlpLarge,
+    LowRank,
+    GatedFeedForward,
+}
+
+/// One blueprint of the built-in catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlueprintDef {
+    /// Stable id (`conv.residual`, `dense.low_rank`, …).
+    pub id: &'static str,
+    /// Human-readable name.
+    pub name: &'static str,
+    /// Risk tier.
+    pub tier: BlueprintTier,
+    /// Risk score in `[0, 1]`.
+    pub risk: f64,
+    /// Whether selection needs an explicit approval.
+    pub approval_required: bool,
+    /// Slot kinds the builder supports.
+    pub slot_kinds: &'static [SlotKind],
+    /// Declared parameters (all required).
+    pub params: &'static [ParamSpec],
+    /// Search tags.
+    pub tags: &'static [&'static str],
+    /// What it computes.
+    pub description: &'static str,
+    pub(crate) kind: Kind,
+}
+
+impl BlueprintDef {
+    /// The Leyline descriptor of this blueprint.
+    pub fn descriptor(&self) -> BlueprintDescriptor {
+        BlueprintDescriptor {
+            blueprint_id: self.id.to_string(),
+            name: self.name.to_string(),
+            tier: self.tier as i32,
+            allowed_parameters: self
+                .params
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.to_string(),
+                        ParameterBound {
+                            min: p.min,
+                            max: p.max,
+                        },
+                    )
+                })
+                .collect(),
+            risk: self.risk,
+            quarantine_only: false,
+            approval_required: self.approval_required,
+            description: self.description.to_string(),
+            slot_kinds: self.slot_kinds.iter().map(|k| *k as i32).collect(),
+            tags: self.tags.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    /// Every declared parameter at its documented default.
+    pub fn default_parameters(&self) -> Parameters {
+        self.params
+            .iter()
+            .map(|p| (p.name.to_string(), p.default))
+            .collect()
+    }
+
+    /// Checks `params` against the declared bounds and the slot (kind, shape
+    /// constraints such as divisibility or rank ≤ features).
+    pub fn check(&self, params: &Parameters, slot: &SlotSpec) -> Result<()> {
+        params::validate(self.id, self.params, params)?;
+        if !self.slot_kinds.contains(&slot.kind()) {
+            return Err(Error::SlotMismatch {
+                blueprint_id: self.id.to_string(),
+                slot: slot.to_string(),
+                reason: format!("supports {:?} slots only", self.slot_kinds),
+            });
+        }
+        let fit = match slot.kind() {
+            SlotKind::Conv2d => conv::fits(self.kind, params, slot.shape()),
+            SlotKind::Dense => dense::fits(self.kind, params, slot.shape()),
+            SlotKind::Unspecified => Err("slot kind is unspecified".to_string()),
+        };
+        fit.map_err(|reason| Error::SlotMismatch {
+            blueprint_id: self.id.to_string(),
+            slot: slot.to_string(),
+            reason,
+        })
+    }
+
+    /// The exact number of scalar parameters an instance for `slot` has.
+    pub fn parameter_count(&self, params: &Parameters, slot: &SlotSpec) -> Result<u64> {
+        self.check(params, slot)?;
+        Ok(match (self.kind, slot.kind()) {
+            (Kind::Identity, _) => 0,
+            (_, SlotKind::Conv2d) => conv::count(self.kind, params, slot.shape()),
+            (_, SlotKind::Dense) => dense::count(self.kind, params, slot.shape()),
+            (_, SlotKind::Unspecified) => 0,
+        })
+    }
+
+    /// Builds an instance for `slot` with weights from `weights`.
+    pub fn build(
+        &self,
+        params: &Parameters,
+        slot: &SlotSpec,
+        weights: Weights<'_>,
+    ) -> Result<BlueprintModule> {
+        self.check(params, slot)?;
+        let mut builder = Builder::new(weights, format!("{} for {slot}", self.id));
+        let net = match (self.kind, slot.kind()) {
+            (Kind::Identity, _) | (_, SlotKind::Unspecified) => Net::Identity,
+            (_, SlotKind::Conv2d) => conv::build(self.kind, params, slot.shape(), &mut builder)?,
+            (_, SlotKind::Dense) => dense::build(self.kind, params, slot.shape(), &mut builder)?,
+        };
+        let vars = builder.finish()?;
+        Ok(BlueprintModule {
+            blueprint_id: self.id.to_string(),
+            slot: slot.clone(),
+            params: params.clone(),
+            vars,
+            net,
+        })
+    }
+}
+
+/// The network of one blueprint instance.
+#[derive(Debug, Clone)]
+pub(crate) enum Net {
+    Identity,
+    ChannelNorm(conv::ChannelNorm),
+    /// Convolutions applied in sequence.
+    Conv(Vec<builder::Conv>),
+    /// Convolutions with ReLU between them.
+    ConvRelu(Vec<builder::Conv>),
+    Residual(conv::Residual),
+    SqueezeExcitation(conv::SqueezeExcitation),
+    SpatialAttention(conv::SpatialAttention),
+    Mlp(dense::Mlp),
+    LowRank(dense::LowRank),
+    GatedFeedForward(dense::GatedFeedForward),
+}
+
+/// A built blueprint instance: its parameters (as candle variables, named) and
+/// its forward pass.
+#[derive(Debug, Clone)]
+pub struct BlueprintModule {
+    blueprint_id: String,
+    slot: SlotSpec,
+    params: Parameters,
+    vars: Vec<(String, Var)>,
+    net: Net,
+}
+
+impl BlueprintModule {
+    /// The blueprint this instance was built from.
+    pub fn blueprint_id(&self) -> &str {
+        &self.blueprint_id
+    }
+
+    /// The slot it was built for.
+    pub fn slot(&self) -> &SlotSpec {
+        &self.slot
+    }
+
+    /// The blueprint parameters it was built with.
+    pub fn parameters(&self) -> &Parameters {
+        &self.params
+    }
+
+    /// Its trainable variables, in construction order, with their names.
+    pub fn named_vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// The number of scalar parameters it actually holds.
+    pub fn parameter_count(&self) -> u64 {
+        self.vars.iter().map(|(_, v)| v.elem_count() as u64).sum()
+    }
+
+    /// Applies the module to a batch shaped `[N, ...slot shape]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() != self.slot.shape().len() + 1 || &dims[1..] != self.slot.shape() {
+            return Err(Error::Shape {
+                context: format!("{} input", self.blueprint_id),
+                expected: self.slot.batch_shape(dims.first().copied().unwrap_or(0)),
+                actual: dims.to_vec(),
+            });
+        }
+        let y = match &self.net {
+            Net::Identity => Ok(x.clone()),
+            Net::ChannelNorm(m) => m.forward(x),
+            Net::Conv(convs) => convs.iter().try_fold(x.clone(), |y, conv| conv.forward(&y)),
+            Net::ConvRelu(convs) => {
+                let last = convs.len().saturating_sub(1);
+                convs
+                    .iter()
+                    .enumerate()
+                    .try_fold(x.clone(), |y, (i, conv)| {
+                        let out = conv.forward(&y)?;
+                        if i < last { out.relu() } else { Ok(out) }
+                    })
+            }
+            Net::Residual(m) => m.forward(x),
+            Net::SqueezeExcitation(m) => m.forward(x),
+            Net::SpatialAttention(m) => m.forward(x),
+            Net::Mlp(m) => m.forward(x),
+            Net::LowRank(m) => m.forward(x),
+            Net::GatedFeedForward(m) => m.forward(x),
+        }
+        .map_err(Error::tensor(format!("{} forward", self.blueprint_id)))?;
+        if y.dims() != dims {
+            return Err(Error::Shape {
+                context: format!("{} output", self.blueprint_id),
+                expected: dims.to_vec(),
+                actual: y.dims().to_vec(),
+            });
+        }
+        Ok(y)
+    }
+
+    /// The weights by name (for saving).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.vars
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
