@@ -130,13 +130,23 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// The remote Urza answered with an error status.
-    #[error("urza service: {code:?}: {message}")]
+    /// The remote Urza answered with an error status that has no typed
+    /// counterpart here; `label` is the server's [`Error::label`].
+    #[error("urza service: {code:?} ({label}): {message}")]
     Remote {
         /// gRPC status code.
         code: tonic::Code,
+        /// The server-side error label (`"remote"` when the server sent none).
+        label: &'static str,
         /// The server's message.
         message: String,
+    },
+    /// A catalog watcher fell behind and missed updates (its caches must be
+    /// dropped and refilled).
+    #[error("catalog watch missed {missed} update(s)")]
+    WatchLagged {
+        /// Updates missed.
+        missed: u64,
     },
     /// The gRPC transport failed (connect, serve).
     #[error("urza transport: {0}")]
@@ -165,7 +175,29 @@ impl Error {
         }
     }
 
-    /// A short, stable label for metrics (`urza_rejections_total{reason}`).
+    /// Every label [`Error::label`] can return for a local error.
+    pub const LABELS: &'static [&'static str] = &[
+        "unknown_blueprint",
+        "unknown_artifact",
+        "invalid_parameter",
+        "slot_mismatch",
+        "invalid_slot",
+        "shape",
+        "tensor",
+        "forge",
+        "integrity",
+        "quarantined",
+        "malformed_artifact",
+        "ineligible",
+        "io",
+        "sqlite",
+        "corrupt_catalog",
+        "transport",
+        "watch_lagged",
+    ];
+
+    /// A short, stable label for metrics (`urza_rejections_total{reason}`);
+    /// a remote error keeps the server's label.
     pub fn label(&self) -> &'static str {
         match self {
             Self::UnknownBlueprint { .. } => "unknown_blueprint",
@@ -183,7 +215,8 @@ impl Error {
             Self::Io { .. } => "io",
             Self::Sqlite { .. } => "sqlite",
             Self::CorruptCatalog { .. } => "corrupt_catalog",
-            Self::Remote { .. } => "remote",
+            Self::Remote { label, .. } => label,
+            Self::WatchLagged { .. } => "watch_lagged",
             Self::Transport(_) => "transport",
         }
     }

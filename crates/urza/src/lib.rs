@@ -11,6 +11,9 @@
 //!   digest.
 //! * [`artifact`]: the artifact file format (safetensors + Urza header).
 //! * [`library`]: the SQLite catalog and content-addressed artifact store.
+//! * [`store`]: [`BlueprintStore`], implemented by [`LocalStore`] and by the
+//!   gRPC client [`grpc::RemoteStore`] ([`grpc::serve`] is the server).
+//! * [`notify`]: forwards catalog changes onto Oona as `KernelCatalogUpdate`.
 
 #![deny(missing_docs)]
 
@@ -18,10 +21,13 @@ pub mod artifact;
 pub mod blueprint;
 mod error;
 pub mod forge;
+pub mod grpc;
 pub mod library;
+pub mod notify;
 mod params;
 pub mod select;
 mod slot;
+pub mod store;
 
 pub use artifact::Artifact;
 pub use blueprint::{BlueprintDef, BlueprintModule, Weights, catalog, definition};
@@ -29,6 +35,7 @@ pub use error::{Error, Result};
 pub use library::{CatalogQuery, Library, LibraryConfig};
 pub use params::{ParamSpec, Parameters};
 pub use slot::SlotSpec;
+pub use store::{BlueprintStore, CatalogWatch, EnsureRequest, LocalStore};
 
 /// Lower-case hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {

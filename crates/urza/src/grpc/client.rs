@@ -1,0 +1,209 @@
+//! The gRPC client: [`RemoteStore`] implements [`BlueprintStore`] against an
+//! `esper urza serve` process.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use leyline::v1::{
+    ArtifactRecord, CatalogEntry, EnsureArtifactRequest, FetchArtifactRequest, GetBlueprintRequest,
+    ListArtifactsRequest, ListBlueprintsRequest, WatchCatalogRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use super::generated::urza_service_client::UrzaServiceClient;
+use super::server::upload_chunks;
+use super::{CHUNK_BYTES, MAX_ARTIFACT_BYTES, from_status};
+use crate::artifact::{Artifact, sha256_hex};
+use crate::error::{Error, Result, rejected};
+use crate::library::CatalogQuery;
+use crate::store::{BlueprintStore, BoxFuture, CatalogWatch, EnsureRequest};
+
+/// Client settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteStoreConfig {
+    /// `http://host:port` of the service.
+    pub endpoint: String,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-request deadline (forging on demand can take a while).
+    pub request_timeout: Duration,
+}
+
+impl RemoteStoreConfig {
+    /// Defaults: 2 s to connect, 30 s per request.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A [`BlueprintStore`] served by a remote Urza.
+#[derive(Debug, Clone)]
+pub struct RemoteStore {
+    client: UrzaServiceClient<Channel>,
+}
+
+impl RemoteStore {
+    /// Connects to the service (fails fast when it is unreachable).
+    pub async fn connect(config: &RemoteStoreConfig) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| Error::Transport(format!("endpoint `{}`: {e}", config.endpoint)))?
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Error::Transport(format!("connecting to {}: {e}", config.endpoint)))?;
+        let client = UrzaServiceClient::new(channel)
+            .max_decoding_message_size(2 * CHUNK_BYTES)
+            .max_encoding_message_size(2 * CHUNK_BYTES);
+        Ok(Self { client })
+    }
+
+    fn client(&self) -> UrzaServiceClient<Channel> {
+        self.client.clone()
+    }
+}
+
+impl BlueprintStore for RemoteStore {
+    fn list_blueprints(&self, query: CatalogQuery) -> BoxFuture<'_, Result<Vec<CatalogEntry>>> {
+        let mut client = self.client();
+        Box::pin(async move {
+            let request = ListBlueprintsRequest {
+                tier: query.tier.unwrap_or(0),
+                slot_kind: query.slot_kind.unwrap_or(0),
+                tag: query.tag.unwrap_or_default(),
+                include_quarantined: query.include_quarantined,
+            };
+            Ok(client
+                .list_blueprints(request)
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .entries)
+        })
+    }
+
+    fn get_blueprint(&self, blueprint_id: String) -> BoxFuture<'_, Result<CatalogEntry>> {
+        let mut client = self.client();
+        Box::pin(async move {
+            Ok(client
+                .get_blueprint(GetBlueprintRequest { blueprint_id })
+                .await
+                .map_err(from_status)?
+                .into_inner())
+        })
+    }
+
+    fn list_artifacts(&self, blueprint_id: String) -> BoxFuture<'_, Result<Vec<ArtifactRecord>>> {
+        let mut client = self.client();
+        Box::pin(async move {
+            Ok(client
+                .list_artifacts(ListArtifactsRequest { blueprint_id })
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .artifacts)
+        })
+    }
+
+    fn fetch_artifact(&self, artifact_ref: String) -> BoxFuture<'_, Result<Artifact>> {
+        let mut client = self.client();
+        Box::pin(async move {
+            let mut stream = client
+                .fetch_artifact(FetchArtifactRequest {
+                    artifact_ref: artifact_ref.clone(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let mut record = None;
+            let mut buffer = BytesMut::new();
+            while let Some(chunk) = stream.message().await.map_err(from_status)? {
+                if record.is_none() {
+                    record = chunk.record;
+                }
+                if chunk.offset != buffer.len() as u64
+                    || buffer.len() + chunk.data.len() > MAX_ARTIFACT_BYTES
+                {
+                    return Err(rejected(Error::MalformedArtifact {
+                        reason: format!(
+                            "chunk at offset {} after {} bytes",
+                            chunk.offset,
+                            buffer.len()
+                        ),
+                    }));
+                }
+                buffer.extend_from_slice(&chunk.data);
+            }
+            let record = record.ok_or_else(|| {
+                rejected(Error::MalformedArtifact {
+                    reason: "the stream carried no artifact record".into(),
+                })
+            })?;
+            // The transport is not trusted: the bytes must hash to the reference.
+            let actual = sha256_hex(&buffer);
+            if actual != artifact_ref || record.artifact_ref != artifact_ref {
+                metrics::counter!("urza_integrity_failures_total").increment(1);
+                return Err(rejected(Error::Integrity {
+                    artifact_ref,
+                    actual,
+                }));
+            }
+            Ok(Artifact {
+                record,
+                bytes: buffer.freeze(),
+            })
+        })
+    }
+
+    fn put_artifact(&self, bytes: Bytes) -> BoxFuture<'_, Result<(ArtifactRecord, bool)>> {
+        let mut client = self.client();
+        Box::pin(async move {
+            let response = client
+                .put_artifact(upload_chunks(bytes))
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let record = response.record.ok_or_else(|| Error::Remote {
+                code: tonic::Code::Internal,
+                label: "remote",
+                message: "PutArtifact answered without a record".into(),
+            })?;
+            Ok((record, response.created))
+        })
+    }
+
+    fn ensure_artifact(&self, request: EnsureRequest) -> BoxFuture<'_, Result<ArtifactRecord>> {
+        let mut client = self.client();
+        Box::pin(async move {
+            let wire = EnsureArtifactRequest {
+                blueprint_id: request.blueprint_id,
+                slot_kind: request.slot.kind() as i32,
+                slot_shape: request.slot.wire_shape(),
+                parameters: request.parameters,
+                init_seed: request.init_seed,
+            };
+            Ok(client
+                .ensure_artifact(wire)
+                .await
+                .map_err(from_status)?
+                .into_inner())
+        })
+    }
+
+    fn watch_catalog(&self) -> BoxFuture<'_, Result<CatalogWatch>> {
+        let mut client = self.client();
+        Box::pin(async move {
+            let stream = client
+                .watch_catalog(WatchCatalogRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            Ok(CatalogWatch::remote(stream))
+        })
+    }
+}

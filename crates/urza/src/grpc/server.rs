@@ -1,0 +1,231 @@
+//! The gRPC server: a [`Library`] behind `UrzaService`.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use leyline::v1::{
+    ArtifactChunk, ArtifactRecord, CatalogEntry, EnsureArtifactRequest, FetchArtifactRequest,
+    GetBlueprintRequest, KernelCatalogUpdate, ListArtifactsRequest, ListArtifactsResponse,
+    ListBlueprintsRequest, ListBlueprintsResponse, PutArtifactChunk, PutArtifactResponse,
+    WatchCatalogRequest,
+};
+use tokio_stream::Stream;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::generated::urza_service_server::{UrzaService, UrzaServiceServer};
+use super::{CHUNK_BYTES, MAX_ARTIFACT_BYTES, to_status};
+use crate::error::{Error, Result};
+use crate::library::{CatalogQuery, Library, Measured};
+use crate::slot::SlotSpec;
+
+type ChunkStream = Pin<Box<dyn Stream<Item = std::result::Result<ArtifactChunk, Status>> + Send>>;
+type UpdateStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<KernelCatalogUpdate, Status>> + Send>>;
+
+struct Service {
+    library: Arc<Library>,
+}
+
+impl Service {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Library) -> Result<T> + Send + 'static,
+    ) -> std::result::Result<T, Status> {
+        let library = Arc::clone(&self.library);
+        tokio::task::spawn_blocking(move || work(&library))
+            .await
+            .map_err(|e| Status::internal(format!("library worker failed: {e}")))?
+            .map_err(|e| to_status(&e))
+    }
+}
+
+fn optional(value: i32) -> Option<i32> {
+    (value != 0).then_some(value)
+}
+
+#[tonic::async_trait]
+impl UrzaService for Service {
+    async fn list_blueprints(
+        &self,
+        request: Request<ListBlueprintsRequest>,
+    ) -> std::result::Result<Response<ListBlueprintsResponse>, Status> {
+        let r = request.into_inner();
+        let query = CatalogQuery {
+            tier: optional(r.tier),
+            slot_kind: optional(r.slot_kind),
+            tag: (!r.tag.is_empty()).then_some(r.tag),
+            include_quarantined: r.include_quarantined,
+        };
+        let entries = self.blocking(move |l| l.list(&query)).await?;
+        Ok(Response::new(ListBlueprintsResponse { entries }))
+    }
+
+    async fn get_blueprint(
+        &self,
+        request: Request<GetBlueprintRequest>,
+    ) -> std::result::Result<Response<CatalogEntry>, Status> {
+        let id = request.into_inner().blueprint_id;
+        Ok(Response::new(
+            self.blocking(move |l| l.blueprint(&id)).await?,
+        ))
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<ListArtifactsRequest>,
+    ) -> std::result::Result<Response<ListArtifactsResponse>, Status> {
+        let id = request.into_inner().blueprint_id;
+        let artifacts = self.blocking(move |l| l.artifacts(&id)).await?;
+        Ok(Response::new(ListArtifactsResponse { artifacts }))
+    }
+
+    type FetchArtifactStream = ChunkStream;
+
+    async fn fetch_artifact(
+        &self,
+        request: Request<FetchArtifactRequest>,
+    ) -> std::result::Result<Response<ChunkStream>, Status> {
+        let reference = request.into_inner().artifact_ref;
+        let artifact = self.blocking(move |l| l.fetch(&reference)).await?;
+        let mut record = Some(artifact.record);
+        let bytes = artifact.bytes;
+        let mut chunks = Vec::with_capacity(bytes.len() / CHUNK_BYTES + 1);
+        let mut offset = 0;
+        loop {
+            let end = (offset + CHUNK_BYTES).min(bytes.len());
+            chunks.push(Ok(ArtifactChunk {
+                record: record.take(),
+                offset: offset as u64,
+                data: bytes[offset..end].to_vec(),
+            }));
+            offset = end;
+            if offset >= bytes.len() {
+                break;
+            }
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn put_artifact(
+        &self,
+        request: Request<Streaming<PutArtifactChunk>>,
+    ) -> std::result::Result<Response<PutArtifactResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut buffer = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if chunk.offset != buffer.len() as u64 {
+                return Err(to_status(&crate::error::rejected(
+                    Error::MalformedArtifact {
+                        reason: format!(
+                            "upload chunk at offset {} but {} bytes received",
+                            chunk.offset,
+                            buffer.len()
+                        ),
+                    },
+                )));
+            }
+            if buffer.len() + chunk.data.len() > MAX_ARTIFACT_BYTES {
+                return Err(to_status(&crate::error::rejected(
+                    Error::MalformedArtifact {
+                        reason: format!("upload larger than {MAX_ARTIFACT_BYTES} bytes"),
+                    },
+                )));
+            }
+            buffer.extend_from_slice(&chunk.data);
+        }
+        let (record, created) = self
+            .blocking(move |l| l.save_bytes(&buffer, Measured::default()))
+            .await?;
+        Ok(Response::new(PutArtifactResponse {
+            record: Some(record),
+            created,
+        }))
+    }
+
+    async fn ensure_artifact(
+        &self,
+        request: Request<EnsureArtifactRequest>,
+    ) -> std::result::Result<Response<ArtifactRecord>, Status> {
+        let r = request.into_inner();
+        let slot = SlotSpec::from_wire(r.slot_kind, &r.slot_shape).map_err(|e| to_status(&e))?;
+        let record = self
+            .blocking(move |l| {
+                l.ensure_artifact(&r.blueprint_id, &slot, &r.parameters, r.init_seed)
+            })
+            .await?;
+        Ok(Response::new(record))
+    }
+
+    type WatchCatalogStream = UpdateStream;
+
+    async fn watch_catalog(
+        &self,
+        _request: Request<WatchCatalogRequest>,
+    ) -> std::result::Result<Response<UpdateStream>, Status> {
+        let updates =
+            tokio_stream::wrappers::BroadcastStream::new(self.library.subscribe()).map(|item| {
+                item.map_err(
+                    |tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)| {
+                        to_status(&Error::WatchLagged { missed })
+                    },
+                )
+            });
+        Ok(Response::new(Box::pin(updates)))
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Served {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// Completes when the server has stopped.
+    pub task: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// Serves `library` on `addr` (port 0 picks a free port) until `shutdown` is
+/// cancelled. Must run inside a tokio runtime.
+pub async fn serve(
+    library: Arc<Library>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<Served> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Transport(format!("binding {addr}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Transport(format!("reading the bound address: {e}")))?;
+    let service = UrzaServiceServer::new(Service { library })
+        .max_decoding_message_size(2 * CHUNK_BYTES)
+        .max_encoding_message_size(2 * CHUNK_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+            .map_err(|e| Error::Transport(format!("serving: {e}")))
+    });
+    tracing::info!(target: "urza", %addr, "urza service listening");
+    Ok(Served { addr, task })
+}
+
+/// Uploads `bytes` as a stream of chunks (shared by the client).
+pub(crate) fn upload_chunks(bytes: Bytes) -> impl Stream<Item = PutArtifactChunk> + Send {
+    let mut chunks = Vec::with_capacity(bytes.len() / CHUNK_BYTES + 1);
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let end = (offset + CHUNK_BYTES).min(bytes.len());
+        chunks.push(PutArtifactChunk {
+            offset: offset as u64,
+            data: bytes[offset..end].to_vec(),
+        });
+        offset = end;
+    }
+    tokio_stream::iter(chunks)
+}

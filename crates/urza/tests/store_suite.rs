@@ -1,0 +1,224 @@
+//! One test suite, two stores: the local library and the gRPC client talking
+//! to a server started in the test on a free port must behave the same.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use candle_core::Device;
+use leyline::v1::{ArtifactProvenance, BlueprintTier, CatalogChange, SlotKind};
+use tokio_util::sync::CancellationToken;
+use urza::grpc::{RemoteStore, RemoteStoreConfig, serve};
+use urza::{
+    BlueprintStore, CatalogQuery, EnsureRequest, Error, Library, LibraryConfig, LocalStore,
+    Parameters, SlotSpec, artifact, catalog,
+};
+
+fn conv_slot() -> SlotSpec {
+    SlotSpec::conv2d(4, 6, 6).unwrap()
+}
+
+fn ensure(id: &str, slot: SlotSpec) -> EnsureRequest {
+    EnsureRequest {
+        blueprint_id: id.into(),
+        slot,
+        parameters: Parameters::new(),
+        init_seed: 11,
+    }
+}
+
+/// The suite: `library` is the library behind `store` (for on-disk damage).
+async fn suite(store: &dyn BlueprintStore, library: &Library) {
+    // Catalog queries.
+    let all = store
+        .list_blueprints(CatalogQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), catalog().len());
+    let safe_conv = store
+        .list_blueprints(CatalogQuery {
+            tier: Some(BlueprintTier::Safe as i32),
+            slot_kind: Some(SlotKind::Conv2d as i32),
+            ..CatalogQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(!safe_conv.is_empty());
+    for e in &safe_conv {
+        let d = e.descriptor.as_ref().unwrap();
+        assert_eq!(d.tier, BlueprintTier::Safe as i32);
+        assert!(d.slot_kinds.contains(&(SlotKind::Conv2d as i32)));
+    }
+    let entry = store.get_blueprint("conv.residual".into()).await.unwrap();
+    assert_eq!(entry.descriptor.unwrap().name, "Residual block");
+    assert!(matches!(
+        store.get_blueprint("nope".into()).await,
+        Err(Error::UnknownBlueprint { blueprint_id }) if blueprint_id == "nope"
+    ));
+
+    // Forge on demand, once.
+    let mut watch = store.watch_catalog().await.unwrap();
+    let record = store
+        .ensure_artifact(ensure("conv.residual", conv_slot()))
+        .await
+        .unwrap();
+    let again = store
+        .ensure_artifact(ensure("conv.residual", conv_slot()))
+        .await
+        .unwrap();
+    assert_eq!(record.artifact_ref, again.artifact_ref);
+    let update = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(update.artifact_ref, record.artifact_ref);
+    assert_eq!(update.change, CatalogChange::Updated as i32);
+
+    // Fetch: verified bytes that rebuild the module.
+    let fetched = store
+        .fetch_artifact(record.artifact_ref.clone())
+        .await
+        .unwrap();
+    assert_eq!(artifact::sha256_hex(&fetched.bytes), record.artifact_ref);
+    assert_eq!(fetched.record.artifact_ref, record.artifact_ref);
+    let module = fetched.instantiate(&Device::Cpu).unwrap();
+    assert_eq!(module.parameter_count(), record.parameter_count);
+    assert!(matches!(
+        store.fetch_artifact("00".repeat(32)).await,
+        Err(Error::UnknownArtifact { .. })
+    ));
+
+    // Upload trained weights; uploading them again creates nothing.
+    for (_, var) in module.named_vars() {
+        var.set(&(var.as_tensor() * 0.25).unwrap()).unwrap();
+    }
+    let trained = artifact::encode(
+        &module,
+        Some(&ArtifactProvenance {
+            training_run_id: "suite".into(),
+            slot_id: "s0".into(),
+            contribution: 1.0,
+            parent_artifact_ref: record.artifact_ref.clone(),
+        }),
+    )
+    .unwrap();
+    let (stored, created) = store
+        .put_artifact(Bytes::from(trained.clone()))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(stored.provenance.as_ref().unwrap().training_run_id, "suite");
+    let (_, created_again) = store.put_artifact(Bytes::from(trained)).await.unwrap();
+    assert!(!created_again);
+    let bad = store
+        .put_artifact(Bytes::from_static(b"not an artifact"))
+        .await;
+    assert_eq!(bad.unwrap_err().label(), "malformed_artifact");
+    assert_eq!(
+        store
+            .list_artifacts("conv.residual".into())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Invalid requests keep their kind across the wire.
+    let mut bad_params = ensure("conv.residual", conv_slot());
+    bad_params.parameters.insert("depth".into(), 99.0);
+    bad_params.parameters.insert("expansion".into(), 1.0);
+    assert_eq!(
+        store.ensure_artifact(bad_params).await.unwrap_err().label(),
+        "invalid_parameter"
+    );
+    assert_eq!(
+        store
+            .ensure_artifact(ensure("dense.mlp_small", conv_slot()))
+            .await
+            .unwrap_err()
+            .label(),
+        "slot_mismatch"
+    );
+
+    // A large (≈1 MB) artifact streams in many chunks.
+    let big = store
+        .ensure_artifact(ensure("dense.mlp_large", SlotSpec::dense(256).unwrap()))
+        .await
+        .unwrap();
+    assert!(big.size_bytes > 1 << 20, "{}", big.size_bytes);
+    let fetched = store
+        .fetch_artifact(big.artifact_ref.clone())
+        .await
+        .unwrap();
+    assert_eq!(fetched.bytes.len() as u64, big.size_bytes);
+
+    // A byte flipped on disk is caught on load and quarantines the artifact.
+    let victim = store
+        .ensure_artifact(ensure("conv.depthwise", conv_slot()))
+        .await
+        .unwrap();
+    let path = library.artifact_path(&victim.artifact_ref);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x04;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(matches!(
+        store.fetch_artifact(victim.artifact_ref.clone()).await,
+        Err(Error::Integrity { .. })
+    ));
+    assert!(matches!(
+        store.fetch_artifact(victim.artifact_ref.clone()).await,
+        Err(Error::Quarantined { .. })
+    ));
+}
+
+fn library(dir: &std::path::Path) -> Arc<Library> {
+    Arc::new(Library::open(LibraryConfig::new(dir)).unwrap().0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_library_passes_the_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = library(dir.path());
+    let store = LocalStore::new(Arc::clone(&library));
+    suite(&store, &library).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_client_passes_the_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = library(dir.path());
+    let shutdown = CancellationToken::new();
+    let served = serve(
+        Arc::clone(&library),
+        "127.0.0.1:0".parse().unwrap(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let store = RemoteStore::connect(&RemoteStoreConfig::new(format!("http://{}", served.addr)))
+        .await
+        .unwrap();
+    suite(&store, &library).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), served.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_service_is_a_transport_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = RemoteStore::connect(&RemoteStoreConfig::new(format!("http://127.0.0.1:{port}")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Transport(_)), "{err}");
+}
