@@ -107,6 +107,11 @@ impl RunBus {
         self.emitter.metric(point);
     }
 
+    /// Runs `future` to completion on the bus runtime (the process's only one).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
     /// The bus handle.
     pub fn oona(&self) -> &Oona<AnyBus> {
         &self.oona

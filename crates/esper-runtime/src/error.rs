@@ -58,6 +58,10 @@ pub enum Error {
     /// The message bus failed.
     #[error(transparent)]
     Oona(#[from] oona::Error),
+    /// Urza (the blueprint library or its service) failed (boxed: its errors
+    /// carry shapes and paths, and this enum travels through hot paths).
+    #[error(transparent)]
+    Urza(Box<urza::Error>),
     /// The run directory could not be written.
     #[error("run directory {path}: {source}")]
     RunDir {
@@ -70,4 +74,10 @@ pub enum Error {
     /// The async runtime could not be started or a task failed.
     #[error("{0}")]
     Runtime(String),
+}
+
+impl From<urza::Error> for Error {
+    fn from(e: urza::Error) -> Self {
+        Self::Urza(Box::new(e))
+    }
 }

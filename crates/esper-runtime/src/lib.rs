@@ -18,6 +18,7 @@ pub mod config;
 mod error;
 pub mod runlog;
 pub mod selfcheck;
+pub mod urza_cmd;
 
 pub use bus::{BusSummary, RunBus};
 pub use config::{EsperConfig, Resolved, RunConfig};

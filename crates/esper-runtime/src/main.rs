@@ -36,6 +36,55 @@ enum Command {
         #[arg(long, value_name = "RUN_ID")]
         resume: Option<String>,
     },
+    /// The blueprint library: list, show, forge, verify, serve.
+    Urza {
+        #[command(subcommand)]
+        command: UrzaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UrzaCommand {
+    /// List the catalog (through the remote service when `urza.remote` is set).
+    List {
+        /// Only this tier: safe, experimental or high_risk.
+        #[arg(long)]
+        tier: Option<String>,
+        /// Only blueprints fitting this slot kind: dense or conv2d.
+        #[arg(long)]
+        slot_kind: Option<String>,
+        /// Only blueprints with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Include quarantined blueprints.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one blueprint: descriptor, parameters, stored artifacts.
+    Show {
+        /// Blueprint id, e.g. conv.residual.
+        blueprint_id: String,
+    },
+    /// Build, probe and store an artifact for a slot (or print the stored one).
+    Forge {
+        /// Blueprint id.
+        blueprint_id: String,
+        /// Slot: dense:F or conv2d:CxHxW.
+        #[arg(long)]
+        slot: String,
+        /// Blueprint parameter name=value (repeatable; defaults otherwise).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
+    /// Re-hash and rebuild every artifact of the local library; exits 1 when
+    /// any is corrupt or missing (they are quarantined).
+    Verify,
+    /// Serve the local library over gRPC, forwarding catalog changes onto Oona.
+    Serve {
+        /// host:port to listen on (default: urza.listen).
+        #[arg(long)]
+        listen: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             train(&resolved)
         }
+        Command::Urza { command } => urza(&resolved, command),
         Command::Check => {
             println!(
                 "esper {} — contract self-check (run {})",
@@ -85,6 +135,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn urza(resolved: &esper_runtime::Resolved, command: UrzaCommand) -> anyhow::Result<ExitCode> {
+    use esper_runtime::urza_cmd;
+    match command {
+        UrzaCommand::List {
+            tier,
+            slot_kind,
+            tag,
+            all,
+        } => {
+            let filter = urza_cmd::ListFilter {
+                tier,
+                slot_kind,
+                tag,
+                all,
+            };
+            print!("{}", urza_cmd::list(resolved, &filter)?);
+        }
+        UrzaCommand::Show { blueprint_id } => {
+            print!("{}", urza_cmd::show(resolved, &blueprint_id)?)
+        }
+        UrzaCommand::Forge {
+            blueprint_id,
+            slot,
+            params,
+        } => print!(
+            "{}",
+            urza_cmd::forge(resolved, &blueprint_id, &slot, &params)?
+        ),
+        UrzaCommand::Verify => {
+            let (report, healthy) = urza_cmd::verify(resolved)?;
+            print!("{report}");
+            if !healthy {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        UrzaCommand::Serve { listen } => urza_cmd::serve(resolved, listen.as_deref())?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {

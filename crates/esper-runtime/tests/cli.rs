@@ -197,3 +197,71 @@ fn train_rejects_an_unknown_host_before_starting() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("tolaria.host"), "{}", text(&out));
 }
+
+#[test]
+fn urza_subcommands_list_forge_show_and_verify_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lib");
+    let root_env = [("ESPER_URZA__ROOT", root.to_str().unwrap())];
+
+    let out = esper(&["urza", "list", "--slot-kind", "dense"], &root_env);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("dense.low_rank") && !t.contains("conv.residual"),
+        "{t}"
+    );
+
+    let out = esper(
+        &[
+            "urza",
+            "forge",
+            "conv.residual",
+            "--slot",
+            "conv2d:4x6x6",
+            "--param",
+            "depth=2",
+            "--param",
+            "expansion=1",
+        ],
+        &root_env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    // 2 blocks × (3×3 conv 4→4 + bias) × 2 convs = 2 × 2 × (144 + 4) = 592 parameters.
+    assert!(t.contains("592 parameters"), "{t}");
+    let reference = t.split_whitespace().nth(1).unwrap().to_string();
+
+    let out = esper(&["urza", "show", "conv.residual"], &root_env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&reference[..16]), "{}", text(&out));
+
+    let out = esper(&["urza", "verify"], &root_env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 healthy"), "{}", text(&out));
+
+    // Damage the artifact: verify fails, naming it.
+    let file = root
+        .join("artifacts")
+        .join(&reference[..2])
+        .join(format!("{reference}.safetensors"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[50] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let out = esper(&["urza", "verify"], &root_env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("1 corrupt"), "{}", text(&out));
+
+    let out = esper(&["urza", "show", "nope"], &root_env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("unknown blueprint `nope`"),
+        "{}",
+        text(&out)
+    );
+    let out = esper(
+        &["urza", "forge", "conv.residual", "--slot", "conv2d:4"],
+        &root_env,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -19,6 +19,7 @@
 
 pub mod artifact;
 pub mod blueprint;
+pub mod config;
 mod error;
 pub mod forge;
 pub mod grpc;
@@ -31,6 +32,7 @@ pub mod store;
 
 pub use artifact::Artifact;
 pub use blueprint::{BlueprintDef, BlueprintModule, Weights, catalog, definition};
+pub use config::Config;
 pub use error::{Error, Result};
 pub use library::{CatalogQuery, Library, LibraryConfig};
 pub use params::{ParamSpec, Parameters};

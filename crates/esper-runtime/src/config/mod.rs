@@ -39,6 +39,8 @@ pub struct EsperConfig {
     pub tolaria: tolaria::Config,
     /// The message bus: backend, streams, delivery, backpressure, telemetry.
     pub oona: oona::Config,
+    /// The blueprint library: where it lives, its cache, its service.
+    pub urza: urza::Config,
 }
 
 /// Identity and seed of the run.
@@ -115,6 +117,10 @@ impl EsperConfig {
         })?;
         self.oona.validate().map_err(|e| Error::ConfigKey {
             key: format!("oona.{}", e.key),
+            detail: e.problem,
+        })?;
+        self.urza.validate().map_err(|e| Error::ConfigKey {
+            key: format!("urza.{}", e.key),
             detail: e.problem,
         })?;
         // A key generated per process cannot verify messages from another one.

@@ -1,0 +1,168 @@
+//! Urza's typed configuration (`[urza]` in the Esper config file), with
+//! documented defaults. Resolved once by `esper-runtime` and passed down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::grpc::RemoteStoreConfig;
+use crate::library::LibraryConfig;
+
+/// All of Urza's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of the local library (`catalog.sqlite`, `artifacts/`, `tmp/`);
+    /// default `urza`.
+    pub root: PathBuf,
+    /// In-memory artifact cache budget, MiB (default 64).
+    pub cache_mib: u64,
+    /// Lookups the windowed cache hit rate covers (default 1 024).
+    pub stats_window: usize,
+    /// Batch size of the forge's probe input (default 8).
+    pub forge_batch: usize,
+    /// Timed forward passes of the forge probe (default 10).
+    pub forge_runs: usize,
+    /// Address `esper urza serve` listens on (default `127.0.0.1:50551`).
+    pub listen: String,
+    /// Endpoint of a shared Urza service (`http://host:port`); when set,
+    /// trainers and `esper urza list|show` use it instead of the local library.
+    /// Default: unset.
+    pub remote: Option<String>,
+    /// Connect timeout to the remote service, ms (default 2 000).
+    pub connect_timeout_ms: u64,
+    /// Per-request deadline on the remote service, ms (default 30 000; forging
+    /// on demand takes a while).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("urza"),
+            cache_mib: 64,
+            stats_window: 1024,
+            forge_batch: 8,
+            forge_runs: 10,
+            listen: "127.0.0.1:50551".into(),
+            remote: None,
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("urza.{key}: {problem}")]
+pub struct ConfigError {
+    /// The key, relative to `[urza]`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Config {
+    /// Checks every value, naming the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, problem: &str| ConfigError {
+            key,
+            problem: problem.to_string(),
+        };
+        if self.root.as_os_str().is_empty() {
+            return Err(bad("root", "must not be empty"));
+        }
+        if self.cache_mib == 0 {
+            return Err(bad("cache_mib", "must be at least 1"));
+        }
+        if self.stats_window == 0 {
+            return Err(bad("stats_window", "must be at least 1"));
+        }
+        if !(1..=1024).contains(&self.forge_batch) {
+            return Err(bad("forge_batch", "must be in 1..=1024"));
+        }
+        if !(1..=1000).contains(&self.forge_runs) {
+            return Err(bad("forge_runs", "must be in 1..=1000"));
+        }
+        self.listen_addr()?;
+        if let Some(remote) = &self.remote
+            && !(remote.starts_with("http://") || remote.starts_with("https://"))
+        {
+            return Err(bad("remote", "must be an http:// or https:// endpoint"));
+        }
+        if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return Err(bad(
+                if self.connect_timeout_ms == 0 {
+                    "connect_timeout_ms"
+                } else {
+                    "request_timeout_ms"
+                },
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parsed listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| ConfigError {
+            key: "listen",
+            problem: format!("{:?} is not host:port ({e})", self.listen),
+        })
+    }
+
+    /// Settings of the local library.
+    pub fn library(&self) -> LibraryConfig {
+        LibraryConfig {
+            root: self.root.clone(),
+            cache_bytes: self.cache_mib << 20,
+            stats_window: self.stats_window,
+            forge_batch: self.forge_batch,
+            forge_runs: self.forge_runs,
+        }
+    }
+
+    /// Settings of the gRPC client, when a remote service is configured.
+    pub fn remote_store(&self) -> Option<RemoteStoreConfig> {
+        self.remote.as_ref().map(|endpoint| RemoteStoreConfig {
+            endpoint: endpoint.clone(),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_key() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let bad = |c: Config| c.validate().unwrap_err().key;
+        assert_eq!(
+            bad(Config {
+                cache_mib: 0,
+                ..Config::default()
+            }),
+            "cache_mib"
+        );
+        assert_eq!(
+            bad(Config {
+                listen: "nowhere".into(),
+                ..Config::default()
+            }),
+            "listen"
+        );
+        assert_eq!(
+            bad(Config {
+                remote: Some("tcp://x".into()),
+                ..Config::default()
+            }),
+            "remote"
+        );
+        assert_eq!(Config::default().library().cache_bytes, 64 << 20);
+    }
+}
