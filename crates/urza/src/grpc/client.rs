@@ -52,6 +52,7 @@ impl RemoteStore {
         let endpoint = Endpoint::from_shared(config.endpoint.clone())
             .map_err(|e| Error::Transport(format!("endpoint `{}`: {e}", config.endpoint)))?
             .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
             .timeout(config.request_timeout);
         let channel = endpoint
             .connect()

@@ -203,7 +203,14 @@ pub async fn serve(
     let service = UrzaServiceServer::new(Service { library })
         .max_decoding_message_size(2 * CHUNK_BYTES)
         .max_encoding_message_size(2 * CHUNK_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small responses must not wait for Nagle + delayed ACK (≈40 ms per call).
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(target: "urza", "TCP_NODELAY not set: {e}");
+            }
+        })
+    });
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
