@@ -25,6 +25,10 @@ pub enum Error {
         /// Shape received (with the batch dimension).
         actual: Vec<usize>,
     },
+    /// A blend configuration or alpha schedule is unusable (missing mode
+    /// parameters, a channel vector that does not fit the slot, …).
+    #[error("blend configuration: {0}")]
+    Blend(String),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

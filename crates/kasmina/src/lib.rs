@@ -9,6 +9,8 @@
 
 #![deny(missing_docs)]
 
+pub mod alpha;
+pub mod blend;
 mod error;
 mod host;
 
