@@ -29,7 +29,46 @@ pub enum Error {
     /// parameters, a channel vector that does not fit the slot, …).
     #[error("blend configuration: {0}")]
     Blend(String),
+    /// A seed's module failed.
+    #[error("seed {seed}: {reason}")]
+    Seed {
+        /// Seed id.
+        seed: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No slot with this id.
+    #[error("unknown slot `{slot}`")]
+    UnknownSlot {
+        /// Slot id.
+        slot: String,
+    },
+    /// The slot is not in a state that allows the request.
+    #[error("slot {slot}: {reason}")]
+    SlotBusy {
+        /// Slot id.
+        slot: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A stage change not in the Leyline transition table, or not yet allowed.
+    #[error("seed {seed}: {reason}")]
+    Lifecycle {
+        /// Seed id.
+        seed: String,
+        /// Why the move was refused.
+        reason: String,
+    },
+    /// A blueprint could not be built or loaded.
+    #[error(transparent)]
+    Urza(Box<urza::Error>),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+}
+
+impl From<urza::Error> for Error {
+    fn from(e: urza::Error) -> Self {
+        Self::Urza(Box::new(e))
+    }
 }

@@ -2,17 +2,34 @@
 //! implements its [`Host`] trait — germinate, train in isolation, blend, probation,
 //! fossilize or cull (DESIGN §5).
 //!
-//! **Status:** the [`Host`] contract is built (issue #3): a host declares its
-//! slots and runs its forward pass through a [`SlotRunner`], which for now is
-//! [`DormantSlots`] (every slot is identity). Seeds, the lifecycle executor, gates,
-//! blending and isolation arrive with issue #7.
+//! * [`Host`] (issue #3): a host declares its slots and runs its forward pass
+//!   through a [`SlotRunner`]; [`DormantSlots`] is identity everywhere.
+//! * [`SeedSlots`]: the runner of a grown host — at most one [`Seed`] per slot
+//!   (an Urza blueprint module), forwarded by stage: identity, the incubator
+//!   (TRAINING), or a [`blend`] with the seed's [`alpha`] ramp; a
+//!   counterfactual switch forces α = 0.
+//! * [`Lifecycle`]: moves seeds along the Leyline transition table after each
+//!   stage's minimum dwell and on [`gates`] evidence (G0, G1, G2, G3, G4, G5);
+//!   a failed gate culls (CULLED → EMBARGOED → RESETTING → DORMANT) with a
+//!   rollback payload; every gate evaluation and move is recorded.
+//!
+//! **Status (issue #7):** command intake, the isolation monitor, the parameter
+//! registry, the kernel load manager, knowledge distillation, per-seed
+//! telemetry and the wiring into Tolaria's loop are not built yet.
 
 #![deny(missing_docs)]
 
 pub mod alpha;
 pub mod blend;
 mod error;
+pub mod gates;
 mod host;
+pub mod lifecycle;
+mod seed;
+mod slots;
 
 pub use error::{Error, Result};
 pub use host::{DormantSlots, Host, NamedParameter, SlotRunner, SlotSpec};
+pub use lifecycle::{Lifecycle, LifecycleEvent, Progress};
+pub use seed::Seed;
+pub use slots::{SeedSlots, Slot};

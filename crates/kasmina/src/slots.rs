@@ -1,0 +1,196 @@
+//! [`SeedSlots`]: the [`SlotRunner`] a grown host runs through. Each slot holds
+//! at most one seed; a slot without one (or with a dormant one) is identity with
+//! no tensor operation.
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use leyline::v1::SeedStage;
+
+use crate::error::{Error, Result};
+use crate::host::{NamedParameter, SlotRunner, SlotSpec};
+use crate::seed::Seed;
+
+/// One slot: its spec, its seed, its embargo.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    spec: SlotSpec,
+    seed: Option<Seed>,
+    /// Epoch before which the slot may not germinate again.
+    embargo_until_epoch: u64,
+}
+
+impl Slot {
+    /// The slot's spec.
+    pub fn spec(&self) -> &SlotSpec {
+        &self.spec
+    }
+
+    /// Its seed, if any.
+    pub fn seed(&self) -> Option<&Seed> {
+        self.seed.as_ref()
+    }
+
+    /// The stage of the slot: its seed's, or DORMANT.
+    pub fn stage(&self) -> SeedStage {
+        self.seed.as_ref().map_or(SeedStage::Dormant, Seed::stage)
+    }
+
+    /// First epoch at which the slot may germinate again.
+    pub fn embargo_until_epoch(&self) -> u64 {
+        self.embargo_until_epoch
+    }
+}
+
+/// Every slot of a host, by id.
+#[derive(Debug, Clone, Default)]
+pub struct SeedSlots {
+    slots: BTreeMap<String, Slot>,
+    margins: Option<Tensor>,
+    counterfactual: bool,
+}
+
+impl SeedSlots {
+    /// One empty slot per spec.
+    pub fn new(specs: &[SlotSpec]) -> Self {
+        Self {
+            slots: specs
+                .iter()
+                .map(|s| {
+                    (
+                        s.id.clone(),
+                        Slot {
+                            spec: s.clone(),
+                            seed: None,
+                            embargo_until_epoch: 0,
+                        },
+                    )
+                })
+                .collect(),
+            margins: None,
+            counterfactual: false,
+        }
+    }
+
+    /// A slot by id.
+    pub fn slot(&self, id: &str) -> Result<&Slot> {
+        self.slots.get(id).ok_or_else(|| Error::UnknownSlot {
+            slot: id.to_string(),
+        })
+    }
+
+    pub(crate) fn slot_mut(&mut self, id: &str) -> Result<&mut Slot> {
+        self.slots.get_mut(id).ok_or_else(|| Error::UnknownSlot {
+            slot: id.to_string(),
+        })
+    }
+
+    /// Every slot, ordered by id.
+    pub fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.values()
+    }
+
+    /// Places a GERMINATED seed in an empty slot whose embargo is over. The
+    /// seed's module must fit the slot's shape.
+    pub fn place(&mut self, seed: Seed, epoch: u64) -> Result<()> {
+        let slot = self.slot_mut(seed.slot_id())?;
+        let busy = |reason: String| Error::SlotBusy {
+            slot: slot.spec.id.clone(),
+            reason,
+        };
+        if let Some(existing) = &slot.seed {
+            return Err(busy(format!(
+                "holds seed {} ({})",
+                existing.id(),
+                existing.stage().as_str_name()
+            )));
+        }
+        if epoch < slot.embargo_until_epoch {
+            return Err(busy(format!(
+                "embargoed until epoch {} (now {epoch})",
+                slot.embargo_until_epoch
+            )));
+        }
+        if seed.module().slot().shape() != slot.spec.feature_shape.as_slice()
+            || seed.module().slot().kind() != slot.spec.kind
+        {
+            return Err(busy(format!(
+                "seed built for {} but the slot is {:?} {:?}",
+                seed.module().slot(),
+                slot.spec.kind,
+                slot.spec.feature_shape
+            )));
+        }
+        slot.seed = Some(seed);
+        Ok(())
+    }
+
+    /// Removes the seed of a slot (after RESETTING), returning it.
+    pub(crate) fn take(&mut self, slot_id: &str) -> Result<Option<Seed>> {
+        Ok(self.slot_mut(slot_id)?.seed.take())
+    }
+
+    pub(crate) fn set_embargo(&mut self, slot_id: &str, until_epoch: u64) -> Result<()> {
+        self.slot_mut(slot_id)?.embargo_until_epoch = until_epoch;
+        Ok(())
+    }
+
+    pub(crate) fn seed_mut(&mut self, slot_id: &str) -> Result<&mut Seed> {
+        let slot = self.slot_mut(slot_id)?;
+        let id = slot.spec.id.clone();
+        slot.seed.as_mut().ok_or(Error::SlotBusy {
+            slot: id,
+            reason: "holds no seed".into(),
+        })
+    }
+
+    /// The logit margins CONFIDENCE blending gates on for the next forward
+    /// (`[N]`); cleared by [`SeedSlots::clear_margins`].
+    pub fn set_margins(&mut self, margins: Tensor) {
+        self.margins = Some(margins);
+    }
+
+    /// Forgets the margins.
+    pub fn clear_margins(&mut self) {
+        self.margins = None;
+    }
+
+    /// Forces α = 0 in every slot (counterfactual evaluation) until turned off.
+    pub fn set_counterfactual(&mut self, on: bool) {
+        self.counterfactual = on;
+    }
+
+    /// Advances every blending seed's α ramp (call after each optimizer step).
+    pub fn step(&mut self) {
+        for slot in self.slots.values_mut() {
+            if let Some(seed) = slot.seed.as_mut() {
+                seed.step();
+            }
+        }
+    }
+
+    /// Parameters of every seed that trains at its current stage.
+    pub fn trainable_parameters(&self) -> Vec<NamedParameter> {
+        self.slots
+            .values()
+            .filter_map(|s| s.seed.as_ref())
+            .filter(|s| s.trains())
+            .flat_map(Seed::parameters)
+            .collect()
+    }
+}
+
+impl SlotRunner for SeedSlots {
+    fn run(&mut self, spec: &SlotSpec, h: Tensor) -> Result<Tensor> {
+        spec.check(&h)?;
+        let Some(slot) = self.slots.get(&spec.id) else {
+            return Err(Error::UnknownSlot {
+                slot: spec.id.clone(),
+            });
+        };
+        match &slot.seed {
+            None => Ok(h),
+            Some(seed) => seed.forward(h, self.margins.as_ref(), self.counterfactual),
+        }
+    }
+}
