@@ -13,18 +13,24 @@
 //!   a failed gate culls (CULLED → EMBARGOED → RESETTING → DORMANT) with a
 //!   rollback payload; every gate evaluation and move is recorded.
 //!
-//! **Status (issue #7):** command intake, the isolation monitor, the parameter
-//! registry, the kernel load manager, knowledge distillation, per-seed
+//! * [`isolation`]: proves the incubator invariant on sampled coordinates
+//!   (normalised measures, a [`breaker`] that opens on repeated violations).
+//! * [`registry`]: one owner per parameter; `validate_update` before each step.
+//!
+//! **Status (issue #7):** command intake, the kernel load manager, knowledge distillation, per-seed
 //! telemetry and the wiring into Tolaria's loop are not built yet.
 
 #![deny(missing_docs)]
 
 pub mod alpha;
 pub mod blend;
+pub mod breaker;
 mod error;
 pub mod gates;
 mod host;
+pub mod isolation;
 pub mod lifecycle;
+pub mod registry;
 mod seed;
 mod slots;
 

@@ -9,6 +9,7 @@ use leyline::v1::SeedStage;
 
 use crate::error::{Error, Result};
 use crate::host::{NamedParameter, SlotRunner, SlotSpec};
+use crate::isolation::Probes;
 use crate::seed::Seed;
 
 /// One slot: its spec, its seed, its embargo.
@@ -48,6 +49,8 @@ pub struct SeedSlots {
     slots: BTreeMap<String, Slot>,
     margins: Option<Tensor>,
     counterfactual: bool,
+    probe: bool,
+    probes: BTreeMap<String, Probes>,
 }
 
 impl SeedSlots {
@@ -69,6 +72,8 @@ impl SeedSlots {
                 .collect(),
             margins: None,
             counterfactual: false,
+            probe: false,
+            probes: BTreeMap::new(),
         }
     }
 
@@ -160,6 +165,21 @@ impl SeedSlots {
         self.counterfactual = on;
     }
 
+    /// Routes TRAINING slots through isolation probes on the following
+    /// forwards (see [`crate::isolation`]); collect them with
+    /// [`SeedSlots::take_probes`] after the backward pass.
+    pub fn set_isolation_probes(&mut self, on: bool) {
+        self.probe = on;
+        if !on {
+            self.probes.clear();
+        }
+    }
+
+    /// The probes of the last probed forward, by slot id.
+    pub fn take_probes(&mut self) -> BTreeMap<String, Probes> {
+        std::mem::take(&mut self.probes)
+    }
+
     /// Advances every blending seed's α ramp (call after each optimizer step).
     pub fn step(&mut self) {
         for slot in self.slots.values_mut() {
@@ -190,6 +210,15 @@ impl SlotRunner for SeedSlots {
         };
         match &slot.seed {
             None => Ok(h),
+            Some(seed)
+                if self.probe && !self.counterfactual && seed.stage() == SeedStage::Training =>
+            {
+                let (at_h, probed_h) = Probes::enter(&h)?;
+                let y = seed.forward(probed_h.clone(), self.margins.as_ref(), false)?;
+                let (probes, probed_y) = Probes::leave(at_h, probed_h, y)?;
+                self.probes.insert(spec.id.clone(), probes);
+                Ok(probed_y)
+            }
             Some(seed) => seed.forward(h, self.margins.as_ref(), self.counterfactual),
         }
     }

@@ -409,3 +409,33 @@ proptest! {
         prop_assert_eq!(slots.slot("r0").unwrap().stage(), current);
     }
 }
+
+#[test]
+fn a_training_seed_in_a_real_slot_passes_the_isolation_monitor() {
+    use crate::isolation::{IsolationConfig, IsolationMonitor};
+    let mut slots = SeedSlots::new(&[spec()]);
+    let mut lc = Lifecycle::new(small_config());
+    lc.germinate(&mut slots, seed("s1", 2), 0, 0).unwrap();
+    lc.advance(&mut slots, "r0", 0, 0).unwrap();
+    let mut monitor = IsolationMonitor::new(IsolationConfig::default());
+    monitor.open("r0", 4 * 6 * 6);
+    slots.set_isolation_probes(true);
+    // Host: h = conv-free scaling of a trainable tensor; head: sum of squares.
+    let w = candle_core::Var::new(1.5f32, &Device::Cpu).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 4, 6, 6), &Device::Cpu).unwrap();
+    let h = x.broadcast_mul(w.as_tensor()).unwrap();
+    let y = slots.run(&spec(), h).unwrap();
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let probes = slots.take_probes();
+    let report = monitor
+        .check("r0", &probes["r0"], &grads, std::time::Instant::now())
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    // The seed trained: its parameters got gradients.
+    let params = slots.trainable_parameters();
+    assert!(
+        params
+            .iter()
+            .all(|p| grads.get(p.var.as_tensor()).is_some())
+    );
+}
