@@ -17,7 +17,12 @@
 //!   (normalised measures, a [`breaker`] that opens on repeated violations).
 //! * [`registry`]: one owner per parameter; `validate_update` before each step.
 //!
-//! **Status (issue #7):** command intake, the kernel load manager, knowledge distillation, per-seed
+//! * [`intake`]: AdaptationCommands validated and verified on arrival, applied
+//!   at a fence (deadline, generation, `apply_at_step`), SEED commands only.
+//! * [`Kasmina`]: slots + lifecycle + registry + intake for one host, seed
+//!   modules from a [`KernelSource`] (e.g. [`LibrarySource`] over Urza).
+//!
+//! **Status (issue #7):** the kernel load manager (prefetch over Oona, LRU by bytes), knowledge distillation, per-seed
 //! telemetry and the wiring into Tolaria's loop are not built yet.
 
 #![deny(missing_docs)]
@@ -25,15 +30,18 @@
 pub mod alpha;
 pub mod blend;
 pub mod breaker;
+mod engine;
 mod error;
 pub mod gates;
 mod host;
+pub mod intake;
 pub mod isolation;
 pub mod lifecycle;
 pub mod registry;
 mod seed;
 mod slots;
 
+pub use engine::{CommandOutcome, Kasmina, KernelSource, LibrarySource};
 pub use error::{Error, Result};
 pub use host::{DormantSlots, Host, NamedParameter, SlotRunner, SlotSpec};
 pub use lifecycle::{Lifecycle, LifecycleEvent, Progress};

@@ -89,6 +89,10 @@ impl Seed {
         self.stage = stage;
     }
 
+    pub(crate) fn set_blend(&mut self, blend: Blend) {
+        self.blend = blend;
+    }
+
     /// Its blend mode.
     pub fn blend(&self) -> &Blend {
         &self.blend

@@ -1,0 +1,401 @@
+//! [`Kasmina`]: slots, lifecycle, parameter registry and command intake of one
+//! host, driven from the training thread at fences. Seed modules come from a
+//! [`KernelSource`] — strictly: a failed load rejects the command, there is no
+//! fallback kernel.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use candle_core::Device;
+use leyline::v1::{
+    AdaptationCommand, CommandSeedOperation, SeedOperation, SeedStage, adaptation_command::Payload,
+};
+use urza::{BlueprintModule, Parameters};
+
+use crate::alpha::AlphaRamp;
+use crate::blend::Blend;
+use crate::gates::GateConfig;
+use crate::host::SlotSpec;
+use crate::intake::{CommandIntake, Rejection};
+use crate::lifecycle::{Lifecycle, Progress};
+use crate::registry::{Owner, ParamRegistry};
+use crate::seed::Seed;
+use crate::slots::SeedSlots;
+
+/// Where seed modules come from.
+pub trait KernelSource: Send {
+    /// The module of `blueprint_id` for `slot` with `params` (defaults when
+    /// empty), its initial weights drawn from `init_seed` when it has to be
+    /// forged; returns the artifact reference with it.
+    fn load(
+        &mut self,
+        blueprint_id: &str,
+        params: &Parameters,
+        slot: &urza::SlotSpec,
+        init_seed: u64,
+    ) -> urza::Result<(String, BlueprintModule)>;
+}
+
+/// Loads from a local Urza library: find or forge the artifact, fetch it
+/// (SHA-256 verified), rebuild the module on `device` (guard digest checked).
+#[derive(Debug, Clone)]
+pub struct LibrarySource {
+    library: Arc<urza::Library>,
+    device: Device,
+}
+
+impl LibrarySource {
+    /// Loads from `library` onto `device`.
+    pub fn new(library: Arc<urza::Library>, device: Device) -> Self {
+        Self { library, device }
+    }
+}
+
+impl KernelSource for LibrarySource {
+    fn load(
+        &mut self,
+        blueprint_id: &str,
+        params: &Parameters,
+        slot: &urza::SlotSpec,
+        init_seed: u64,
+    ) -> urza::Result<(String, BlueprintModule)> {
+        let record = self
+            .library
+            .ensure_artifact(blueprint_id, slot, params, init_seed)?;
+        let module = self
+            .library
+            .fetch(&record.artifact_ref)?
+            .instantiate(&self.device)?;
+        Ok((record.artifact_ref, module))
+    }
+}
+
+/// What happened to one command at a fence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutcome {
+    /// The command.
+    pub command_id: String,
+    /// What it did, or why it was refused.
+    pub result: Result<String, Rejection>,
+}
+
+/// Kasmina for one host.
+pub struct Kasmina {
+    slots: SeedSlots,
+    lifecycle: Lifecycle,
+    intake: CommandIntake,
+    registry: ParamRegistry,
+    registered_seeds: BTreeSet<String>,
+    source: Box<dyn KernelSource>,
+    run_seed: u64,
+}
+
+impl std::fmt::Debug for Kasmina {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kasmina")
+            .field("slots", &self.slots)
+            .field("registered_seeds", &self.registered_seeds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// FNV-1a, for a per-command weight seed that does not depend on the process.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+impl Kasmina {
+    /// Kasmina for a host with `slots`.
+    pub fn new(
+        slots: &[SlotSpec],
+        gates: GateConfig,
+        intake: CommandIntake,
+        source: Box<dyn KernelSource>,
+        run_seed: u64,
+    ) -> Self {
+        Self {
+            slots: SeedSlots::new(slots),
+            lifecycle: Lifecycle::new(gates),
+            intake,
+            registry: ParamRegistry::new(),
+            registered_seeds: BTreeSet::new(),
+            source,
+            run_seed,
+        }
+    }
+
+    /// The slots (the host's [`crate::SlotRunner`]).
+    pub fn slots(&self) -> &SeedSlots {
+        &self.slots
+    }
+
+    /// The slots, mutably (forward, counterfactual switch, probes, α steps).
+    pub fn slots_mut(&mut self) -> &mut SeedSlots {
+        &mut self.slots
+    }
+
+    /// The lifecycle (evidence, events).
+    pub fn lifecycle_mut(&mut self) -> &mut Lifecycle {
+        &mut self.lifecycle
+    }
+
+    /// The intake (submit commands as they arrive).
+    pub fn intake_mut(&mut self) -> &mut CommandIntake {
+        &mut self.intake
+    }
+
+    /// The parameter registry.
+    pub fn registry(&self) -> &ParamRegistry {
+        &self.registry
+    }
+
+    /// The registry, mutably (the host registers its parameters once).
+    pub fn registry_mut(&mut self) -> &mut ParamRegistry {
+        &mut self.registry
+    }
+
+    /// Applies every due command (training thread, at a fence).
+    pub fn fence(&mut self, step: u64, epoch: u64, now_ms: u64) -> Vec<CommandOutcome> {
+        let due = self.intake.due(step, now_ms);
+        let mut outcomes = Vec::with_capacity(due.len());
+        for item in due {
+            let (command_id, result) = match item {
+                Err((command, rejection)) => (command.command_id, Err(rejection)),
+                Ok(command) => {
+                    let result = self
+                        .execute(&command, step, epoch)
+                        .map_err(|reason| self.intake.count(Rejection::Failed(reason)));
+                    (command.command_id, result)
+                }
+            };
+            outcomes.push(CommandOutcome { command_id, result });
+        }
+        self.sync_registry();
+        outcomes
+    }
+
+    /// Advances every seed that can move on evidence; call once per step after
+    /// the evidence is recorded.
+    pub fn advance_all(&mut self, step: u64, epoch: u64) -> crate::Result<Vec<(String, Progress)>> {
+        let ids: Vec<String> = self.slots.slots().map(|s| s.spec().id.clone()).collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let progress = self.lifecycle.advance(&mut self.slots, &id, step, epoch)?;
+            if progress != Progress::Idle {
+                out.push((id, progress));
+            }
+        }
+        self.sync_registry();
+        Ok(out)
+    }
+
+    /// Epoch boundary: dwell counters, embargoes, resets.
+    pub fn end_epoch(&mut self, step: u64, epoch: u64) -> crate::Result<()> {
+        self.lifecycle.end_epoch(&mut self.slots, step, epoch)?;
+        self.sync_registry();
+        Ok(())
+    }
+
+    /// Keeps the registry equal to the seeds that train: new ones registered,
+    /// culled or reset ones removed.
+    fn sync_registry(&mut self) {
+        let training: BTreeSet<String> = self
+            .slots
+            .slots()
+            .filter_map(|s| s.seed())
+            .filter(|s| s.trains())
+            .map(|s| s.id().to_string())
+            .collect();
+        for gone in self
+            .registered_seeds
+            .difference(&training)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            self.registry.unregister(&Owner::Seed(gone.clone()));
+            self.registered_seeds.remove(&gone);
+        }
+        for slot in self.slots.slots() {
+            if let Some(seed) = slot.seed()
+                && seed.trains()
+                && !self.registered_seeds.contains(seed.id())
+                && self
+                    .registry
+                    .register(Owner::Seed(seed.id().to_string()), &seed.parameters())
+                    .is_ok()
+            {
+                self.registered_seeds.insert(seed.id().to_string());
+            }
+        }
+    }
+
+    fn slot_of(&self, seed_id: &str) -> Result<String, String> {
+        self.slots
+            .slots()
+            .find(|s| s.seed().is_some_and(|seed| seed.id() == seed_id))
+            .map(|s| s.spec().id.clone())
+            .ok_or_else(|| format!("no slot holds seed {seed_id}"))
+    }
+
+    fn execute(
+        &mut self,
+        command: &AdaptationCommand,
+        step: u64,
+        epoch: u64,
+    ) -> Result<String, String> {
+        let Some(Payload::SeedOperation(op)) = &command.payload else {
+            return Err("not a seed operation".into());
+        };
+        let operation = SeedOperation::try_from(op.operation).unwrap_or(SeedOperation::Unspecified);
+        let seed_id = command.target_seed_id.as_str();
+        match operation {
+            SeedOperation::Unspecified => Err("operation unspecified".into()),
+            SeedOperation::Germinate => self.germinate(command, op, step, epoch),
+            SeedOperation::Advance => {
+                let slot = self.slot_of(seed_id)?;
+                let target = SeedStage::try_from(op.target_stage).unwrap_or(SeedStage::Unknown);
+                let current = self.slots.slot(&slot).map_err(|e| e.to_string())?.stage();
+                let next = next_stage(current);
+                if Some(target) != next {
+                    return Err(format!(
+                        "ADVANCE to {} but {} moves on to {}",
+                        target.as_str_name(),
+                        current.as_str_name(),
+                        next.map_or("nothing", |s| s.as_str_name())
+                    ));
+                }
+                self.progress(&slot, step, epoch)
+            }
+            SeedOperation::Fossilize => {
+                let slot = self.slot_of(seed_id)?;
+                let current = self.slots.slot(&slot).map_err(|e| e.to_string())?.stage();
+                if current != SeedStage::Probationary {
+                    return Err(format!(
+                        "FOSSILIZE needs PROBATIONARY, the seed is {}",
+                        current.as_str_name()
+                    ));
+                }
+                self.progress(&slot, step, epoch)
+            }
+            SeedOperation::SetBlend => {
+                let slot = self.slot_of(seed_id)?;
+                let channels = self
+                    .slots
+                    .slot(&slot)
+                    .map_err(|e| e.to_string())?
+                    .spec()
+                    .feature_shape[0];
+                let config = op.blend.as_ref().ok_or("SET_BLEND without a blend")?;
+                let blend = Blend::from_wire(config, channels).map_err(|e| e.to_string())?;
+                let seed = self.slots.seed_mut(&slot).map_err(|e| e.to_string())?;
+                match seed.stage() {
+                    SeedStage::Blending | SeedStage::Shadowing | SeedStage::Probationary => {
+                        seed.set_blend(blend);
+                        Ok("blend changed".into())
+                    }
+                    other @ (SeedStage::Unknown
+                    | SeedStage::Dormant
+                    | SeedStage::Germinated
+                    | SeedStage::Training
+                    | SeedStage::Fossilized
+                    | SeedStage::Culled
+                    | SeedStage::Embargoed
+                    | SeedStage::Resetting
+                    | SeedStage::Terminated) => {
+                        Err(format!("SET_BLEND on a {} seed", other.as_str_name()))
+                    }
+                }
+            }
+            SeedOperation::Cull | SeedOperation::Cancel => {
+                // Loads are synchronous at the fence, so a seed has no
+                // outstanding prefetch to cancel: CANCEL culls like CULL.
+                let slot = self.slot_of(seed_id)?;
+                self.lifecycle
+                    .cull(&mut self.slots, &slot, "command", step, epoch)
+                    .map_err(|e| e.to_string())?;
+                Ok("culled".into())
+            }
+        }
+    }
+
+    fn progress(&mut self, slot: &str, step: u64, epoch: u64) -> Result<String, String> {
+        match self
+            .lifecycle
+            .advance(&mut self.slots, slot, step, epoch)
+            .map_err(|e| e.to_string())?
+        {
+            Progress::Moved(stage) => Ok(format!("moved to {}", stage.as_str_name())),
+            Progress::Waiting(reason) => Err(format!("gate not ready: {reason}")),
+            Progress::Culled(reason) => Ok(format!("gate failed ({reason}): culled")),
+            Progress::Idle => Err("nothing to advance".into()),
+        }
+    }
+
+    fn germinate(
+        &mut self,
+        command: &AdaptationCommand,
+        op: &CommandSeedOperation,
+        step: u64,
+        epoch: u64,
+    ) -> Result<String, String> {
+        let spec = self
+            .slots
+            .slot(&op.slot_id)
+            .map_err(|e| e.to_string())?
+            .spec()
+            .clone();
+        let slot = urza::SlotSpec::new(spec.kind, spec.feature_shape.clone())
+            .map_err(|e| e.to_string())?;
+        let blend = Blend::from_wire(
+            op.blend.as_ref().ok_or("GERMINATE without a blend")?,
+            spec.feature_shape[0],
+        )
+        .map_err(|e| e.to_string())?;
+        let ramp = AlphaRamp::from_wire(
+            op.alpha_schedule
+                .as_ref()
+                .ok_or("GERMINATE without an alpha schedule")?,
+        )
+        .map_err(|e| e.to_string())?;
+        let init_seed = self.run_seed ^ fnv(&command.command_id);
+        let (artifact_ref, module) = self
+            .source
+            .load(&op.blueprint_id, &op.parameters, &slot, init_seed)
+            .map_err(|e| format!("loading {}: {e}", op.blueprint_id))?;
+        let seed = Seed::new(
+            &command.target_seed_id,
+            &op.slot_id,
+            artifact_ref,
+            module,
+            blend,
+            ramp,
+        );
+        self.lifecycle
+            .germinate(&mut self.slots, seed, step, epoch)
+            .map_err(|e| e.to_string())?;
+        Ok(format!("germinated at {}", op.slot_id))
+    }
+}
+
+/// The stage a seed moves on to on evidence.
+pub(crate) fn next_stage(stage: SeedStage) -> Option<SeedStage> {
+    match stage {
+        SeedStage::Germinated => Some(SeedStage::Training),
+        SeedStage::Training => Some(SeedStage::Blending),
+        SeedStage::Blending => Some(SeedStage::Shadowing),
+        SeedStage::Shadowing => Some(SeedStage::Probationary),
+        SeedStage::Probationary => Some(SeedStage::Fossilized),
+        SeedStage::Unknown
+        | SeedStage::Dormant
+        | SeedStage::Fossilized
+        | SeedStage::Culled
+        | SeedStage::Embargoed
+        | SeedStage::Resetting
+        | SeedStage::Terminated => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,377 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use leyline::security::{SigningKey, sign};
+use leyline::v1::{
+    AlphaSchedule, AlphaScheduleKind, BlendConfig, BlendMode, CommandPause, CommandType,
+};
+
+use super::*;
+use crate::gates::{Counterfactual, StepEvidence};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[9u8; 32]).unwrap()
+}
+
+fn spec() -> SlotSpec {
+    SlotSpec::conv2d("r0", 4, 6, 6, 0)
+}
+
+struct Fixture {
+    kasmina: Kasmina,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (library, _) = urza::Library::open(urza::LibraryConfig::new(dir.path())).unwrap();
+    let source = LibrarySource::new(Arc::new(library), Device::Cpu);
+    let gates = GateConfig {
+        window: 2,
+        min_steps: [2, 2, 1, 1],
+        min_epochs: [0, 0, 0, 0],
+        ..GateConfig::default()
+    };
+    let intake = CommandIntake::new(key(), &leyline::Config::default());
+    Fixture {
+        kasmina: Kasmina::new(&[spec()], gates, intake, Box::new(source), 7),
+        _dir: dir,
+    }
+}
+
+fn seed_command(id: &str, seed: &str, op: CommandSeedOperation) -> AdaptationCommand {
+    let mut c = AdaptationCommand {
+        version: 1,
+        command_id: id.into(),
+        command_type: CommandType::Seed as i32,
+        target_seed_id: seed.into(),
+        issued_at_ms: now(),
+        deadline_at_ms: now() + 60_000,
+        issued_by: "test".into(),
+        training_run_id: "run".into(),
+        payload: Some(Payload::SeedOperation(op)),
+        ..AdaptationCommand::default()
+    };
+    sign(&key(), &mut c);
+    c
+}
+
+fn germinate(id: &str, seed: &str, blueprint: &str) -> AdaptationCommand {
+    seed_command(
+        id,
+        seed,
+        CommandSeedOperation {
+            operation: SeedOperation::Germinate as i32,
+            blueprint_id: blueprint.into(),
+            slot_id: "r0".into(),
+            mesh_layers: vec!["r0".into()],
+            blend: Some(BlendConfig {
+                mode: BlendMode::Convex as i32,
+                ..BlendConfig::default()
+            }),
+            alpha_schedule: Some(AlphaSchedule {
+                kind: AlphaScheduleKind::Linear as i32,
+                steps: 2,
+                temperature: 0.0,
+            }),
+            ..CommandSeedOperation::default()
+        },
+    )
+}
+
+fn simple(id: &str, seed: &str, operation: SeedOperation, target: SeedStage) -> AdaptationCommand {
+    seed_command(
+        id,
+        seed,
+        CommandSeedOperation {
+            operation: operation as i32,
+            blueprint_id: "conv.residual".into(),
+            mesh_layers: vec!["r0".into()],
+            target_stage: target as i32,
+            ..CommandSeedOperation::default()
+        },
+    )
+}
+
+fn ok(outcomes: &[CommandOutcome]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|o| {
+            o.result
+                .clone()
+                .unwrap_or_else(|e| panic!("{}: {e}", o.command_id))
+        })
+        .collect()
+}
+
+fn evidence(k: &mut Kasmina, n: usize) {
+    for _ in 0..n {
+        let alpha = k
+            .slots()
+            .slot("r0")
+            .unwrap()
+            .seed()
+            .map_or(0.0, Seed::alpha);
+        k.lifecycle_mut().record_step(
+            "r0",
+            StepEvidence {
+                seed_grad_norm: 0.3,
+                loss: 1.0,
+                alpha,
+                isolation_ok: true,
+            },
+        );
+        k.slots_mut().step();
+    }
+}
+
+#[test]
+fn commands_grow_a_seed_from_germination_to_fossilization() {
+    let mut f = fixture();
+    let k = &mut f.kasmina;
+    k.intake_mut()
+        .submit(germinate("c1", "s1", "conv.residual"), now())
+        .unwrap();
+    assert_eq!(ok(&k.fence(0, 0, now())), vec!["germinated at r0"]);
+    let seed = k.slots().slot("r0").unwrap().seed().unwrap();
+    assert_eq!(seed.stage(), SeedStage::Germinated);
+    assert_eq!(seed.module().blueprint_id(), "conv.residual");
+    assert_eq!(seed.artifact_ref().len(), 64);
+
+    k.intake_mut()
+        .submit(
+            simple("c2", "s1", SeedOperation::Advance, SeedStage::Training),
+            now(),
+        )
+        .unwrap();
+    assert_eq!(
+        ok(&k.fence(1, 0, now())),
+        vec!["moved to SEED_STAGE_TRAINING"]
+    );
+    // Training seeds are registered as owners of their parameters.
+    let params = k.slots().trainable_parameters();
+    assert!(!params.is_empty());
+    assert_eq!(
+        k.registry()
+            .validate_update(&Owner::Seed("s1".into()), &params),
+        Ok(())
+    );
+
+    // Too early: the gate is not ready, and the command says so.
+    k.intake_mut()
+        .submit(
+            simple("c3", "s1", SeedOperation::Advance, SeedStage::Blending),
+            now(),
+        )
+        .unwrap();
+    let outcome = k.fence(2, 0, now());
+    assert!(
+        matches!(&outcome[0].result, Err(Rejection::Failed(r)) if r.contains("not ready")),
+        "{outcome:?}"
+    );
+
+    // On evidence, the lifecycle moves by itself.
+    evidence(k, 2);
+    assert_eq!(
+        k.advance_all(4, 0).unwrap(),
+        vec![("r0".to_string(), Progress::Moved(SeedStage::Blending))]
+    );
+    evidence(k, 2);
+    assert_eq!(
+        k.advance_all(6, 0).unwrap()[0].1,
+        Progress::Moved(SeedStage::Shadowing)
+    );
+    evidence(k, 1);
+    k.lifecycle_mut().record_counterfactual(
+        "r0",
+        Counterfactual {
+            with_seed: 91.0,
+            without_seed: 90.0,
+        },
+    );
+    assert_eq!(
+        k.advance_all(7, 0).unwrap()[0].1,
+        Progress::Moved(SeedStage::Probationary)
+    );
+    evidence(k, 1);
+    k.lifecycle_mut().record_counterfactual(
+        "r0",
+        Counterfactual {
+            with_seed: 92.0,
+            without_seed: 90.0,
+        },
+    );
+    k.intake_mut()
+        .submit(
+            simple("c4", "s1", SeedOperation::Fossilize, SeedStage::Unknown),
+            now(),
+        )
+        .unwrap();
+    assert_eq!(
+        ok(&k.fence(8, 0, now())),
+        vec!["moved to SEED_STAGE_FOSSILIZED"]
+    );
+}
+
+#[test]
+fn every_refusal_has_a_typed_reason() {
+    let mut f = fixture();
+    let k = &mut f.kasmina;
+    let intake = k.intake_mut();
+    // Tampered: the signature no longer matches.
+    let mut tampered = germinate("c1", "s1", "conv.residual");
+    tampered.target_seed_id = "other".into();
+    assert!(matches!(
+        intake.submit(tampered, now()),
+        Err(Rejection::Security(_))
+    ));
+    // Replayed: the same command id twice.
+    intake
+        .submit(germinate("c2", "s1", "conv.residual"), now())
+        .unwrap();
+    assert!(matches!(
+        intake.submit(germinate("c2", "s1", "conv.residual"), now()),
+        Err(Rejection::Security(_))
+    ));
+    // Not Kasmina's.
+    let mut pause = AdaptationCommand {
+        version: 1,
+        command_id: "c3".into(),
+        command_type: CommandType::Pause as i32,
+        issued_at_ms: now(),
+        deadline_at_ms: now() + 60_000,
+        issued_by: "test".into(),
+        training_run_id: "run".into(),
+        payload: Some(Payload::Pause(CommandPause::default())),
+        ..AdaptationCommand::default()
+    };
+    sign(&key(), &mut pause);
+    let refused = intake.submit(pause, now());
+    assert!(
+        matches!(
+            refused,
+            Err(Rejection::NotForKasmina("PAUSE")) | Err(Rejection::Invalid(_))
+        ),
+        "{refused:?}"
+    );
+    // Invalid: a germinate without a blueprint; one without a blend.
+    let invalid = germinate("c4", "s2", "");
+    assert!(matches!(
+        intake.submit(invalid, now()),
+        Err(Rejection::Invalid(_))
+    ));
+    let mut no_blend = germinate("c4b", "s2", "conv.residual");
+    if let Some(Payload::SeedOperation(op)) = no_blend.payload.as_mut() {
+        op.blend = None;
+    }
+    sign(&key(), &mut no_blend);
+    assert!(
+        matches!(intake.submit(no_blend, now()), Err(Rejection::Invalid(r)) if r.contains("blend"))
+    );
+
+    // Expired at the fence.
+    let mut late = germinate("c5", "s3", "conv.residual");
+    late.deadline_at_ms = now() + 50;
+    sign(&key(), &mut late);
+    intake.submit(late, now()).unwrap();
+    let outcomes = k.fence(0, 0, now() + 10_000);
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.command_id == "c5" && matches!(o.result, Err(Rejection::Expired { .. })))
+    );
+    // c2 germinated s1 in the same fence.
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.command_id == "c2" && o.result.is_ok())
+    );
+
+    // Stale generation: after generation 5 was applied, generation 4 is refused.
+    let mut newer = simple("c6", "s1", SeedOperation::Advance, SeedStage::Training);
+    newer.generation = 5;
+    sign(&key(), &mut newer);
+    let mut older = simple("c7", "s1", SeedOperation::Advance, SeedStage::Blending);
+    older.generation = 4;
+    sign(&key(), &mut older);
+    k.intake_mut().submit(newer, now()).unwrap();
+    k.intake_mut().submit(older, now()).unwrap();
+    let outcomes = k.fence(1, 0, now());
+    assert!(outcomes[0].result.is_ok(), "{outcomes:?}");
+    assert!(matches!(
+        outcomes[1].result,
+        Err(Rejection::StaleGeneration {
+            generation: 4,
+            current: 5
+        })
+    ));
+
+    // Execution failures: an occupied slot, an unknown blueprint, skipping a stage.
+    let mut occupied = germinate("c8", "s9", "conv.residual");
+    occupied.generation = 5;
+    sign(&key(), &mut occupied);
+    k.intake_mut().submit(occupied, now()).unwrap();
+    let mut skip = simple("c9", "s1", SeedOperation::Advance, SeedStage::Shadowing);
+    skip.generation = 5;
+    sign(&key(), &mut skip);
+    k.intake_mut().submit(skip, now()).unwrap();
+    let outcomes = k.fence(2, 0, now());
+    assert!(
+        matches!(&outcomes[0].result, Err(Rejection::Failed(r)) if r.contains("holds seed")),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[1].result, Err(Rejection::Failed(r)) if r.contains("moves on to")),
+        "{outcomes:?}"
+    );
+
+    // Held until its step.
+    let mut future = simple("c10", "s1", SeedOperation::Cull, SeedStage::Unknown);
+    future.apply_at_step = 10;
+    future.generation = 5;
+    sign(&key(), &mut future);
+    k.intake_mut().submit(future, now()).unwrap();
+    assert!(k.fence(3, 0, now()).is_empty());
+    assert_eq!(ok(&k.fence(10, 0, now())), vec!["culled"]);
+    assert!(k.slots().trainable_parameters().is_empty());
+    assert!(
+        k.registry().is_empty(),
+        "a culled seed's parameters are unregistered"
+    );
+    let counts = k.intake_mut().rejected().clone();
+    for label in [
+        "security",
+        "invalid",
+        "expired",
+        "stale_generation",
+        "failed",
+    ] {
+        assert!(
+            counts.get(label).copied().unwrap_or(0) > 0,
+            "{label}: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_blueprint_is_refused_with_no_fallback() {
+    let mut f = fixture();
+    let k = &mut f.kasmina;
+    k.intake_mut()
+        .submit(germinate("c1", "s1", "conv.nonexistent"), now())
+        .unwrap();
+    let outcomes = k.fence(0, 0, now());
+    assert!(
+        matches!(&outcomes[0].result, Err(Rejection::Failed(r)) if r.contains("unknown blueprint")),
+        "{outcomes:?}"
+    );
+    assert!(k.slots().slot("r0").unwrap().seed().is_none());
+}

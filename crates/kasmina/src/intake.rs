@@ -1,0 +1,175 @@
+//! Command intake: AdaptationCommands are validated (`leyline::validate`) and
+//! verified (`leyline::security`: signature, id, freshness, nonce) when they
+//! arrive, queued, and applied only on the training thread at a fence — where a
+//! command past its deadline, of a stale controller generation, or not yet due
+//! (`apply_at_step`) is rejected or held. Kasmina executes SEED commands only;
+//! every other command type is Tolaria's and is refused here with that reason,
+//! never "logged only".
+
+use std::collections::{BTreeMap, VecDeque};
+
+use leyline::security::{SigningKey, Verifier};
+use leyline::v1::{AdaptationCommand, CommandType, SeedOperation, adaptation_command::Payload};
+use leyline::validate::Validator;
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    /// The contract validator refused it.
+    #[error("{0}")]
+    Invalid(String),
+    /// Signature, id, freshness or replay check failed.
+    #[error("{0}")]
+    Security(String),
+    /// Kasmina does not execute this command type (Tolaria does).
+    #[error("{0} commands are executed by Tolaria, not Kasmina")]
+    NotForKasmina(&'static str),
+    /// Its deadline passed before its fence.
+    #[error("deadline {deadline_ms} passed (now {now_ms})")]
+    Expired {
+        /// The command's deadline.
+        deadline_ms: u64,
+        /// The time at the fence.
+        now_ms: u64,
+    },
+    /// Decided by an older controller generation than one already seen.
+    #[error("stale generation {generation} (current {current})")]
+    StaleGeneration {
+        /// The command's generation.
+        generation: u64,
+        /// The newest generation seen.
+        current: u64,
+    },
+    /// Executing it failed (unknown slot, illegal transition, blueprint error, …).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Rejection {
+    /// A stable label for counters and telemetry.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::Security(_) => "security",
+            Self::NotForKasmina(_) => "not_for_kasmina",
+            Self::Expired { .. } => "expired",
+            Self::StaleGeneration { .. } => "stale_generation",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Validates, verifies and holds commands until their fence.
+#[derive(Debug)]
+pub struct CommandIntake {
+    validator: Validator,
+    verifier: Verifier,
+    pending: VecDeque<AdaptationCommand>,
+    generation: u64,
+    rejected: BTreeMap<&'static str, u64>,
+}
+
+impl CommandIntake {
+    /// An intake verifying with `key` under the shared Leyline config.
+    pub fn new(key: SigningKey, leyline: &leyline::Config) -> Self {
+        Self {
+            validator: Validator::new(&leyline.limits),
+            verifier: Verifier::new(key, &leyline.security),
+            pending: VecDeque::new(),
+            generation: 0,
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    /// Rejections so far, by label.
+    pub fn rejected(&self) -> &BTreeMap<&'static str, u64> {
+        &self.rejected
+    }
+
+    /// Commands waiting for their fence.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub(crate) fn count(&mut self, rejection: Rejection) -> Rejection {
+        *self.rejected.entry(rejection.label()).or_default() += 1;
+        rejection
+    }
+
+    /// Accepts a command on arrival (any thread that owns the intake):
+    /// validation, then verification, then the command-type check.
+    pub fn submit(&mut self, command: AdaptationCommand, now_ms: u64) -> Result<(), Rejection> {
+        if let Err(invalid) = self.validator.command(&command).into_result() {
+            return Err(self.count(Rejection::Invalid(invalid.to_string())));
+        }
+        if let Err(e) = self.verifier.verify(&command, now_ms) {
+            return Err(self.count(Rejection::Security(e.to_string())));
+        }
+        let kind = CommandType::try_from(command.command_type).unwrap_or(CommandType::Unspecified);
+        let other = match kind {
+            CommandType::Seed => None,
+            CommandType::Unspecified => Some("UNSPECIFIED"),
+            CommandType::Rollback => Some("ROLLBACK"),
+            CommandType::Optimizer => Some("OPTIMIZER"),
+            CommandType::CircuitBreaker => Some("CIRCUIT_BREAKER"),
+            CommandType::Pause => Some("PAUSE"),
+            CommandType::Emergency => Some("EMERGENCY"),
+        };
+        if let Some(name) = other {
+            return Err(self.count(Rejection::NotForKasmina(name)));
+        }
+        let Some(Payload::SeedOperation(op)) = &command.payload else {
+            return Err(self.count(Rejection::Invalid(
+                "a SEED command needs a seed_operation payload".into(),
+            )));
+        };
+        // Kasmina's own requirement on top of the contract: a germinated seed
+        // must know how it will blend and ramp (nothing is defaulted later).
+        if op.operation == SeedOperation::Germinate as i32
+            && (op.blend.is_none() || op.alpha_schedule.is_none())
+        {
+            return Err(self.count(Rejection::Invalid(
+                "GERMINATE needs a blend and an alpha schedule".into(),
+            )));
+        }
+        self.pending.push_back(command);
+        Ok(())
+    }
+
+    /// The commands due at this fence (`apply_at_step` ≤ `step`), in arrival
+    /// order, each either ready to execute or rejected (expired, stale).
+    pub fn due(
+        &mut self,
+        step: u64,
+        now_ms: u64,
+    ) -> Vec<Result<AdaptationCommand, (AdaptationCommand, Rejection)>> {
+        let mut out = Vec::new();
+        let mut held = VecDeque::new();
+        while let Some(command) = self.pending.pop_front() {
+            if command.apply_at_step > step {
+                held.push_back(command);
+                continue;
+            }
+            if command.deadline_at_ms != 0 && now_ms > command.deadline_at_ms {
+                let r = self.count(Rejection::Expired {
+                    deadline_ms: command.deadline_at_ms,
+                    now_ms,
+                });
+                out.push(Err((command, r)));
+                continue;
+            }
+            if command.generation < self.generation {
+                let r = self.count(Rejection::StaleGeneration {
+                    generation: command.generation,
+                    current: self.generation,
+                });
+                out.push(Err((command, r)));
+                continue;
+            }
+            self.generation = command.generation;
+            out.push(Ok(command));
+        }
+        self.pending = held;
+        out
+    }
+}
