@@ -64,6 +64,12 @@ pub enum FenceOutcome {
 pub trait ControlHook: Send {
     /// Called at every fence. `Err` stops training with `Error::ControlHook`.
     fn at_fence(&mut self, context: &FenceContext<'_>) -> Result<FenceOutcome, String>;
+
+    /// Commands decided at the last fence, for Kasmina (signed; validated and
+    /// verified on submission, applied at this fence). None by default.
+    fn commands(&mut self) -> Vec<leyline::v1::AdaptationCommand> {
+        Vec::new()
+    }
 }
 
 /// Counters of the fences of one epoch.

@@ -33,4 +33,4 @@ mod trainer;
 
 pub use config::{CheckpointConfig, Config, DeviceKind, OptimizerConfig};
 pub use error::{Error, Result};
-pub use trainer::{EpochReport, Fault, StepProgress, Trainer, Validation};
+pub use trainer::{EpochReport, Fault, SeedSummary, StepProgress, Trainer, Validation};

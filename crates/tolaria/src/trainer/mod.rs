@@ -121,6 +121,7 @@ pub struct Trainer {
     stop: Option<String>,
     profiler: Profiler,
     config_sha256: String,
+    seeds: Option<seeds::SeedControl>,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -137,6 +138,9 @@ fn device(kind: DeviceKind) -> Result<Device> {
 
 mod helpers;
 mod recovery;
+mod seeds;
+
+pub use seeds::SeedSummary;
 
 use helpers::{checkpoint_meta, count_correct, global_grad_norm, quantile, training_config_sha256};
 
@@ -248,6 +252,7 @@ impl Trainer {
             stop: None,
             profiler,
             config_sha256,
+            seeds: None,
         })
     }
 
@@ -367,10 +372,16 @@ impl Trainer {
             batch_index += 1;
             self.optimizer
                 .scale_lr(self.config.lr.factor(self.global_step));
+            self.seeds_before_step()?;
             let forward = tracing::info_span!("forward").entered();
-            let logits = self
-                .host
-                .forward_with_slots(&batch.images, &mut DormantSlots)?;
+            let logits = match self.seeds.as_mut() {
+                Some(control) => self
+                    .host
+                    .forward_with_slots(&batch.images, control.kasmina.slots_mut())?,
+                None => self
+                    .host
+                    .forward_with_slots(&batch.images, &mut DormantSlots)?,
+            };
             let mut loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
             if let Some(Fault::NanLoss) = self.pending_fault.take() {
                 loss = (loss * f64::NAN)?;
@@ -387,6 +398,7 @@ impl Trainer {
                 let _backward = tracing::info_span!("backward").entered();
                 loss.backward()?
             };
+            self.seeds_after_backward(&grads, f64::from(value))?;
             {
                 let _optimizer = tracing::info_span!("optimizer").entered();
                 grad_norm_sum += global_grad_norm(&self.host.parameters(), &grads)?;
@@ -395,6 +407,7 @@ impl Trainer {
             step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
             self.consecutive_rollbacks = 0;
             self.global_step += 1;
+            self.seeds_after_step()?;
             last_loss = f64::from(value);
             loss_sum += last_loss;
             batches += 1;
@@ -421,6 +434,7 @@ impl Trainer {
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let validation = self.validate()?;
+        self.seeds_epoch_end(validation.accuracy)?;
         if self.stop.is_none() {
             self.at_fence(
                 FenceKind::EpochEnd,
@@ -505,6 +519,7 @@ impl Trainer {
                 global_step: self.global_step,
                 detail,
             })?;
+        let commands = hook.commands();
         let took = started.elapsed();
         stats.slowest_ms = stats.slowest_ms.max(took.as_secs_f64() * 1e3);
         if took > self.fence.deadline {
@@ -524,6 +539,7 @@ impl Trainer {
                 .build(),
             );
         }
+        self.seeds_apply(commands)?;
         if let FenceOutcome::Stop { reason } = outcome {
             self.stop = Some(reason);
         }
@@ -541,8 +557,22 @@ impl Trainer {
         Ok(reports)
     }
 
-    /// One pass over the validation set with the current weights.
+    /// One pass over the validation set with the current weights (and seeds).
     pub fn validate(&self) -> Result<Validation> {
+        self.validate_with(false)
+    }
+
+    /// A validation pass; `counterfactual` forces every seed's α to 0 (the
+    /// host as it would be without its seeds).
+    pub fn validate_with(&self, counterfactual: bool) -> Result<Validation> {
+        // Validation runs on a copy of the slots (shared weights, no probes), so
+        // that it needs no mutable access to the trainer.
+        let mut slots = self.seeds.as_ref().map(|c| {
+            let mut s = c.kasmina.slots().clone();
+            s.set_isolation_probes(false);
+            s.set_counterfactual(counterfactual);
+            s
+        });
         let mut loader = BatchLoader::new(
             self.validation.clone(),
             self.config.batch_size,
@@ -551,10 +581,13 @@ impl Trainer {
         )?;
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         while let Some(batch) = loader.next_batch(&self.device)? {
-            let logits = self
-                .host
-                .forward_with_slots(&batch.images, &mut DormantSlots)?
-                .detach();
+            let logits = match slots.as_mut() {
+                Some(slots) => self.host.forward_with_slots(&batch.images, slots)?,
+                None => self
+                    .host
+                    .forward_with_slots(&batch.images, &mut DormantSlots)?,
+            }
+            .detach();
             let n = batch.labels.dims1()?;
             let loss =
                 candle_nn::loss::cross_entropy(&logits, &batch.labels)?.to_scalar::<f32>()?;

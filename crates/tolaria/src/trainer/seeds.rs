@@ -1,0 +1,401 @@
+//! Seeds in the training loop: the trainer runs its host through Kasmina's
+//! slots, gives every training seed an optimizer group of its own, records the
+//! evidence the gates judge (seed gradient norm, loss, α, the isolation
+//! monitor's verdict) after each backward pass, advances α ramps and the
+//! lifecycle after each optimizer step, measures the counterfactual (α = 0)
+//! validation accuracy of seeds in SHADOWING and PROBATIONARY at each epoch
+//! end, and applies the control plane's commands at fences.
+
+use std::collections::BTreeSet;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use candle_core::backprop::GradStore;
+use kasmina::gates::{Counterfactual, StepEvidence};
+use kasmina::isolation::{IsolationConfig, IsolationMonitor};
+use kasmina::registry::Owner;
+use kasmina::{Kasmina, LifecycleEvent, NamedParameter};
+use leyline::v1::{AdaptationCommand, SeedStage, TelemetryEvent, TelemetryLevel};
+
+use super::Trainer;
+use crate::error::{Error, Result};
+use crate::optim::ParamGroup;
+
+/// Kasmina and the isolation monitor, as the trainer holds them.
+pub(super) struct SeedControl {
+    pub(super) kasmina: Kasmina,
+    monitor: IsolationMonitor,
+}
+
+/// One slot's state after an epoch, for reports and displays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedSummary {
+    /// Slot id.
+    pub slot: String,
+    /// Seed id.
+    pub seed: String,
+    /// Blueprint the seed was built from.
+    pub blueprint: String,
+    /// Lifecycle stage.
+    pub stage: SeedStage,
+    /// Blend α in effect.
+    pub alpha: f64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn seed_group(seed_id: &str) -> String {
+    format!("seed/{seed_id}")
+}
+
+fn lifecycle_event(event: &LifecycleEvent) -> TelemetryEvent {
+    let name = |stage: i32| {
+        SeedStage::try_from(stage)
+            .unwrap_or(SeedStage::Unknown)
+            .as_str_name()
+    };
+    match event {
+        LifecycleEvent::Transition(t) => leyline::telemetry::event(
+            "seed_stage_transition",
+            TelemetryLevel::Info,
+            format!(
+                "seed {} at {}: {} -> {} ({})",
+                t.seed_id,
+                t.slot_id,
+                name(t.from_stage),
+                name(t.to_stage),
+                t.reason
+            ),
+        )
+        .attr("seed_id", &t.seed_id)
+        .attr("slot_id", &t.slot_id)
+        .attr("global_step", t.global_step)
+        .build(),
+        LifecycleEvent::Gate(g) => {
+            let mut builder = leyline::telemetry::event(
+                "seed_gate_evaluation",
+                if g.passed {
+                    TelemetryLevel::Info
+                } else {
+                    TelemetryLevel::Warning
+                },
+                format!(
+                    "seed {} gate {:?} {} {}",
+                    g.seed_id,
+                    g.gate,
+                    if g.passed { "passed" } else { "failed" },
+                    g.reason
+                ),
+            )
+            .attr("seed_id", &g.seed_id)
+            .attr("passed", g.passed);
+            for (k, v) in &g.inputs {
+                builder = builder.attr(k.clone(), v);
+            }
+            builder.build()
+        }
+        LifecycleEvent::Rollback(r) => leyline::telemetry::event(
+            "seed_culled",
+            TelemetryLevel::Warning,
+            format!("seed {} at {} culled: {}", r.seed_id, r.slot_id, r.reason),
+        )
+        .attr("seed_id", &r.seed_id)
+        .attr("blueprint_id", &r.blueprint_id)
+        .build(),
+    }
+}
+
+impl Trainer {
+    /// Grows the host with `kasmina`: its slots run the host's forward, its
+    /// seeds train in groups of their own (the host's learning rate and weight
+    /// decay), and its lifecycle advances on the evidence this loop records.
+    /// The host's parameters are registered as the host's in Kasmina's
+    /// registry, which checks every group before each optimizer step.
+    pub fn with_kasmina(
+        mut self,
+        mut kasmina: Kasmina,
+        isolation: IsolationConfig,
+    ) -> Result<Self> {
+        kasmina
+            .registry_mut()
+            .register(Owner::Host, &self.host.parameters())
+            .map_err(|e| Error::Optimizer(e.to_string()))?;
+        self.seeds = Some(SeedControl {
+            kasmina,
+            monitor: IsolationMonitor::new(isolation),
+        });
+        Ok(self)
+    }
+
+    /// Kasmina, when the host grows.
+    pub fn kasmina(&self) -> Option<&Kasmina> {
+        self.seeds.as_ref().map(|s| &s.kasmina)
+    }
+
+    /// Every occupied slot, by id.
+    pub fn seed_summaries(&self) -> Vec<SeedSummary> {
+        let Some(control) = &self.seeds else {
+            return Vec::new();
+        };
+        control
+            .kasmina
+            .slots()
+            .slots()
+            .filter_map(|slot| {
+                slot.seed().map(|seed| SeedSummary {
+                    slot: slot.spec().id.clone(),
+                    seed: seed.id().to_string(),
+                    blueprint: seed.module().blueprint_id().to_string(),
+                    stage: seed.stage(),
+                    alpha: seed.alpha(),
+                })
+            })
+            .collect()
+    }
+
+    /// Before a training step: isolation sessions for TRAINING seeds, probes on
+    /// when any seed trains in isolation, optimizer groups equal to the seeds
+    /// that train.
+    pub(super) fn seeds_before_step(&mut self) -> Result<()> {
+        let Some(control) = self.seeds.as_mut() else {
+            return Ok(());
+        };
+        let mut incubating = false;
+        let slots: Vec<(String, usize, SeedStage)> = control
+            .kasmina
+            .slots()
+            .slots()
+            .map(|s| {
+                (
+                    s.spec().id.clone(),
+                    s.spec().feature_shape.iter().product(),
+                    s.stage(),
+                )
+            })
+            .collect();
+        for (id, features, stage) in slots {
+            if stage == SeedStage::Training {
+                incubating = true;
+                if !control.monitor.is_open(&id) {
+                    control.monitor.open(&id, features);
+                }
+            } else if control.monitor.is_open(&id) {
+                control.monitor.close(&id);
+            }
+        }
+        control.kasmina.slots_mut().set_isolation_probes(incubating);
+
+        // Optimizer groups follow the seeds that train.
+        let training: Vec<(String, Vec<NamedParameter>)> = control
+            .kasmina
+            .slots()
+            .slots()
+            .filter_map(|s| s.seed())
+            .filter(|s| s.trains())
+            .map(|s| (seed_group(s.id()), s.parameters()))
+            .collect();
+        let wanted: BTreeSet<&String> = training.iter().map(|(g, _)| g).collect();
+        let present: Vec<String> = self
+            .optimizer
+            .groups()
+            .iter()
+            .map(|g| g.name.clone())
+            .filter(|n| n.starts_with("seed/"))
+            .collect();
+        for name in present {
+            if !wanted.contains(&name) {
+                self.optimizer.remove_group(&name)?;
+            }
+        }
+        let (lr, wd) = (self.config.optimizer.lr, self.config.optimizer.weight_decay);
+        for (name, params) in training {
+            if !self.optimizer.groups().iter().any(|g| g.name == name) {
+                let mut group = ParamGroup::new(name, params, lr, wd);
+                group.lr = lr * self.config.lr.factor(self.global_step);
+                self.optimizer.add_group(group)?;
+            }
+        }
+        // Every group's parameters must be its owner's.
+        for group in self.optimizer.groups() {
+            let owner = match group.name.strip_prefix("seed/") {
+                Some(id) => Owner::Seed(id.to_string()),
+                None => Owner::Host,
+            };
+            control
+                .kasmina
+                .registry()
+                .validate_update(&owner, &group.params)
+                .map_err(|e| Error::Optimizer(format!("group {}: {e}", group.name)))?;
+        }
+        Ok(())
+    }
+
+    /// After the backward pass: each training seed's evidence.
+    pub(super) fn seeds_after_backward(&mut self, grads: &GradStore, loss: f64) -> Result<()> {
+        let Some(control) = self.seeds.as_mut() else {
+            return Ok(());
+        };
+        let probes = control.kasmina.slots_mut().take_probes();
+        let mut evidence = Vec::new();
+        for slot in control.kasmina.slots().slots() {
+            let Some(seed) = slot.seed() else { continue };
+            if !seed.trains() {
+                continue;
+            }
+            let mut sum = 0.0f64;
+            for p in seed.parameters() {
+                if let Some(g) = grads.get(p.var.as_tensor()) {
+                    sum += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                }
+            }
+            evidence.push((slot.spec().id.clone(), sum.sqrt(), seed.alpha()));
+        }
+        for (slot, grad_norm, alpha) in evidence {
+            let isolation_ok = match probes.get(&slot) {
+                Some(p) => {
+                    let report = control.monitor.check(&slot, p, grads, Instant::now())?;
+                    if !report.ok {
+                        self.events.push(
+                            leyline::telemetry::event(
+                                "seed_isolation_violation",
+                                TelemetryLevel::Critical,
+                                format!(
+                                    "slot {slot}: gradient relative error {:.3e}, cosine {:.6}",
+                                    report.gradient_relative_error, report.gradient_cosine
+                                ),
+                            )
+                            .attr("slot_id", &slot)
+                            .build(),
+                        );
+                    }
+                    report.ok
+                }
+                None => true,
+            };
+            control.kasmina.lifecycle_mut().record_step(
+                &slot,
+                StepEvidence {
+                    seed_grad_norm: grad_norm,
+                    loss,
+                    alpha,
+                    isolation_ok,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// After the optimizer step: α ramps advance, the lifecycle moves on evidence.
+    pub(super) fn seeds_after_step(&mut self) -> Result<()> {
+        let Some(control) = self.seeds.as_mut() else {
+            return Ok(());
+        };
+        control.kasmina.slots_mut().step();
+        control
+            .kasmina
+            .advance_all(self.global_step, u64::from(self.epoch))?;
+        self.drain_seed_events();
+        Ok(())
+    }
+
+    fn drain_seed_events(&mut self) {
+        if let Some(control) = self.seeds.as_mut() {
+            let events = control.kasmina.lifecycle_mut().drain_events();
+            self.events.extend(events.iter().map(lifecycle_event));
+        }
+    }
+
+    /// At an epoch end: counterfactual validation for seeds awaiting G4, then
+    /// the lifecycle's epoch boundary.
+    pub(super) fn seeds_epoch_end(&mut self, with_seeds_accuracy: f64) -> Result<()> {
+        let Some(control) = self.seeds.as_ref() else {
+            return Ok(());
+        };
+        let judged: Vec<String> = control
+            .kasmina
+            .slots()
+            .slots()
+            .filter(|s| matches!(s.stage(), SeedStage::Shadowing | SeedStage::Probationary))
+            .map(|s| s.spec().id.clone())
+            .collect();
+        if !judged.is_empty() {
+            let without = self.validate_with(true)?.accuracy;
+            if let Some(control) = self.seeds.as_mut() {
+                for slot in judged {
+                    control.kasmina.lifecycle_mut().record_counterfactual(
+                        &slot,
+                        Counterfactual {
+                            with_seed: with_seeds_accuracy * 100.0,
+                            without_seed: without * 100.0,
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(control) = self.seeds.as_mut() {
+            control
+                .kasmina
+                .end_epoch(self.global_step, u64::from(self.epoch))?;
+            control
+                .kasmina
+                .advance_all(self.global_step, u64::from(self.epoch))?;
+        }
+        self.drain_seed_events();
+        Ok(())
+    }
+
+    /// Submits the control plane's commands and applies the due ones; each
+    /// refusal is a WARNING event with its reason.
+    pub(super) fn seeds_apply(&mut self, commands: Vec<AdaptationCommand>) -> Result<()> {
+        let Some(control) = self.seeds.as_mut() else {
+            if !commands.is_empty() {
+                self.events.push(
+                    leyline::telemetry::event(
+                        "commands_without_kasmina",
+                        TelemetryLevel::Warning,
+                        format!(
+                            "{} command(s) refused: this host does not grow",
+                            commands.len()
+                        ),
+                    )
+                    .build(),
+                );
+            }
+            return Ok(());
+        };
+        let now = now_ms();
+        let mut refused = Vec::new();
+        for command in commands {
+            let id = command.command_id.clone();
+            if let Err(r) = control.kasmina.intake_mut().submit(command, now) {
+                refused.push((id, r.label(), r.to_string()));
+            }
+        }
+        for outcome in control
+            .kasmina
+            .fence(self.global_step, u64::from(self.epoch), now)
+        {
+            if let Err(r) = outcome.result {
+                refused.push((outcome.command_id, r.label(), r.to_string()));
+            }
+        }
+        for (id, label, detail) in refused {
+            self.events.push(
+                leyline::telemetry::event(
+                    "command_rejected",
+                    TelemetryLevel::Warning,
+                    format!("command {id} refused: {detail}"),
+                )
+                .attr("command_id", id)
+                .attr("reason", label)
+                .build(),
+            );
+        }
+        self.drain_seed_events();
+        Ok(())
+    }
+}
