@@ -62,7 +62,12 @@ fn main() {
     let mut params = Parameters::new();
     params.insert("hidden_multiple".into(), 2.0);
     let record = library
-        .ensure_artifact("dense.mlp_small", &SlotSpec::dense(256).unwrap(), &params, 1)
+        .ensure_artifact(
+            "dense.mlp_small",
+            &SlotSpec::dense(256).unwrap(),
+            &params,
+            1,
+        )
         .unwrap();
     println!(
         "artifact: dense.mlp_small on dense[256], {} parameters, {} bytes",
