@@ -296,6 +296,49 @@ mod tests {
         assert_eq!(vec(&y), vec![0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]);
     }
 
+    proptest::proptest! {
+        /// On random tensors every mode matches its formula, element by element.
+        #[test]
+        fn every_mode_matches_its_formula(
+            h in proptest::collection::vec(-10.0f32..10.0, 12),
+            s in proptest::collection::vec(-10.0f32..10.0, 12),
+            a in proptest::collection::vec(0.0f32..=1.0, 3),
+            margins in proptest::collection::vec(-5.0f32..5.0, 2),
+            alpha in -0.5f64..1.5,
+            k in 0.1f32..10.0,
+            tau in -2.0f32..2.0,
+        ) {
+            // [N=2, C=3, 2] so channel and per-sample weights both broadcast.
+            let ht = t(&h, &[2, 3, 2]);
+            let st = t(&s, &[2, 3, 2]);
+            let m = t(&margins, &[2]);
+            let al = alpha.clamp(0.0, 1.0) as f32;
+            let gate = ConfidenceGate { k, tau, alpha_lo: 0.2, alpha_hi: 0.9 };
+            type Formula<'a> = Box<dyn Fn(usize) -> f32 + 'a>;
+            let cases: Vec<(Blend, Formula<'_>)> = vec![
+                (Blend::Convex, Box::new(|i| al * s[i] + (1.0 - al) * h[i])),
+                (Blend::Residual, Box::new(|i| h[i] + al * s[i])),
+                (Blend::Channel(a.clone()), Box::new(|i| {
+                    let w = al * a[(i / 2) % 3];
+                    w * s[i] + (1.0 - w) * h[i]
+                })),
+                (Blend::Confidence(gate), Box::new(|i| {
+                    let g = 1.0 / (1.0 + (-(k * (margins[i / 6] - tau))).exp());
+                    let w = al * (0.2 + 0.7 * g);
+                    w * s[i] + (1.0 - w) * h[i]
+                })),
+            ];
+            for (mode, formula) in cases {
+                let y = vec(&mode.apply(&ht, &st, alpha, Some(&m)).unwrap());
+                for (i, got) in y.iter().enumerate() {
+                    let want = formula(i);
+                    proptest::prop_assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{mode:?} [{i}]: {got} vs {want}");
+                }
+            }
+            proptest::prop_assert!(Blend::Confidence(gate).apply(&ht, &st, alpha, None).is_err());
+        }
+    }
+
     #[test]
     fn margins_are_top1_minus_top2() {
         let logits = t(&[1.0, 5.0, 2.0, -1.0, -3.0, -2.0], &[2, 3]);

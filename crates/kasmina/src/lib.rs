@@ -22,7 +22,9 @@
 //! * [`Kasmina`]: slots + lifecycle + registry + intake for one host, seed
 //!   modules from a [`KernelSource`] (e.g. [`LibrarySource`] over Urza).
 //!
-//! **Status (issue #7):** the kernel load manager (prefetch over Oona, LRU by bytes), knowledge distillation, per-seed
+//! * [`distill`]: the knowledge-distillation loss and the teacher's memory budget.
+//!
+//! **Status (issue #7):** the kernel load manager (prefetch over Oona, LRU by bytes), per-seed
 //! telemetry and the wiring into Tolaria's loop are not built yet.
 
 #![deny(missing_docs)]
@@ -30,6 +32,7 @@
 pub mod alpha;
 pub mod blend;
 pub mod breaker;
+pub mod distill;
 mod engine;
 mod error;
 pub mod gates;

@@ -65,3 +65,50 @@ fn seeded_runs_are_bit_identical() {
     assert_eq!(a, run(3));
     assert_ne!(a, run(4));
 }
+
+/// Distillation from a frozen snapshot: training still learns, the teacher
+/// does not move, and a snapshot over its memory budget is refused.
+#[test]
+fn distillation_trains_the_student_and_freezes_the_teacher() {
+    use kasmina::distill::DistillConfig;
+    let kd = DistillConfig {
+        temperature: 2.0,
+        weight: 0.5,
+        memory_budget_bytes: 8 << 20,
+    };
+    let trainer = Trainer::new(config("mlp", 1, 2_560), 0, "kd").unwrap();
+    let mut trainer = trainer.with_distillation(kd).unwrap();
+    let before: Vec<Vec<f32>> = trainer
+        .teacher_parameters()
+        .iter()
+        .map(|p| p.var.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    let report = trainer.run_epoch().unwrap();
+    assert!(report.train_loss.is_finite());
+    assert!(
+        report.validation.accuracy > 0.5,
+        "{}",
+        report.validation.accuracy
+    );
+    let after: Vec<Vec<f32>> = trainer
+        .teacher_parameters()
+        .iter()
+        .map(|p| p.var.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    assert_eq!(before, after, "the teacher is frozen");
+    let host_moved = trainer.host().parameters()[0]
+        .var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_ne!(host_moved, before[0], "the student trained");
+
+    let tight = DistillConfig {
+        memory_budget_bytes: 1024,
+        ..kd
+    };
+    let trainer = Trainer::new(config("mlp", 1, 2_560), 0, "kd").unwrap();
+    assert!(trainer.with_distillation(tight).is_err());
+}

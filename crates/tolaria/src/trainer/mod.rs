@@ -122,6 +122,7 @@ pub struct Trainer {
     profiler: Profiler,
     config_sha256: String,
     seeds: Option<seeds::SeedControl>,
+    teacher: Option<distill::Teacher>,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -136,6 +137,7 @@ fn device(kind: DeviceKind) -> Result<Device> {
     }
 }
 
+mod distill;
 mod helpers;
 mod recovery;
 mod seeds;
@@ -253,6 +255,7 @@ impl Trainer {
             profiler,
             config_sha256,
             seeds: None,
+            teacher: None,
         })
     }
 
@@ -383,6 +386,9 @@ impl Trainer {
                     .forward_with_slots(&batch.images, &mut DormantSlots)?,
             };
             let mut loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+            if let Some(kd) = self.distillation_loss(&batch.images, &logits)? {
+                loss = (loss + kd)?;
+            }
             if let Some(Fault::NanLoss) = self.pending_fault.take() {
                 loss = (loss * f64::NAN)?;
             }
