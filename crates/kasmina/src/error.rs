@@ -62,6 +62,9 @@ pub enum Error {
     /// A blueprint could not be built or loaded.
     #[error(transparent)]
     Urza(Box<urza::Error>),
+    /// A kernel (blueprint module) could not be loaded; there is no fallback.
+    #[error("kernel load: {0}")]
+    Kernel(String),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

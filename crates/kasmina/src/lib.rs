@@ -24,8 +24,15 @@
 //!
 //! * [`distill`]: the knowledge-distillation loss and the teacher's memory budget.
 //!
-//! **Status (issue #7):** the kernel load manager (prefetch over Oona, LRU by bytes), per-seed
-//! telemetry and the wiring into Tolaria's loop are not built yet.
+//! * [`kernels`]: the kernel load manager — shared in-flight loads, a
+//!   concurrency limit, timeouts and cancellation, checksum + guard-digest
+//!   verification, a byte-bounded LRU, prefetch over Oona.
+//!
+//! Tolaria's `Trainer::with_kasmina` runs a host through all of this.
+//!
+//! **Status (issue #7):** per-seed telemetry packets (α summary, gradient
+//! share) and the benchmarks are not built yet; `esper train` grows nothing
+//! until Tamiyo (issue #8) decides.
 
 #![deny(missing_docs)]
 
@@ -39,6 +46,7 @@ pub mod gates;
 mod host;
 pub mod intake;
 pub mod isolation;
+pub mod kernels;
 pub mod lifecycle;
 pub mod registry;
 mod seed;

@@ -14,6 +14,7 @@
 //! * [`store`]: [`BlueprintStore`], implemented by [`LocalStore`] and by the
 //!   gRPC client [`grpc::RemoteStore`] ([`grpc::serve`] is the server).
 //! * [`notify`]: forwards catalog changes onto Oona as `KernelCatalogUpdate`.
+//! * [`prefetch`]: answers `KernelPrefetchRequest`s with Ready/Error messages.
 
 #![deny(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod grpc;
 pub mod library;
 pub mod notify;
 mod params;
+pub mod prefetch;
 pub mod select;
 mod slot;
 pub mod store;

@@ -25,7 +25,11 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
-pub(crate) struct ArtifactCache {
+/// A least-recently-used cache of byte buffers bounded by their total size,
+/// with lifetime and windowed hit statistics (Urza's artifact cache; Kasmina's
+/// kernel cache).
+#[derive(Debug)]
+pub struct ArtifactCache {
     entries: LruCache<String, Bytes>,
     bytes: u64,
     capacity_bytes: u64,
@@ -37,7 +41,9 @@ pub(crate) struct ArtifactCache {
 }
 
 impl ArtifactCache {
-    pub(crate) fn new(capacity_bytes: u64, window_size: usize) -> Self {
+    /// A cache holding at most `capacity_bytes`, with a hit-rate window of
+    /// `window_size` lookups.
+    pub fn new(capacity_bytes: u64, window_size: usize) -> Self {
         Self {
             entries: LruCache::unbounded(),
             bytes: 0,
@@ -65,7 +71,7 @@ impl ArtifactCache {
     }
 
     /// Looks `key` up, counting a hit or a miss.
-    pub(crate) fn get(&mut self, key: &str) -> Option<Bytes> {
+    pub fn get(&mut self, key: &str) -> Option<Bytes> {
         let found = self.entries.get(key).cloned();
         self.record(found.is_some());
         found
@@ -73,7 +79,7 @@ impl ArtifactCache {
 
     /// Inserts verified bytes, evicting least-recently used entries to stay
     /// within the budget. Entries larger than the whole budget are not kept.
-    pub(crate) fn insert(&mut self, key: String, value: Bytes) {
+    pub fn insert(&mut self, key: String, value: Bytes) {
         let size = value.len() as u64;
         if size > self.capacity_bytes {
             return;
@@ -95,13 +101,14 @@ impl ArtifactCache {
     }
 
     /// Drops `key` (quarantine, corruption).
-    pub(crate) fn remove(&mut self, key: &str) {
+    pub fn remove(&mut self, key: &str) {
         if let Some(old) = self.entries.pop(key) {
             self.bytes -= old.len() as u64;
         }
     }
 
-    pub(crate) fn stats(&self) -> CacheStats {
+    /// Current statistics.
+    pub fn stats(&self) -> CacheStats {
         let window_hits = self.window.iter().filter(|h| **h).count();
         CacheStats {
             hits: self.hits,

@@ -26,7 +26,7 @@ use leyline::v1::{
 use rusqlite::Connection;
 use tokio::sync::broadcast;
 
-pub use cache::CacheStats;
+pub use cache::{ArtifactCache, CacheStats};
 pub use db::CatalogQuery;
 
 use crate::artifact::{self, Artifact};
@@ -108,7 +108,7 @@ pub enum SaveStep {
 pub struct Library {
     layout: Layout,
     conn: Mutex<Connection>,
-    cache: Mutex<cache::ArtifactCache>,
+    cache: Mutex<ArtifactCache>,
     changes: broadcast::Sender<KernelCatalogUpdate>,
     config: LibraryConfig,
 }
@@ -136,10 +136,7 @@ impl Library {
         let conn = db::open(&layout.database)?;
         let (changes, _) = broadcast::channel(1024);
         let library = Self {
-            cache: Mutex::new(cache::ArtifactCache::new(
-                config.cache_bytes,
-                config.stats_window,
-            )),
+            cache: Mutex::new(ArtifactCache::new(config.cache_bytes, config.stats_window)),
             layout,
             conn: Mutex::new(conn),
             changes,
@@ -161,7 +158,7 @@ impl Library {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, cache::ArtifactCache> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, ArtifactCache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
