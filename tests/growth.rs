@@ -129,6 +129,30 @@ fn run(seed: u64, grow: bool, library: &Arc<urza::Library>) -> (f64, Option<Seed
     };
     let reports = trainer.run(|_| {}).unwrap();
     let accuracy = reports.last().unwrap().validation.accuracy * 100.0;
+    if grow {
+        // Per-step telemetry: a packet per active seed, and a global one.
+        let (packets, dropped) = trainer.drain_seed_packets();
+        assert_eq!(dropped, 0);
+        let seed_packets: Vec<_> = packets.iter().filter(|p| p.seed_id == "seed-r0").collect();
+        assert!(!seed_packets.is_empty());
+        for p in &seed_packets {
+            let share = p
+                .metrics
+                .iter()
+                .find(|m| m.name == "seed.grad_share")
+                .unwrap()
+                .value;
+            assert!((0.0..=1.0).contains(&share), "{share}");
+        }
+        let last_global = packets.iter().rev().find(|p| p.seed_id.is_empty()).unwrap();
+        let alpha = last_global
+            .metrics
+            .iter()
+            .find(|m| m.name == "alpha.mean")
+            .unwrap()
+            .value;
+        assert_eq!(alpha, 1.0, "a fossilized seed blends fully");
+    }
     let stage = trainer.seed_summaries().first().map(|s| s.stage);
     let rejected: Vec<_> = trainer
         .drain_events()

@@ -9,17 +9,12 @@
 
 #![no_main]
 
-use leyline::codec::{decode, encode};
 use leyline::v1::*;
 use libfuzzer_sys::fuzz_target;
 
-fn stable<M: prost::Message + prost::Name + Default>(bytes: &[u8]) -> Option<M> {
-    let message: M = decode(bytes).ok()?;
-    let once = encode(&message);
-    let again: M = decode(&once).expect("re-encoded message must decode");
-    assert_eq!(encode(&again), once, "{} round trip is not stable", M::full_name());
-    Some(message)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::stable;
 
 fuzz_target!(|data: &[u8]| {
     if urza::artifact::read_header(data).is_ok()

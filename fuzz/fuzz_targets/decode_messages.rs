@@ -9,19 +9,15 @@
 
 #![no_main]
 
-use leyline::codec::{decode, decode_payload, encode};
+use leyline::codec::decode_payload;
 use leyline::security::{SigningKey, Verifier};
 use leyline::v1::*;
 use leyline::validate::Validator;
 use libfuzzer_sys::fuzz_target;
 
-fn stable<M: prost::Message + prost::Name + Default>(bytes: &[u8]) -> Option<M> {
-    let message: M = decode(bytes).ok()?;
-    let once = encode(&message);
-    let again: M = decode(&once).expect("re-encoded message must decode");
-    assert_eq!(encode(&again), once, "{} round trip is not stable", M::full_name());
-    Some(message)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::stable;
 
 fuzz_target!(|data: &[u8]| {
     let validator = Validator::default();

@@ -51,6 +51,7 @@ pub mod lifecycle;
 pub mod registry;
 mod seed;
 mod slots;
+pub mod telemetry;
 
 pub use engine::{CommandOutcome, Kasmina, KernelSource, LibrarySource};
 pub use error::{Error, Result};

@@ -144,6 +144,11 @@ impl Kasmina {
         &mut self.slots
     }
 
+    /// The lifecycle (evidence, counters).
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
     /// The lifecycle (evidence, events).
     pub fn lifecycle_mut(&mut self) -> &mut Lifecycle {
         &mut self.lifecycle

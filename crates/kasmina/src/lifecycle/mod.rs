@@ -46,6 +46,8 @@ pub struct Lifecycle {
     config: GateConfig,
     evidence: BTreeMap<String, Evidence>,
     events: Vec<LifecycleEvent>,
+    gates_passed: u64,
+    gates_failed: u64,
 }
 
 fn now_ms() -> u64 {
@@ -62,6 +64,8 @@ impl Lifecycle {
             config,
             evidence: BTreeMap::new(),
             events: Vec::new(),
+            gates_passed: 0,
+            gates_failed: 0,
         }
     }
 
@@ -80,7 +84,17 @@ impl Lifecycle {
         std::mem::take(&mut self.events)
     }
 
+    /// Gate evaluations that passed and failed so far.
+    pub fn gate_counts(&self) -> (u64, u64) {
+        (self.gates_passed, self.gates_failed)
+    }
+
     fn gate_event(&mut self, mut eval: GateEvaluation, seed: &Seed, step: u64) {
+        if eval.passed {
+            self.gates_passed += 1;
+        } else {
+            self.gates_failed += 1;
+        }
         eval.seed_id = seed.id().to_string();
         eval.slot_id = seed.slot_id().to_string();
         eval.global_step = step;

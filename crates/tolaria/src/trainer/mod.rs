@@ -123,6 +123,7 @@ pub struct Trainer {
     config_sha256: String,
     seeds: Option<seeds::SeedControl>,
     teacher: Option<distill::Teacher>,
+    run_id: String,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -256,6 +257,7 @@ impl Trainer {
             config_sha256,
             seeds: None,
             teacher: None,
+            run_id: run_id.to_owned(),
         })
     }
 
@@ -405,15 +407,17 @@ impl Trainer {
                 loss.backward()?
             };
             self.seeds_after_backward(&grads, f64::from(value))?;
-            {
+            let host_grad_norm = {
                 let _optimizer = tracing::info_span!("optimizer").entered();
-                grad_norm_sum += global_grad_norm(&self.host.parameters(), &grads)?;
+                let norm = global_grad_norm(&self.host.parameters(), &grads)?;
+                grad_norm_sum += norm;
                 self.optimizer.step(&grads)?;
-            }
+                norm
+            };
             step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
             self.consecutive_rollbacks = 0;
             self.global_step += 1;
-            self.seeds_after_step()?;
+            self.seeds_after_step(host_grad_norm)?;
             last_loss = f64::from(value);
             loss_sum += last_loss;
             batches += 1;

@@ -6,15 +6,16 @@
 //! validation accuracy of seeds in SHADOWING and PROBATIONARY at each epoch
 //! end, and applies the control plane's commands at fences.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::backprop::GradStore;
 use kasmina::gates::{Counterfactual, StepEvidence};
 use kasmina::isolation::{IsolationConfig, IsolationMonitor};
 use kasmina::registry::Owner;
+use kasmina::telemetry::SeedSignal;
 use kasmina::{Kasmina, LifecycleEvent, NamedParameter};
-use leyline::v1::{AdaptationCommand, SeedStage, TelemetryEvent, TelemetryLevel};
+use leyline::v1::{AdaptationCommand, SeedStage, TelemetryEvent, TelemetryLevel, TelemetryPacket};
 
 use super::Trainer;
 use crate::error::{Error, Result};
@@ -24,7 +25,17 @@ use crate::optim::ParamGroup;
 pub(super) struct SeedControl {
     pub(super) kasmina: Kasmina,
     monitor: IsolationMonitor,
+    /// The last step's per-seed gradient norms, for its telemetry.
+    signals: Vec<SeedSignal>,
+    seed_grad_sq: f64,
+    last_loss: f64,
+    /// Per-step seed packets not yet drained (bounded; oldest dropped).
+    packets: VecDeque<TelemetryPacket>,
+    dropped_packets: u64,
 }
+
+/// Seed packets held between drains.
+const PACKET_BUFFER: usize = 1024;
 
 /// One slot's state after an epoch, for reports and displays.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +138,11 @@ impl Trainer {
         self.seeds = Some(SeedControl {
             kasmina,
             monitor: IsolationMonitor::new(isolation),
+            signals: Vec::new(),
+            seed_grad_sq: 0.0,
+            last_loss: f64::NAN,
+            packets: VecDeque::new(),
+            dropped_packets: 0,
         });
         Ok(self)
     }
@@ -254,6 +270,15 @@ impl Trainer {
             }
             evidence.push((slot.spec().id.clone(), sum.sqrt(), seed.alpha()));
         }
+        control.signals = evidence
+            .iter()
+            .map(|(slot, norm, _)| SeedSignal {
+                slot_id: slot.clone(),
+                grad_norm: *norm,
+            })
+            .collect();
+        control.seed_grad_sq = evidence.iter().map(|(_, n, _)| n * n).sum();
+        control.last_loss = loss;
         for (slot, grad_norm, alpha) in evidence {
             let isolation_ok = match probes.get(&slot) {
                 Some(p) => {
@@ -289,11 +314,43 @@ impl Trainer {
         Ok(())
     }
 
-    /// After the optimizer step: α ramps advance, the lifecycle moves on evidence.
-    pub(super) fn seeds_after_step(&mut self) -> Result<()> {
+    /// Seed telemetry packets since the last drain (one per active seed per
+    /// step and a global one), and how many were dropped because the buffer
+    /// of 1 024 was full.
+    pub fn drain_seed_packets(&mut self) -> (Vec<TelemetryPacket>, u64) {
+        match self.seeds.as_mut() {
+            Some(c) => (
+                c.packets.drain(..).collect(),
+                std::mem::take(&mut c.dropped_packets),
+            ),
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// After the optimizer step: the step's telemetry, then α ramps advance and
+    /// the lifecycle moves on evidence. `host_grad_norm` is the host's share of
+    /// the step's gradient norm.
+    pub(super) fn seeds_after_step(&mut self, host_grad_norm: f64) -> Result<()> {
         let Some(control) = self.seeds.as_mut() else {
             return Ok(());
         };
+        let total = (host_grad_norm * host_grad_norm + control.seed_grad_sq).sqrt();
+        let packets = kasmina::telemetry::step_packets(
+            &control.kasmina,
+            &self.run_id,
+            self.global_step,
+            now_ms(),
+            &control.signals,
+            total,
+            control.last_loss,
+        );
+        for packet in packets {
+            if control.packets.len() == PACKET_BUFFER {
+                control.packets.pop_front();
+                control.dropped_packets += 1;
+            }
+            control.packets.push_back(packet);
+        }
         control.kasmina.slots_mut().step();
         control
             .kasmina
