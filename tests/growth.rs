@@ -9,83 +9,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use candle_core::Device;
 use kasmina::gates::GateConfig;
-use kasmina::intake::CommandIntake;
 use kasmina::isolation::IsolationConfig;
-use kasmina::{Kasmina, LibrarySource};
-use leyline::security::{SigningKey, sign};
-use leyline::v1::adaptation_command::Payload;
-use leyline::v1::{
-    AdaptationCommand, AlphaSchedule, AlphaScheduleKind, BlendConfig, BlendMode,
-    CommandSeedOperation, CommandType, SeedOperation, SeedStage,
-};
-use tolaria::fence::{ControlHook, FenceContext, FenceOutcome};
+use leyline::v1::SeedStage;
 use tolaria::{Config, Trainer};
+
+mod support;
+use support::Script;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const KEY: [u8; 32] = [0x42; 32];
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Germinates `conv.residual` at `r0` at the first fence at or after `at_step`.
-struct Script {
-    at_step: u64,
-    sent: bool,
-    pending: Vec<AdaptationCommand>,
-}
-
-impl ControlHook for Script {
-    fn at_fence(&mut self, c: &FenceContext<'_>) -> Result<FenceOutcome, String> {
-        if !self.sent && c.global_step >= self.at_step {
-            self.sent = true;
-            let mut command = AdaptationCommand {
-                version: 1,
-                command_id: format!("germinate-r0-{}", c.global_step),
-                command_type: CommandType::Seed as i32,
-                target_seed_id: "seed-r0".into(),
-                issued_at_ms: now_ms(),
-                deadline_at_ms: now_ms() + 10_000,
-                issued_by: "script".into(),
-                training_run_id: "growth".into(),
-                payload: Some(Payload::SeedOperation(CommandSeedOperation {
-                    operation: SeedOperation::Germinate as i32,
-                    blueprint_id: "conv.residual".into(),
-                    parameters: [("depth".to_string(), 1.0), ("expansion".to_string(), 4.0)].into(),
-                    slot_id: "r0".into(),
-                    mesh_layers: vec!["r0".into()],
-                    blend: Some(BlendConfig {
-                        mode: BlendMode::Convex as i32,
-                        ..BlendConfig::default()
-                    }),
-                    alpha_schedule: Some(AlphaSchedule {
-                        kind: AlphaScheduleKind::Linear as i32,
-                        steps: 40,
-                        temperature: 0.0,
-                    }),
-                    ..CommandSeedOperation::default()
-                })),
-                ..AdaptationCommand::default()
-            };
-            sign(&SigningKey::from_bytes(&KEY).unwrap(), &mut command);
-            self.pending.push(command);
-        }
-        Ok(FenceOutcome::Continue)
-    }
-
-    fn commands(&mut self) -> Vec<AdaptationCommand> {
-        std::mem::take(&mut self.pending)
-    }
-}
 
 fn config() -> Config {
     Config {
@@ -107,21 +42,12 @@ fn run(seed: u64, grow: bool, library: &Arc<urza::Library>) -> (f64, Option<Seed
             min_epochs: [0, 0, 0, 1],
             ..GateConfig::default()
         };
-        let intake = CommandIntake::new(
-            SigningKey::from_bytes(&KEY).unwrap(),
-            &leyline::Config::default(),
-        );
-        let source = LibrarySource::new(Arc::clone(library), Device::Cpu);
-        let kasmina = Kasmina::new(&slots, gates, intake, Box::new(source), seed);
+        let kasmina = support::kasmina(&slots, gates, library, seed);
         trainer
             .with_kasmina(kasmina, IsolationConfig::default())
             .unwrap()
             .with_control_hook(
-                Box::new(Script {
-                    at_step: 5,
-                    sent: false,
-                    pending: Vec::new(),
-                }),
+                Box::new(Script::new(vec![(5, "r0", "seed-r0")])),
                 Duration::from_secs(5),
             )
     } else {

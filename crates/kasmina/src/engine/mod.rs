@@ -204,6 +204,21 @@ impl Kasmina {
         Ok(out)
     }
 
+    /// Culls the seed in `slot_id` (outside a command: e.g. a rollback to a
+    /// state that predates it).
+    pub fn cull(
+        &mut self,
+        slot_id: &str,
+        reason: &str,
+        step: u64,
+        epoch: u64,
+    ) -> crate::Result<()> {
+        self.lifecycle
+            .cull(&mut self.slots, slot_id, reason, step, epoch)?;
+        self.sync_registry();
+        Ok(())
+    }
+
     /// Epoch boundary: dwell counters, embargoes, resets.
     pub fn end_epoch(&mut self, step: u64, epoch: u64) -> crate::Result<()> {
         self.lifecycle.end_epoch(&mut self.slots, step, epoch)?;

@@ -92,9 +92,17 @@ impl Snapshot {
     /// Writes the snapshot back into `params` and `optimizer`. The parameter names
     /// must be exactly the snapshot's.
     pub fn restore(&self, params: &[NamedParameter], optimizer: &mut Optimizer) -> Result<()> {
-        if params.len() != self.params.len() {
+        // Every given parameter must be saved; saved parameters that are not
+        // given may only be seeds' (`seed/…`: seeds culled since the snapshot).
+        let given: std::collections::BTreeSet<&str> =
+            params.iter().map(|p| p.name.as_str()).collect();
+        if let Some(missing) = self
+            .params
+            .keys()
+            .find(|name| !given.contains(name.as_str()) && !name.starts_with("seed/"))
+        {
             return Err(Error::Optimizer(format!(
-                "snapshot holds {} parameters, the model has {}",
+                "snapshot holds {missing}, which the model does not have ({} saved, {} given)",
                 self.params.len(),
                 params.len()
             )));
@@ -118,6 +126,23 @@ impl Snapshot {
                 p.var.set(saved)?;
             }
         }
-        optimizer.import_state(self.optimizer.clone())
+        // State of seeds that are gone has no group to go back to.
+        let known: std::collections::BTreeSet<String> = optimizer
+            .groups()
+            .iter()
+            .flat_map(|g| g.params.iter().map(|p| p.name.clone()))
+            .collect();
+        let state = self
+            .optimizer
+            .iter()
+            .filter(|(name, _)| known.contains(*name) || !name.starts_with("seed/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        optimizer.import_state(state)
+    }
+
+    /// Names of the saved parameters.
+    pub fn parameter_names(&self) -> impl Iterator<Item = &str> {
+        self.params.keys().map(String::as_str)
     }
 }

@@ -211,6 +211,26 @@ impl Trainer {
                     loaded
                         .snapshot
                         .restore(&host.parameters(), &mut optimizer)?;
+                    let seed_tensors = loaded
+                        .snapshot
+                        .parameter_names()
+                        .filter(|n| n.starts_with("seed/"))
+                        .count();
+                    if seed_tensors > 0 {
+                        // Seeds' lifecycle state is not checkpointed yet: their
+                        // weights cannot be put back into a fresh Kasmina.
+                        resume_events.push(
+                            leyline::telemetry::event(
+                                "checkpoint_seeds_not_restored",
+                                leyline::v1::TelemetryLevel::Warning,
+                                format!(
+                                    "{} holds {seed_tensors} seed tensor(s) that a resumed run cannot restore: seeds restart from DORMANT",
+                                    loaded.path.display()
+                                ),
+                            )
+                            .build(),
+                        );
+                    }
                     epoch = loaded.manifest.epoch;
                     global_step = loaded.manifest.global_step;
                     known_good = loaded.snapshot;
@@ -466,7 +486,7 @@ impl Trainer {
         if validation.loss.is_finite() {
             // A boundary that passed its health check becomes the known-good state.
             self.known_good = Snapshot::capture(
-                &self.host.parameters(),
+                &self.model_parameters(),
                 &self.optimizer,
                 self.global_step,
                 self.epoch,

@@ -2,6 +2,7 @@
 //! checkpoint), rollback deadlines and SLA counters, and the collection of
 //! background checkpoint writes.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use leyline::v1::EmergencyLevel;
@@ -67,10 +68,13 @@ impl Trainer {
             self.events.extend(event);
         }
         let started = Instant::now();
-        match self
+        let saved: BTreeSet<String> = self
             .known_good
-            .restore(&self.host.parameters(), &mut self.optimizer)
-        {
+            .parameter_names()
+            .map(str::to_owned)
+            .collect();
+        let params = self.prepare_restore(&saved)?;
+        match self.known_good.restore(&params, &mut self.optimizer) {
             Ok(()) => {
                 let report =
                     self.rollback_report(Tier::Fast, reason, self.known_good.global_step, started);
@@ -110,9 +114,13 @@ impl Trainer {
                 detail: format!("a full rollback ({reason}) found no valid checkpoint"),
             });
         };
-        loaded
+        let saved: BTreeSet<String> = loaded
             .snapshot
-            .restore(&self.host.parameters(), &mut self.optimizer)?;
+            .parameter_names()
+            .map(str::to_owned)
+            .collect();
+        let params = self.prepare_restore(&saved)?;
+        loaded.snapshot.restore(&params, &mut self.optimizer)?;
         self.global_step = loaded.manifest.global_step;
         self.epoch = loaded.manifest.epoch;
         self.known_good = loaded.snapshot;

@@ -173,6 +173,49 @@ impl Trainer {
             .collect()
     }
 
+    /// The host's parameters and those of every seed that trains (a
+    /// fossilized seed is part of the model): what snapshots and checkpoints
+    /// hold.
+    pub(super) fn model_parameters(&self) -> Vec<NamedParameter> {
+        let mut params = self.host.parameters();
+        if let Some(control) = &self.seeds {
+            params.extend(control.kasmina.slots().trainable_parameters());
+        }
+        params
+    }
+
+    /// Makes the model restorable from a snapshot holding `saved`: seeds
+    /// germinated after it (their parameters are not in it) are culled — the
+    /// known-good state predates them — and the parameters to restore are
+    /// returned.
+    pub(super) fn prepare_restore(
+        &mut self,
+        saved: &BTreeSet<String>,
+    ) -> Result<Vec<NamedParameter>> {
+        let (step, epoch) = (self.global_step, u64::from(self.epoch));
+        if let Some(control) = self.seeds.as_mut() {
+            let newer: Vec<String> = control
+                .kasmina
+                .slots()
+                .slots()
+                .filter(|s| {
+                    s.seed().is_some_and(|seed| {
+                        seed.trains() && seed.parameters().iter().any(|p| !saved.contains(&p.name))
+                    })
+                })
+                .map(|s| s.spec().id.clone())
+                .collect();
+            for slot in newer {
+                control
+                    .kasmina
+                    .cull(&slot, "rollback to a state before the seed", step, epoch)?;
+            }
+        }
+        self.drain_seed_events();
+        self.seeds_before_step()?;
+        Ok(self.model_parameters())
+    }
+
     /// Before a training step: isolation sessions for TRAINING seeds, probes on
     /// when any seed trains in isolation, optimizer groups equal to the seeds
     /// that train.
