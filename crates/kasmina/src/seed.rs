@@ -33,6 +33,8 @@ pub struct Seed {
     ramp: AlphaRamp,
     /// Optimizer steps taken since BLENDING began.
     blend_steps: u64,
+    /// Host layers (slot ids) the seed's interface needs; checked by G3.
+    mesh_layers: Vec<String>,
 }
 
 impl Seed {
@@ -54,7 +56,19 @@ impl Seed {
             blend,
             ramp,
             blend_steps: 0,
+            mesh_layers: Vec::new(),
         }
+    }
+
+    /// The host layers (slot ids) the seed's interface needs.
+    pub fn with_mesh_layers(mut self, layers: Vec<String>) -> Self {
+        self.mesh_layers = layers;
+        self
+    }
+
+    /// The host layers the seed needs.
+    pub fn mesh_layers(&self) -> &[String] {
+        &self.mesh_layers
     }
 
     /// The seed id.

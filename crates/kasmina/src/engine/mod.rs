@@ -399,7 +399,8 @@ impl Kasmina {
             module,
             blend,
             ramp,
-        );
+        )
+        .with_mesh_layers(op.mesh_layers.clone());
         self.lifecycle
             .germinate(&mut self.slots, seed, step, epoch)
             .map_err(|e| e.to_string())?;

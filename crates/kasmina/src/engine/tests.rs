@@ -375,3 +375,24 @@ fn an_unknown_blueprint_is_refused_with_no_fallback() {
     );
     assert!(k.slots().slot("r0").unwrap().seed().is_none());
 }
+
+#[test]
+fn g3_culls_a_seed_whose_mesh_layers_the_host_lacks() {
+    let mut f = fixture();
+    let k = &mut f.kasmina;
+    let mut command = germinate("c1", "s1", "conv.residual");
+    if let Some(Payload::SeedOperation(op)) = command.payload.as_mut() {
+        op.mesh_layers = vec!["r0".into(), "conv9".into()];
+    }
+    sign(&key(), &mut command);
+    k.intake_mut().submit(command, now()).unwrap();
+    assert_eq!(ok(&k.fence(0, 0, now())), vec!["germinated at r0"]);
+    let progress = k.advance_all(1, 0).unwrap();
+    assert_eq!(
+        progress,
+        vec![(
+            "r0".to_string(),
+            Progress::Culled("mesh_layers_missing".into())
+        )]
+    );
+}

@@ -356,20 +356,33 @@ impl Lifecycle {
         }
         let verdict = match from {
             SeedStage::Germinated => {
-                // G3: the module's interface is the slot's.
+                // G3: the module's interface is the slot's, and every host
+                // layer the seed needs is a slot of this host.
                 let spec = slots.slot(slot_id)?.spec();
                 let fits = seed.module().slot().shape() == spec.feature_shape.as_slice()
                     && seed.module().slot().kind() == spec.kind;
+                let missing = seed
+                    .mesh_layers()
+                    .iter()
+                    .filter(|layer| slots.slot(layer).is_err())
+                    .count();
+                let reason = if !fits {
+                    "shape_mismatch"
+                } else if missing > 0 {
+                    "mesh_layers_missing"
+                } else {
+                    ""
+                };
                 Verdict::Decided(GateEvaluation {
                     gate: SeedGate::G3Interface as i32,
-                    passed: fits,
-                    reason: if fits {
-                        String::new()
-                    } else {
-                        "shape_mismatch".into()
-                    },
+                    passed: reason.is_empty(),
+                    reason: reason.into(),
                     from_stage: from as i32,
                     to_stage: to as i32,
+                    inputs: BTreeMap::from([
+                        ("mesh_layers".to_string(), seed.mesh_layers().len() as f64),
+                        ("mesh_layers_missing".to_string(), missing as f64),
+                    ]),
                     ..GateEvaluation::default()
                 })
             }
