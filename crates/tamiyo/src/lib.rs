@@ -2,23 +2,15 @@
 //! what to grow — heuristic and learned policies behind one step API, a separate
 //! risk engine, and field reports (DESIGN §6).
 //!
-//! **Status:** this crate is not built yet (issue #8). It holds only its
-//! documentation and its [`Error`] type, so that the workspace has its final shape
-//! and every subsystem can already name the error it will return.
+//! * [`field_reports`]: the field-report write-ahead log (length + CRC
+//!   framing, fsync, corrupt records skipped and reported, retention).
+//!
+//! **Status (issue #8):** the step API, policies, observation graph, risk
+//! engine, metadata cache and wiring are not built yet.
 
 #![deny(missing_docs)]
 
-/// Result with [`Error`].
-pub type Result<T> = std::result::Result<T, Error>;
+mod error;
+pub mod field_reports;
 
-/// Everything that can go wrong in this crate.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The requested feature is not implemented yet; the message names the issue
-    /// that tracks it.
-    #[error("{feature} is not implemented yet (issue #8)")]
-    NotImplemented {
-        /// What was asked for.
-        feature: &'static str,
-    },
-}
+pub use error::{Error, Result};

@@ -1,0 +1,316 @@
+//! The field-report write-ahead log: append-only, one record per report,
+//! framed as `[u32 length LE][u32 CRC-32 of the payload LE][payload]` where the
+//! payload is the report's protobuf encoding; every append is fsynced.
+//!
+//! Loading never loses good records to a bad one: a record whose CRC or
+//! decoding fails is skipped (its length is still within the file) and
+//! reported with its offset; a length that runs past the end is a torn tail
+//! (an append interrupted by a crash), reported and left out. Reports without
+//! a timestamp are refused on append (retention needs one); [`Wal::compact`]
+//! drops reports older than the retention, rewriting atomically.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use leyline::v1::FieldReport;
+use prost::Message;
+
+use crate::error::{Error, Result};
+
+/// Bytes of a record header.
+const HEADER: usize = 8;
+/// Largest report accepted (a corrupt length must not make us allocate).
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// A record that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    /// Byte offset of its header.
+    pub offset: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What loading found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    /// Good reports, in append order.
+    pub reports: Vec<FieldReport>,
+    /// Records skipped (CRC mismatch, undecodable, no timestamp).
+    pub bad: Vec<BadRecord>,
+    /// A torn tail: bytes at the end that do not form a record.
+    pub torn_tail: Option<BadRecord>,
+}
+
+/// An open log.
+#[derive(Debug)]
+pub struct Wal {
+    path: PathBuf,
+    file: File,
+}
+
+fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io {
+        context,
+        path,
+        source,
+    }
+}
+
+/// Encodes one framed record.
+fn frame(report: &FieldReport) -> Vec<u8> {
+    let payload = report.encode_to_vec();
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Parses a whole log image.
+pub fn parse(bytes: &[u8]) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let bad = |reason: String| BadRecord {
+            offset: offset as u64,
+            reason,
+        };
+        if bytes.len() - offset < HEADER {
+            loaded.torn_tail = Some(bad(format!(
+                "{} bytes, shorter than a header",
+                bytes.len() - offset
+            )));
+            break;
+        }
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let len = word(offset) as usize;
+        let crc = word(offset + 4);
+        if len > MAX_RECORD_BYTES || offset + HEADER + len > bytes.len() {
+            loaded.torn_tail = Some(bad(format!(
+                "record length {len} runs past the end ({} bytes left)",
+                bytes.len() - offset - HEADER
+            )));
+            break;
+        }
+        let payload = &bytes[offset + HEADER..offset + HEADER + len];
+        if crc32fast::hash(payload) != crc {
+            loaded.bad.push(bad("CRC mismatch".into()));
+        } else {
+            match FieldReport::decode(payload) {
+                Ok(report) if report.issued_at_ms == 0 => {
+                    loaded
+                        .bad
+                        .push(bad(format!("report {} has no timestamp", report.report_id)));
+                }
+                Ok(report) => loaded.reports.push(report),
+                Err(e) => loaded.bad.push(bad(format!("undecodable: {e}"))),
+            }
+        }
+        offset += HEADER + len;
+    }
+    loaded
+}
+
+impl Wal {
+    /// Opens (creating) the log at `path` and loads what it holds.
+    pub fn open(path: impl Into<PathBuf>) -> Result<(Self, Loaded)> {
+        let path = path.into();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io("reading", &path)(e)),
+        };
+        let loaded = parse(&bytes);
+        if let Some(tail) = &loaded.torn_tail {
+            // Cut the torn tail so that the next append starts on a boundary.
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io("opening", &path))?;
+            file.set_len(tail.offset).map_err(io("truncating", &path))?;
+            file.sync_all().map_err(io("syncing", &path))?;
+        }
+        for bad in loaded.bad.iter().chain(&loaded.torn_tail) {
+            tracing::warn!(target: "tamiyo", offset = bad.offset, "field-report WAL {}: {}", path.display(), bad.reason);
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("opening", &path))?;
+        Ok((Self { path, file }, loaded))
+    }
+
+    /// Appends one report and fsyncs. Reports without `issued_at_ms` are refused.
+    pub fn append(&mut self, report: &FieldReport) -> Result<()> {
+        if report.issued_at_ms == 0 {
+            return Err(Error::InvalidReport {
+                report_id: report.report_id.clone(),
+                reason: "issued_at_ms is required (retention is by timestamp)".into(),
+            });
+        }
+        let record = frame(report);
+        if record.len() - HEADER > MAX_RECORD_BYTES {
+            return Err(Error::InvalidReport {
+                report_id: report.report_id.clone(),
+                reason: format!(
+                    "{} bytes, over the {MAX_RECORD_BYTES}-byte record limit",
+                    record.len()
+                ),
+            });
+        }
+        self.file
+            .write_all(&record)
+            .map_err(io("appending to", &self.path))?;
+        self.file.sync_data().map_err(io("syncing", &self.path))?;
+        Ok(())
+    }
+
+    /// Rewrites the log keeping only reports issued at or after `keep_from_ms`
+    /// (temp file, fsync, rename, directory fsync); returns how many were dropped.
+    /// Unreadable records are dropped too (they were reported at open).
+    pub fn compact(&mut self, keep_from_ms: u64) -> Result<usize> {
+        let bytes = std::fs::read(&self.path).map_err(io("reading", &self.path))?;
+        let loaded = parse(&bytes);
+        let total = loaded.reports.len();
+        let kept: Vec<&FieldReport> = loaded
+            .reports
+            .iter()
+            .filter(|r| r.issued_at_ms >= keep_from_ms)
+            .collect();
+        let tmp = self.path.with_extension("compact");
+        {
+            let mut out = File::create(&tmp).map_err(io("creating", &tmp))?;
+            for r in &kept {
+                out.write_all(&frame(r)).map_err(io("writing", &tmp))?;
+            }
+            out.sync_all().map_err(io("syncing", &tmp))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io("renaming", &self.path))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing", dir))?;
+        }
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io("opening", &self.path))?;
+        Ok(total - kept.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn report(id: &str, at: u64) -> FieldReport {
+        FieldReport {
+            report_id: id.into(),
+            issued_at_ms: at,
+            training_run_id: "run".into(),
+            notes: "x".repeat(10),
+            ..FieldReport::default()
+        }
+    }
+
+    fn ids(reports: &[FieldReport]) -> Vec<&str> {
+        reports.iter().map(|r| r.report_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_corrupt_middle_record_is_skipped_and_reported_while_the_others_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reports.wal");
+        let (mut wal, loaded) = Wal::open(&path).unwrap();
+        assert!(loaded.reports.is_empty());
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            wal.append(&report(id, 1_000 + i as u64)).unwrap();
+        }
+        drop(wal);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = frame(&report("a", 1_000)).len();
+        bytes[second + HEADER + 3] ^= 0xff; // inside b's payload
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (_, loaded) = Wal::open(&path).unwrap();
+        assert_eq!(ids(&loaded.reports), vec!["a", "c"]);
+        assert_eq!(loaded.bad.len(), 1);
+        assert_eq!(loaded.bad[0].offset, second as u64);
+        assert!(loaded.bad[0].reason.contains("CRC"));
+        assert!(loaded.torn_tail.is_none());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_appends_continue_on_a_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reports.wal");
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        wal.append(&report("a", 1)).unwrap();
+        wal.append(&report("b", 2)).unwrap();
+        drop(wal);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        let (mut wal, loaded) = Wal::open(&path).unwrap();
+        assert_eq!(ids(&loaded.reports), vec!["a"]);
+        assert!(loaded.torn_tail.is_some());
+        wal.append(&report("c", 3)).unwrap();
+        drop(wal);
+        let (_, loaded) = Wal::open(&path).unwrap();
+        assert_eq!(ids(&loaded.reports), vec!["a", "c"]);
+        assert!(loaded.torn_tail.is_none() && loaded.bad.is_empty());
+    }
+
+    #[test]
+    fn reports_need_a_timestamp_and_retention_drops_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reports.wal");
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        assert!(matches!(
+            wal.append(&report("untimed", 0)),
+            Err(Error::InvalidReport { .. })
+        ));
+        for (id, at) in [("old", 100), ("mid", 200), ("new", 300)] {
+            wal.append(&report(id, at)).unwrap();
+        }
+        assert_eq!(wal.compact(200).unwrap(), 1);
+        wal.append(&report("newer", 400)).unwrap();
+        drop(wal);
+        let (_, loaded) = Wal::open(&path).unwrap();
+        assert_eq!(ids(&loaded.reports), vec!["mid", "new", "newer"]);
+    }
+
+    proptest! {
+        /// Whatever bytes the file holds, loading returns (never panics) and
+        /// never finds more records than the bytes could frame.
+        #[test]
+        fn any_bytes_load_without_panicking(garbage in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let loaded = parse(&garbage);
+            prop_assert!(loaded.reports.len() + loaded.bad.len() <= garbage.len() / HEADER + 1);
+        }
+
+        #[test]
+        fn appended_reports_round_trip(n in 1usize..20) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("reports.wal");
+            let (mut wal, _) = Wal::open(&path).unwrap();
+            let written: Vec<FieldReport> = (0..n).map(|i| report(&format!("r{i}"), 1 + i as u64)).collect();
+            for r in &written {
+                wal.append(r).unwrap();
+            }
+            drop(wal);
+            let (_, loaded) = Wal::open(&path).unwrap();
+            prop_assert_eq!(loaded.reports, written);
+        }
+    }
+}
