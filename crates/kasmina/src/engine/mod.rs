@@ -17,7 +17,7 @@ use crate::blend::Blend;
 use crate::gates::GateConfig;
 use crate::host::SlotSpec;
 use crate::intake::{CommandIntake, Rejection};
-use crate::lifecycle::{Lifecycle, Progress};
+use crate::lifecycle::{Lifecycle, Progress, next_stage};
 use crate::registry::{Owner, ParamRegistry};
 use crate::seed::Seed;
 use crate::slots::SeedSlots;
@@ -405,24 +405,6 @@ impl Kasmina {
             .germinate(&mut self.slots, seed, step, epoch)
             .map_err(|e| e.to_string())?;
         Ok(format!("germinated at {}", op.slot_id))
-    }
-}
-
-/// The stage a seed moves on to on evidence.
-pub(crate) fn next_stage(stage: SeedStage) -> Option<SeedStage> {
-    match stage {
-        SeedStage::Germinated => Some(SeedStage::Training),
-        SeedStage::Training => Some(SeedStage::Blending),
-        SeedStage::Blending => Some(SeedStage::Shadowing),
-        SeedStage::Shadowing => Some(SeedStage::Probationary),
-        SeedStage::Probationary => Some(SeedStage::Fossilized),
-        SeedStage::Unknown
-        | SeedStage::Dormant
-        | SeedStage::Fossilized
-        | SeedStage::Culled
-        | SeedStage::Embargoed
-        | SeedStage::Resetting
-        | SeedStage::Terminated => None,
     }
 }
 

@@ -324,19 +324,8 @@ impl Lifecycle {
             return Ok(Progress::Idle);
         };
         let from = seed.stage();
-        let to = match from {
-            SeedStage::Germinated => SeedStage::Training,
-            SeedStage::Training => SeedStage::Blending,
-            SeedStage::Blending => SeedStage::Shadowing,
-            SeedStage::Shadowing => SeedStage::Probationary,
-            SeedStage::Probationary => SeedStage::Fossilized,
-            SeedStage::Unknown
-            | SeedStage::Dormant
-            | SeedStage::Fossilized
-            | SeedStage::Culled
-            | SeedStage::Embargoed
-            | SeedStage::Resetting
-            | SeedStage::Terminated => return Ok(Progress::Idle),
+        let Some(to) = next_stage(from) else {
+            return Ok(Progress::Idle);
         };
         let evidence = self
             .evidence
@@ -417,6 +406,25 @@ impl Lifecycle {
                 }
             }
         }
+    }
+}
+
+/// The stage a seed moves on to on evidence (the gated forward edges of the
+/// Leyline table), or `None` where nothing follows on evidence.
+pub(crate) fn next_stage(stage: SeedStage) -> Option<SeedStage> {
+    match stage {
+        SeedStage::Germinated => Some(SeedStage::Training),
+        SeedStage::Training => Some(SeedStage::Blending),
+        SeedStage::Blending => Some(SeedStage::Shadowing),
+        SeedStage::Shadowing => Some(SeedStage::Probationary),
+        SeedStage::Probationary => Some(SeedStage::Fossilized),
+        SeedStage::Unknown
+        | SeedStage::Dormant
+        | SeedStage::Fossilized
+        | SeedStage::Culled
+        | SeedStage::Embargoed
+        | SeedStage::Resetting
+        | SeedStage::Terminated => None,
     }
 }
 
