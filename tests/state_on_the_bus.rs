@@ -18,8 +18,9 @@ fn an_epoch_state_packet_reaches_a_controller_over_oona() {
         ("ESPER_RUN__EXPERIMENT".to_owned(), "bus-flow".to_owned()),
     ]);
     let resolved = esper_runtime::config::load(None, &env).unwrap();
-    let mut trainer =
-        tolaria::Trainer::new(resolved.config.tolaria.clone(), 1, &resolved.run_id).unwrap();
+    let mut trainer = tolaria::Trainer::new(resolved.config.tolaria.clone(), 1, &resolved.run_id)
+        .unwrap()
+        .with_experiment(resolved.config.run.experiment.clone());
     let bus = esper_runtime::RunBus::start(&resolved, "tolaria").unwrap();
 
     // The controller's consumer group exists before training starts.
@@ -35,12 +36,7 @@ fn an_epoch_state_packet_reaches_a_controller_over_oona() {
         .unwrap();
 
     let report = trainer.run_epoch().unwrap();
-    let identity = tolaria::packet::RunIdentity {
-        run_id: resolved.run_id.clone(),
-        experiment: "bus-flow".into(),
-    };
-    let packet =
-        tolaria::packet::state_packet(&trainer, &report, &identity, resolved.config.tolaria.device);
+    let packet = tolaria::packet::state_packet(&trainer, &report);
     assert!(matches!(
         bus.publish_state(&packet).unwrap(),
         oona::Published::Stored { .. }

@@ -188,6 +188,7 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
     let budgets = &resolved.config.leyline.budgets.performance;
     let mut trainer = tolaria::Trainer::new(config.clone(), seed, &resolved.run_id)
         .context("setting up training")?
+        .with_experiment(resolved.config.run.experiment.clone())
         .with_rollback_deadlines(
             Duration::from_secs_f64(budgets.fast_rollback_ms / 1e3),
             Duration::from_secs_f64(budgets.full_rollback_ms / 1e3),
@@ -230,10 +231,6 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         );
     }
     let bus = esper_runtime::RunBus::start(resolved, "tolaria").context("connecting to Oona")?;
-    let identity = tolaria::packet::RunIdentity {
-        run_id: resolved.run_id.clone(),
-        experiment: resolved.config.run.experiment.clone(),
-    };
     let mut last = None;
     println!("esper train: writing {}", log.dir().display());
     while trainer.epoch() < config.epochs && trainer.stop_requested().is_none() {
@@ -279,7 +276,7 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
             r.train_images_per_second,
             r.seconds
         );
-        let packet = tolaria::packet::state_packet(&trainer, &r, &identity, config.device);
+        let packet = tolaria::packet::state_packet(&trainer, &r);
         if let oona::Published::Shed { stream, reason } = bus
             .publish_state(&packet)
             .context("publishing the state packet")?

@@ -65,6 +65,15 @@ impl AlphaRamp {
         self.steps
     }
 
+    /// The wire kind of the ramp's shape.
+    pub fn kind(&self) -> AlphaScheduleKind {
+        match self.shape {
+            RampShape::Linear => AlphaScheduleKind::Linear,
+            RampShape::Cosine => AlphaScheduleKind::Cosine,
+            RampShape::Sigmoid { .. } => AlphaScheduleKind::Sigmoid,
+        }
+    }
+
     /// α after `step` steps of blending: 0 at step 0, 1 from step `steps` on,
     /// non-decreasing in between.
     pub fn alpha(&self, step: u64) -> f64 {

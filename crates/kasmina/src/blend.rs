@@ -46,6 +46,16 @@ pub enum Blend {
 }
 
 impl Blend {
+    /// The wire mode.
+    pub fn mode(&self) -> BlendMode {
+        match self {
+            Blend::Convex => BlendMode::Convex,
+            Blend::Residual => BlendMode::Residual,
+            Blend::Channel(_) => BlendMode::Channel,
+            Blend::Confidence(_) => BlendMode::Confidence,
+        }
+    }
+
     /// Parses the wire form for a slot with `channels` channels (features for a
     /// dense slot). Every problem is an error; nothing is defaulted.
     pub fn from_wire(config: &BlendConfig, channels: usize) -> Result<Self> {

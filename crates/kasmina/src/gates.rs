@@ -111,6 +111,11 @@ impl Evidence {
         }
     }
 
+    /// The most recent step's evidence.
+    pub fn latest(&self) -> Option<&StepEvidence> {
+        self.steps.back()
+    }
+
     fn full(&self) -> bool {
         self.steps.len() >= self.window
     }

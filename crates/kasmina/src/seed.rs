@@ -135,6 +135,11 @@ impl Seed {
         }
     }
 
+    /// Optimizer steps taken while BLENDING, and the ramp.
+    pub fn ramp(&self) -> (u64, AlphaRamp) {
+        (self.blend_steps, self.ramp)
+    }
+
     /// Whether the ramp has reached 1.
     pub fn ramp_complete(&self) -> bool {
         self.blend_steps >= u64::from(self.ramp.steps())

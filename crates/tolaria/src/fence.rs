@@ -31,6 +31,10 @@ pub struct FenceContext<'a> {
     pub last_loss: f64,
     /// Validation accuracy, at epoch-end fences.
     pub validation_accuracy: Option<f64>,
+    /// The state packet of this fence: every slot and seed, the loss since
+    /// the last fence, validation metrics at epoch ends; its `generation`
+    /// is the one commands decided on it must carry.
+    pub state: &'a leyline::v1::SystemStatePacket,
     /// The host, for its slots and parameters.
     pub host: &'a dyn Host,
     /// When the hook must have returned.

@@ -408,5 +408,7 @@ impl Kasmina {
     }
 }
 
+mod state;
+
 #[cfg(test)]
 mod tests;

@@ -45,6 +45,8 @@ pub enum Progress {
 pub struct Lifecycle {
     config: GateConfig,
     evidence: BTreeMap<String, Evidence>,
+    /// Step and epoch each slot's seed germinated at (its age).
+    born: BTreeMap<String, (u64, u64)>,
     events: Vec<LifecycleEvent>,
     gates_passed: u64,
     gates_failed: u64,
@@ -63,10 +65,16 @@ impl Lifecycle {
         Self {
             config,
             evidence: BTreeMap::new(),
+            born: BTreeMap::new(),
             events: Vec::new(),
             gates_passed: 0,
             gates_failed: 0,
         }
+    }
+
+    /// The step and epoch the seed in `slot_id` germinated at.
+    pub fn born(&self, slot_id: &str) -> Option<(u64, u64)> {
+        self.born.get(slot_id).copied()
     }
 
     /// The thresholds in use.
@@ -177,6 +185,7 @@ impl Lifecycle {
         slots.place(seed, epoch)?;
         self.evidence
             .insert(slot_id.clone(), Evidence::new(self.config.window));
+        self.born.insert(slot_id.clone(), (step, epoch));
         self.events
             .push(LifecycleEvent::Transition(StageTransition {
                 seed_id,
@@ -269,6 +278,7 @@ impl Lifecycle {
             });
         }
         self.evidence.remove(slot_id);
+        self.born.remove(slot_id);
         self.events
             .push(LifecycleEvent::Transition(StageTransition {
                 seed_id: seed.id().to_string(),

@@ -124,6 +124,11 @@ pub struct Trainer {
     seeds: Option<seeds::SeedControl>,
     teacher: Option<distill::Teacher>,
     run_id: String,
+    experiment: String,
+    /// Fences reached so far: the controller generation each state packet opens.
+    generation: u64,
+    /// Loss sum and steps since the last fence.
+    since_fence: (f64, u64),
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -142,6 +147,7 @@ mod distill;
 mod helpers;
 mod recovery;
 mod seeds;
+mod state;
 
 pub use seeds::SeedSummary;
 
@@ -278,6 +284,9 @@ impl Trainer {
             seeds: None,
             teacher: None,
             run_id: run_id.to_owned(),
+            experiment: "default".to_owned(),
+            generation: 0,
+            since_fence: (0.0, 0),
         })
     }
 
@@ -440,6 +449,8 @@ impl Trainer {
             self.seeds_after_step(host_grad_norm)?;
             last_loss = f64::from(value);
             loss_sum += last_loss;
+            self.since_fence.0 += last_loss;
+            self.since_fence.1 += 1;
             batches += 1;
             correct += count_correct(&logits, &batch.labels)?;
             seen += batch.labels.dims1()?;
@@ -469,7 +480,7 @@ impl Trainer {
             self.at_fence(
                 FenceKind::EpochEnd,
                 last_loss,
-                Some(validation.accuracy),
+                Some(&validation),
                 &mut fences,
             )?;
         }
@@ -526,20 +537,31 @@ impl Trainer {
         &mut self,
         kind: FenceKind,
         last_loss: f64,
-        validation_accuracy: Option<f64>,
+        validation: Option<&Validation>,
         stats: &mut FenceStats,
     ) -> Result<()> {
         stats.fences += 1;
+        let (loss_sum, steps) = std::mem::take(&mut self.since_fence);
+        if self.fence.hook.is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.generation += 1;
+        let state = self.assemble_state(state::Measured {
+            validation,
+            training_loss: (steps > 0).then(|| loss_sum / steps as f64),
+            metrics: [("fence_steps".to_owned(), steps as f64)].into(),
+        });
         let Some(hook) = self.fence.hook.as_mut() else {
             return Ok(());
         };
-        let started = Instant::now();
         let context = FenceContext {
             kind,
             epoch: self.epoch,
             global_step: self.global_step,
             last_loss,
-            validation_accuracy,
+            validation_accuracy: validation.map(|v| v.accuracy),
+            state: &state,
             host: self.host.as_ref(),
             deadline: started + self.fence.deadline,
         };

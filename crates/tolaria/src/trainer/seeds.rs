@@ -59,7 +59,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn seed_group(seed_id: &str) -> String {
+pub(super) fn seed_group(seed_id: &str) -> String {
     format!("seed/{seed_id}")
 }
 
