@@ -30,15 +30,17 @@
 //!
 //! Tolaria's `Trainer::with_kasmina` runs a host through all of this.
 //!
-//! **Status (issue #7):** per-seed telemetry packets (α summary, gradient
-//! share) and the benchmarks are not built yet; `esper train` grows nothing
-//! until Tamiyo (issue #8) decides.
+//! * [`Config`]: the `[kasmina]` section (gates, dwell, isolation).
+//!
+//! **Status (issue #7):** a resumed run does not yet restore seeds (their
+//! lifecycle state is not checkpointed); G2 does not yet check step latency.
 
 #![deny(missing_docs)]
 
 pub mod alpha;
 pub mod blend;
 pub mod breaker;
+pub mod config;
 pub mod distill;
 mod engine;
 mod error;
@@ -53,6 +55,7 @@ mod seed;
 mod slots;
 pub mod telemetry;
 
+pub use config::Config;
 pub use engine::{CommandOutcome, Kasmina, KernelSource, LibrarySource};
 pub use error::{Error, Result};
 pub use host::{DormantSlots, Host, NamedParameter, SlotRunner, SlotSpec};

@@ -1,6 +1,12 @@
-//! The crate's error type.
+//! The crate's error type. Step failures (deadline, cancellation, invalid
+//! input, no candidates, a lost worker) are typed errors, never a synthetic
+//! decision; [`Error::event`] turns one into the CRITICAL telemetry event the
+//! caller publishes.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use leyline::v1::{TelemetryEvent, TelemetryLevel};
 
 /// Result with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
@@ -34,4 +40,93 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The state packet failed Leyline validation.
+    #[error("state packet {packet_id} is invalid: {detail}")]
+    InvalidPacket {
+        /// The packet.
+        packet_id: String,
+        /// Every violation.
+        detail: String,
+    },
+    /// A required input is missing from the packet.
+    #[error("state packet {packet_id} lacks required {name}")]
+    MissingMetric {
+        /// The missing field.
+        name: &'static str,
+        /// The packet.
+        packet_id: String,
+    },
+    /// The step missed its deadline; any late result is discarded.
+    #[error("step missed its {deadline:?} deadline in {stage}")]
+    DeadlineExceeded {
+        /// The deadline.
+        deadline: Duration,
+        /// Where the step was when it ran out.
+        stage: &'static str,
+    },
+    /// The step was cancelled at a stage boundary.
+    #[error("cancelled before {stage}")]
+    Cancelled {
+        /// Where.
+        stage: &'static str,
+    },
+    /// The policy wanted to act but nothing is eligible.
+    #[error("no eligible candidate: {detail}")]
+    NoCandidates {
+        /// Every refusal.
+        detail: String,
+    },
+    /// The blueprint catalog could not be read.
+    #[error("blueprint catalog: {0}")]
+    Catalog(String),
+    /// The policy's worker thread is gone.
+    #[error("the policy worker stopped: {0}")]
+    WorkerGone(String),
+    /// The command Tamiyo built failed Leyline validation (a bug, reported).
+    #[error("command {command_id} failed validation: {detail}")]
+    InvalidCommand {
+        /// The command.
+        command_id: String,
+        /// Every violation.
+        detail: String,
+    },
+    /// A schedule file is malformed.
+    #[error("schedule {path}: {detail}")]
+    Script {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// A stable label for counters and telemetry.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::NotImplemented { .. } => "not_implemented",
+            Error::InvalidReport { .. } => "invalid_report",
+            Error::Io { .. } => "io",
+            Error::InvalidPacket { .. } => "invalid_packet",
+            Error::MissingMetric { .. } => "missing_metric",
+            Error::DeadlineExceeded { .. } => "deadline_exceeded",
+            Error::Cancelled { .. } => "cancelled",
+            Error::NoCandidates { .. } => "no_candidates",
+            Error::Catalog(_) => "catalog",
+            Error::WorkerGone(_) => "worker_gone",
+            Error::InvalidCommand { .. } => "invalid_command",
+            Error::Script { .. } => "script",
+        }
+    }
+
+    /// The CRITICAL event that reports this error.
+    pub fn event(&self) -> TelemetryEvent {
+        leyline::telemetry::event(
+            "tamiyo_step_failed",
+            TelemetryLevel::Critical,
+            self.to_string(),
+        )
+        .attr("reason", self.label())
+        .build()
+    }
 }

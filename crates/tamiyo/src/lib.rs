@@ -1,16 +1,37 @@
 //! Tamiyo: the controller that reads training state and decides when, where and
-//! what to grow — heuristic and learned policies behind one step API, a separate
-//! risk engine, and field reports (DESIGN §6).
+//! what to grow — policies behind one step API, a separate risk engine, a
+//! blueprint metadata cache, and field reports (DESIGN §6).
 //!
-//! * [`field_reports`]: the field-report write-ahead log (length + CRC
-//!   framing, fsync, corrupt records skipped and reported, retention).
+//! * [`TamiyoService::step`]: one [`SystemStatePacket`](leyline::v1::SystemStatePacket)
+//!   in, one [`Decision`] out — an explicit WAIT or a signed
+//!   `AdaptationCommand`, with diagnostics — or a typed [`Error`] (deadline,
+//!   invalid input, no candidates), never a synthetic decision.
+//! * [`policy`]: the [`Policy`] trait; [`HeuristicPolicy`] (plateau baseline)
+//!   and [`ScriptedPolicy`] (fixed schedule).
+//! * [`risk`]: ordered veto/downgrade rules with conservative-mode hysteresis.
+//! * [`catalog`]: the blueprint metadata cache over `urza::BlueprintStore`.
+//! * [`field_reports`]: the field-report write-ahead log.
+//! * [`Config`]: the `[tamiyo]` section.
 //!
-//! **Status (issue #8):** the step API, policies, observation graph, risk
-//! engine, metadata cache and wiring are not built yet.
+//! **Status (issue #8):** the observation graph for the learned policy, field
+//! report outcomes and their publication are not built yet.
 
 #![deny(missing_docs)]
 
+pub mod catalog;
+pub mod config;
+mod decision;
 mod error;
 pub mod field_reports;
+mod observation;
+pub mod policy;
+pub mod risk;
+mod service;
 
+pub use catalog::BlueprintCache;
+pub use config::{Config, Controller};
+pub use decision::{Action, Decision, Diagnostics};
 pub use error::{Error, Result};
+pub use observation::{OPTIONAL_SIGNALS, Observation};
+pub use policy::{Cancel, HeuristicPolicy, Policy, Proposal, Proposed, ScriptedPolicy};
+pub use service::{ServiceStats, TamiyoService};

@@ -70,12 +70,13 @@ impl Kasmina {
                         .map_or(1.0, |d| d.descriptor().risk),
                     alpha: Some(AlphaState {
                         alpha: seed.alpha(),
-                        steps: blend_steps.min(u64::from(u32::MAX)) as u32,
+                        // The ramp is done at its last step; BLENDING may last longer.
+                        steps: blend_steps.min(u64::from(ramp.steps())) as u32,
                         total_steps: ramp.steps(),
                         schedule: ramp.kind() as i32,
                     }),
                     blend_mode: seed.blend().mode() as i32,
-                    blend_allowed: blend_allowed(stage),
+                    blend_allowed: stage.blend_allowed(),
                     embargo_epochs_remaining: if stage == SeedStage::Embargoed {
                         slot.embargo_until_epoch().saturating_sub(epoch) as u32
                     } else {
@@ -88,24 +89,5 @@ impl Kasmina {
                 })
             })
             .collect()
-    }
-}
-
-/// True only in BLENDING, SHADOWING, PROBATIONARY and FOSSILIZED (the
-/// contract's definition).
-fn blend_allowed(stage: SeedStage) -> bool {
-    match stage {
-        SeedStage::Blending
-        | SeedStage::Shadowing
-        | SeedStage::Probationary
-        | SeedStage::Fossilized => true,
-        SeedStage::Unknown
-        | SeedStage::Dormant
-        | SeedStage::Germinated
-        | SeedStage::Training
-        | SeedStage::Culled
-        | SeedStage::Embargoed
-        | SeedStage::Resetting
-        | SeedStage::Terminated => false,
     }
 }

@@ -1,0 +1,171 @@
+//! Kasmina's typed configuration (`[kasmina]` in the Esper config file): the
+//! gates' thresholds, the stages' minimum dwell and the isolation monitor,
+//! with documented defaults. Resolved once by `esper-runtime`; the embargo
+//! length is the shared `leyline.limits.embargo_epochs`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::breaker::BreakerConfig;
+use crate::gates::GateConfig;
+use crate::isolation::IsolationConfig;
+
+/// All of Kasmina's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Steps of evidence the G1/G2 windows hold (default 10).
+    pub window: usize,
+    /// Mean seed gradient norm below which gradients "vanish" (G1; default 1e-7).
+    pub min_grad_norm: f64,
+    /// Largest coefficient of variation of the loss over the window (G2; default 0.5).
+    pub max_loss_cv: f64,
+    /// Largest accuracy drop, points, with the seed vs α = 0 (G4; default 0.5).
+    pub regression_tolerance: f64,
+    /// Contribution, points, a seed must exceed to fossilize (G4; default 0).
+    pub min_contribution: f64,
+    /// Minimum optimizer steps in TRAINING, BLENDING, SHADOWING, PROBATIONARY
+    /// (default `[20, 40, 10, 10]`).
+    pub min_steps: [u64; 4],
+    /// Minimum epoch ends in the same four stages (default `[0, 0, 0, 1]`:
+    /// a seed is judged on at least one counterfactual validation pass).
+    pub min_epochs: [u64; 4],
+    /// Coordinates the isolation monitor samples per session (default 64).
+    pub isolation_samples: usize,
+    /// Largest relative error of the incubator invariant (default 1e-5).
+    pub isolation_max_relative_error: f64,
+    /// Smallest gradient cosine of the invariant (default 0.99999).
+    pub isolation_min_cosine: f64,
+    /// Violations in a row that open the isolation breaker (default 3).
+    pub breaker_failures: u32,
+    /// Seconds the breaker stays open before a half-open trial (default 30).
+    pub breaker_open_s: u64,
+    /// Half-open successes that close it (default 2).
+    pub breaker_successes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let breaker = BreakerConfig::default();
+        let isolation = IsolationConfig::default();
+        let gates = GateConfig::default();
+        Self {
+            window: 10,
+            min_grad_norm: gates.min_grad_norm,
+            max_loss_cv: gates.max_loss_cv,
+            regression_tolerance: gates.regression_tolerance,
+            min_contribution: gates.min_contribution,
+            min_steps: [20, 40, 10, 10],
+            min_epochs: [0, 0, 0, 1],
+            isolation_samples: isolation.samples,
+            isolation_max_relative_error: isolation.max_relative_error,
+            isolation_min_cosine: isolation.min_cosine,
+            breaker_failures: breaker.failures_to_open,
+            breaker_open_s: breaker.open_for.as_secs(),
+            breaker_successes: breaker.successes_to_close,
+        }
+    }
+}
+
+/// A bad `[kasmina]` value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("kasmina.{key}: {problem}")]
+pub struct ConfigError {
+    /// The key, relative to `[kasmina]`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Config {
+    /// Checks every value, naming the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, problem: &str| {
+            Err(ConfigError {
+                key,
+                problem: problem.to_string(),
+            })
+        };
+        if self.window == 0 {
+            return bad("window", "must be at least 1");
+        }
+        for (key, v) in [
+            ("min_grad_norm", self.min_grad_norm),
+            ("max_loss_cv", self.max_loss_cv),
+            ("regression_tolerance", self.regression_tolerance),
+            (
+                "isolation_max_relative_error",
+                self.isolation_max_relative_error,
+            ),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(key, "must be finite and >= 0");
+            }
+        }
+        if !self.min_contribution.is_finite() {
+            return bad("min_contribution", "must be finite");
+        }
+        if !(self.isolation_min_cosine > 0.0 && self.isolation_min_cosine <= 1.0) {
+            return bad("isolation_min_cosine", "must be in (0, 1]");
+        }
+        if self.isolation_samples == 0 {
+            return bad("isolation_samples", "must be at least 1");
+        }
+        if self.breaker_failures == 0 || self.breaker_successes == 0 {
+            return bad("breaker_failures", "breaker counts must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The gates, with the shared embargo length.
+    pub fn gates(&self, embargo_epochs: u64) -> GateConfig {
+        GateConfig {
+            window: self.window,
+            min_grad_norm: self.min_grad_norm,
+            max_loss_cv: self.max_loss_cv,
+            regression_tolerance: self.regression_tolerance,
+            min_contribution: self.min_contribution,
+            min_steps: self.min_steps,
+            min_epochs: self.min_epochs,
+            embargo_epochs,
+        }
+    }
+
+    /// The isolation monitor, its sampler seeded with `seed`.
+    pub fn isolation(&self, seed: u64) -> IsolationConfig {
+        IsolationConfig {
+            samples: self.isolation_samples,
+            max_relative_error: self.isolation_max_relative_error,
+            min_cosine: self.isolation_min_cosine,
+            breaker: BreakerConfig {
+                failures_to_open: self.breaker_failures,
+                open_for: Duration::from_secs(self.breaker_open_s),
+                successes_to_close: self.breaker_successes,
+            },
+            seed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let c = Config {
+            window: 0,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().map_err(|e| e.key), Err("window"));
+        let c = Config {
+            isolation_min_cosine: 1.5,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().map_err(|e| e.key), Err("isolation_min_cosine"));
+        let g = Config::default().gates(7);
+        assert_eq!((g.embargo_epochs, g.window), (7, 10));
+    }
+}

@@ -1,0 +1,233 @@
+//! Tamiyo's typed configuration (`[tamiyo]` in the Esper config file), with
+//! documented defaults; resolved once by `esper-runtime` and injected, never
+//! changed afterwards (the service keeps it behind an `Arc`). The step
+//! deadline is the shared `leyline.budgets.performance.tamiyo_step_deadline_ms`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Which controller drives a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Controller {
+    /// [`crate::HeuristicPolicy`]: plateau rule, cull on no improvement.
+    Heuristic,
+    /// [`crate::ScriptedPolicy`]: a fixed schedule from `tamiyo.script`.
+    Script,
+    /// No controller: the host never grows (a control cohort).
+    Off,
+}
+
+/// All of Tamiyo's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `heuristic` (default), `script` or `off`.
+    pub controller: Controller,
+    /// The schedule file of the `script` controller (TOML, see
+    /// [`crate::ScriptedPolicy`]).
+    pub script: Option<PathBuf>,
+    /// Milliseconds from a command's issue to its deadline (default 10 000).
+    pub command_ttl_ms: u64,
+    /// Milliseconds the blueprint metadata cache trusts a catalog listing
+    /// (default 60 000); a `KernelCatalogUpdate` invalidates it at once.
+    pub catalog_ttl_ms: u64,
+    /// The heuristic policy's thresholds.
+    pub heuristic: HeuristicConfig,
+    /// The risk engine's rules.
+    pub risk: RiskConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            controller: Controller::Heuristic,
+            script: None,
+            command_ttl_ms: 10_000,
+            catalog_ttl_ms: 60_000,
+            heuristic: HeuristicConfig::default(),
+            risk: RiskConfig::default(),
+        }
+    }
+}
+
+/// The heuristic policy's thresholds (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeuristicConfig {
+    /// E0: no germination before this epoch has ended (default 1).
+    pub min_epoch: u32,
+    /// P: epochs the plateau must last (default 1).
+    pub plateau_epochs: u32,
+    /// Relative validation-loss decrease per epoch below which learning has
+    /// plateaued (default 0.3: less than 30 % better than the epoch before).
+    pub plateau_min_improvement: f64,
+    /// Seeds alive in the model at once, fossilized ones included (default 2).
+    pub max_seeds: u32,
+    /// Largest parameter count of one seed (default 50 000).
+    pub seed_parameter_budget: u64,
+    /// K: a seed is culled when validation accuracy has not improved on its
+    /// germination-time value after this many epochs (default 3).
+    pub cull_after_epochs: u32,
+    /// D: a seed whose counterfactual contribution is below −D points is
+    /// culled at once (default 2.0).
+    pub cull_drop_points: f64,
+    /// Convolutional blueprints in order of preference (default
+    /// `conv.residual`, `conv.light`, `conv.depthwise`).
+    pub conv_blueprints: Vec<String>,
+    /// Dense blueprints in order of preference (default `dense.mlp_small`,
+    /// `dense.low_rank`).
+    pub dense_blueprints: Vec<String>,
+    /// Optimizer steps of a new seed's linear α ramp (default 40).
+    pub alpha_steps: u32,
+}
+
+impl Default for HeuristicConfig {
+    fn default() -> Self {
+        Self {
+            min_epoch: 1,
+            plateau_epochs: 1,
+            plateau_min_improvement: 0.3,
+            max_seeds: 2,
+            seed_parameter_budget: 50_000,
+            cull_after_epochs: 3,
+            cull_drop_points: 2.0,
+            conv_blueprints: vec![
+                "conv.residual".into(),
+                "conv.light".into(),
+                "conv.depthwise".into(),
+            ],
+            dense_blueprints: vec!["dense.mlp_small".into(), "dense.low_rank".into()],
+            alpha_steps: 40,
+        }
+    }
+}
+
+/// The risk engine's rules (checked in this order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskConfig {
+    /// A training loss above this multiple of its moving average is a spike
+    /// (default 3.0).
+    pub loss_spike_ratio: f64,
+    /// Mean step time above this multiple of its moving average is a latency
+    /// spike (default 3.0).
+    pub latency_spike_ratio: f64,
+    /// Smoothing of both moving averages (default 0.2).
+    pub ewma_alpha: f64,
+    /// Isolation violations tolerated across live seeds (default 0).
+    pub max_isolation_violations: u64,
+    /// Highest blueprint risk a germination may carry (default 0.5).
+    pub max_blueprint_risk: f64,
+    /// Lowest fraction of the device's memory still available for a
+    /// germination to go ahead (default 0.1).
+    pub min_free_memory_fraction: f64,
+    /// Highest device utilization, percent (default 98).
+    pub max_utilization_percent: f64,
+    /// Lowest input coverage (optional signals present) a command may be
+    /// decided on (default 0.5).
+    pub min_coverage: f64,
+    /// Fences conservative mode lasts at least (default 2).
+    pub cool_down_fences: u32,
+    /// Healthy fences in a row, after the cool-down, that end it (default 3).
+    pub healthy_fences: u32,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            loss_spike_ratio: 3.0,
+            latency_spike_ratio: 3.0,
+            ewma_alpha: 0.2,
+            max_isolation_violations: 0,
+            max_blueprint_risk: 0.5,
+            min_free_memory_fraction: 0.1,
+            max_utilization_percent: 98.0,
+            min_coverage: 0.5,
+            cool_down_fences: 2,
+            healthy_fences: 3,
+        }
+    }
+}
+
+/// A bad `[tamiyo]` value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("tamiyo.{key}: {problem}")]
+pub struct ConfigError {
+    /// The key, relative to `[tamiyo]`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Config {
+    /// Checks every value, naming the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, problem: &str| {
+            Err(ConfigError {
+                key,
+                problem: problem.to_string(),
+            })
+        };
+        if self.controller == Controller::Script && self.script.is_none() {
+            return bad("script", "controller = \"script\" needs a schedule file");
+        }
+        if self.command_ttl_ms == 0 {
+            return bad("command_ttl_ms", "must be at least 1");
+        }
+        let h = &self.heuristic;
+        if !(h.plateau_min_improvement.is_finite() && h.plateau_min_improvement >= 0.0) {
+            return bad(
+                "heuristic.plateau_min_improvement",
+                "must be finite and >= 0",
+            );
+        }
+        if h.plateau_epochs == 0 {
+            return bad("heuristic.plateau_epochs", "must be at least 1");
+        }
+        if h.cull_after_epochs == 0 {
+            return bad("heuristic.cull_after_epochs", "must be at least 1");
+        }
+        if !(h.cull_drop_points.is_finite() && h.cull_drop_points >= 0.0) {
+            return bad("heuristic.cull_drop_points", "must be finite and >= 0");
+        }
+        if h.alpha_steps == 0 {
+            return bad("heuristic.alpha_steps", "must be at least 1");
+        }
+        for (key, list) in [
+            ("heuristic.conv_blueprints", &h.conv_blueprints),
+            ("heuristic.dense_blueprints", &h.dense_blueprints),
+        ] {
+            if let Some(unknown) = list.iter().find(|id| urza::definition(id).is_none()) {
+                return bad(key, &format!("unknown blueprint {unknown:?}"));
+            }
+        }
+        let r = &self.risk;
+        for (key, v) in [
+            ("risk.loss_spike_ratio", r.loss_spike_ratio),
+            ("risk.latency_spike_ratio", r.latency_spike_ratio),
+        ] {
+            if !(v.is_finite() && v > 1.0) {
+                return bad(key, "must be finite and > 1");
+            }
+        }
+        for (key, v) in [
+            ("risk.ewma_alpha", r.ewma_alpha),
+            ("risk.max_blueprint_risk", r.max_blueprint_risk),
+            ("risk.min_free_memory_fraction", r.min_free_memory_fraction),
+            ("risk.min_coverage", r.min_coverage),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(key, "must be in [0, 1]");
+            }
+        }
+        if r.ewma_alpha == 0.0 {
+            return bad("risk.ewma_alpha", "must be > 0");
+        }
+        if !(r.max_utilization_percent > 0.0 && r.max_utilization_percent <= 100.0) {
+            return bad("risk.max_utilization_percent", "must be in (0, 100]");
+        }
+        Ok(())
+    }
+}

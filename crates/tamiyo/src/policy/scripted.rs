@@ -1,0 +1,214 @@
+//! A fixed schedule read from a TOML file: for control cohorts (the same
+//! growth on every run) and for driving Kasmina's lifecycle by hand.
+//!
+//! ```toml
+//! [[action]]
+//! at_step = 5                  # the first fence at or after this global step
+//! op = "germinate"             # germinate | cull | fossilize
+//! slot = "r0"
+//! blueprint = "conv.residual"
+//! parameters = { depth = 1, expansion = 4 }   # default: the blueprint's
+//! seed = "seed-r0"             # default: seed-<slot>-s<step>
+//! alpha_steps = 40             # default 40
+//! blend = "convex"             # convex (default) | residual
+//!
+//! [[action]]
+//! at_epoch = 4                 # the epoch-end fence of epoch 4
+//! op = "cull"
+//! seed = "seed-r0"
+//! ```
+//!
+//! One action per step, in schedule order; an action whose moment has come
+//! waits for the next step if another one went first. Every problem in the
+//! file is an error at load, naming the action.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use leyline::v1::{BlendMode, CatalogEntry};
+use serde::Deserialize;
+use urza::Parameters;
+
+use super::{Cancel, Policy, Proposal, Proposed};
+use crate::error::{Error, Result};
+use crate::observation::Observation;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    action: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    Germinate,
+    Cull,
+    Fossilize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Blend {
+    Convex,
+    Residual,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Action {
+    at_step: Option<u64>,
+    at_epoch: Option<u32>,
+    op: Op,
+    slot: Option<String>,
+    blueprint: Option<String>,
+    #[serde(default)]
+    parameters: Parameters,
+    seed: Option<String>,
+    alpha_steps: Option<u32>,
+    blend: Option<Blend>,
+}
+
+/// A fixed schedule.
+#[derive(Debug, Clone)]
+pub struct ScriptedPolicy {
+    pending: VecDeque<Action>,
+}
+
+impl ScriptedPolicy {
+    /// Reads and checks a schedule file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            context: "reading the schedule",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|detail| Error::Script {
+            path: path.display().to_string(),
+            detail,
+        })
+    }
+
+    /// Parses a schedule (errors name the action, from 1).
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (i, a) in file.action.iter().enumerate() {
+            let n = i + 1;
+            if a.at_step.is_some() == a.at_epoch.is_some() {
+                return Err(format!(
+                    "action {n}: give exactly one of at_step and at_epoch"
+                ));
+            }
+            match a.op {
+                Op::Germinate => {
+                    let (Some(slot), Some(blueprint)) = (&a.slot, &a.blueprint) else {
+                        return Err(format!("action {n}: germinate needs slot and blueprint"));
+                    };
+                    if slot.trim().is_empty() {
+                        return Err(format!("action {n}: empty slot"));
+                    }
+                    let Some(def) = urza::definition(blueprint) else {
+                        return Err(format!("action {n}: unknown blueprint {blueprint:?}"));
+                    };
+                    if let Some(unknown) = a
+                        .parameters
+                        .keys()
+                        .find(|k| !def.params.iter().any(|p| p.name == k.as_str()))
+                    {
+                        return Err(format!(
+                            "action {n}: {blueprint} has no parameter {unknown:?}"
+                        ));
+                    }
+                    if a.alpha_steps == Some(0) {
+                        return Err(format!("action {n}: alpha_steps must be at least 1"));
+                    }
+                }
+                Op::Cull | Op::Fossilize => {
+                    if a.seed.is_none() {
+                        return Err(format!("action {n}: cull and fossilize need a seed"));
+                    }
+                    if a.slot.is_some() || a.blueprint.is_some() || !a.parameters.is_empty() {
+                        return Err(format!("action {n}: cull and fossilize take only a seed"));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            pending: file.action.into(),
+        })
+    }
+
+    /// Actions not yet issued.
+    pub fn remaining(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+impl Policy for ScriptedPolicy {
+    fn name(&self) -> &'static str {
+        "script"
+    }
+
+    fn decide(
+        &mut self,
+        observation: &Observation<'_>,
+        _catalog: &[CatalogEntry],
+        cancel: &Cancel,
+    ) -> Result<Proposed> {
+        cancel.check("script")?;
+        let p = observation.packet;
+        let due = |a: &Action| match (a.at_step, a.at_epoch) {
+            (Some(step), _) => p.global_step >= step,
+            (None, Some(epoch)) => observation.epoch_end() && p.current_epoch >= epoch,
+            (None, None) => false,
+        };
+        let Some(index) = self.pending.iter().position(due) else {
+            return Ok(Proposed::wait(
+                "script_nothing_due",
+                format!("{} action(s) scheduled later", self.pending.len()),
+            ));
+        };
+        let Some(a) = self.pending.remove(index) else {
+            return Ok(Proposed::wait("script_nothing_due", "schedule empty"));
+        };
+        let when = match (a.at_step, a.at_epoch) {
+            (Some(s), _) => format!("step {s}"),
+            (None, Some(e)) => format!("epoch {e}"),
+            (None, None) => String::new(),
+        };
+        let proposal = match a.op {
+            Op::Germinate => {
+                let slot = a.slot.unwrap_or_default();
+                let blueprint = a.blueprint.unwrap_or_default();
+                let mut parameters = urza::definition(&blueprint)
+                    .map(|d| d.default_parameters())
+                    .unwrap_or_default();
+                parameters.extend(a.parameters);
+                Proposal::Germinate {
+                    seed_id: a
+                        .seed
+                        .unwrap_or_else(|| format!("seed-{slot}-s{}", p.global_step)),
+                    slot_id: slot,
+                    blueprint_id: blueprint,
+                    parameters,
+                    alpha_steps: a.alpha_steps.unwrap_or(40),
+                    blend: match a.blend.unwrap_or(Blend::Convex) {
+                        Blend::Convex => BlendMode::Convex,
+                        Blend::Residual => BlendMode::Residual,
+                    },
+                }
+            }
+            Op::Cull => Proposal::Cull {
+                seed_id: a.seed.unwrap_or_default(),
+            },
+            Op::Fossilize => Proposal::Fossilize {
+                seed_id: a.seed.unwrap_or_default(),
+            },
+        };
+        Ok(Proposed {
+            proposal,
+            rule: "script",
+            detail: format!("scheduled at {when}"),
+        })
+    }
+}

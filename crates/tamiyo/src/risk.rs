@@ -1,0 +1,302 @@
+//! The risk engine: ordered rules, separate from the policy and from
+//! telemetry, that veto or downgrade a proposal; conservative mode with
+//! hysteresis.
+//!
+//! | # | rule | fires when | effect |
+//! |---|---|---|---|
+//! | 1 | `degraded_coverage` | fewer optional inputs than `min_coverage` | veto all but CULL |
+//! | 2 | `loss_spike` | training loss > ratio × its moving average | hazard |
+//! | 3 | `latency_spike` | mean step time > ratio × its moving average | hazard |
+//! | 4 | `isolation_violations` | live seeds' violations > the limit | hazard |
+//! | 5 | `device_pressure` | free memory fraction or utilization out of bounds | hazard |
+//! | 6 | `blueprint_quarantined` | the blueprint is quarantined or unknown | veto GERMINATE |
+//! | 7 | `blueprint_risk` | the blueprint's risk above the cap | veto GERMINATE |
+//! | 8 | `blueprint_experimental` | an EXPERIMENTAL blueprint | downgrade: twice the α ramp |
+//! | 9 | `conservative_mode` | conservative mode is on | veto GERMINATE |
+//!
+//! A hazard (2–5) vetoes GERMINATE and enters conservative mode; the mode
+//! ends after `cool_down_fences` fences and then `healthy_fences` hazard-free
+//! fences in a row. CULL is never vetoed (it lowers risk); FOSSILIZE is vetoed
+//! only by low coverage.
+
+use leyline::v1::{BlueprintTier, CatalogEntry};
+
+use crate::config::RiskConfig;
+use crate::observation::Observation;
+use crate::policy::Proposal;
+
+/// What the engine concluded about one proposal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Go ahead as proposed.
+    Allow,
+    /// Go ahead in a safer form (the detail says how).
+    Downgrade(String),
+    /// Do not act.
+    Veto,
+}
+
+/// One rule that fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// The rule (stable name from the table).
+    pub rule: &'static str,
+    /// The numbers behind it.
+    pub detail: String,
+}
+
+/// The engine's judgement of one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    /// The verdict on the proposal.
+    pub verdict: Verdict,
+    /// Every rule that fired, in table order.
+    pub findings: Vec<Finding>,
+    /// The (possibly downgraded) proposal.
+    pub proposal: Proposal,
+    /// Conservative mode after this step.
+    pub conservative: bool,
+}
+
+/// The engine and its moving state.
+#[derive(Debug, Clone)]
+pub struct RiskEngine {
+    config: RiskConfig,
+    loss_ewma: Option<f64>,
+    step_ms_ewma: Option<f64>,
+    /// Fences since conservative mode was (re-)entered; `None` when off.
+    conservative_for: Option<u32>,
+    healthy_in_a_row: u32,
+}
+
+impl RiskEngine {
+    /// An engine with `config`, not conservative.
+    pub fn new(config: RiskConfig) -> Self {
+        Self {
+            config,
+            loss_ewma: None,
+            step_ms_ewma: None,
+            conservative_for: None,
+            healthy_in_a_row: 0,
+        }
+    }
+
+    /// Whether conservative mode is on.
+    pub fn conservative(&self) -> bool {
+        self.conservative_for.is_some()
+    }
+
+    /// Judges `proposal` on `obs`; `catalog` gives blueprint risk and
+    /// quarantine. Call once per step (it advances the hysteresis).
+    pub fn assess(
+        &mut self,
+        obs: &Observation<'_>,
+        proposal: Proposal,
+        catalog: &[CatalogEntry],
+    ) -> Assessment {
+        let c = &self.config;
+        let p = obs.packet;
+        let mut findings = Vec::new();
+        let mut veto_all = false;
+        if obs.coverage < c.min_coverage {
+            veto_all = true;
+            findings.push(Finding {
+                rule: "degraded_coverage",
+                detail: format!(
+                    "{:.0}% of optional inputs present (minimum {:.0}%), missing {}",
+                    100.0 * obs.coverage,
+                    100.0 * c.min_coverage,
+                    obs.missing().join(", ")
+                ),
+            });
+        }
+        let mut hazard = false;
+        if let Some(loss) = p.training_loss {
+            match self.loss_ewma {
+                Some(mean) if loss > c.loss_spike_ratio * mean => {
+                    hazard = true;
+                    findings.push(Finding {
+                        rule: "loss_spike",
+                        detail: format!(
+                            "training loss {loss:.4} > {} x {mean:.4}",
+                            c.loss_spike_ratio
+                        ),
+                    });
+                }
+                // A spike does not move the average it is judged against.
+                Some(mean) => self.loss_ewma = Some(mean + c.ewma_alpha * (loss - mean)),
+                None => self.loss_ewma = Some(loss),
+            }
+        }
+        if let Some(&ms) = p.training_metrics.get("step_ms") {
+            match self.step_ms_ewma {
+                Some(mean) if ms > c.latency_spike_ratio * mean => {
+                    hazard = true;
+                    findings.push(Finding {
+                        rule: "latency_spike",
+                        detail: format!(
+                            "step {ms:.2} ms > {} x {mean:.2} ms",
+                            c.latency_spike_ratio
+                        ),
+                    });
+                }
+                Some(mean) => self.step_ms_ewma = Some(mean + c.ewma_alpha * (ms - mean)),
+                None => self.step_ms_ewma = Some(ms),
+            }
+        }
+        let violations: f64 = obs
+            .live_seeds()
+            .filter_map(|s| s.metrics.get("isolation_violations"))
+            .sum();
+        if violations > c.max_isolation_violations as f64 {
+            hazard = true;
+            findings.push(Finding {
+                rule: "isolation_violations",
+                detail: format!(
+                    "{violations} isolation violation(s) (limit {})",
+                    c.max_isolation_violations
+                ),
+            });
+        }
+        if let Some(hw) = &p.hardware {
+            let free =
+                (hw.total_memory_gib > 0.0).then(|| hw.available_memory_gib / hw.total_memory_gib);
+            let busy = hw.utilization_percent;
+            if free.is_some_and(|f| f < c.min_free_memory_fraction)
+                || busy.is_some_and(|u| u > c.max_utilization_percent)
+            {
+                hazard = true;
+                findings.push(Finding {
+                    rule: "device_pressure",
+                    detail: format!(
+                        "free memory {} (minimum {:.0}%), utilization {} (maximum {:.0}%)",
+                        free.map_or("unknown".into(), |f| format!("{:.1}%", 100.0 * f)),
+                        100.0 * c.min_free_memory_fraction,
+                        busy.map_or("unknown".into(), |u| format!("{u:.0}%")),
+                        c.max_utilization_percent
+                    ),
+                });
+            }
+        }
+        let mut downgrade = None;
+        let mut veto_germinate = hazard;
+        if let Proposal::Germinate { blueprint_id, .. } = &proposal {
+            let entry = catalog.iter().find(|e| {
+                e.descriptor
+                    .as_ref()
+                    .is_some_and(|d| &d.blueprint_id == blueprint_id)
+            });
+            match entry.and_then(|e| e.descriptor.as_ref().map(|d| (e, d))) {
+                Some((e, _)) if e.quarantined => {
+                    veto_germinate = true;
+                    findings.push(Finding {
+                        rule: "blueprint_quarantined",
+                        detail: format!("{blueprint_id} is quarantined: {}", e.quarantine_reason),
+                    });
+                }
+                None => {
+                    veto_germinate = true;
+                    findings.push(Finding {
+                        rule: "blueprint_quarantined",
+                        detail: format!("{blueprint_id} is not in the catalog"),
+                    });
+                }
+                Some((_, d)) => {
+                    if d.risk > c.max_blueprint_risk {
+                        veto_germinate = true;
+                        findings.push(Finding {
+                            rule: "blueprint_risk",
+                            detail: format!(
+                                "{blueprint_id} risk {:.2} above {:.2}",
+                                d.risk, c.max_blueprint_risk
+                            ),
+                        });
+                    }
+                    if d.tier == BlueprintTier::Experimental as i32 {
+                        findings.push(Finding {
+                            rule: "blueprint_experimental",
+                            detail: format!("{blueprint_id} is experimental: α ramp doubled"),
+                        });
+                        downgrade = Some("alpha ramp doubled (experimental blueprint)".to_string());
+                    }
+                }
+            }
+        }
+        // Hysteresis: a hazard (re-)enters conservative mode; it ends after
+        // the cool-down and N healthy fences in a row.
+        if hazard {
+            self.conservative_for = Some(0);
+            self.healthy_in_a_row = 0;
+        } else if let Some(fences) = self.conservative_for {
+            let fences = fences + 1;
+            self.healthy_in_a_row += 1;
+            if fences >= c.cool_down_fences && self.healthy_in_a_row >= c.healthy_fences {
+                self.conservative_for = None;
+                self.healthy_in_a_row = 0;
+            } else {
+                self.conservative_for = Some(fences);
+            }
+        }
+        if self.conservative() && !hazard {
+            findings.push(Finding {
+                rule: "conservative_mode",
+                detail: format!(
+                    "conservative for {} fence(s), {} healthy in a row",
+                    self.conservative_for.unwrap_or(0),
+                    self.healthy_in_a_row
+                ),
+            });
+            veto_germinate = true;
+        }
+        let (verdict, proposal) = match proposal {
+            Proposal::Wait { reason } => (Verdict::Allow, Proposal::Wait { reason }),
+            cull @ Proposal::Cull { .. } => (Verdict::Allow, cull),
+            fossilize @ Proposal::Fossilize { .. } => (
+                if veto_all {
+                    Verdict::Veto
+                } else {
+                    Verdict::Allow
+                },
+                fossilize,
+            ),
+            Proposal::Germinate {
+                slot_id,
+                blueprint_id,
+                parameters,
+                seed_id,
+                alpha_steps,
+                blend,
+            } => {
+                let verdict = if veto_all || veto_germinate {
+                    Verdict::Veto
+                } else if let Some(how) = downgrade {
+                    Verdict::Downgrade(how)
+                } else {
+                    Verdict::Allow
+                };
+                let alpha_steps = if matches!(verdict, Verdict::Downgrade(_)) {
+                    alpha_steps.saturating_mul(2)
+                } else {
+                    alpha_steps
+                };
+                (
+                    verdict,
+                    Proposal::Germinate {
+                        slot_id,
+                        blueprint_id,
+                        parameters,
+                        seed_id,
+                        alpha_steps,
+                        blend,
+                    },
+                )
+            }
+        };
+        Assessment {
+            verdict,
+            findings,
+            proposal,
+            conservative: self.conservative(),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Every risk rule, table-tested, and conservative mode's hysteresis.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{catalog, packet, with_seed};
+use leyline::v1::{BlendMode, SeedStage, SystemStatePacket};
+use leyline::validate::Validator;
+use tamiyo::config::RiskConfig;
+use tamiyo::risk::{RiskEngine, Verdict};
+use tamiyo::{Observation, Proposal};
+
+fn germinate(blueprint: &str) -> Proposal {
+    Proposal::Germinate {
+        slot_id: "r0".into(),
+        blueprint_id: blueprint.into(),
+        parameters: Default::default(),
+        seed_id: "s".into(),
+        alpha_steps: 40,
+        blend: BlendMode::Convex,
+    }
+}
+
+fn assess(
+    engine: &mut RiskEngine,
+    p: &SystemStatePacket,
+    proposal: Proposal,
+) -> tamiyo::risk::Assessment {
+    let validator = Validator::new(&leyline::LimitsConfig::default());
+    engine.assess(
+        &Observation::new(p, &validator).unwrap(),
+        proposal,
+        &catalog(),
+    )
+}
+
+fn rules(a: &tamiyo::risk::Assessment) -> Vec<&'static str> {
+    a.findings.iter().map(|f| f.rule).collect()
+}
+
+#[test]
+fn each_rule_fires_on_its_condition_alone() {
+    type Mutate = fn(&mut SystemStatePacket);
+    let cases: [(&str, Mutate, &str, Verdict); 7] = [
+        ("healthy", |_| {}, "conv.residual", Verdict::Allow),
+        (
+            "coverage",
+            |p| {
+                p.training_loss = None;
+                p.training_metrics.clear();
+                p.hardware.as_mut().unwrap().total_memory_gib = 0.0;
+            },
+            "conv.residual",
+            Verdict::Veto,
+        ),
+        (
+            "isolation",
+            |p| {
+                let mut q = with_seed(p.clone(), "r1", "x", SeedStage::Training, 0, None);
+                q.seed_states[0]
+                    .metrics
+                    .insert("isolation_violations".into(), 2.0);
+                *p = q;
+            },
+            "conv.residual",
+            Verdict::Veto,
+        ),
+        (
+            "memory",
+            |p| p.hardware.as_mut().unwrap().available_memory_gib = 0.5,
+            "conv.residual",
+            Verdict::Veto,
+        ),
+        (
+            "utilization",
+            |p| p.hardware.as_mut().unwrap().utilization_percent = Some(99.5),
+            "conv.residual",
+            Verdict::Veto,
+        ),
+        (
+            "risky blueprint",
+            |_| {},
+            "conv.spatial_attention",
+            Verdict::Veto,
+        ),
+        (
+            "experimental blueprint",
+            |_| {},
+            "conv.heavy",
+            Verdict::Downgrade("alpha ramp doubled (experimental blueprint)".into()),
+        ),
+    ];
+    let expected_rule = [
+        None,
+        Some("degraded_coverage"),
+        Some("isolation_violations"),
+        Some("device_pressure"),
+        Some("device_pressure"),
+        Some("blueprint_risk"),
+        Some("blueprint_experimental"),
+    ];
+    for ((name, mutate, blueprint, verdict), rule) in cases.into_iter().zip(expected_rule) {
+        let mut engine = RiskEngine::new(RiskConfig::default());
+        let mut p = packet(2, 100, None);
+        mutate(&mut p);
+        let a = assess(&mut engine, &p, germinate(blueprint));
+        assert_eq!(a.verdict, verdict, "{name}: {:?}", a.findings);
+        match rule {
+            None => assert!(a.findings.is_empty(), "{name}: {:?}", a.findings),
+            Some(rule) => assert!(rules(&a).contains(&rule), "{name}: {:?}", a.findings),
+        }
+    }
+    // The downgrade doubles the ramp.
+    let a = assess(
+        &mut RiskEngine::new(RiskConfig::default()),
+        &packet(2, 100, None),
+        germinate("conv.heavy"),
+    );
+    assert!(matches!(
+        a.proposal,
+        Proposal::Germinate {
+            alpha_steps: 80,
+            ..
+        }
+    ));
+    // An unknown or quarantined blueprint is vetoed.
+    let a = assess(
+        &mut RiskEngine::new(RiskConfig::default()),
+        &packet(2, 100, None),
+        germinate("conv.nonexistent"),
+    );
+    assert_eq!(
+        (a.verdict.clone(), rules(&a)),
+        (Verdict::Veto, vec!["blueprint_quarantined"])
+    );
+}
+
+#[test]
+fn spikes_are_judged_against_moving_averages_and_culls_are_never_vetoed() {
+    let mut engine = RiskEngine::new(RiskConfig::default());
+    let calm = packet(2, 100, None);
+    for _ in 0..5 {
+        assert_eq!(
+            assess(&mut engine, &calm, germinate("conv.residual")).verdict,
+            Verdict::Allow
+        );
+    }
+    let mut spike = calm.clone();
+    spike.training_loss = Some(10.0);
+    let a = assess(&mut engine, &spike, germinate("conv.residual"));
+    assert_eq!(
+        (a.verdict.clone(), rules(&a)),
+        (Verdict::Veto, vec!["loss_spike"])
+    );
+    let a = assess(
+        &mut engine,
+        &spike,
+        Proposal::Cull {
+            seed_id: "s".into(),
+        },
+    );
+    assert_eq!(a.verdict, Verdict::Allow);
+
+    let mut engine = RiskEngine::new(RiskConfig::default());
+    assess(&mut engine, &calm, germinate("conv.residual"));
+    let mut slow = calm.clone();
+    slow.training_metrics.insert("step_ms".into(), 45.0);
+    let a = assess(&mut engine, &slow, germinate("conv.residual"));
+    assert_eq!(
+        (a.verdict.clone(), rules(&a)),
+        (Verdict::Veto, vec!["latency_spike"])
+    );
+}
+
+#[test]
+fn conservative_mode_needs_a_cool_down_and_healthy_fences_to_end() {
+    let config = RiskConfig {
+        cool_down_fences: 2,
+        healthy_fences: 3,
+        ..RiskConfig::default()
+    };
+    let mut engine = RiskEngine::new(config);
+    let calm = packet(2, 100, None);
+    let mut hot = calm.clone();
+    hot.hardware.as_mut().unwrap().available_memory_gib = 0.1;
+    assess(&mut engine, &calm, germinate("conv.residual"));
+    let a = assess(&mut engine, &hot, germinate("conv.residual"));
+    assert!(a.conservative);
+    // Two healthy fences: still conservative, germination vetoed.
+    for _ in 0..2 {
+        let a = assess(&mut engine, &calm, germinate("conv.residual"));
+        assert!(a.conservative);
+        assert_eq!(
+            (a.verdict.clone(), rules(&a)),
+            (Verdict::Veto, vec!["conservative_mode"])
+        );
+    }
+    // A hazard on the way restarts the count.
+    assess(&mut engine, &hot, germinate("conv.residual"));
+    for _ in 0..2 {
+        assert!(assess(&mut engine, &calm, germinate("conv.residual")).conservative);
+    }
+    // The third healthy fence in a row (cool-down long past) ends it.
+    let a = assess(&mut engine, &calm, germinate("conv.residual"));
+    assert!(!a.conservative);
+    assert_eq!(a.verdict, Verdict::Allow);
+}
