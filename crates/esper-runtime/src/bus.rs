@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use leyline::v1::{
     EmergencySignal, MessagePriority, MetricPoint, SystemStatePacket, TelemetryEvent,
+    TelemetryPacket,
 };
 use oona::{AnyBus, EmitterHandle, EmitterStats, Identity, Oona, Published, StatsSnapshot};
 use tokio::runtime::Runtime;
@@ -95,6 +96,23 @@ impl RunBus {
     /// Publishes an emergency signal on the emergency stream (never shed).
     pub fn publish_signal(&self, signal: EmergencySignal) -> Result<oona::EntryId> {
         Ok(self.runtime.block_on(self.oona.publish_signal(signal))?)
+    }
+
+    /// Publishes Kasmina's per-step seed packets in one batch (LOW priority:
+    /// shed first under backpressure, which the results say).
+    pub fn publish_telemetry(&self, packets: &[TelemetryPacket]) -> Result<Vec<Published>> {
+        if packets.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .runtime
+            .block_on(self.oona.publish_batch(packets, MessagePriority::Low))?)
+    }
+
+    /// A handle on the bus runtime, for components that run futures from
+    /// their own threads (Tamiyo's metadata cache).
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.runtime.handle().clone()
     }
 
     /// Queues a telemetry event (never blocks).

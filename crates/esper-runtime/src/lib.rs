@@ -5,16 +5,18 @@
 //! with the key named), hands each crate its typed section, and provides the
 //! `esper` command-line program. Nothing below it reads the environment.
 //!
-//! Today the program resolves configuration, runs the contract self-check
-//! ([`selfcheck`]) and trains a reference host on the bundled MNIST subset with
-//! every slot dormant (`esper train`), publishing its state packets, telemetry
-//! and emergency signals on Oona ([`bus`]); growth, the Urza service and the
-//! other subcommands arrive with the subsystems that implement them.
+//! The program resolves configuration, runs the contract self-check
+//! ([`selfcheck`]), serves and inspects the blueprint library ([`urza_cmd`]),
+//! and trains a reference host on the bundled MNIST subset (`esper train`)
+//! while the [`control`] plane grows it — Tamiyo deciding at each fence,
+//! Kasmina applying — publishing state packets, seed telemetry and emergency
+//! signals on Oona ([`bus`]).
 
 #![deny(missing_docs)]
 
 pub mod bus;
 pub mod config;
+pub mod control;
 mod error;
 pub mod runlog;
 pub mod selfcheck;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use esper_runtime::control;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,13 +29,18 @@ enum Command {
     Check,
     /// Print the resolved configuration as TOML (secrets are never printed).
     Config,
-    /// Train the configured reference host (every slot dormant until Kasmina's
-    /// seeds arrive), reporting each epoch; writes `<run.dir>/<run id>/`.
+    /// Train the configured reference host while the controller
+    /// (`tamiyo.controller`, heuristic by default) grows it with seeds,
+    /// reporting each epoch; writes `<run.dir>/<run id>/`.
     Train {
         /// Continue run RUN_ID from its newest valid checkpoint (its directory
         /// under `run.dir` must exist).
         #[arg(long, value_name = "RUN_ID")]
         resume: Option<String>,
+        /// Drive the seeds from a schedule file instead of the configured
+        /// controller (sets tamiyo.controller = "script").
+        #[arg(long, value_name = "SEEDS_TOML")]
+        script: Option<PathBuf>,
     },
     /// The blueprint library: list, show, forge, verify, serve.
     Urza {
@@ -112,10 +118,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", resolved.config.to_toml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Train { resume } => {
+        Command::Train { resume, script } => {
             let mut resolved = resolved;
             if let Some(run_id) = resume {
                 resolved.resume(&run_id).context("--resume")?;
+            }
+            if let Some(path) = script {
+                resolved.config.tamiyo.controller = tamiyo::Controller::Script;
+                resolved.config.tamiyo.script = Some(path);
             }
             train(&resolved)
         }
@@ -186,7 +196,7 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         esper_runtime::runlog::RunLog::open(resolved).context("opening the run directory")?;
     let seed = resolved.config.run.seed;
     let budgets = &resolved.config.leyline.budgets.performance;
-    let mut trainer = tolaria::Trainer::new(config.clone(), seed, &resolved.run_id)
+    let trainer = tolaria::Trainer::new(config.clone(), seed, &resolved.run_id)
         .context("setting up training")?
         .with_experiment(resolved.config.run.experiment.clone())
         .with_rollback_deadlines(
@@ -231,6 +241,29 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         );
     }
     let bus = esper_runtime::RunBus::start(resolved, "tolaria").context("connecting to Oona")?;
+    let slots = trainer.host().slots().to_vec();
+    let device = trainer.device().clone();
+    let (mut trainer, shared) = match control::build(resolved, &slots, &device, &bus)
+        .context("setting up the controller")?
+    {
+        Some(plane) => {
+            println!(
+                "esper train: controller {} (decisions in {})",
+                plane.policy,
+                plane.hook.log_path().display()
+            );
+            let fence_deadline = Duration::from_secs_f64(budgets.control_fence_ms / 1e3);
+            let trainer = trainer
+                .with_kasmina(plane.kasmina, resolved.config.kasmina.isolation(seed))
+                .context("attaching Kasmina")?
+                .with_control_hook(Box::new(plane.hook), fence_deadline);
+            (trainer, Some(plane.shared))
+        }
+        None => {
+            println!("esper train: controller off — the host does not grow");
+            (trainer, None)
+        }
+    };
     let mut last = None;
     println!("esper train: writing {}", log.dir().display());
     while trainer.epoch() < config.epochs && trainer.stop_requested().is_none() {
@@ -238,8 +271,14 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         let r = match trainer.run_epoch_with_progress(&mut |p| {
             progress.set_length(p.batches as u64);
             progress.set_position(p.batch as u64);
+            let seeds = shared
+                .as_ref()
+                .map(|s| control::lock(s).seeds_line.clone())
+                .filter(|line| !line.is_empty())
+                .map(|line| format!(" | seeds {line}"))
+                .unwrap_or_default();
             progress.set_message(format!(
-                "step {} | loss {:.4} | acc {:5.1}% | {:.0} img/s",
+                "step {} | loss {:.4} | acc {:5.1}% | {:.0} img/s{seeds}",
                 p.global_step,
                 p.loss,
                 100.0 * p.accuracy,
@@ -249,7 +288,7 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
             Ok(r) => r,
             Err(e) => {
                 progress.abandon();
-                report_emergencies(&mut trainer, &bus);
+                report_emergencies(&mut trainer, &bus, shared.as_ref());
                 return Err(e).context("training");
             }
         };
@@ -296,7 +335,30 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
             r.train_images_per_second,
             "img/s",
         ));
-        report_emergencies(&mut trainer, &bus);
+        for s in trainer.seed_summaries() {
+            println!(
+                "          seed {} at {}: {} {} α {:.2}",
+                s.seed,
+                s.slot,
+                s.blueprint,
+                s.stage.as_str_name().trim_start_matches("SEED_STAGE_"),
+                s.alpha
+            );
+        }
+        let (packets, dropped) = trainer.drain_seed_packets();
+        if dropped > 0 {
+            eprintln!("esper train: {dropped} seed telemetry packet(s) dropped (buffer full)");
+        }
+        let shed = bus
+            .publish_telemetry(&packets)
+            .context("publishing seed telemetry")?
+            .iter()
+            .filter(|p| matches!(p, oona::Published::Shed { .. }))
+            .count();
+        if shed > 0 {
+            eprintln!("esper train: {shed} seed telemetry packet(s) shed under backpressure");
+        }
+        report_emergencies(&mut trainer, &bus, shared.as_ref());
         last = Some(r);
     }
     trainer.finish().context("writing the last checkpoints")?;
@@ -317,6 +379,9 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
     }
     if let Some(reason) = trainer.stop_requested() {
         println!("esper train: stopped by the control plane: {reason}");
+    }
+    if let Some(shared) = &shared {
+        print!("{}", control_summary(&control::lock(shared), &trainer));
     }
     if let Some(last) = last {
         println!(
@@ -360,11 +425,58 @@ fn epoch_progress(epoch: u32, epochs: u32) -> indicatif::ProgressBar {
     bar
 }
 
-/// Sends the trainer's telemetry events and emergency signals over Oona (and
-/// shows them to the operator). A signal that cannot be published stays in the
-/// outbox for the next call.
-fn report_emergencies(trainer: &mut tolaria::Trainer, bus: &esper_runtime::RunBus) {
-    for event in trainer.drain_events() {
+/// The run summary of the controller: every command and failed step with its
+/// evidence, WAITs counted by rule, and where each seed ended.
+fn control_summary(shared: &control::Shared, trainer: &tolaria::Trainer) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("esper train: controller decisions\n");
+    if shared.decisions.is_empty() {
+        out.push_str("  (no command issued)\n");
+    }
+    for d in &shared.decisions {
+        let _ = writeln!(
+            out,
+            "  epoch {:>3} step {:>6} | {} | {} | {}",
+            d.epoch, d.global_step, d.action, d.rule, d.evidence
+        );
+    }
+    if !shared.waits.is_empty() {
+        let _ = writeln!(
+            out,
+            "  waits: {}",
+            shared
+                .waits
+                .iter()
+                .map(|(rule, n)| format!("{rule} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for s in trainer.seed_summaries() {
+        let _ = writeln!(
+            out,
+            "  seed {} at {}: {} ended {}",
+            s.seed,
+            s.slot,
+            s.blueprint,
+            s.stage.as_str_name().trim_start_matches("SEED_STAGE_")
+        );
+    }
+    out
+}
+
+/// Sends the trainer's and the controller's telemetry events and emergency
+/// signals over Oona (and shows them to the operator). A signal that cannot
+/// be published stays in the outbox for the next call.
+fn report_emergencies(
+    trainer: &mut tolaria::Trainer,
+    bus: &esper_runtime::RunBus,
+    shared: Option<&control::SharedState>,
+) {
+    let controller = shared
+        .map(|s| std::mem::take(&mut control::lock(s).events))
+        .unwrap_or_default();
+    for event in trainer.drain_events().into_iter().chain(controller) {
         eprintln!("esper train: {}: {}", event.name, event.description);
         bus.emit(event);
     }

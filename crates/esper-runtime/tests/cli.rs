@@ -5,7 +5,11 @@
 use std::process::{Command, Output};
 
 fn esper(args: &[&str], env: &[(&str, &str)]) -> Output {
+    // A fresh working directory per call: defaults such as `urza.root =
+    // "urza"` must not write into the source tree.
+    let cwd = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_esper"));
+    cmd.current_dir(cwd.path());
     cmd.args(args);
     // Start from a clean ESPER_* environment so the developer's shell cannot leak in.
     for (key, _) in std::env::vars() {

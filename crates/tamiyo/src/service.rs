@@ -252,12 +252,18 @@ impl TamiyoService {
         catalog: &[CatalogEntry],
         coverage: f64,
     ) -> Result<AdaptationCommand> {
-        let slot_of = |seed_id: &str| {
+        // CULL and FOSSILIZE name a seed of the packet; its slot and
+        // blueprint complete the command.
+        let seed_of = |seed_id: &str| {
             packet
                 .seed_states
                 .iter()
                 .find(|s| s.seed_id == seed_id)
-                .map(|s| s.slot_id.clone())
+                .map(|s| (s.slot_id.clone(), s.blueprint_id.clone()))
+                .ok_or_else(|| Error::InvalidCommand {
+                    command_id: String::new(),
+                    detail: format!("seed {seed_id} is not in the state packet"),
+                })
         };
         let (seed_id, op) = match proposal {
             Proposal::Wait { .. } => {
@@ -293,19 +299,25 @@ impl TamiyoService {
                     ..CommandSeedOperation::default()
                 },
             ),
-            Proposal::Cull { seed_id } => (
-                seed_id.clone(),
-                CommandSeedOperation {
-                    operation: SeedOperation::Cull as i32,
-                    ..CommandSeedOperation::default()
-                },
-            ),
+            Proposal::Cull { seed_id } => {
+                let (slot, blueprint_id) = seed_of(seed_id)?;
+                (
+                    seed_id.clone(),
+                    CommandSeedOperation {
+                        operation: SeedOperation::Cull as i32,
+                        blueprint_id,
+                        slot_id: slot,
+                        ..CommandSeedOperation::default()
+                    },
+                )
+            }
             Proposal::Fossilize { seed_id } => {
-                let slot = slot_of(seed_id).unwrap_or_default();
+                let (slot, blueprint_id) = seed_of(seed_id)?;
                 (
                     seed_id.clone(),
                     CommandSeedOperation {
                         operation: SeedOperation::Fossilize as i32,
+                        blueprint_id,
                         slot_id: slot.clone(),
                         mesh_layers: vec![slot],
                         ..CommandSeedOperation::default()

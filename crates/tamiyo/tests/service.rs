@@ -165,3 +165,54 @@ fn a_policy_past_its_deadline_times_out_promptly_and_its_answer_is_discarded() {
     assert_eq!(tamiyo.stats().commands, 0);
     assert_eq!(tamiyo.stats().deadline_misses, 6);
 }
+
+/// Proposes culling one named seed.
+struct Culler(&'static str);
+
+impl Policy for Culler {
+    fn name(&self) -> &'static str {
+        "culler"
+    }
+
+    fn decide(
+        &mut self,
+        _: &Observation<'_>,
+        _: &[CatalogEntry],
+        _: &Cancel,
+    ) -> tamiyo::Result<Proposed> {
+        Ok(Proposed {
+            proposal: Proposal::Cull {
+                seed_id: self.0.into(),
+            },
+            rule: "cull",
+            detail: String::new(),
+        })
+    }
+}
+
+#[test]
+fn culls_carry_the_seeds_slot_and_blueprint_and_unknown_seeds_are_refused() {
+    let p = common::with_seed(
+        packet(2, 100, None),
+        "r1",
+        "s",
+        leyline::v1::SeedStage::Blending,
+        1,
+        None,
+    );
+    let mut tamiyo = service(Box::new(Culler("s")), Duration::from_millis(500));
+    let decision = tamiyo.step(&p).unwrap();
+    let command = decision.command().unwrap();
+    let Some(leyline::v1::adaptation_command::Payload::SeedOperation(op)) = &command.payload else {
+        panic!("{command:?}");
+    };
+    assert_eq!(
+        (op.slot_id.as_str(), op.blueprint_id.as_str()),
+        ("r1", "conv.residual")
+    );
+    let mut tamiyo = service(Box::new(Culler("ghost")), Duration::from_millis(500));
+    assert!(matches!(
+        tamiyo.step(&p).unwrap_err(),
+        Error::InvalidCommand { .. }
+    ));
+}

@@ -41,6 +41,10 @@ pub struct EsperConfig {
     pub oona: oona::Config,
     /// The blueprint library: where it lives, its cache, its service.
     pub urza: urza::Config,
+    /// Seed execution: gates, dwell, isolation.
+    pub kasmina: kasmina::Config,
+    /// The controller: which one, its thresholds, its risk rules.
+    pub tamiyo: tamiyo::Config,
 }
 
 /// Identity and seed of the run.
@@ -121,6 +125,14 @@ impl EsperConfig {
         })?;
         self.urza.validate().map_err(|e| Error::ConfigKey {
             key: format!("urza.{}", e.key),
+            detail: e.problem,
+        })?;
+        self.kasmina.validate().map_err(|e| Error::ConfigKey {
+            key: format!("kasmina.{}", e.key),
+            detail: e.problem,
+        })?;
+        self.tamiyo.validate().map_err(|e| Error::ConfigKey {
+            key: format!("tamiyo.{}", e.key),
             detail: e.problem,
         })?;
         // A key generated per process cannot verify messages from another one.

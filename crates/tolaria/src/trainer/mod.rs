@@ -127,8 +127,8 @@ pub struct Trainer {
     experiment: String,
     /// Fences reached so far: the controller generation each state packet opens.
     generation: u64,
-    /// Loss sum and steps since the last fence.
-    since_fence: (f64, u64),
+    /// Loss sum, steps and step milliseconds since the last fence.
+    since_fence: (f64, u64, f64),
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -286,7 +286,7 @@ impl Trainer {
             run_id: run_id.to_owned(),
             experiment: "default".to_owned(),
             generation: 0,
-            since_fence: (0.0, 0),
+            since_fence: (0.0, 0, 0.0),
         })
     }
 
@@ -346,6 +346,11 @@ impl Trainer {
     /// Optimizer steps taken so far.
     pub fn global_step(&self) -> u64 {
         self.global_step
+    }
+
+    /// The device the host trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The optimizer.
@@ -451,6 +456,7 @@ impl Trainer {
             loss_sum += last_loss;
             self.since_fence.0 += last_loss;
             self.since_fence.1 += 1;
+            self.since_fence.2 += step_ms.last().copied().unwrap_or(0.0);
             batches += 1;
             correct += count_correct(&logits, &batch.labels)?;
             seen += batch.labels.dims1()?;
@@ -541,7 +547,7 @@ impl Trainer {
         stats: &mut FenceStats,
     ) -> Result<()> {
         stats.fences += 1;
-        let (loss_sum, steps) = std::mem::take(&mut self.since_fence);
+        let (loss_sum, steps, ms_sum) = std::mem::take(&mut self.since_fence);
         if self.fence.hook.is_none() {
             return Ok(());
         }
@@ -550,7 +556,15 @@ impl Trainer {
         let state = self.assemble_state(state::Measured {
             validation,
             training_loss: (steps > 0).then(|| loss_sum / steps as f64),
-            metrics: [("fence_steps".to_owned(), steps as f64)].into(),
+            metrics: if steps > 0 {
+                [
+                    ("fence_steps".to_owned(), steps as f64),
+                    ("step_ms".to_owned(), ms_sum / steps as f64),
+                ]
+                .into()
+            } else {
+                [("fence_steps".to_owned(), 0.0)].into()
+            },
         });
         let Some(hook) = self.fence.hook.as_mut() else {
             return Ok(());

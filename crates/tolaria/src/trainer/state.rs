@@ -83,9 +83,9 @@ impl Trainer {
         if let Some(v) = measured.validation {
             training_metrics.insert("validation_samples".into(), v.samples as f64);
         }
-        let device_type = match self.config.device {
-            DeviceKind::Cpu => "cpu",
-            DeviceKind::Cuda => "cuda",
+        let (device_type, memory) = match self.config.device {
+            DeviceKind::Cpu => ("cpu", host_memory_gib()),
+            DeviceKind::Cuda => ("cuda", None),
         };
         SystemStatePacket {
             version: leyline::CONTRACT_VERSION,
@@ -102,6 +102,8 @@ impl Trainer {
             hardware: Some(HardwareContext {
                 device_type: device_type.to_owned(),
                 device_id: "0".to_owned(),
+                total_memory_gib: memory.map_or(0.0, |(total, _)| total),
+                available_memory_gib: memory.map_or(0.0, |(_, available)| available),
                 ..Default::default()
             }),
             training_metrics,
@@ -110,4 +112,19 @@ impl Trainer {
             generation: self.generation,
         }
     }
+}
+
+/// Total and available memory of this machine (GiB) from `/proc/meminfo`;
+/// `None` where there is no such file (the packet then says 0 = unknown, and
+/// Tamiyo counts the signal as missing).
+fn host_memory_gib() -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map(|kib| kib / (1024.0 * 1024.0))
+    };
+    Some((field("MemTotal:")?, field("MemAvailable:")?))
 }
