@@ -78,6 +78,29 @@ fn run(seed: u64, grow: bool, library: &Arc<urza::Library>) -> (f64, Option<Seed
             .unwrap()
             .value;
         assert_eq!(alpha, 1.0, "a fossilized seed blends fully");
+        // The state packet carries the seed as Kasmina holds it, and passes
+        // the contract's validation.
+        let packet = tolaria::packet::state_packet(&trainer, reports.last().unwrap());
+        let verdict = leyline::validate::Validator::new(&leyline::LimitsConfig::default())
+            .state_packet(&packet);
+        assert!(verdict.passed(), "{:?}", verdict.violations());
+        let seed_state = packet
+            .seed_states
+            .iter()
+            .find(|s| s.seed_id == "seed-r0")
+            .unwrap();
+        assert_eq!(seed_state.stage, SeedStage::Fossilized as i32);
+        assert_eq!(seed_state.blueprint_id, "conv.residual");
+        assert_eq!(
+            seed_state.age_epochs, 4,
+            "germinated in epoch 1, reported after epoch 5"
+        );
+        assert!(seed_state.learning_rate > 0.0);
+        let slot = packet.slots.iter().find(|s| s.slot_id == "r0").unwrap();
+        assert_eq!(
+            (slot.stage, slot.seed_id.as_str()),
+            (SeedStage::Fossilized as i32, "seed-r0")
+        );
     }
     let stage = trainer.seed_summaries().first().map(|s| s.stage);
     let rejected: Vec<_> = trainer

@@ -53,7 +53,11 @@ fn unknown_keys_are_rejected_with_the_key_named() {
 
     let file = write("[kasmina]\nembargo = 5\n");
     let (key, _) = key_error(load(Some(file.path()), &env(&[])));
-    assert_eq!(key, "kasmina");
+    assert_eq!(key, "kasmina.embargo");
+
+    let file = write("[narset]\nseed = 5\n");
+    let (key, _) = key_error(load(Some(file.path()), &env(&[])));
+    assert_eq!(key, "narset");
 
     let (key, detail) = key_error(load(None, &env(&[("ESPER_RUN__SEEED", "1")])));
     assert_eq!(key, "run.seeed");

@@ -1,0 +1,134 @@
+//! Tamiyo step latency (observe + heuristic on the worker + risk + command
+//! validation + signing, channel round trip included) for hosts of 8 and 64
+//! convolutional slots, 16 seeds alive in the 64-slot case, each step an
+//! epoch end on a plateau so the heuristic takes its longest path (scan free
+//! slots and the catalog, count parameters, propose a germination that the
+//! service signs). Reported as p50/p99 and as a fraction of the 5 ms deadline
+//! (DESIGN §10: p99 ≤ 5 ms at 64 slots). The observation graph does not exist
+//! yet; its build is not in these numbers.
+//!
+//! Run: `cargo bench -p tamiyo --bench step` (part of `cargo xtask bench`).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use leyline::security::SigningKey;
+use leyline::v1::{
+    AlphaState, HardwareContext, SeedStage, SeedState, SlotKind, SlotState, SystemStatePacket,
+};
+use tamiyo::config::HeuristicConfig;
+use tamiyo::{BlueprintCache, Config, HeuristicPolicy, TamiyoService};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn packet(slots: usize, seeds: usize, epoch: u32) -> SystemStatePacket {
+    let mut p = SystemStatePacket {
+        version: leyline::CONTRACT_VERSION,
+        current_epoch: epoch,
+        // Validation loss falls 10 % per epoch: a plateau under the default 30 %.
+        validation_loss: Some(0.9f64.powi(epoch as i32)),
+        validation_accuracy: Some(0.8),
+        training_loss: Some(0.5),
+        timestamp_ms: leyline::unix_now_ms(),
+        global_step: u64::from(epoch) * 100,
+        packet_id: leyline::new_id(),
+        source_subsystem: "bench".into(),
+        training_run_id: "bench".into(),
+        experiment_name: "bench".into(),
+        hardware: Some(HardwareContext {
+            device_type: "cpu".into(),
+            device_id: "0".into(),
+            total_memory_gib: 16.0,
+            available_memory_gib: 8.0,
+            ..HardwareContext::default()
+        }),
+        training_metrics: BTreeMap::from([("step_ms".to_string(), 20.0)]),
+        seed_states: Vec::new(),
+        slots: (0..slots)
+            .map(|i| SlotState {
+                slot_id: format!("s{i}"),
+                kind: SlotKind::Conv2d as i32,
+                feature_shape: vec![8, 7, 7],
+                stage: SeedStage::Dormant as i32,
+                seed_id: String::new(),
+                layer_depth: i as u32,
+                activation_norm: None,
+                gradient_norm: None,
+            })
+            .collect(),
+        generation: u64::from(epoch),
+    };
+    for i in 0..seeds {
+        p.slots[i].stage = SeedStage::Blending as i32;
+        p.slots[i].seed_id = format!("seed{i}");
+        p.seed_states.push(SeedState {
+            seed_id: format!("seed{i}"),
+            slot_id: format!("s{i}"),
+            stage: SeedStage::Blending as i32,
+            blueprint_id: "conv.residual".into(),
+            risk_score: 0.25,
+            alpha: Some(AlphaState::default()),
+            blend_allowed: true,
+            metrics: BTreeMap::from([("isolation_violations".to_string(), 0.0)]),
+            ..SeedState::default()
+        });
+    }
+    p
+}
+
+fn main() {
+    let catalog: Vec<_> = urza::catalog()
+        .iter()
+        .map(|d| leyline::v1::CatalogEntry {
+            descriptor: Some(d.descriptor()),
+            ..Default::default()
+        })
+        .collect();
+    println!("tamiyo step (heuristic, germinating path), 2 000 steps each:");
+    for (slots, seeds) in [(8usize, 2usize), (64, 16)] {
+        let catalog = catalog.clone();
+        let cache = Arc::new(BlueprintCache::new(
+            Box::new(move || Ok(catalog.clone())),
+            Duration::from_secs(3600),
+        ));
+        let config = Config::default();
+        let mut service = TamiyoService::new(
+            Arc::new(config.clone()),
+            Box::new(HeuristicPolicy::new(
+                HeuristicConfig {
+                    max_seeds: 10_000,
+                    ..config.heuristic
+                },
+                urza::select::SelectionPolicy::default(),
+            )),
+            cache,
+            SigningKey::from_bytes(&[9; 32]).unwrap(),
+            &leyline::LimitsConfig::default(),
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let packets: Vec<_> = (1..=2_200).map(|e| packet(slots, seeds, e)).collect();
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        let mut commands = 0;
+        for (i, p) in packets.iter().enumerate() {
+            let t = Instant::now();
+            let d = service.step(p).unwrap();
+            let ns = t.elapsed().as_nanos() as u64;
+            if i >= 200 {
+                h.record(ns).unwrap();
+                commands += usize::from(d.command().is_some());
+            }
+        }
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
+        println!(
+            "  {slots:>2} slots, {seeds:>2} seeds: p50 {:.3} ms  p99 {:.3} ms  ({:.1}% of the 5 ms deadline at p99; {commands} commands)",
+            ms(0.5),
+            ms(0.99),
+            100.0 * ms(0.99) / 5.0
+        );
+    }
+}
