@@ -121,3 +121,98 @@ fn seeds_are_checkpointed_restored_and_culled_when_newer_than_the_state() {
     // Training goes on from there.
     trainer.run_epoch().unwrap();
 }
+
+#[test]
+fn a_resumed_run_continues_its_seeds_from_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = Arc::new(
+        urza::Library::open(urza::LibraryConfig::new(dir.path().join("urza")))
+            .unwrap()
+            .0,
+    );
+    let mut config = Config {
+        host: "cnn-impaired".into(),
+        epochs: 3,
+        train_size: 2_560, // 20 steps per epoch
+        fence_every_steps: 5,
+        ..Config::default()
+    };
+    config.checkpoint.dir = Some(dir.path().join("ckpt"));
+    let gates = GateConfig {
+        window: 5,
+        min_steps: [5, 10, 5, 5],
+        min_epochs: [0, 0, 0, 1],
+        ..GateConfig::default()
+    };
+    let grow = |trainer: Trainer| {
+        let slots = trainer.host().slots().to_vec();
+        trainer
+            .with_kasmina(
+                support::kasmina(&slots, gates.clone(), &library, 0),
+                IsolationConfig::default(),
+            )
+            .unwrap()
+    };
+    let mut first = grow(Trainer::new(config.clone(), 0, "resume-seeds").unwrap())
+        .with_control_hook(
+            Box::new(Script::new(vec![(5, "r0", "kept")])),
+            Duration::from_secs(5),
+        );
+    first.run_epoch().unwrap();
+    first.finish().unwrap();
+    let before = first.kasmina().unwrap().export_state();
+    assert_eq!(before.seeds.len(), 1);
+    assert_ne!(before.seeds[0].stage, "SEED_STAGE_GERMINATED");
+    let weights: Vec<Vec<f32>> = first
+        .kasmina()
+        .unwrap()
+        .slots()
+        .trainable_parameters()
+        .iter()
+        .map(|p| values(p.var.as_tensor()))
+        .collect();
+    let summaries = first.seed_summaries();
+    let seed_param = first.kasmina().unwrap().slots().trainable_parameters()[0]
+        .name
+        .clone();
+    let steps_before = first.optimizer().steps_of(&seed_param);
+    assert!(steps_before > 0);
+    drop(first);
+
+    // A new process: the same config resumes from the checkpoint, and a fresh
+    // Kasmina takes the seed back — stage, α, age, evidence and weights.
+    let mut second = grow(Trainer::new(config, 0, "resume-seeds").unwrap());
+    assert_eq!(second.epoch(), 1);
+    assert_eq!(second.seed_summaries(), summaries);
+    assert_eq!(second.kasmina().unwrap().export_state(), before);
+    let restored: Vec<Vec<f32>> = second
+        .kasmina()
+        .unwrap()
+        .slots()
+        .trainable_parameters()
+        .iter()
+        .map(|p| values(p.var.as_tensor()))
+        .collect();
+    assert_eq!(restored, weights);
+    let events = second.drain_events();
+    assert!(
+        events.iter().any(|e| e.name == "checkpoint_seeds_restored"),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.name == "checkpoint_seeds_not_restored")
+    );
+    // Training continues with the seed, and its optimizer state came back too:
+    // its step count goes on from the checkpoint's.
+    second.run_epoch().unwrap();
+    assert_eq!(second.optimizer().steps_of(&seed_param), steps_before + 20);
+    assert!(second.seed_summaries().iter().any(|s| s.seed == "kept"));
+    let rejected: Vec<_> = second
+        .drain_events()
+        .into_iter()
+        .filter(|e| e.name == "command_rejected")
+        .collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
+}

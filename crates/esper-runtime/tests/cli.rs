@@ -2,31 +2,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::text;
 
 fn esper(args: &[&str], env: &[(&str, &str)]) -> Output {
     // A fresh working directory per call: defaults such as `urza.root =
     // "urza"` must not write into the source tree.
     let cwd = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_esper"));
-    cmd.current_dir(cwd.path());
-    cmd.args(args);
-    // Start from a clean ESPER_* environment so the developer's shell cannot leak in.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ESPER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    common::esper_in(args, cwd.path(), env)
 }
 
 #[test]

@@ -8,27 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn esper(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_esper"));
-    cmd.current_dir(cwd).args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ESPER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+mod common;
+use common::{esper_in as esper, text};
 
 /// Final validation accuracy (percent) of run `id` under `runs`.
 fn final_accuracy(runs: &Path, id: &str) -> f64 {

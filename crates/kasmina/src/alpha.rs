@@ -65,6 +65,18 @@ impl AlphaRamp {
         self.steps
     }
 
+    /// The wire form ([`AlphaRamp::from_wire`] parses it back).
+    pub fn to_wire(&self) -> AlphaSchedule {
+        AlphaSchedule {
+            kind: self.kind() as i32,
+            steps: self.steps,
+            temperature: match self.shape {
+                RampShape::Sigmoid { temperature } => temperature as f32,
+                RampShape::Linear | RampShape::Cosine => 0.0,
+            },
+        }
+    }
+
     /// The wire kind of the ramp's shape.
     pub fn kind(&self) -> AlphaScheduleKind {
         match self.shape {

@@ -46,6 +46,31 @@ pub enum Blend {
 }
 
 impl Blend {
+    /// The wire form ([`Blend::from_wire`] parses it back).
+    pub fn to_wire(&self) -> BlendConfig {
+        match self {
+            Blend::Convex | Blend::Residual => BlendConfig {
+                mode: self.mode() as i32,
+                ..BlendConfig::default()
+            },
+            Blend::Channel(alpha) => BlendConfig {
+                mode: BlendMode::Channel as i32,
+                channel_alpha: alpha.clone(),
+                confidence: None,
+            },
+            Blend::Confidence(g) => BlendConfig {
+                mode: BlendMode::Confidence as i32,
+                channel_alpha: Vec::new(),
+                confidence: Some(leyline::v1::ConfidenceGate {
+                    k: g.k,
+                    tau: g.tau,
+                    alpha_lo: g.alpha_lo,
+                    alpha_hi: g.alpha_hi,
+                }),
+            },
+        }
+    }
+
     /// The wire mode.
     pub fn mode(&self) -> BlendMode {
         match self {

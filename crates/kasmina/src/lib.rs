@@ -32,8 +32,10 @@
 //!
 //! * [`Config`]: the `[kasmina]` section (gates, dwell, isolation).
 //!
-//! **Status (issue #7):** a resumed run does not yet restore seeds (their
-//! lifecycle state is not checkpointed); G2 does not yet check step latency.
+//! [`KasminaState`] is what a checkpoint records of the seeds;
+//! [`Kasmina::restore_state`] continues them in a resumed run.
+//!
+//! **Status (issue #7):** G2 does not yet check step latency.
 
 #![deny(missing_docs)]
 
@@ -56,7 +58,7 @@ mod slots;
 pub mod telemetry;
 
 pub use config::Config;
-pub use engine::{CommandOutcome, Kasmina, KernelSource, LibrarySource};
+pub use engine::{CommandOutcome, Kasmina, KasminaState, KernelSource, LibrarySource, SeedRecord};
 pub use error::{Error, Result};
 pub use host::{DormantSlots, Host, NamedParameter, SlotRunner, SlotSpec};
 pub use lifecycle::{Lifecycle, LifecycleEvent, Progress};

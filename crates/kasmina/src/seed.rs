@@ -103,6 +103,12 @@ impl Seed {
         self.stage = stage;
     }
 
+    /// Puts a restored seed back at its recorded stage and ramp position.
+    pub(crate) fn restore_position(&mut self, stage: SeedStage, blend_steps: u64) {
+        self.stage = stage;
+        self.blend_steps = blend_steps;
+    }
+
     pub(crate) fn set_blend(&mut self, blend: Blend) {
         self.blend = blend;
     }

@@ -130,6 +130,23 @@ impl SeedSlots {
         Ok(())
     }
 
+    /// Puts a restored seed (any stage) into its empty slot; the module must
+    /// fit the slot.
+    pub(crate) fn restore(&mut self, seed: Seed) -> Result<()> {
+        let slot = self.slot_mut(seed.slot_id())?;
+        if slot.seed.is_some()
+            || seed.module().slot().shape() != slot.spec.feature_shape.as_slice()
+            || seed.module().slot().kind() != slot.spec.kind
+        {
+            return Err(Error::SlotBusy {
+                slot: slot.spec.id.clone(),
+                reason: format!("cannot restore seed {} here", seed.id()),
+            });
+        }
+        slot.seed = Some(seed);
+        Ok(())
+    }
+
     /// Removes the seed of a slot (after RESETTING), returning it.
     pub(crate) fn take(&mut self, slot_id: &str) -> Result<Option<Seed>> {
         Ok(self.slot_mut(slot_id)?.seed.take())

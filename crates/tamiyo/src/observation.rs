@@ -37,12 +37,7 @@ impl<'a> Observation<'a> {
         if !report.passed() {
             return Err(Error::InvalidPacket {
                 packet_id: packet.packet_id.clone(),
-                detail: report
-                    .violations()
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.detail))
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                detail: describe(&report),
             });
         }
         let Some(hardware) = &packet.hardware else {
@@ -91,6 +86,16 @@ impl<'a> Observation<'a> {
             .iter()
             .filter(|s| is_live(stage_of(s.stage)))
     }
+}
+
+/// Every violation of a validation report, `field: detail; ...`.
+pub(crate) fn describe(report: &leyline::validate::Report) -> String {
+    report
+        .violations()
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The stage of a wire value (unknown values are `Unknown`).

@@ -111,38 +111,25 @@ impl RiskEngine {
             });
         }
         let mut hazard = false;
-        if let Some(loss) = p.training_loss {
-            match self.loss_ewma {
-                Some(mean) if loss > c.loss_spike_ratio * mean => {
-                    hazard = true;
-                    findings.push(Finding {
-                        rule: "loss_spike",
-                        detail: format!(
-                            "training loss {loss:.4} > {} x {mean:.4}",
-                            c.loss_spike_ratio
-                        ),
-                    });
-                }
-                // A spike does not move the average it is judged against.
-                Some(mean) => self.loss_ewma = Some(mean + c.ewma_alpha * (loss - mean)),
-                None => self.loss_ewma = Some(loss),
-            }
+        let (ratio, alpha) = (c.loss_spike_ratio, c.ewma_alpha);
+        if let Some(loss) = p.training_loss
+            && let Some(mean) = spike(&mut self.loss_ewma, loss, ratio, alpha)
+        {
+            hazard = true;
+            findings.push(Finding {
+                rule: "loss_spike",
+                detail: format!("training loss {loss:.4} > {ratio} x {mean:.4}"),
+            });
         }
-        if let Some(&ms) = p.training_metrics.get("step_ms") {
-            match self.step_ms_ewma {
-                Some(mean) if ms > c.latency_spike_ratio * mean => {
-                    hazard = true;
-                    findings.push(Finding {
-                        rule: "latency_spike",
-                        detail: format!(
-                            "step {ms:.2} ms > {} x {mean:.2} ms",
-                            c.latency_spike_ratio
-                        ),
-                    });
-                }
-                Some(mean) => self.step_ms_ewma = Some(mean + c.ewma_alpha * (ms - mean)),
-                None => self.step_ms_ewma = Some(ms),
-            }
+        let ratio = c.latency_spike_ratio;
+        if let Some(&ms) = p.training_metrics.get("step_ms")
+            && let Some(mean) = spike(&mut self.step_ms_ewma, ms, ratio, alpha)
+        {
+            hazard = true;
+            findings.push(Finding {
+                rule: "latency_spike",
+                detail: format!("step {ms:.2} ms > {ratio} x {mean:.2} ms"),
+            });
         }
         let violations: f64 = obs
             .live_seeds()
@@ -297,6 +284,23 @@ impl RiskEngine {
             findings,
             proposal,
             conservative: self.conservative(),
+        }
+    }
+}
+
+/// Judges `value` against the moving average `ewma`: `Some(mean)` when it is
+/// above `ratio` × mean (a spike, which does not move the average it is
+/// judged against), else `None` after folding it in.
+fn spike(ewma: &mut Option<f64>, value: f64, ratio: f64, alpha: f64) -> Option<f64> {
+    match *ewma {
+        Some(mean) if value > ratio * mean => Some(mean),
+        Some(mean) => {
+            *ewma = Some(mean + alpha * (value - mean));
+            None
+        }
+        None => {
+            *ewma = Some(value);
+            None
         }
     }
 }

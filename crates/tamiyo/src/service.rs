@@ -360,12 +360,7 @@ impl TamiyoService {
         if !report.passed() {
             return Err(Error::InvalidCommand {
                 command_id: command.command_id,
-                detail: report
-                    .violations()
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.detail))
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                detail: crate::observation::describe(&report),
             });
         }
         sign(&self.key, &mut command);

@@ -25,6 +25,14 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// A checkpoint's state could not be put back into this run.
+    #[error("resuming from {}: {detail}", path.display())]
+    Resume {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What did not fit.
+        detail: String,
+    },
     /// A configuration value is unknown or out of range.
     #[error("config key `{key}`: {detail}")]
     Config {

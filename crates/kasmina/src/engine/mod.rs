@@ -408,7 +408,10 @@ impl Kasmina {
     }
 }
 
+mod persist;
 mod state;
+
+pub use persist::{KasminaState, SeedRecord};
 
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,25 @@ impl Lifecycle {
         }
     }
 
+    /// Puts back a restored seed's age and stage evidence (counters and the
+    /// counterfactual; the step window starts empty).
+    pub(crate) fn restore(
+        &mut self,
+        slot_id: &str,
+        born: (u64, u64),
+        (steps, epochs): (u64, u64),
+        counterfactual: Option<Counterfactual>,
+        isolation_violations: u64,
+    ) {
+        let mut e = Evidence::new(self.config.window);
+        e.steps_in_stage = steps;
+        e.epochs_in_stage = epochs;
+        e.counterfactual = counterfactual;
+        e.isolation_violations = isolation_violations;
+        self.evidence.insert(slot_id.to_string(), e);
+        self.born.insert(slot_id.to_string(), born);
+    }
+
     /// The step and epoch the seed in `slot_id` germinated at.
     pub fn born(&self, slot_id: &str) -> Option<(u64, u64)> {
         self.born.get(slot_id).copied()

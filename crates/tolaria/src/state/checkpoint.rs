@@ -47,6 +47,10 @@ pub struct Manifest {
     /// is fixed by these two numbers.
     #[serde(default)]
     pub rng: Option<RngState>,
+    /// Kasmina's seeds (stage, blend, ramp, age, evidence; weights are in the
+    /// model file), for a resumed run to continue them.
+    #[serde(default)]
+    pub kasmina: Option<kasmina::KasminaState>,
 }
 
 /// The random state a resumed run needs.
@@ -212,6 +216,7 @@ impl CheckpointStore {
                 seed: meta.seed,
                 next_epoch: snapshot.epoch + 1,
             }),
+            kasmina: snapshot.kasmina.clone(),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Data {
             path: tmp.clone(),
@@ -290,6 +295,7 @@ impl CheckpointStore {
             epoch: manifest.epoch,
             params,
             optimizer,
+            kasmina: manifest.kasmina.clone(),
         };
         Ok(Loaded {
             path: path.to_path_buf(),

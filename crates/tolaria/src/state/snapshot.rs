@@ -17,6 +17,8 @@ pub struct Snapshot {
     pub epoch: u32,
     pub(crate) params: BTreeMap<String, Tensor>,
     pub(crate) optimizer: BTreeMap<String, StateEntry>,
+    /// Kasmina's seeds at that step (a growing host only).
+    pub(crate) kasmina: Option<kasmina::KasminaState>,
 }
 
 /// One rollback: why, from where to where, and how long the restore took.
@@ -78,7 +80,14 @@ impl Snapshot {
             epoch,
             params,
             optimizer: optimizer.export_state(),
+            kasmina: None,
         })
+    }
+
+    /// The snapshot with Kasmina's state at the same step.
+    pub(crate) fn with_kasmina(mut self, state: Option<kasmina::KasminaState>) -> Self {
+        self.kasmina = state;
+        self
     }
 
     /// Bytes of parameter data held.

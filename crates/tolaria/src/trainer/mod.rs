@@ -129,6 +129,10 @@ pub struct Trainer {
     generation: u64,
     /// Loss sum, steps and step milliseconds since the last fence.
     since_fence: (f64, u64, f64),
+    /// Seeds of the checkpoint this run resumed from, until Kasmina takes them.
+    resumed_seeds: Option<seeds::ResumedSeeds>,
+    /// Their optimizer state, imported once their groups exist.
+    pending_seed_optimizer: std::collections::BTreeMap<String, crate::optim::StateEntry>,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -181,6 +185,7 @@ impl Trainer {
         let mut resume_events = Vec::new();
         let (mut epoch, mut global_step) = (0, 0);
         let (mut checkpoints, mut skipped_checkpoints, mut resumed_from) = (None, Vec::new(), None);
+        let mut resumed_seeds = None;
         if let Some(dir) = &config.checkpoint.dir {
             let (store, _stale_tmp) = CheckpointStore::open(dir, config.checkpoint.keep)?;
             if config.checkpoint.resume {
@@ -217,26 +222,8 @@ impl Trainer {
                     loaded
                         .snapshot
                         .restore(&host.parameters(), &mut optimizer)?;
-                    let seed_tensors = loaded
-                        .snapshot
-                        .parameter_names()
-                        .filter(|n| n.starts_with("seed/"))
-                        .count();
-                    if seed_tensors > 0 {
-                        // Seeds' lifecycle state is not checkpointed yet: their
-                        // weights cannot be put back into a fresh Kasmina.
-                        resume_events.push(
-                            leyline::telemetry::event(
-                                "checkpoint_seeds_not_restored",
-                                leyline::v1::TelemetryLevel::Warning,
-                                format!(
-                                    "{} holds {seed_tensors} seed tensor(s) that a resumed run cannot restore: seeds restart from DORMANT",
-                                    loaded.path.display()
-                                ),
-                            )
-                            .build(),
-                        );
-                    }
+                    resumed_seeds =
+                        seeds::ResumedSeeds::from_snapshot(&loaded.snapshot, &loaded.path);
                     epoch = loaded.manifest.epoch;
                     global_step = loaded.manifest.global_step;
                     known_good = loaded.snapshot;
@@ -287,6 +274,8 @@ impl Trainer {
             experiment: "default".to_owned(),
             generation: 0,
             since_fence: (0.0, 0, 0.0),
+            resumed_seeds,
+            pending_seed_optimizer: std::collections::BTreeMap::new(),
         })
     }
 
@@ -382,6 +371,7 @@ impl Trainer {
         on_step: &mut dyn FnMut(&StepProgress),
     ) -> Result<EpochReport> {
         let started = Instant::now();
+        self.unclaimed_seeds();
         let batches_in_epoch = self.train.len().div_ceil(self.config.batch_size);
         let mut batch_index = 0usize;
         self.epoch += 1;
@@ -507,7 +497,8 @@ impl Trainer {
                 &self.optimizer,
                 self.global_step,
                 self.epoch,
-            )?;
+            )?
+            .with_kasmina(self.seeds.as_ref().map(|c| c.kasmina.export_state()));
             // A failed earlier write surfaces here, before the next is queued.
             self.collect_writes(false)?;
             if let Some(writer) = &mut self.checkpoints {

@@ -34,6 +34,50 @@ pub(super) struct SeedControl {
     dropped_packets: u64,
 }
 
+/// The seeds of the checkpoint a run resumed from: Kasmina's state (absent in
+/// checkpoints written before it was recorded), the seeds' weights and their
+/// optimizer state.
+pub(super) struct ResumedSeeds {
+    state: Option<kasmina::KasminaState>,
+    weights: std::collections::BTreeMap<String, candle_core::Tensor>,
+    optimizer: std::collections::BTreeMap<String, crate::optim::StateEntry>,
+    path: std::path::PathBuf,
+}
+
+impl ResumedSeeds {
+    /// The seeds of `snapshot` (loaded from `path`), if it has any.
+    pub(super) fn from_snapshot(
+        snapshot: &crate::state::Snapshot,
+        path: &std::path::Path,
+    ) -> Option<Self> {
+        let seed = |name: &String| name.starts_with("seed/");
+        let weights: std::collections::BTreeMap<_, _> = snapshot
+            .params
+            .iter()
+            .filter(|(n, _)| seed(n))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        let has_seeds = snapshot
+            .kasmina
+            .as_ref()
+            .is_some_and(|k| !k.seeds.is_empty());
+        if weights.is_empty() && !has_seeds && snapshot.kasmina.is_none() {
+            return None;
+        }
+        Some(Self {
+            state: snapshot.kasmina.clone(),
+            optimizer: snapshot
+                .optimizer
+                .iter()
+                .filter(|(n, _)| seed(n))
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+            weights,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 /// Seed packets held between drains.
 const PACKET_BUFFER: usize = 1024;
 
@@ -135,6 +179,32 @@ impl Trainer {
             .registry_mut()
             .register(Owner::Host, &self.host.parameters())
             .map_err(|e| Error::Optimizer(e.to_string()))?;
+        if let Some(resumed) = self.resumed_seeds.take() {
+            match &resumed.state {
+                Some(state) => {
+                    kasmina
+                        .restore_state(state, &resumed.weights)
+                        .map_err(|e| Error::Resume {
+                            path: resumed.path.clone(),
+                            detail: format!("restoring seeds: {e}"),
+                        })?;
+                    self.pending_seed_optimizer = resumed.optimizer;
+                    self.events.push(
+                        leyline::telemetry::event(
+                            "checkpoint_seeds_restored",
+                            TelemetryLevel::Info,
+                            format!(
+                                "{} seed(s) restored from {}",
+                                state.seeds.len(),
+                                resumed.path.display()
+                            ),
+                        )
+                        .build(),
+                    );
+                }
+                None => self.resumed_seeds = Some(resumed),
+            }
+        }
         self.seeds = Some(SeedControl {
             kasmina,
             monitor: IsolationMonitor::new(isolation),
@@ -145,6 +215,32 @@ impl Trainer {
             dropped_packets: 0,
         });
         Ok(self)
+    }
+
+    /// A resumed checkpoint's seeds that nothing took (no Kasmina attached,
+    /// or a checkpoint written before Kasmina's state was recorded): said
+    /// once, as a WARNING.
+    pub(super) fn unclaimed_seeds(&mut self) {
+        let Some(resumed) = self.resumed_seeds.take() else {
+            return;
+        };
+        let why = if resumed.state.is_none() {
+            "it predates recorded seed state"
+        } else {
+            "this run does not grow (no Kasmina)"
+        };
+        self.events.push(
+            leyline::telemetry::event(
+                "checkpoint_seeds_not_restored",
+                TelemetryLevel::Warning,
+                format!(
+                    "{} holds {} seed tensor(s) that this run cannot restore ({why}): seeds restart from DORMANT",
+                    resumed.path.display(),
+                    resumed.weights.len()
+                ),
+            )
+            .build(),
+        );
     }
 
     /// Kasmina, when the host grows.
@@ -277,6 +373,12 @@ impl Trainer {
                 group.lr = lr * self.config.lr.factor(self.global_step);
                 self.optimizer.add_group(group)?;
             }
+        }
+        // A resumed run's seeds continue with their optimizer state.
+        if !self.pending_seed_optimizer.is_empty() {
+            let mut state = self.optimizer.export_state();
+            state.extend(std::mem::take(&mut self.pending_seed_optimizer));
+            self.optimizer.import_state(state)?;
         }
         // Every group's parameters must be its owner's.
         for group in self.optimizer.groups() {
