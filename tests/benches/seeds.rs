@@ -166,6 +166,7 @@ fn main() {
                 loss: 1.0,
                 alpha: 0.0,
                 isolation_ok: true,
+                step_ms: 1.0,
             },
         );
     }
@@ -257,6 +258,7 @@ fn main() {
                 loss: 1.0,
                 alpha: 0.0,
                 isolation_ok: true,
+                step_ms: 1.0,
             },
         );
         kasmina.advance_all(step, 0).unwrap();

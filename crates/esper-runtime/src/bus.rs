@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use leyline::v1::{
-    EmergencySignal, MessagePriority, MetricPoint, SystemStatePacket, TelemetryEvent,
+    EmergencySignal, FieldReport, MessagePriority, MetricPoint, SystemStatePacket, TelemetryEvent,
     TelemetryPacket,
 };
 use oona::{AnyBus, EmitterHandle, EmitterStats, Identity, Oona, Published, StatsSnapshot};
@@ -107,6 +107,46 @@ impl RunBus {
         Ok(self
             .runtime
             .block_on(self.oona.publish_batch(packets, MessagePriority::Low))?)
+    }
+
+    /// Publishes field reports (NORMAL priority), each retried up to
+    /// `attempts` times with doubling backoff from `backoff`; the reports
+    /// that could not be published come back with the last error.
+    pub fn publish_field_reports(
+        &self,
+        reports: Vec<FieldReport>,
+        attempts: u32,
+        backoff: std::time::Duration,
+    ) -> Vec<(FieldReport, String)> {
+        let mut failed = Vec::new();
+        for report in reports {
+            let mut wait = backoff;
+            let mut last = String::new();
+            let mut sent = false;
+            for attempt in 1..=attempts.max(1) {
+                match self
+                    .runtime
+                    .block_on(self.oona.publish(&report, MessagePriority::Normal))
+                {
+                    Ok(Published::Stored { .. }) => {
+                        sent = true;
+                        break;
+                    }
+                    Ok(Published::Shed { stream, reason }) => {
+                        last = format!("shed from {stream} ({})", reason.as_str());
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                if attempt < attempts {
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+            }
+            if !sent {
+                failed.push((report, last));
+            }
+        }
+        failed
     }
 
     /// A handle on the bus runtime, for components that run futures from

@@ -1,5 +1,6 @@
 //! The control plane of `esper train`: Kasmina for the host's slots (seed
-//! modules from the local Urza library), Tamiyo with the configured policy,
+//! modules through its kernel manager, from the local Urza library or the
+//! shared service), Tamiyo with the configured policy,
 //! and the [`TamiyoHook`] that Tolaria calls at every fence — Tamiyo decides
 //! on the fence's state packet, Kasmina applies the signed command at the
 //! same fence. Every decision is written to `<run dir>/decisions.jsonl`; a
@@ -14,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use kasmina::Kasmina;
 use kasmina::intake::CommandIntake;
-use kasmina::{Kasmina, LibrarySource};
+use kasmina::kernels::{KernelConfig, KernelManager, ManagedSource};
 use leyline::v1::adaptation_command::Payload;
 use leyline::v1::{
     AdaptationCommand, SeedOperation, SeedStage, SystemStatePacket, TelemetryEvent, TelemetryLevel,
@@ -54,6 +56,10 @@ pub struct Shared {
     pub waits: BTreeMap<String, u64>,
     /// The seeds as of the last fence, for the progress display.
     pub seeds_line: String,
+    /// Field reports decided and logged, waiting to be published.
+    pub field_reports: Vec<leyline::v1::FieldReport>,
+    /// Field reports by outcome, for the run summary.
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 /// The shared state, behind a lock the progress display reads every step.
@@ -105,19 +111,20 @@ pub fn build(
             Box::new(tamiyo::ScriptedPolicy::load(path).map_err(tamiyo_error)?)
         }
     };
-    if config.urza.remote.is_some() {
-        return Err(Error::ConfigKey {
-            key: "urza.remote".into(),
-            detail: "`esper train` loads seed modules from the local library only (a shared \
-                     Urza service for training is not built yet); unset urza.remote"
-                .into(),
-        });
-    }
-    let (library, _recovery) =
-        urza::Library::open(config.urza.library()).map_err(|e| Error::Urza(Box::new(e)))?;
-    let library = Arc::new(library);
+    // One component loads seed modules: Kasmina's kernel manager (verified
+    // byte cache, concurrency limit, timeout), over the local library or the
+    // shared Urza service.
     let store: Arc<dyn urza::BlueprintStore> =
-        Arc::new(urza::LocalStore::new(Arc::clone(&library)));
+        Arc::from(bus.block_on(crate::urza_cmd::store(resolved))?);
+    let kernels = Arc::new(KernelManager::new(
+        Arc::clone(&store),
+        KernelConfig {
+            cache_bytes: config.urza.cache_mib << 20,
+            stats_window: config.urza.stats_window,
+            timeout: Duration::from_millis(config.urza.request_timeout_ms),
+            ..KernelConfig::default()
+        },
+    ));
     let cache = Arc::new(BlueprintCache::from_store(
         Arc::clone(&store),
         bus.handle(),
@@ -145,7 +152,7 @@ pub fn build(
             .kasmina
             .gates(u64::from(config.leyline.limits.embargo_epochs)),
         CommandIntake::new(resolved.signing_key.clone(), &config.leyline),
-        Box::new(LibrarySource::new(library, device.clone())),
+        Box::new(ManagedSource::new(kernels, bus.handle(), device.clone())),
         seed,
     );
     let deadline =
@@ -161,6 +168,34 @@ pub fn build(
     )
     .map_err(tamiyo_error)?;
     let shared = SharedState::default();
+    // Field reports: the log of this run, reports past retention dropped.
+    let wal_path = resolved.run_dir().join("field_reports.wal");
+    let (mut reports, loaded) =
+        tamiyo::field_reports::Wal::open(&wal_path).map_err(tamiyo_error)?;
+    if !loaded.bad.is_empty() || loaded.torn_tail.is_some() {
+        lock(&shared).events.push(
+            leyline::telemetry::event(
+                "field_report_log_damaged",
+                TelemetryLevel::Warning,
+                format!(
+                    "{}: {} corrupt record(s) skipped{}; {} good report(s) kept",
+                    wal_path.display(),
+                    loaded.bad.len(),
+                    if loaded.torn_tail.is_some() {
+                        ", a torn tail cut"
+                    } else {
+                        ""
+                    },
+                    loaded.reports.len()
+                ),
+            )
+            .build(),
+        );
+    }
+    let retention_ms = u64::from(config.tamiyo.field_reports.retention_days) * 86_400_000;
+    reports
+        .compact(leyline::unix_now_ms().saturating_sub(retention_ms))
+        .map_err(tamiyo_error)?;
     let path = resolved.run_dir().join("decisions.jsonl");
     let log = File::options()
         .create(true)
@@ -178,6 +213,7 @@ pub fn build(
             shared: Arc::clone(&shared),
             log: BufWriter::new(log),
             log_path: path,
+            reports,
         },
         shared,
         policy: policy_name,
@@ -195,6 +231,7 @@ pub struct TamiyoHook {
     shared: SharedState,
     log: BufWriter<File>,
     log_path: PathBuf,
+    reports: tamiyo::field_reports::Wal,
 }
 
 impl TamiyoHook {
@@ -318,9 +355,47 @@ impl ControlHook for TamiyoHook {
         &mut self,
         context: &FenceContext<'_>,
     ) -> std::result::Result<FenceOutcome, String> {
-        let decision = self.service.step(context.state);
+        let mut decision = self.service.step(context.state);
+        // An epoch end carries the evidence growth is decided on; a step that
+        // missed its deadline there is taken once more (a new step with its
+        // own deadline — the late answer is never used), and both are logged.
+        if context.kind == FenceKind::EpochEnd
+            && matches!(decision, Err(tamiyo::Error::DeadlineExceeded { .. }))
+        {
+            self.record(context, &decision);
+            if let Err(e) = &decision {
+                let mut event = e.event();
+                event.description = format!(
+                    "{} — retried once at the epoch-end fence of step {}",
+                    event.description, context.global_step
+                );
+                lock(&self.shared).events.push(event);
+            }
+            decision = self.service.step(context.state);
+        }
         self.record(context, &decision);
+        // Decided field reports: durable first (fsync), then for Oona.
+        let reports = self.service.take_field_reports();
         let mut shared = lock(&self.shared);
+        for report in reports {
+            let outcome = leyline::v1::FieldReportOutcome::try_from(report.outcome)
+                .unwrap_or(leyline::v1::FieldReportOutcome::Unspecified)
+                .as_str_name()
+                .trim_start_matches("FIELD_REPORT_OUTCOME_")
+                .to_owned();
+            *shared.outcomes.entry(outcome).or_default() += 1;
+            if let Err(e) = self.reports.append(&report) {
+                shared.events.push(
+                    leyline::telemetry::event(
+                        "field_report_not_logged",
+                        TelemetryLevel::Warning,
+                        format!("field report {}: {e}", report.report_id),
+                    )
+                    .build(),
+                );
+            }
+            shared.field_reports.push(report);
+        }
         shared.seeds_line = seeds_line(context.state);
         match decision {
             Ok(d) => {

@@ -358,6 +358,19 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         if shed > 0 {
             eprintln!("esper train: {shed} seed telemetry packet(s) shed under backpressure");
         }
+        if let Some(shared) = &shared {
+            let reports = std::mem::take(&mut control::lock(shared).field_reports);
+            for (report, why) in bus.publish_field_reports(
+                reports,
+                resolved.config.leyline.limits.max_retries,
+                Duration::from_millis(resolved.config.oona.retry_backoff_ms),
+            ) {
+                eprintln!(
+                    "esper train: field report {} not published ({why}); it is in field_reports.wal",
+                    report.report_id
+                );
+            }
+        }
         report_emergencies(&mut trainer, &bus, shared.as_ref());
         last = Some(r);
     }
@@ -438,6 +451,18 @@ fn control_summary(shared: &control::Shared, trainer: &tolaria::Trainer) -> Stri
             out,
             "  epoch {:>3} step {:>6} | {} | {} | {}",
             d.epoch, d.global_step, d.action, d.rule, d.evidence
+        );
+    }
+    if !shared.outcomes.is_empty() {
+        let _ = writeln!(
+            out,
+            "  field reports: {}",
+            shared
+                .outcomes
+                .iter()
+                .map(|(outcome, n)| format!("{} {n}", outcome.to_lowercase()))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if !shared.waits.is_empty() {

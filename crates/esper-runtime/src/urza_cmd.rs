@@ -107,7 +107,9 @@ fn open_library(resolved: &Resolved) -> Result<Arc<Library>> {
     Ok(Arc::new(library))
 }
 
-async fn store(resolved: &Resolved) -> Result<Box<dyn BlueprintStore>> {
+/// The configured store: the shared service when `urza.remote` is set, else
+/// the local library.
+pub(crate) async fn store(resolved: &Resolved) -> Result<Box<dyn BlueprintStore>> {
     Ok(match resolved.config.urza.remote_store() {
         Some(remote) => Box::new(RemoteStore::connect(&remote).await?),
         None => Box::new(LocalStore::new(open_library(resolved)?)),

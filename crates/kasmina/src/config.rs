@@ -31,6 +31,9 @@ pub struct Config {
     /// Minimum epoch ends in the same four stages (default `[0, 0, 0, 1]`:
     /// a seed is judged on at least one counterfactual validation pass).
     pub min_epochs: [u64; 4],
+    /// Largest step slowdown (forward + backward over the G2 window vs the
+    /// host's mean before the seed germinated) a seed may cause (G2; default 10).
+    pub max_slowdown: f64,
     /// Coordinates the isolation monitor samples per session (default 64).
     pub isolation_samples: usize,
     /// Largest relative error of the incubator invariant (default 1e-5).
@@ -58,6 +61,7 @@ impl Default for Config {
             min_contribution: gates.min_contribution,
             min_steps: [20, 40, 10, 10],
             min_epochs: [0, 0, 0, 1],
+            max_slowdown: gates.max_slowdown,
             isolation_samples: isolation.samples,
             isolation_max_relative_error: isolation.max_relative_error,
             isolation_min_cosine: isolation.min_cosine,
@@ -103,6 +107,9 @@ impl Config {
                 return bad(key, "must be finite and >= 0");
             }
         }
+        if !(self.max_slowdown.is_finite() && self.max_slowdown >= 1.0) {
+            return bad("max_slowdown", "must be finite and >= 1");
+        }
         if !self.min_contribution.is_finite() {
             return bad("min_contribution", "must be finite");
         }
@@ -129,6 +136,7 @@ impl Config {
             min_steps: self.min_steps,
             min_epochs: self.min_epochs,
             embargo_epochs,
+            max_slowdown: self.max_slowdown,
         }
     }
 

@@ -27,12 +27,15 @@ pub struct GateConfig {
     pub min_epochs: [u64; 4],
     /// Epochs a slot stays EMBARGOED after a cull.
     pub embargo_epochs: u64,
+    /// Largest slowdown of the step (forward + backward) over the window,
+    /// relative to the host's before the seed germinated (G2).
+    pub max_slowdown: f64,
 }
 
 impl Default for GateConfig {
     /// Window 20 steps; vanishing below 1e-7; loss CV ≤ 0.5; regression ≤ 0.5
     /// points; contribution > 0; dwell 20/20/10/10 steps and 1/0/0/1 epochs;
-    /// embargo 2 epochs.
+    /// embargo 2 epochs; step slowdown ≤ 10×.
     fn default() -> Self {
         Self {
             window: 20,
@@ -43,6 +46,7 @@ impl Default for GateConfig {
             min_steps: [20, 20, 10, 10],
             min_epochs: [1, 0, 0, 1],
             embargo_epochs: 2,
+            max_slowdown: 10.0,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct StepEvidence {
     pub alpha: f64,
     /// Whether the isolation monitor saw the incubator invariant hold.
     pub isolation_ok: bool,
+    /// Forward + backward time of the step, milliseconds.
+    pub step_ms: f64,
 }
 
 /// One counterfactual measurement: validation accuracy (percent) with the
@@ -191,6 +197,7 @@ pub(crate) fn g2(
     config: &GateConfig,
     e: &Evidence,
     ramp_complete: bool,
+    baseline_ms: Option<f64>,
     from: SeedStage,
     to: SeedStage,
 ) -> Verdict {
@@ -218,7 +225,13 @@ pub(crate) fn g2(
         .iter()
         .zip(e.steps.iter().skip(1))
         .all(|(a, b)| b.alpha + 1e-12 >= a.alpha);
-    let inputs = BTreeMap::from([
+    let step_ms = e.steps.iter().map(|s| s.step_ms).sum::<f64>() / n;
+    // Without a baseline (no host step measured before germination) the
+    // slowdown is not judged; the inputs say so with -1.
+    let slowdown = baseline_ms
+        .filter(|b| *b > 0.0 && step_ms.is_finite())
+        .map(|b| step_ms / b);
+    let mut inputs = BTreeMap::from([
         (
             "loss_mean".to_string(),
             if mean.is_finite() { mean } else { -1.0 },
@@ -228,13 +241,24 @@ pub(crate) fn g2(
             if cv.is_finite() { cv } else { -1.0 },
         ),
         ("loss_cv_max".to_string(), config.max_loss_cv),
+        (
+            "step_ms_mean".to_string(),
+            if step_ms.is_finite() { step_ms } else { -1.0 },
+        ),
+        ("slowdown".to_string(), slowdown.unwrap_or(-1.0)),
+        ("slowdown_max".to_string(), config.max_slowdown),
     ]);
+    if let Some(b) = baseline_ms {
+        inputs.insert("baseline_step_ms".to_string(), b);
+    }
     let failure = if !losses.iter().all(|l| l.is_finite()) {
         Some("non_finite_loss".to_string())
     } else if cv > config.max_loss_cv {
         Some("unstable_loss".to_string())
     } else if !monotone {
         Some("alpha_oscillation".to_string())
+    } else if slowdown.is_some_and(|s| s > config.max_slowdown) {
+        Some("latency_over_budget".to_string())
     } else {
         None
     };

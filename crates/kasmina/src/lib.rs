@@ -34,8 +34,6 @@
 //!
 //! [`KasminaState`] is what a checkpoint records of the seeds;
 //! [`Kasmina::restore_state`] continues them in a resumed run.
-//!
-//! **Status (issue #7):** G2 does not yet check step latency.
 
 #![deny(missing_docs)]
 

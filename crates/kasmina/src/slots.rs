@@ -49,6 +49,8 @@ pub struct SeedSlots {
     slots: BTreeMap<String, Slot>,
     margins: Option<Tensor>,
     counterfactual: bool,
+    /// Forces α = 0 in this slot only (a seed's own counterfactual).
+    counterfactual_slot: Option<String>,
     probe: bool,
     probes: BTreeMap<String, Probes>,
 }
@@ -72,6 +74,7 @@ impl SeedSlots {
                 .collect(),
             margins: None,
             counterfactual: false,
+            counterfactual_slot: None,
             probe: false,
             probes: BTreeMap::new(),
         }
@@ -182,6 +185,12 @@ impl SeedSlots {
         self.counterfactual = on;
     }
 
+    /// Forces α = 0 in `slot_id` only (that seed's own counterfactual: every
+    /// other seed keeps its α), or in no slot with `None`.
+    pub fn set_counterfactual_slot(&mut self, slot_id: Option<&str>) {
+        self.counterfactual_slot = slot_id.map(str::to_string);
+    }
+
     /// Routes TRAINING slots through isolation probes on the following
     /// forwards (see [`crate::isolation`]); collect them with
     /// [`SeedSlots::take_probes`] after the backward pass.
@@ -225,18 +234,18 @@ impl SlotRunner for SeedSlots {
                 slot: spec.id.clone(),
             });
         };
+        let counterfactual =
+            self.counterfactual || self.counterfactual_slot.as_deref() == Some(spec.id.as_str());
         match &slot.seed {
             None => Ok(h),
-            Some(seed)
-                if self.probe && !self.counterfactual && seed.stage() == SeedStage::Training =>
-            {
+            Some(seed) if self.probe && !counterfactual && seed.stage() == SeedStage::Training => {
                 let (at_h, probed_h) = Probes::enter(&h)?;
                 let y = seed.forward(probed_h.clone(), self.margins.as_ref(), false)?;
                 let (probes, probed_y) = Probes::leave(at_h, probed_h, y)?;
                 self.probes.insert(spec.id.clone(), probes);
                 Ok(probed_y)
             }
-            Some(seed) => seed.forward(h, self.margins.as_ref(), self.counterfactual),
+            Some(seed) => seed.forward(h, self.margins.as_ref(), counterfactual),
         }
     }
 }

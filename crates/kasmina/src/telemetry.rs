@@ -248,6 +248,7 @@ mod tests {
                     loss: 1.0,
                     alpha: 0.0,
                     isolation_ok: true,
+                    step_ms: 1.0,
                 },
             );
             lc.advance(k.slots_mut(), slot, 0, 0).unwrap();

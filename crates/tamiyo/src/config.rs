@@ -37,6 +37,8 @@ pub struct Config {
     pub heuristic: HeuristicConfig,
     /// The risk engine's rules.
     pub risk: RiskConfig,
+    /// Field reports: observation window and outcome thresholds.
+    pub field_reports: FieldReportConfig,
 }
 
 impl Default for Config {
@@ -48,6 +50,33 @@ impl Default for Config {
             catalog_ttl_ms: 60_000,
             heuristic: HeuristicConfig::default(),
             risk: RiskConfig::default(),
+            field_reports: FieldReportConfig::default(),
+        }
+    }
+}
+
+/// How field-report outcomes are decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldReportConfig {
+    /// Epoch ends after a command before its outcome is decided (default 2).
+    pub window_epochs: u32,
+    /// Validation-accuracy gain, points, at or above which it is SUCCESS
+    /// (default 0.5).
+    pub success_points: f64,
+    /// Loss, points, at or beyond which it is REGRESSION (default 0.5).
+    pub regression_points: f64,
+    /// Days reports are kept in the log (default 30).
+    pub retention_days: u32,
+}
+
+impl Default for FieldReportConfig {
+    fn default() -> Self {
+        Self {
+            window_epochs: 2,
+            success_points: 0.5,
+            regression_points: 0.5,
+            retention_days: 30,
         }
     }
 }
@@ -116,6 +145,9 @@ pub struct RiskConfig {
     pub latency_spike_ratio: f64,
     /// Smoothing of both moving averages (default 0.2).
     pub ewma_alpha: f64,
+    /// Fences a raised level may last before it is the new average rather
+    /// than a spike (default 3).
+    pub rebase_after_fences: u32,
     /// Isolation violations tolerated across live seeds (default 0).
     pub max_isolation_violations: u64,
     /// Highest blueprint risk a germination may carry (default 0.5).
@@ -140,6 +172,7 @@ impl Default for RiskConfig {
             loss_spike_ratio: 3.0,
             latency_spike_ratio: 3.0,
             ewma_alpha: 0.2,
+            rebase_after_fences: 3,
             max_isolation_violations: 0,
             max_blueprint_risk: 0.5,
             min_free_memory_fraction: 0.1,
@@ -201,6 +234,18 @@ impl Config {
         ] {
             if let Some(unknown) = list.iter().find(|id| urza::definition(id).is_none()) {
                 return bad(key, &format!("unknown blueprint {unknown:?}"));
+            }
+        }
+        let f = &self.field_reports;
+        if f.window_epochs == 0 {
+            return bad("field_reports.window_epochs", "must be at least 1");
+        }
+        for (key, v) in [
+            ("field_reports.success_points", f.success_points),
+            ("field_reports.regression_points", f.regression_points),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(key, "must be finite and >= 0");
             }
         }
         let r = &self.risk;

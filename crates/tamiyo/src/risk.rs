@@ -14,7 +14,10 @@
 //! | 8 | `blueprint_experimental` | an EXPERIMENTAL blueprint | downgrade: twice the α ramp |
 //! | 9 | `conservative_mode` | conservative mode is on | veto GERMINATE |
 //!
-//! A hazard (2–5) vetoes GERMINATE and enters conservative mode; the mode
+//! A spike is judged against a moving average it does not move; a level that
+//! stays high for more than `rebase_after_fences` fences becomes the new
+//! average (a lasting change such as a fossilized seed's cost is not a
+//! hazard forever). A hazard (2–5) vetoes GERMINATE and enters conservative mode; the mode
 //! ends after `cool_down_fences` fences and then `healthy_fences` hazard-free
 //! fences in a row. CULL is never vetoed (it lowers risk); FOSSILIZE is vetoed
 //! only by low coverage.
@@ -64,6 +67,8 @@ pub struct RiskEngine {
     config: RiskConfig,
     loss_ewma: Option<f64>,
     step_ms_ewma: Option<f64>,
+    /// Fences in a row above the ratio, per signal (loss, step time).
+    above: [u32; 2],
     /// Fences since conservative mode was (re-)entered; `None` when off.
     conservative_for: Option<u32>,
     healthy_in_a_row: u32,
@@ -76,6 +81,7 @@ impl RiskEngine {
             config,
             loss_ewma: None,
             step_ms_ewma: None,
+            above: [0; 2],
             conservative_for: None,
             healthy_in_a_row: 0,
         }
@@ -113,7 +119,12 @@ impl RiskEngine {
         let mut hazard = false;
         let (ratio, alpha) = (c.loss_spike_ratio, c.ewma_alpha);
         if let Some(loss) = p.training_loss
-            && let Some(mean) = spike(&mut self.loss_ewma, loss, ratio, alpha)
+            && let Some(mean) = spike(
+                &mut self.loss_ewma,
+                &mut self.above[0],
+                loss,
+                (ratio, alpha, c.rebase_after_fences),
+            )
         {
             hazard = true;
             findings.push(Finding {
@@ -123,7 +134,12 @@ impl RiskEngine {
         }
         let ratio = c.latency_spike_ratio;
         if let Some(&ms) = p.training_metrics.get("step_ms")
-            && let Some(mean) = spike(&mut self.step_ms_ewma, ms, ratio, alpha)
+            && let Some(mean) = spike(
+                &mut self.step_ms_ewma,
+                &mut self.above[1],
+                ms,
+                (ratio, alpha, c.rebase_after_fences),
+            )
         {
             hazard = true;
             findings.push(Finding {
@@ -290,11 +306,28 @@ impl RiskEngine {
 
 /// Judges `value` against the moving average `ewma`: `Some(mean)` when it is
 /// above `ratio` × mean (a spike, which does not move the average it is
-/// judged against), else `None` after folding it in.
-fn spike(ewma: &mut Option<f64>, value: f64, ratio: f64, alpha: f64) -> Option<f64> {
+/// judged against), else `None` after folding it in. A level that stays above
+/// for `rebase` fences in a row is a lasting change, not a spike (a seed that
+/// made every step slower): the average restarts from it.
+fn spike(
+    ewma: &mut Option<f64>,
+    above: &mut u32,
+    value: f64,
+    (ratio, alpha, rebase): (f64, f64, u32),
+) -> Option<f64> {
     match *ewma {
-        Some(mean) if value > ratio * mean => Some(mean),
+        Some(mean) if value > ratio * mean => {
+            *above += 1;
+            if *above > rebase {
+                *ewma = Some(value);
+                *above = 0;
+                None
+            } else {
+                Some(mean)
+            }
+        }
         Some(mean) => {
+            *above = 0;
             *ewma = Some(mean + alpha * (value - mean));
             None
         }

@@ -29,6 +29,7 @@ use crate::catalog::BlueprintCache;
 use crate::config::Config;
 use crate::decision::{Action, Decision, Diagnostics};
 use crate::error::{Error, Result};
+use crate::field_reports::OutcomeTracker;
 use crate::observation::Observation;
 use crate::policy::{Cancel, Policy, Proposal, Proposed};
 use crate::risk::{RiskEngine, Verdict};
@@ -46,6 +47,14 @@ pub struct ServiceStats {
     pub late_discarded: u64,
     /// Steps that failed (any error).
     pub errors: u64,
+}
+
+/// What the worker is asked to do.
+enum Job {
+    /// Decide on a packet.
+    Decide(Box<Request>),
+    /// A proposal became a command.
+    Issued(Proposal),
 }
 
 struct Request {
@@ -66,12 +75,13 @@ pub struct TamiyoService {
     validator: Validator,
     risk: RiskEngine,
     policy_name: &'static str,
-    requests: Option<Sender<Request>>,
+    requests: Option<Sender<Job>>,
     replies: Receiver<Reply>,
     worker: Option<JoinHandle<()>>,
     next_id: u64,
     stats: ServiceStats,
     issued_by: String,
+    reports: OutcomeTracker,
 }
 
 impl std::fmt::Debug for TamiyoService {
@@ -98,7 +108,7 @@ impl TamiyoService {
         deadline: Duration,
     ) -> Result<Self> {
         let policy_name = policy.name();
-        let (request_tx, request_rx) = mpsc::channel::<Request>();
+        let (request_tx, request_rx) = mpsc::channel::<Job>();
         let (reply_tx, reply_rx) = mpsc::channel::<Reply>();
         let worker = std::thread::Builder::new()
             .name(format!("tamiyo-{policy_name}"))
@@ -106,6 +116,7 @@ impl TamiyoService {
             .map_err(|e| Error::WorkerGone(format!("cannot start: {e}")))?;
         Ok(Self {
             risk: RiskEngine::new(config.risk.clone()),
+            reports: OutcomeTracker::new(config.field_reports.clone(), policy_name),
             config,
             deadline,
             key,
@@ -123,6 +134,17 @@ impl TamiyoService {
     /// The counters.
     pub fn stats(&self) -> ServiceStats {
         self.stats
+    }
+
+    /// Field reports whose outcome was decided since the last call (for the
+    /// caller to log durably and publish).
+    pub fn take_field_reports(&mut self) -> Vec<leyline::v1::FieldReport> {
+        self.reports.take_closed()
+    }
+
+    /// Field reports still inside their observation window.
+    pub fn open_field_reports(&self) -> usize {
+        self.reports.open_reports()
     }
 
     /// Whether the risk engine is in conservative mode.
@@ -152,6 +174,7 @@ impl TamiyoService {
         let started = Instant::now();
         let deadline = started + self.deadline;
         let observation = Observation::new(packet, &self.validator)?;
+        self.reports.observe(packet);
         // Answers to earlier, abandoned steps are stale.
         while self.replies.try_recv().is_ok() {
             self.stats.late_discarded += 1;
@@ -169,7 +192,7 @@ impl TamiyoService {
         self.requests
             .as_ref()
             .ok_or_else(|| Error::WorkerGone("shut down".into()))?
-            .send(request)
+            .send(Job::Decide(Box::new(request)))
             .map_err(|_| Error::WorkerGone("its request channel is closed".into()))?;
         let (proposed, catalog) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -223,6 +246,16 @@ impl TamiyoService {
                 deadline: self.deadline,
                 stage: "risk and signing",
             });
+        }
+        // Only a command that leaves gets a field report, and only then is
+        // the policy told its proposal went out.
+        if let Action::Command(command) = &action {
+            self.reports.track(command);
+            if let Some(requests) = &self.requests {
+                requests
+                    .send(Job::Issued(assessment.proposal.clone()))
+                    .map_err(|_| Error::WorkerGone("its request channel is closed".into()))?;
+            }
         }
         Ok(Decision {
             action,
@@ -382,13 +415,18 @@ impl Drop for TamiyoService {
 fn worker(
     mut policy: Box<dyn Policy>,
     catalog: Arc<BlueprintCache>,
-    requests: Receiver<Request>,
+    requests: Receiver<Job>,
     replies: Sender<Reply>,
 ) {
-    while let Ok(request) = requests.recv() {
-        let result = decide(policy.as_mut(), &catalog, &request);
-        if replies.send((request.id, result)).is_err() {
-            return;
+    while let Ok(job) = requests.recv() {
+        match job {
+            Job::Decide(request) => {
+                let result = decide(policy.as_mut(), &catalog, &request);
+                if replies.send((request.id, result)).is_err() {
+                    return;
+                }
+            }
+            Job::Issued(proposal) => policy.issued(&proposal),
         }
     }
 }

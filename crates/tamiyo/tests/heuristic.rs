@@ -234,6 +234,13 @@ fn seeds_are_culled_on_regression_or_no_improvement_and_fossilized_on_contributi
             seed_id: "s".into()
         }
     );
+    // Not issued (vetoed, or lost to a deadline): proposed again.
+    assert_eq!(
+        run(&mut pol, std::slice::from_ref(&p)).0,
+        "fossilize_contribution"
+    );
+    // Issued: asked once.
+    pol.issued(&proposal);
     assert_ne!(run(&mut pol, &[p]).0, "fossilize_contribution");
 }
 
@@ -282,7 +289,10 @@ seed = "seed-r0"
             .unwrap()
     };
     assert_eq!(decide(&packet(1, 3, None)).rule, "script_nothing_due");
+    // Proposed but never issued: proposed again.
+    assert_eq!(decide(&packet(1, 5, None)).rule, "script");
     let out = decide(&packet(1, 6, None));
+    let issued = out.proposal.clone();
     let Proposal::Germinate {
         slot_id,
         parameters,
@@ -298,6 +308,16 @@ seed = "seed-r0"
         (parameters.get("expansion"), parameters.get("depth")),
         (Some(&2.0), Some(&1.0))
     );
+    script.issued(&issued);
+    let mut decide = |p: &SystemStatePacket| {
+        script
+            .decide(
+                &Observation::new(p, &validator).unwrap(),
+                &catalog,
+                &Cancel::new(),
+            )
+            .unwrap()
+    };
     assert_eq!(decide(&packet(2, 100, None)).rule, "script_nothing_due");
     assert_eq!(
         decide(&packet(2, 126, Some((0.5, 0.8)))).proposal,

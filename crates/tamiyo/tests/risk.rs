@@ -205,3 +205,50 @@ fn conservative_mode_needs_a_cool_down_and_healthy_fences_to_end() {
     assert!(!a.conservative);
     assert_eq!(a.verdict, Verdict::Allow);
 }
+
+#[test]
+fn a_lasting_level_change_becomes_the_new_average() {
+    let config = RiskConfig {
+        rebase_after_fences: 3,
+        ..RiskConfig::default()
+    };
+    let mut engine = RiskEngine::new(config);
+    let calm = packet(2, 100, None);
+    assess(
+        &mut engine,
+        &calm,
+        Proposal::Cull {
+            seed_id: "s".into(),
+        },
+    );
+    let mut slow = calm.clone();
+    slow.training_metrics.insert("step_ms".into(), 45.0);
+    // Three fences in a row are spikes ...
+    for _ in 0..3 {
+        let a = assess(
+            &mut engine,
+            &slow,
+            Proposal::Cull {
+                seed_id: "s".into(),
+            },
+        );
+        assert_eq!(rules(&a), vec!["latency_spike"]);
+    }
+    // ... the fourth is the new normal: no hazard.
+    let a = assess(
+        &mut engine,
+        &slow,
+        Proposal::Cull {
+            seed_id: "s".into(),
+        },
+    );
+    assert!(!rules(&a).contains(&"latency_spike"), "{:?}", a.findings);
+    let a = assess(
+        &mut engine,
+        &slow,
+        Proposal::Cull {
+            seed_id: "s".into(),
+        },
+    );
+    assert!(!rules(&a).contains(&"latency_spike"), "{:?}", a.findings);
+}

@@ -64,6 +64,9 @@ pub struct SeedRecord {
     pub counterfactual: Option<(f64, f64)>,
     /// Isolation violations seen in the stage.
     pub isolation_violations: u64,
+    /// G2's baseline: mean step time before germination, milliseconds.
+    #[serde(default)]
+    pub baseline_ms: Option<f64>,
 }
 
 /// Everything Kasmina needs to continue a run.
@@ -138,6 +141,7 @@ impl Kasmina {
                     .and_then(|e| e.counterfactual)
                     .map(|c| (c.with_seed, c.without_seed)),
                 isolation_violations: evidence.map_or(0, |e| e.isolation_violations),
+                baseline_ms: self.lifecycle.baseline_ms(id),
             });
         }
         state
@@ -233,6 +237,7 @@ impl Kasmina {
                         without_seed,
                     }),
                 record.isolation_violations,
+                record.baseline_ms,
             );
         }
         self.sync_registry();

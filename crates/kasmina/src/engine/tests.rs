@@ -127,6 +127,7 @@ fn evidence(k: &mut Kasmina, n: usize) {
                 loss: 1.0,
                 alpha,
                 isolation_ok: true,
+                step_ms: 1.0,
             },
         );
         k.slots_mut().step();

@@ -47,6 +47,10 @@ pub struct Lifecycle {
     evidence: BTreeMap<String, Evidence>,
     /// Step and epoch each slot's seed germinated at (its age).
     born: BTreeMap<String, (u64, u64)>,
+    /// Mean step time (ms) before each slot's seed germinated: G2's baseline.
+    baselines: BTreeMap<String, f64>,
+    /// The most recent step times (ms), for the next germination's baseline.
+    recent_step_ms: std::collections::VecDeque<f64>,
     events: Vec<LifecycleEvent>,
     gates_passed: u64,
     gates_failed: u64,
@@ -66,6 +70,8 @@ impl Lifecycle {
             config,
             evidence: BTreeMap::new(),
             born: BTreeMap::new(),
+            baselines: BTreeMap::new(),
+            recent_step_ms: std::collections::VecDeque::new(),
             events: Vec::new(),
             gates_passed: 0,
             gates_failed: 0,
@@ -81,6 +87,7 @@ impl Lifecycle {
         (steps, epochs): (u64, u64),
         counterfactual: Option<Counterfactual>,
         isolation_violations: u64,
+        baseline_ms: Option<f64>,
     ) {
         let mut e = Evidence::new(self.config.window);
         e.steps_in_stage = steps;
@@ -89,6 +96,9 @@ impl Lifecycle {
         e.isolation_violations = isolation_violations;
         self.evidence.insert(slot_id.to_string(), e);
         self.born.insert(slot_id.to_string(), born);
+        if let Some(b) = baseline_ms {
+            self.baselines.insert(slot_id.to_string(), b);
+        }
     }
 
     /// The step and epoch the seed in `slot_id` germinated at.
@@ -205,6 +215,10 @@ impl Lifecycle {
         self.evidence
             .insert(slot_id.clone(), Evidence::new(self.config.window));
         self.born.insert(slot_id.clone(), (step, epoch));
+        if !self.recent_step_ms.is_empty() {
+            let mean = self.recent_step_ms.iter().sum::<f64>() / self.recent_step_ms.len() as f64;
+            self.baselines.insert(slot_id.clone(), mean);
+        }
         self.events
             .push(LifecycleEvent::Transition(StageTransition {
                 seed_id,
@@ -217,6 +231,24 @@ impl Lifecycle {
                 reason: "germinate".into(),
             }));
         Ok(())
+    }
+
+    /// Records one step's forward + backward time (every step, with or
+    /// without seeds): the window a new seed's G2 baseline is taken from.
+    pub fn record_step_time(&mut self, step_ms: f64) {
+        if !step_ms.is_finite() {
+            return;
+        }
+        if self.recent_step_ms.len() == self.config.window {
+            self.recent_step_ms.pop_front();
+        }
+        self.recent_step_ms.push_back(step_ms);
+    }
+
+    /// G2's baseline for the seed in `slot_id`: the mean step time before it
+    /// germinated.
+    pub fn baseline_ms(&self, slot_id: &str) -> Option<f64> {
+        self.baselines.get(slot_id).copied()
     }
 
     /// Records one training step's evidence for the seed in `slot_id`.
@@ -298,6 +330,7 @@ impl Lifecycle {
         }
         self.evidence.remove(slot_id);
         self.born.remove(slot_id);
+        self.baselines.remove(slot_id);
         self.events
             .push(LifecycleEvent::Transition(StageTransition {
                 seed_id: seed.id().to_string(),
@@ -405,9 +438,14 @@ impl Lifecycle {
                 })
             }
             SeedStage::Training => gates::g1(&self.config, &evidence, from, to),
-            SeedStage::Blending => {
-                gates::g2(&self.config, &evidence, seed.ramp_complete(), from, to)
-            }
+            SeedStage::Blending => gates::g2(
+                &self.config,
+                &evidence,
+                seed.ramp_complete(),
+                self.baselines.get(slot_id).copied(),
+                from,
+                to,
+            ),
             SeedStage::Shadowing | SeedStage::Probationary => {
                 gates::g4(&self.config, &evidence, from, to)
             }

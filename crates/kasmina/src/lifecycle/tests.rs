@@ -41,6 +41,7 @@ fn good(alpha: f64) -> StepEvidence {
         loss: 1.0,
         alpha,
         isolation_ok: true,
+        step_ms: 1.0,
     }
 }
 
@@ -168,6 +169,47 @@ fn a_contributing_seed_walks_every_gate_to_fossilized() {
     assert_eq!(last.inputs["contribution"], 3.0);
     // A fossilized seed stays in the model and keeps training with the host.
     assert!(!slots.trainable_parameters().is_empty());
+}
+
+/// A seed blended in over steps that take `slow_ms` against a host that
+/// stepped in 10 ms: what G2 decides.
+fn g2_with_step_time(slow_ms: f64) -> Progress {
+    let mut slots = SeedSlots::new(&[spec()]);
+    let mut lc = Lifecycle::new(small_config());
+    for _ in 0..4 {
+        lc.record_step_time(10.0);
+    }
+    lc.germinate(&mut slots, seed("s1", 2), 0, 0).unwrap();
+    assert_eq!(lc.baseline_ms("r0"), Some(10.0));
+    lc.advance(&mut slots, "r0", 0, 0).unwrap(); // TRAINING
+    steps(&mut lc, &mut slots, 4);
+    lc.end_epoch(&mut slots, 4, 1).unwrap();
+    lc.advance(&mut slots, "r0", 4, 1).unwrap(); // BLENDING
+    for _ in 0..4 {
+        let alpha = slots.slot("r0").unwrap().seed().map_or(0.0, Seed::alpha);
+        lc.record_step(
+            "r0",
+            StepEvidence {
+                step_ms: slow_ms,
+                ..good(alpha)
+            },
+        );
+        slots.step();
+    }
+    lc.advance(&mut slots, "r0", 8, 1).unwrap()
+}
+
+#[test]
+fn g2_culls_a_seed_that_slows_the_step_beyond_its_budget() {
+    // 3× the host's step time is within the default 10×; 12× is not.
+    assert_eq!(
+        g2_with_step_time(30.0),
+        Progress::Moved(SeedStage::Shadowing)
+    );
+    assert_eq!(
+        g2_with_step_time(120.0),
+        Progress::Culled("latency_over_budget".into())
+    );
 }
 
 #[test]
@@ -351,6 +393,13 @@ fn the_slot_output_follows_the_stage() {
     slots.set_counterfactual(true);
     assert_eq!(values(&slots.run(&spec(), h.clone()).unwrap()), values(&h));
     slots.set_counterfactual(false);
+    // A seed's own counterfactual: α = 0 in its slot, other slots untouched.
+    let blended = values(&slots.run(&spec(), h.clone()).unwrap());
+    slots.set_counterfactual_slot(Some("elsewhere"));
+    assert_eq!(values(&slots.run(&spec(), h.clone()).unwrap()), blended);
+    slots.set_counterfactual_slot(Some("r0"));
+    assert_eq!(values(&slots.run(&spec(), h.clone()).unwrap()), values(&h));
+    slots.set_counterfactual_slot(None);
     let wrong = Tensor::zeros((2, 4, 5, 6), DType::F32, &Device::Cpu).unwrap();
     assert!(slots.run(&spec(), wrong).is_err());
 }

@@ -1,9 +1,9 @@
 //! Field reports: what became of each decision, decided after an observation
-//! window, kept in a write-ahead log.
-//!
-//! **Status (issue #8):** the WAL is built; the outcome decision from
-//! measured deltas and publishing on Oona are not yet.
+//! window from measured deltas ([`OutcomeTracker`]), kept in a write-ahead
+//! log ([`Wal`]); the runtime publishes them on Oona.
 
+pub mod outcome;
 pub mod wal;
 
+pub use outcome::OutcomeTracker;
 pub use wal::{BadRecord, Loaded, Wal};

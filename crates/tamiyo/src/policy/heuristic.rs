@@ -81,8 +81,10 @@ impl HeuristicPolicy {
         }
     }
 
-    /// Rules 1–3, over the seeds in the packet.
-    fn judge_seeds(&mut self, obs: &Observation<'_>) -> Option<Proposed> {
+    /// Rules 1–3, over the seeds in the packet. A CULL or FOSSILIZE is
+    /// proposed until it has been issued ([`Policy::issued`]): one lost to a
+    /// deadline or a veto comes again at the next fence.
+    fn judge_seeds(&self, obs: &Observation<'_>) -> Option<Proposed> {
         let latest = self.history.last().map(|(_, _, a)| *a);
         for s in &obs.packet.seed_states {
             let stage = stage_of(s.stage);
@@ -93,7 +95,7 @@ impl HeuristicPolicy {
                     | SeedStage::Shadowing
                     | SeedStage::Probationary
             );
-            let Some(memory) = self.seeds.get_mut(&s.seed_id) else {
+            let Some(memory) = self.seeds.get(&s.seed_id) else {
                 continue;
             };
             if !judged || memory.cull_asked {
@@ -102,7 +104,6 @@ impl HeuristicPolicy {
             if let Some(c) = s.contribution
                 && c < -self.config.cull_drop_points
             {
-                memory.cull_asked = true;
                 return Some(Proposed {
                     proposal: Proposal::Cull {
                         seed_id: s.seed_id.clone(),
@@ -118,7 +119,6 @@ impl HeuristicPolicy {
                 && let (Some(born), Some(now)) = (memory.accuracy_at_birth, latest)
                 && now <= born
             {
-                memory.cull_asked = true;
                 return Some(Proposed {
                     proposal: Proposal::Cull {
                         seed_id: s.seed_id.clone(),
@@ -138,7 +138,6 @@ impl HeuristicPolicy {
                 && let Some(c) = s.contribution
                 && c > 0.0
             {
-                memory.fossilize_asked = true;
                 return Some(Proposed {
                     proposal: Proposal::Fossilize {
                         seed_id: s.seed_id.clone(),
@@ -321,6 +320,22 @@ impl HeuristicPolicy {
 impl Policy for HeuristicPolicy {
     fn name(&self) -> &'static str {
         "heuristic"
+    }
+
+    fn issued(&mut self, proposal: &Proposal) {
+        match proposal {
+            Proposal::Cull { seed_id } => {
+                if let Some(m) = self.seeds.get_mut(seed_id) {
+                    m.cull_asked = true;
+                }
+            }
+            Proposal::Fossilize { seed_id } => {
+                if let Some(m) = self.seeds.get_mut(seed_id) {
+                    m.fossilize_asked = true;
+                }
+            }
+            Proposal::Wait { .. } | Proposal::Germinate { .. } => {}
+        }
     }
 
     fn decide(

@@ -124,4 +124,10 @@ pub trait Policy: Send {
         catalog: &[CatalogEntry],
         cancel: &Cancel,
     ) -> Result<Proposed>;
+
+    /// Told when a proposal became a command that left the service (not when
+    /// it was vetoed, or discarded after a missed deadline): a policy that
+    /// keeps state about what it asked for updates it here, so that a lost
+    /// proposal is made again.
+    fn issued(&mut self, _proposal: &Proposal) {}
 }

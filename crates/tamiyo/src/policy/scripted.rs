@@ -19,8 +19,10 @@
 //! ```
 //!
 //! One action per step, in schedule order; an action whose moment has come
-//! waits for the next step if another one went first. Every problem in the
-//! file is an error at load, naming the action.
+//! waits for the next step if another one went first, and stays scheduled
+//! until it has been issued (a vetoed one, or one lost to a missed deadline,
+//! is proposed again). Every problem in the file is an error at load, naming
+//! the action.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -73,6 +75,8 @@ struct Action {
 #[derive(Debug, Clone)]
 pub struct ScriptedPolicy {
     pending: VecDeque<Action>,
+    /// The action of the last proposal, removed once it is issued.
+    proposed: Option<usize>,
 }
 
 impl ScriptedPolicy {
@@ -135,6 +139,7 @@ impl ScriptedPolicy {
         }
         Ok(Self {
             pending: file.action.into(),
+            proposed: None,
         })
     }
 
@@ -149,6 +154,12 @@ impl Policy for ScriptedPolicy {
         "script"
     }
 
+    fn issued(&mut self, _proposal: &Proposal) {
+        if let Some(index) = self.proposed.take() {
+            self.pending.remove(index);
+        }
+    }
+
     fn decide(
         &mut self,
         observation: &Observation<'_>,
@@ -156,6 +167,7 @@ impl Policy for ScriptedPolicy {
         cancel: &Cancel,
     ) -> Result<Proposed> {
         cancel.check("script")?;
+        self.proposed = None;
         let p = observation.packet;
         let due = |a: &Action| match (a.at_step, a.at_epoch) {
             (Some(step), _) => p.global_step >= step,
@@ -168,7 +180,10 @@ impl Policy for ScriptedPolicy {
                 format!("{} action(s) scheduled later", self.pending.len()),
             ));
         };
-        let Some(a) = self.pending.remove(index) else {
+        // The action stays scheduled until it is issued: one vetoed or lost
+        // to a missed deadline is proposed again at the next fence.
+        self.proposed = Some(index);
+        let Some(a) = self.pending.get(index).cloned() else {
             return Ok(Proposed::wait("script_nothing_due", "schedule empty"));
         };
         let when = match (a.at_step, a.at_epoch) {

@@ -430,7 +430,8 @@ impl Trainer {
                 let _backward = tracing::info_span!("backward").entered();
                 loss.backward()?
             };
-            self.seeds_after_backward(&grads, f64::from(value))?;
+            let forward_backward_ms = step_started.elapsed().as_secs_f64() * 1e3;
+            self.seeds_after_backward(&grads, f64::from(value), forward_backward_ms)?;
             let host_grad_norm = {
                 let _optimizer = tracing::info_span!("optimizer").entered();
                 let norm = global_grad_norm(&self.host.parameters(), &grads)?;
@@ -622,12 +623,22 @@ impl Trainer {
     /// A validation pass; `counterfactual` forces every seed's α to 0 (the
     /// host as it would be without its seeds).
     pub fn validate_with(&self, counterfactual: bool) -> Result<Validation> {
+        self.validate_slots(|s| s.set_counterfactual(counterfactual))
+    }
+
+    /// A validation pass with the seed in `slot_id` at α = 0 and every other
+    /// seed as it is: that seed's own counterfactual.
+    pub fn validate_without(&self, slot_id: &str) -> Result<Validation> {
+        self.validate_slots(|s| s.set_counterfactual_slot(Some(slot_id)))
+    }
+
+    fn validate_slots(&self, mode: impl FnOnce(&mut kasmina::SeedSlots)) -> Result<Validation> {
         // Validation runs on a copy of the slots (shared weights, no probes), so
         // that it needs no mutable access to the trainer.
         let mut slots = self.seeds.as_ref().map(|c| {
             let mut s = c.kasmina.slots().clone();
             s.set_isolation_probes(false);
-            s.set_counterfactual(counterfactual);
+            mode(&mut s);
             s
         });
         let mut loader = BatchLoader::new(

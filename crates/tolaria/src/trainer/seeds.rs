@@ -395,11 +395,18 @@ impl Trainer {
         Ok(())
     }
 
-    /// After the backward pass: each training seed's evidence.
-    pub(super) fn seeds_after_backward(&mut self, grads: &GradStore, loss: f64) -> Result<()> {
+    /// After the backward pass: each training seed's evidence, and the
+    /// step's forward + backward time (every seed's G2 baseline and latency).
+    pub(super) fn seeds_after_backward(
+        &mut self,
+        grads: &GradStore,
+        loss: f64,
+        step_ms: f64,
+    ) -> Result<()> {
         let Some(control) = self.seeds.as_mut() else {
             return Ok(());
         };
+        control.kasmina.lifecycle_mut().record_step_time(step_ms);
         let probes = control.kasmina.slots_mut().take_probes();
         let mut evidence = Vec::new();
         for slot in control.kasmina.slots().slots() {
@@ -453,6 +460,7 @@ impl Trainer {
                     loss,
                     alpha,
                     isolation_ok,
+                    step_ms,
                 },
             );
         }
@@ -524,18 +532,18 @@ impl Trainer {
             .filter(|s| matches!(s.stage(), SeedStage::Shadowing | SeedStage::Probationary))
             .map(|s| s.spec().id.clone())
             .collect();
-        if !judged.is_empty() {
-            let without = self.validate_with(true)?.accuracy;
+        // Each judged seed against the model without it alone (every other
+        // seed, fossilized ones included, keeps its α): its own contribution.
+        for slot in judged {
+            let without = self.validate_without(&slot)?.accuracy;
             if let Some(control) = self.seeds.as_mut() {
-                for slot in judged {
-                    control.kasmina.lifecycle_mut().record_counterfactual(
-                        &slot,
-                        Counterfactual {
-                            with_seed: with_seeds_accuracy * 100.0,
-                            without_seed: without * 100.0,
-                        },
-                    );
-                }
+                control.kasmina.lifecycle_mut().record_counterfactual(
+                    &slot,
+                    Counterfactual {
+                        with_seed: with_seeds_accuracy * 100.0,
+                        without_seed: without * 100.0,
+                    },
+                );
             }
         }
         if let Some(control) = self.seeds.as_mut() {
