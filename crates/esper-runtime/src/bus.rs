@@ -93,6 +93,25 @@ impl RunBus {
             .block_on(self.oona.publish(packet, MessagePriority::Normal))?)
     }
 
+    /// A sink for Tolaria's emergency signals: each is published on the
+    /// emergency stream the moment the trainer raises it (and shown to the
+    /// operator); a failure leaves it in the trainer's outbox.
+    pub fn emergency_sink(&self) -> tolaria::EmergencySink {
+        let oona = self.oona.clone();
+        let handle = self.runtime.handle().clone();
+        Box::new(move |signal: &EmergencySignal| {
+            eprintln!(
+                "esper train: emergency {}: {}",
+                signal.level().as_str_name(),
+                signal.reason
+            );
+            handle
+                .block_on(oona.publish_signal(signal.clone()))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
     /// Publishes an emergency signal on the emergency stream (never shed).
     pub fn publish_signal(&self, signal: EmergencySignal) -> Result<oona::EntryId> {
         Ok(self.runtime.block_on(self.oona.publish_signal(signal))?)

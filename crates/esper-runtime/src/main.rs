@@ -241,6 +241,8 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         );
     }
     let bus = esper_runtime::RunBus::start(resolved, "tolaria").context("connecting to Oona")?;
+    // Emergency signals leave the moment they are raised.
+    let trainer = trainer.with_emergency_sink(bus.emergency_sink());
     let slots = trainer.host().slots().to_vec();
     let device = trainer.device().clone();
     let (mut trainer, shared) = match control::build(resolved, &slots, &device, &bus)

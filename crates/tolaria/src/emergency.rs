@@ -207,6 +207,24 @@ impl EmergencyController {
         Ok(self.change(to, reason))
     }
 
+    /// Queues a signal at the current level without changing it: a CRITICAL
+    /// event (e.g. a seed's isolation violation) for the emergency path.
+    pub fn notify(&mut self, reason: &str) -> Option<TelemetryEvent> {
+        let signal = EmergencySignal {
+            signal_id: leyline::new_id(),
+            level: self.level as i32,
+            reason: reason.to_string(),
+            origin: "tolaria".into(),
+            triggered_at_ms: leyline::unix_now_ms(),
+            monotonic_time_ms: u64::try_from(self.started.elapsed().as_millis())
+                .unwrap_or(u64::MAX),
+            training_run_id: self.run_id.clone(),
+            attributes: [("kind".to_string(), "critical_event".to_string())].into(),
+            ..Default::default()
+        };
+        self.outbox.push(signal)
+    }
+
     fn change(&mut self, to: EmergencyLevel, reason: &str) -> Option<TelemetryEvent> {
         let from = self.level;
         self.level = to;

@@ -33,4 +33,6 @@ mod trainer;
 
 pub use config::{CheckpointConfig, Config, DeviceKind, OptimizerConfig};
 pub use error::{Error, Result};
-pub use trainer::{EpochReport, Fault, SeedSummary, StepProgress, Trainer, Validation};
+pub use trainer::{
+    EmergencySink, EpochReport, Fault, SeedSummary, StepProgress, Trainer, Validation,
+};

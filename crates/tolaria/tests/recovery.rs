@@ -299,3 +299,40 @@ fn the_manifest_records_lr_rng_and_config_and_a_changed_config_is_reported() {
             .any(|e| e.name == "checkpoint_config_changed")
     );
 }
+
+#[test]
+fn an_emergency_signal_leaves_through_the_sink_within_the_step_that_raised_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let delivered = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&delivered);
+    let mut t = Trainer::new(config(2, None), 1, "sink-drill")
+        .unwrap()
+        .with_emergency_sink(Box::new(move |signal| {
+            assert_eq!(signal.level, leyline::v1::EmergencyLevel::Elevated as i32);
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }));
+    t.run_epoch().unwrap();
+    t.inject_fault(Fault::NanLoss);
+    // The NaN is the first batch of the epoch: its rollback escalates to
+    // ELEVATED, and the signal is out before the second batch has finished.
+    let mut at_batch = Vec::new();
+    t.run_epoch_with_progress(&mut |p| {
+        at_batch.push((p.batch, delivered.load(Ordering::SeqCst)));
+    })
+    .unwrap();
+    let (batch, count) = at_batch[0];
+    assert_eq!((batch, count), (2, 1), "{at_batch:?}");
+    assert!(t.emergency().outbox().is_empty());
+
+    // A sink that fails leaves the signal queued for the caller.
+    let mut t = Trainer::new(config(2, None), 1, "sink-down")
+        .unwrap()
+        .with_emergency_sink(Box::new(|_| Err("bus down".into())));
+    t.run_epoch().unwrap();
+    t.inject_fault(Fault::NanLoss);
+    t.run_epoch().unwrap();
+    assert_eq!(t.emergency().outbox().len(), 1);
+}

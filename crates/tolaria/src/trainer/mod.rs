@@ -93,6 +93,11 @@ pub struct StepProgress {
     pub images_per_second: f64,
 }
 
+/// Delivers one emergency signal (e.g. publishes it on Oona's emergency
+/// stream); an error leaves it, and the ones after it, in the outbox.
+pub type EmergencySink =
+    Box<dyn FnMut(&leyline::v1::EmergencySignal) -> std::result::Result<(), String> + Send>;
+
 /// Trains one host on one dataset.
 pub struct Trainer {
     config: Config,
@@ -131,6 +136,9 @@ pub struct Trainer {
     since_fence: (f64, u64, f64),
     /// Seeds of the checkpoint this run resumed from, until Kasmina takes them.
     resumed_seeds: Option<seeds::ResumedSeeds>,
+    /// Where emergency signals go the moment they are raised (the runtime's
+    /// bus); without one they wait in the outbox for the caller.
+    emergency_sink: Option<EmergencySink>,
     /// Their optimizer state, imported once their groups exist.
     pending_seed_optimizer: std::collections::BTreeMap<String, crate::optim::StateEntry>,
 }
@@ -275,6 +283,7 @@ impl Trainer {
             generation: 0,
             since_fence: (0.0, 0, 0.0),
             resumed_seeds,
+            emergency_sink: None,
             pending_seed_optimizer: std::collections::BTreeMap::new(),
         })
     }
@@ -290,6 +299,23 @@ impl Trainer {
     /// Why the control hook stopped the run, if it did.
     pub fn stop_requested(&self) -> Option<&str> {
         self.stop.as_deref()
+    }
+
+    /// Delivers emergency signals through `sink` as soon as they are raised
+    /// (checked after every step and at every fence), instead of leaving them
+    /// in the outbox until the caller drains it.
+    pub fn with_emergency_sink(mut self, sink: EmergencySink) -> Self {
+        self.emergency_sink = Some(sink);
+        self
+    }
+
+    /// Sends what the outbox holds through the sink, if there is one.
+    fn flush_emergencies(&mut self) {
+        if let Some(sink) = self.emergency_sink.as_mut()
+            && !self.emergency.outbox().is_empty()
+        {
+            self.emergency.outbox().drain(|s| sink(s));
+        }
     }
 
     /// The emergency controller, with its outbox of signals to deliver.
@@ -387,6 +413,9 @@ impl Trainer {
         let mut last_loss = f64::NAN;
         let rollbacks_before = self.rollbacks.len();
         loop {
+            // A signal raised by the last step (a rollback's escalation
+            // included) leaves before the next one starts.
+            self.flush_emergencies();
             let step_no = self.global_step + 1;
             let _trace = self.profiler.enter(step_no, &mut self.events);
             let step_span = tracing::info_span!("step", step = step_no).entered();
@@ -460,6 +489,7 @@ impl Trainer {
                 accuracy: correct as f64 / seen.max(1) as f64,
                 images_per_second: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
             });
+            self.flush_emergencies();
             drop(step_span);
             drop(_trace);
             self.profiler.exit(step_no, &mut self.events);
@@ -598,6 +628,7 @@ impl Trainer {
             );
         }
         self.seeds_apply(commands)?;
+        self.flush_emergencies();
         if let FenceOutcome::Stop { reason } = outcome {
             self.stop = Some(reason);
         }

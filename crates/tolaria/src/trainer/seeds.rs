@@ -436,14 +436,21 @@ impl Trainer {
                 Some(p) => {
                     let report = control.monitor.check(&slot, p, grads, Instant::now())?;
                     if !report.ok {
+                        let detail = format!(
+                            "slot {slot}: gradient relative error {:.3e}, cosine {:.6}",
+                            report.gradient_relative_error, report.gradient_cosine
+                        );
+                        // CRITICAL: onto the emergency path at once (the
+                        // sink sends it after this step), and as telemetry.
+                        self.events.extend(
+                            self.emergency
+                                .notify(&format!("seed isolation violation: {detail}")),
+                        );
                         self.events.push(
                             leyline::telemetry::event(
                                 "seed_isolation_violation",
                                 TelemetryLevel::Critical,
-                                format!(
-                                    "slot {slot}: gradient relative error {:.3e}, cosine {:.6}",
-                                    report.gradient_relative_error, report.gradient_cosine
-                                ),
+                                detail,
                             )
                             .attr("slot_id", &slot)
                             .build(),
