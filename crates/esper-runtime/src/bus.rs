@@ -168,6 +168,11 @@ impl RunBus {
         failed
     }
 
+    /// A token cancelled when the bus finishes, for consumers started on it.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.child_token()
+    }
+
     /// A handle on the bus runtime, for components that run futures from
     /// their own threads (Tamiyo's metadata cache).
     pub fn handle(&self) -> tokio::runtime::Handle {

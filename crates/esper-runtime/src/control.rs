@@ -83,6 +83,8 @@ pub struct ControlPlane {
     pub shared: SharedState,
     /// The policy's name.
     pub policy: &'static str,
+    /// Tamiyo's blueprint metadata cache (its counters show invalidations).
+    pub catalog: Arc<BlueprintCache>,
 }
 
 /// Builds the control plane for a host with `slots` on `device`.
@@ -133,7 +135,26 @@ pub fn build(
     // Load the catalog now, so that the first fence's deadline measures the
     // decision and not the first SQLite read.
     cache.get(Instant::now()).map_err(tamiyo_error)?;
-    // Every catalog change (quarantine, new artifacts) invalidates the cache.
+    // Every catalog change announced on Oona (by an `esper urza serve`
+    // anywhere in the fleet) invalidates the cache ...
+    let announced = Arc::clone(&cache);
+    let subscription = bus.block_on(bus.oona().subscribe(
+        oona::Stream::KernelReady,
+        &format!("tamiyo-catalog-{}", resolved.run_id),
+        "tamiyo",
+        oona::StartFrom::Beginning,
+    ))?;
+    let cancel = bus.cancellation();
+    bus.handle().spawn(async move {
+        let handler = move |delivery: &oona::Delivery| {
+            if let leyline::codec::BusPayload::KernelCatalogUpdate(update) = &delivery.payload {
+                announced.apply(update);
+            }
+            Ok(())
+        };
+        subscription.run(handler, cancel).await
+    });
+    // ... and so does every change of the store this run reads.
     let watched = Arc::clone(&cache);
     bus.handle().spawn(async move {
         if let Ok(mut watch) = store.watch_catalog().await {
@@ -161,7 +182,7 @@ pub fn build(
     let service = TamiyoService::new(
         Arc::new(config.tamiyo.clone()),
         policy,
-        cache,
+        Arc::clone(&cache),
         resolved.signing_key.clone(),
         &config.leyline.limits,
         deadline,
@@ -217,6 +238,7 @@ pub fn build(
         },
         shared,
         policy: policy_name,
+        catalog: cache,
     }))
 }
 

@@ -46,6 +46,8 @@ pub struct EpochLine {
     pub fences: u32,
     /// Control fences past their deadline.
     pub fence_deadline_misses: u32,
+    /// Time spent in control fences, ms.
+    pub fence_ms: f64,
     /// Checkpoint written at the end of the epoch.
     pub checkpoint: Option<PathBuf>,
 }
@@ -70,6 +72,7 @@ impl EpochLine {
             rollbacks: report.rollbacks,
             fences: report.fences.fences,
             fence_deadline_misses: report.fences.deadline_misses,
+            fence_ms: report.fences.total_ms,
             checkpoint: report.checkpoint.clone(),
         }
     }

@@ -39,6 +39,8 @@ pub struct Config {
     pub risk: RiskConfig,
     /// Field reports: observation window and outcome thresholds.
     pub field_reports: FieldReportConfig,
+    /// The observation graph's schema (for the learned policy).
+    pub graph: crate::graph::GraphSchema,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             heuristic: HeuristicConfig::default(),
             risk: RiskConfig::default(),
             field_reports: FieldReportConfig::default(),
+            graph: crate::graph::GraphSchema::default(),
         }
     }
 }
@@ -148,6 +151,10 @@ pub struct RiskConfig {
     /// Fences a raised level may last before it is the new average rather
     /// than a spike (default 3).
     pub rebase_after_fences: u32,
+    /// Longest the previous control-hook call (Tamiyo deciding, the fence
+    /// around it excluded) may have taken, ms (default 18, the fence budget
+    /// `leyline.budgets.performance.control_fence_ms`).
+    pub max_fence_ms: f64,
     /// Isolation violations tolerated across live seeds (default 0).
     pub max_isolation_violations: u64,
     /// Highest blueprint risk a germination may carry (default 0.5).
@@ -173,6 +180,7 @@ impl Default for RiskConfig {
             latency_spike_ratio: 3.0,
             ewma_alpha: 0.2,
             rebase_after_fences: 3,
+            max_fence_ms: 18.0,
             max_isolation_violations: 0,
             max_blueprint_risk: 0.5,
             min_free_memory_fraction: 0.1,
@@ -236,6 +244,12 @@ impl Config {
                 return bad(key, &format!("unknown blueprint {unknown:?}"));
             }
         }
+        if let Err(problem) = self.graph.validate() {
+            return Err(ConfigError {
+                key: "graph.node_types",
+                problem,
+            });
+        }
         let f = &self.field_reports;
         if f.window_epochs == 0 {
             return bad("field_reports.window_epochs", "must be at least 1");
@@ -266,6 +280,9 @@ impl Config {
             if !(0.0..=1.0).contains(&v) {
                 return bad(key, "must be in [0, 1]");
             }
+        }
+        if !(r.max_fence_ms.is_finite() && r.max_fence_ms > 0.0) {
+            return bad("risk.max_fence_ms", "must be finite and > 0");
         }
         if r.ewma_alpha == 0.0 {
             return bad("risk.ewma_alpha", "must be > 0");

@@ -90,6 +90,10 @@ pub enum Error {
         /// Every violation.
         detail: String,
     },
+    /// The observation graph could not be built, or its schema or
+    /// normalisers are wrong.
+    #[error("observation graph: {0}")]
+    Graph(String),
     /// A schedule file is malformed.
     #[error("schedule {path}: {detail}")]
     Script {
@@ -116,6 +120,7 @@ impl Error {
             Error::WorkerGone(_) => "worker_gone",
             Error::InvalidCommand { .. } => "invalid_command",
             Error::Script { .. } => "script",
+            Error::Graph(_) => "graph",
         }
     }
 

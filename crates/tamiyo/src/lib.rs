@@ -10,11 +10,13 @@
 //!   and [`ScriptedPolicy`] (fixed schedule).
 //! * [`risk`]: ordered veto/downgrade rules with conservative-mode hysteresis.
 //! * [`catalog`]: the blueprint metadata cache over `urza::BlueprintStore`.
+//! * [`graph`]: the observation graph (global, slot, seed and blueprint nodes,
+//!   fixed-width features and edges, truncation, presence masks, EWMA
+//!   normalisers) the learned policy will read.
 //! * [`field_reports`]: the field-report write-ahead log.
 //! * [`Config`]: the `[tamiyo]` section.
 //!
-//! **Status (issue #8):** the observation graph for the learned policy, field
-//! report outcomes and their publication are not built yet.
+//! The learned (GNN) policy itself comes with a later issue.
 
 #![deny(missing_docs)]
 
@@ -23,6 +25,7 @@ pub mod config;
 mod decision;
 mod error;
 pub mod field_reports;
+pub mod graph;
 mod observation;
 pub mod policy;
 pub mod risk;

@@ -7,6 +7,7 @@
 //! | 1 | `degraded_coverage` | fewer optional inputs than `min_coverage` | veto all but CULL |
 //! | 2 | `loss_spike` | training loss > ratio × its moving average | hazard |
 //! | 3 | `latency_spike` | mean step time > ratio × its moving average | hazard |
+//! | 3b | `hook_latency` | the previous control-hook call took longer than the fence budget | hazard |
 //! | 4 | `isolation_violations` | live seeds' violations > the limit | hazard |
 //! | 5 | `device_pressure` | free memory fraction or utilization out of bounds | hazard |
 //! | 6 | `blueprint_quarantined` | the blueprint is quarantined or unknown | veto GERMINATE |
@@ -145,6 +146,18 @@ impl RiskEngine {
             findings.push(Finding {
                 rule: "latency_spike",
                 detail: format!("step {ms:.2} ms > {ratio} x {mean:.2} ms"),
+            });
+        }
+        if let Some(&ms) = p.training_metrics.get("last_hook_ms")
+            && ms > c.max_fence_ms
+        {
+            hazard = true;
+            findings.push(Finding {
+                rule: "hook_latency",
+                detail: format!(
+                    "the last fence took {ms:.2} ms (budget {} ms)",
+                    c.max_fence_ms
+                ),
             });
         }
         let violations: f64 = obs

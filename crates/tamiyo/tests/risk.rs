@@ -41,7 +41,7 @@ fn rules(a: &tamiyo::risk::Assessment) -> Vec<&'static str> {
 #[test]
 fn each_rule_fires_on_its_condition_alone() {
     type Mutate = fn(&mut SystemStatePacket);
-    let cases: [(&str, Mutate, &str, Verdict); 7] = [
+    let cases: [(&str, Mutate, &str, Verdict); 8] = [
         ("healthy", |_| {}, "conv.residual", Verdict::Allow),
         (
             "coverage",
@@ -84,6 +84,14 @@ fn each_rule_fires_on_its_condition_alone() {
             Verdict::Veto,
         ),
         (
+            "slow fence",
+            |p| {
+                p.training_metrics.insert("last_hook_ms".into(), 25.0);
+            },
+            "conv.residual",
+            Verdict::Veto,
+        ),
+        (
             "experimental blueprint",
             |_| {},
             "conv.heavy",
@@ -97,6 +105,7 @@ fn each_rule_fires_on_its_condition_alone() {
         Some("device_pressure"),
         Some("device_pressure"),
         Some("blueprint_risk"),
+        Some("hook_latency"),
         Some("blueprint_experimental"),
     ];
     for ((name, mutate, blueprint, verdict), rule) in cases.into_iter().zip(expected_rule) {

@@ -85,6 +85,8 @@ pub struct FenceStats {
     pub deadline_misses: u32,
     /// Slowest hook call, milliseconds.
     pub slowest_ms: f64,
+    /// Time in fences (state assembly, hook, command apply), milliseconds.
+    pub total_ms: f64,
 }
 
 /// The hook (if any), its cadence and deadline, as the trainer holds them.

@@ -77,18 +77,17 @@ fn fences_come_every_n_steps_and_at_each_epoch_end() {
     assert_eq!(
         kinds,
         vec![
+            // Step 20 ends the epoch: one fence there, the epoch end's.
             (FenceKind::Step, 1, 10),
-            (FenceKind::Step, 1, 20),
             (FenceKind::EpochEnd, 1, 20),
             (FenceKind::Step, 2, 30),
-            (FenceKind::Step, 2, 40),
             (FenceKind::EpochEnd, 2, 40),
         ]
     );
     // Epoch-end fences see the validation they follow; every fence sees the slots.
-    assert_eq!(seen[2].3, Some(reports[0].validation.accuracy));
+    assert_eq!(seen[1].3, Some(reports[0].validation.accuracy));
     assert!(seen.iter().all(|s| s.4 == 1));
-    assert_eq!(reports[0].fences.fences, 3);
+    assert_eq!(reports[0].fences.fences, 2);
     assert_eq!(reports[0].fences.deadline_misses, 0);
     // The new per-epoch metrics are measured, not defaulted.
     assert!(reports[0].grad_norm > 0.0 && reports[0].grad_norm.is_finite());
@@ -102,14 +101,15 @@ fn a_slow_hook_is_counted_and_reported_not_hidden() {
         .unwrap()
         .with_control_hook(hook, Duration::from_millis(1));
     let r = t.run_epoch().unwrap();
-    assert_eq!(r.fences.deadline_misses, 3);
+    assert_eq!(r.fences.deadline_misses, 2);
     assert!(r.fences.slowest_ms >= 20.0);
+    assert!(r.fences.total_ms >= 40.0, "{:?}", r.fences);
     let events = t.drain_events();
     let misses = events
         .iter()
         .filter(|e| e.name == "control_fence_deadline_missed")
         .count();
-    assert_eq!(misses, 3);
+    assert_eq!(misses, 2);
 }
 
 #[test]

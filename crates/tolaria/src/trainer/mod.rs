@@ -134,6 +134,8 @@ pub struct Trainer {
     generation: u64,
     /// Loss sum, steps and step milliseconds since the last fence.
     since_fence: (f64, u64, f64),
+    /// How long the last hook call took, ms (reported in the next packet).
+    last_hook_ms: Option<f64>,
     /// Seeds of the checkpoint this run resumed from, until Kasmina takes them.
     resumed_seeds: Option<seeds::ResumedSeeds>,
     /// Where emergency signals go the moment they are raised (the runtime's
@@ -282,6 +284,7 @@ impl Trainer {
             experiment: "default".to_owned(),
             generation: 0,
             since_fence: (0.0, 0, 0.0),
+            last_hook_ms: None,
             resumed_seeds,
             emergency_sink: None,
             pending_seed_optimizer: std::collections::BTreeMap::new(),
@@ -493,7 +496,9 @@ impl Trainer {
             drop(step_span);
             drop(_trace);
             self.profiler.exit(step_no, &mut self.events);
-            if self.fence.due(self.global_step) {
+            // On the epoch's last batch the epoch-end fence follows at the
+            // same step: one fence, with the validation evidence, not two.
+            if self.fence.due(self.global_step) && batch_index < batches_in_epoch {
                 self.at_fence(FenceKind::Step, last_loss, None, &mut fences)?;
                 if self.stop.is_some() {
                     break;
@@ -575,18 +580,18 @@ impl Trainer {
         }
         let started = Instant::now();
         self.generation += 1;
+        let mut metrics: std::collections::BTreeMap<String, f64> =
+            [("fence_steps".to_owned(), steps as f64)].into();
+        if steps > 0 {
+            metrics.insert("step_ms".to_owned(), ms_sum / steps as f64);
+        }
+        if let Some(ms) = self.last_hook_ms {
+            metrics.insert("last_hook_ms".to_owned(), ms);
+        }
         let state = self.assemble_state(state::Measured {
             validation,
             training_loss: (steps > 0).then(|| loss_sum / steps as f64),
-            metrics: if steps > 0 {
-                [
-                    ("fence_steps".to_owned(), steps as f64),
-                    ("step_ms".to_owned(), ms_sum / steps as f64),
-                ]
-                .into()
-            } else {
-                [("fence_steps".to_owned(), 0.0)].into()
-            },
+            metrics,
         });
         let Some(hook) = self.fence.hook.as_mut() else {
             return Ok(());
@@ -610,6 +615,7 @@ impl Trainer {
         let commands = hook.commands();
         let took = started.elapsed();
         stats.slowest_ms = stats.slowest_ms.max(took.as_secs_f64() * 1e3);
+        self.last_hook_ms = Some(took.as_secs_f64() * 1e3);
         if took > self.fence.deadline {
             stats.deadline_misses += 1;
             self.events.push(
@@ -628,6 +634,7 @@ impl Trainer {
             );
         }
         self.seeds_apply(commands)?;
+        stats.total_ms += started.elapsed().as_secs_f64() * 1e3;
         self.flush_emergencies();
         if let FenceOutcome::Stop { reason } = outcome {
             self.stop = Some(reason);
