@@ -1,16 +1,22 @@
 //! 2-D convolution as im2col + GEMM, with an exact backward that never
 //! computes the gradient of an input that needs none.
 //!
-//! `conv2d` unfolds the input with the [`Im2Col`] custom op (columns ordered
-//! channel-major: row `c·kh·kw + i·kw + j`, so channel groups are contiguous
-//! rows) and multiplies by the reshaped kernel with candle's batched matmul
-//! (GEMM). Autograd then gives the kernel gradient as a GEMM over the unfolded
-//! input, and the input gradient as a GEMM followed by [`Col2Im`] — the
-//! adjoint of the unfold — *only when the input is tracked*: the data batch is
-//! not, so its gradient is never computed (candle 0.11 computes it through a
-//! loop-nest `conv_transpose2d`). On CUDA, candle's own kernels run instead.
+//! `conv2d` unfolds the whole batch with the [`Im2Col`] custom op into one
+//! `[C·kh·kw, N·L]` matrix (row `c·kh·kw + i·kw + j`, column `n·L + l`: channel
+//! groups are contiguous rows; rows are filled in parallel) and multiplies it
+//! by the `[Cout, C·kh·kw]` kernel in one GEMM per group ([`ConvGemm`], on
+//! candle's CPU matmul). Its backward is two GEMMs, each only when its operand
+//! is tracked: the kernel gradient `grad · colsᵀ` (one GEMM over the batch, no
+//! per-sample gradients summed afterwards), and the unfolded input's gradient
+//! `Wᵀ · grad` followed by [`Col2Im`] — the adjoint of the unfold, parallel
+//! over samples — only when the input needs one: the data batch does not, so
+//! nothing of its gradient is computed (candle 0.11 computes it through a
+//! loop-nest `conv_transpose2d`, and its matmul backward computes both
+//! operands' gradients). On CUDA, candle's own kernels run instead.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,31 +69,33 @@ impl Geometry {
         self.c * self.kh * self.kw
     }
 
-    /// Calls `f(column index into the image, or None for padding)` for every
-    /// (row, output position) of one sample, in row-major order of the
-    /// `[rows, out_h·out_w]` column matrix.
-    fn for_each(&self, mut f: impl FnMut(usize, Option<usize>)) {
-        let (oh, ow) = self.out_hw();
+    /// For unfold row `row` (channel c, kernel offset i, j): calls
+    /// `f(y, x0, x1, src)` for every output row `y` whose input row is inside
+    /// the image, where output columns `x0..x1` read the input run that
+    /// starts at `src` (index into one sample's `[C, H, W]` image) and steps
+    /// by the stride. Columns outside `x0..x1` fall in the padding.
+    fn runs(&self, row: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
         let s = self.spec;
-        let mut k = 0;
-        for c in 0..self.c {
-            for i in 0..self.kh {
-                for j in 0..self.kw {
-                    for y in 0..oh {
-                        let iy = (y * s.stride + i * s.dilation) as isize - s.padding as isize;
-                        for x in 0..ow {
-                            let ix = (x * s.stride + j * s.dilation) as isize - s.padding as isize;
-                            let src = (iy >= 0
-                                && ix >= 0
-                                && (iy as usize) < self.h
-                                && (ix as usize) < self.w)
-                                .then(|| (c * self.h + iy as usize) * self.w + ix as usize);
-                            f(k, src);
-                            k += 1;
-                        }
-                    }
-                }
+        let (oh, ow) = self.out_hw();
+        let (c, rest) = (row / (self.kh * self.kw), row % (self.kh * self.kw));
+        let (i, j) = (rest / self.kw, rest % self.kw);
+        // Input column of output column x: x·stride + j·dilation − padding.
+        let offset = (j * s.dilation) as isize - s.padding as isize;
+        let first = |x: usize| x as isize * s.stride as isize + offset;
+        let x0 = (0..ow).find(|&x| first(x) >= 0).unwrap_or(ow);
+        let x1 = (x0..ow)
+            .find(|&x| first(x) >= self.w as isize)
+            .unwrap_or(ow);
+        if x0 >= x1 {
+            return;
+        }
+        for y in 0..oh {
+            let iy = (y * s.stride + i * s.dilation) as isize - s.padding as isize;
+            if iy < 0 || iy >= self.h as isize {
+                continue;
             }
+            let src = (c * self.h + iy as usize) * self.w + first(x0) as usize;
+            f(y, x0, x1, src);
         }
     }
 }
@@ -139,17 +147,27 @@ impl CustomOp1 for Im2Col {
             spec: self.spec,
         };
         let (oh, ow) = g.out_hw();
-        let per_sample = g.rows() * oh * ow;
-        let mut cols = vec![0f32; n * per_sample];
-        for (sample, out) in cols.chunks_mut(per_sample).enumerate() {
-            let img = &x[sample * c * h * w..(sample + 1) * c * h * w];
-            g.for_each(|k, src| {
-                if let Some(i) = src {
-                    out[k] = img[i];
-                }
-            });
-        }
-        Ok((CpuStorage::F32(cols), Shape::from((n, g.rows(), oh * ow))))
+        let (l, image) = (oh * ow, c * h * w);
+        let mut cols = vec![0f32; g.rows() * n * l];
+        // One row per task: row r holds every sample's and position's value
+        // of (channel, i, j) = r; rows are disjoint, so they fill in parallel.
+        cols.par_chunks_mut(n * l).enumerate().for_each(|(r, row)| {
+            let stride = g.spec.stride;
+            for (sample, out) in row.chunks_mut(l).enumerate() {
+                let img = &x[sample * image..(sample + 1) * image];
+                g.runs(r, |y, x0, x1, src| {
+                    let dst = &mut out[y * ow + x0..y * ow + x1];
+                    if stride == 1 {
+                        dst.copy_from_slice(&img[src..src + (x1 - x0)]);
+                    } else {
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            *d = img[src + k * stride];
+                        }
+                    }
+                });
+            }
+        });
+        Ok((CpuStorage::F32(cols), Shape::from((g.rows(), n * l))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -176,24 +194,30 @@ impl CustomOp1 for Col2Im {
         let cols = f32_slice(storage, layout, "col2im")?;
         let g = self.geometry;
         let (oh, ow) = g.out_hw();
-        let per_sample = g.rows() * oh * ow;
-        let image = g.c * g.h * g.w;
-        if cols.len() != g.n * per_sample {
+        let (l, image) = (oh * ow, g.c * g.h * g.w);
+        let width = g.n * l;
+        if cols.len() != g.rows() * width {
             return Err(candle_core::Error::Msg(format!(
-                "col2im: {} values for {} samples of {per_sample}",
+                "col2im: {} values for {} rows of {width}",
                 cols.len(),
-                g.n
+                g.rows()
             )));
         }
         let mut x = vec![0f32; g.n * image];
-        for (sample, img) in x.chunks_mut(image).enumerate() {
-            let col = &cols[sample * per_sample..(sample + 1) * per_sample];
-            g.for_each(|k, src| {
-                if let Some(i) = src {
-                    img[i] += col[k];
+        // One sample per task: each owns its image and reads its columns.
+        x.par_chunks_mut(image)
+            .enumerate()
+            .for_each(|(sample, img)| {
+                let stride = g.spec.stride;
+                for r in 0..g.rows() {
+                    let col = &cols[r * width + sample * l..r * width + (sample + 1) * l];
+                    g.runs(r, |y, x0, x1, src| {
+                        for (k, v) in col[y * ow + x0..y * ow + x1].iter().enumerate() {
+                            img[src + k * stride] += v;
+                        }
+                    });
                 }
             });
-        }
         Ok((CpuStorage::F32(x), Shape::from((g.n, g.c, g.h, g.w))))
     }
 
@@ -251,12 +275,67 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     }
     let (oh, ow) = g.out_hw();
     let k = c_per_group * kh * kw;
+    let m = c_out / groups;
+    let l = oh * ow;
     let cols = x.contiguous()?.apply_op1(Im2Col { kh, kw, spec })?;
-    // [N, G, K, L] = per sample and group, the K unfolded rows of its channels.
-    let cols = cols.reshape((n, groups, k, oh * ow))?;
-    let weights = kernel.reshape((1, groups, c_out / groups, k))?;
-    let out = weights.broadcast_matmul(&cols)?;
-    out.reshape((n, c_out, oh, ow))
+    // [G, K, N·L]: per group, the K unfolded rows of its channels.
+    let cols = cols.reshape((groups, k, n * l))?;
+    let weights = kernel.contiguous()?.reshape((groups, m, k))?;
+    let out = weights.apply_op2(&cols, ConvGemm)?; // [G, M, N·L]
+    out.reshape((c_out, n, l))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n, c_out, oh, ow))
+}
+
+/// `[G, M, K] × [G, K, P] → [G, M, P]` on candle's CPU matmul, whose backward
+/// computes each operand's gradient only when that operand is tracked
+/// (candle's own matmul backward always computes both).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvGemm;
+
+impl CustomOp2 for ConvGemm {
+    fn name(&self) -> &'static str {
+        "esper-conv-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        w: &CpuStorage,
+        wl: &Layout,
+        cols: &CpuStorage,
+        cl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, m, k) = wl.shape().dims3()?;
+        let (g2, k2, p) = cl.shape().dims3()?;
+        if g != g2 || k != k2 {
+            return Err(candle_core::Error::Msg(format!(
+                "conv gemm: [{g}, {m}, {k}] x [{g2}, {k2}, {p}]"
+            )));
+        }
+        let out = w.matmul(cols, (g, m, p, k), wl, cl)?;
+        Ok((out, Shape::from((g, m, p))))
+    }
+
+    fn bwd(
+        &self,
+        w: &Tensor,
+        cols: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dw = if w.track_op() {
+            Some(grad.matmul(&cols.t()?)?)
+        } else {
+            None
+        };
+        let dcols = if cols.track_op() {
+            Some(w.t()?.matmul(grad)?)
+        } else {
+            None
+        };
+        Ok((dw, dcols))
+    }
 }
 
 #[cfg(test)]

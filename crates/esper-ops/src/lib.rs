@@ -3,20 +3,22 @@
 //!
 //! * [`init`]: seeded parameter initialisation — candle cannot seed its CPU
 //!   random number generator (DESIGN §12), so determinism needs our own.
-//! * [`pool`]: 2×2 max pooling whose gradient is exact (candle 0.11's
-//!   `max_pool2d` backward is wrong, DESIGN §12).
-//! * [`conv`]: 2-D convolution as im2col + GEMM (stride, padding, dilation,
-//!   groups) whose backward skips the gradient of an untracked input.
-//!
-//! **Status (issue #6):** pooling with saved argmax indices, fused bias +
-//! activation and a batch-parallel unfold are not built yet.
+//! * [`pool`]: k×k max and average pooling (stride k) as one-pass custom ops
+//!   with exact gradients (candle 0.11's `max_pool2d` backward is wrong,
+//!   DESIGN §12).
+//! * [`conv`]: 2-D convolution as a parallel whole-batch im2col + one GEMM
+//!   per group (stride, padding, dilation, groups) whose backward computes
+//!   only the gradients that are needed.
+//! * [`act`]: fused bias + ReLU, one pass each way with an exact gradient.
 
 #![deny(missing_docs)]
 
+pub mod act;
 pub mod conv;
 pub mod init;
 pub mod pool;
 
+pub use act::bias_relu;
 pub use conv::{Conv2dSpec, conv2d};
 pub use init::ParamInit;
-pub use pool::max_pool2x2;
+pub use pool::{avg_pool2d, max_pool2d, max_pool2x2};
