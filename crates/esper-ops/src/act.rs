@@ -9,19 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        return Err(candle_core::Error::Msg(format!(
-            "{op}: only f32 is supported"
-        )));
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Err(candle_core::Error::Msg(format!(
-            "{op}: input must be contiguous"
-        )));
-    };
-    Ok(&data[start..end])
-}
+use crate::cpu::contiguous_f32;
 
 /// `(N, C, plane size)` of a `[N, C, …]` shape.
 fn planes(shape: &Shape) -> Result<(usize, usize, usize)> {
@@ -188,18 +176,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-
-    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::pseudo;
 
     fn vec(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()

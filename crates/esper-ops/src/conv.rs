@@ -18,6 +18,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu::contiguous_f32;
+
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dSpec {
@@ -100,20 +102,6 @@ impl Geometry {
     }
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        return Err(candle_core::Error::Msg(format!(
-            "{op}: only f32 is supported"
-        )));
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Err(candle_core::Error::Msg(format!(
-            "{op}: input must be contiguous"
-        )));
-    };
-    Ok(&data[start..end])
-}
-
 /// Unfolds `[N, C, H, W]` into `[N, C·kh·kw, out_h·out_w]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Im2Col {
@@ -135,7 +123,7 @@ impl CustomOp1 for Im2Col {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, "im2col")?;
+        let x = contiguous_f32(storage, layout, "im2col")?;
         let (n, c, h, w) = layout.shape().dims4()?;
         let g = Geometry {
             n,
@@ -191,7 +179,7 @@ impl CustomOp1 for Col2Im {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let cols = f32_slice(storage, layout, "col2im")?;
+        let cols = contiguous_f32(storage, layout, "col2im")?;
         let g = self.geometry;
         let (oh, ow) = g.out_hw();
         let (l, image) = (oh * ow, g.c * g.h * g.w);

@@ -15,6 +15,7 @@
 
 pub mod act;
 pub mod conv;
+mod cpu;
 pub mod init;
 pub mod pool;
 

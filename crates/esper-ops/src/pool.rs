@@ -10,19 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        return Err(candle_core::Error::Msg(format!(
-            "{op}: only f32 is supported"
-        )));
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Err(candle_core::Error::Msg(format!(
-            "{op}: input must be contiguous"
-        )));
-    };
-    Ok(&data[start..end])
-}
+use crate::cpu::contiguous_f32;
 
 fn check(x: &Tensor, k: usize, op: &str) -> Result<(usize, usize, usize, usize)> {
     let (n, c, h, w) = x.dims4()?;
@@ -240,6 +228,7 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::pseudo;
     use candle_core::{DType, Device, Var};
 
     /// Pooling gradient against central finite differences (candle's own
@@ -293,18 +282,6 @@ mod tests {
         }
         let odd = Tensor::zeros((1, 1, 3, 4), DType::F32, &Device::Cpu).unwrap();
         assert!(max_pool2x2(&odd).is_err());
-    }
-
-    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     fn vec(t: &Tensor) -> Vec<f32> {

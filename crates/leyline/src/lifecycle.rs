@@ -124,6 +124,25 @@ impl SeedStage {
         successors(self).is_empty()
     }
 
+    /// The seed is part of the model or on its way into it (GERMINATED
+    /// through FOSSILIZED): not dormant, not culled or being reset.
+    pub const fn is_live(self) -> bool {
+        match self {
+            SeedStage::Germinated
+            | SeedStage::Training
+            | SeedStage::Blending
+            | SeedStage::Shadowing
+            | SeedStage::Probationary
+            | SeedStage::Fossilized => true,
+            SeedStage::Unknown
+            | SeedStage::Dormant
+            | SeedStage::Culled
+            | SeedStage::Embargoed
+            | SeedStage::Resetting
+            | SeedStage::Terminated => false,
+        }
+    }
+
     /// The seed's output reaches the host (BLENDING through FOSSILIZED).
     pub const fn blend_allowed(self) -> bool {
         match self {
@@ -296,6 +315,13 @@ mod tests {
             let s = ALL_STAGES[a];
             let expected = (SeedStage::Blending as i32..=SeedStage::Fossilized as i32).contains(&(s as i32));
             prop_assert_eq!(s.blend_allowed(), expected);
+        }
+
+        #[test]
+        fn live_exactly_from_germination_to_fossilization(a in 0usize..12) {
+            let s = ALL_STAGES[a];
+            let expected = (SeedStage::Germinated as i32..=SeedStage::Fossilized as i32).contains(&(s as i32));
+            prop_assert_eq!(s.is_live(), expected);
         }
     }
 }

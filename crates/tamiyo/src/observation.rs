@@ -84,7 +84,7 @@ impl<'a> Observation<'a> {
         self.packet
             .seed_states
             .iter()
-            .filter(|s| is_live(stage_of(s.stage)))
+            .filter(|s| stage_of(s.stage).is_live())
     }
 }
 
@@ -101,22 +101,4 @@ pub(crate) fn describe(report: &leyline::validate::Report) -> String {
 /// The stage of a wire value (unknown values are `Unknown`).
 pub(crate) fn stage_of(value: i32) -> SeedStage {
     SeedStage::try_from(value).unwrap_or(SeedStage::Unknown)
-}
-
-/// GERMINATED through FOSSILIZED: a seed that counts against the budget.
-pub(crate) fn is_live(stage: SeedStage) -> bool {
-    match stage {
-        SeedStage::Germinated
-        | SeedStage::Training
-        | SeedStage::Blending
-        | SeedStage::Shadowing
-        | SeedStage::Probationary
-        | SeedStage::Fossilized => true,
-        SeedStage::Unknown
-        | SeedStage::Dormant
-        | SeedStage::Culled
-        | SeedStage::Embargoed
-        | SeedStage::Resetting
-        | SeedStage::Terminated => false,
-    }
 }

@@ -2,17 +2,8 @@ use super::*;
 use candle_core::{Device, Var};
 use proptest::prelude::*;
 
-/// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    crate::cpu::pseudo(n, seed)
 }
 
 fn close(a: &Tensor, b: &Tensor, what: &str) -> std::result::Result<(), TestCaseError> {

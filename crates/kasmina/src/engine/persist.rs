@@ -79,23 +79,6 @@ pub struct KasminaState {
     pub embargoes: BTreeMap<String, u64>,
 }
 
-fn live(stage: SeedStage) -> bool {
-    match stage {
-        SeedStage::Germinated
-        | SeedStage::Training
-        | SeedStage::Blending
-        | SeedStage::Shadowing
-        | SeedStage::Probationary
-        | SeedStage::Fossilized => true,
-        SeedStage::Unknown
-        | SeedStage::Dormant
-        | SeedStage::Culled
-        | SeedStage::Embargoed
-        | SeedStage::Resetting
-        | SeedStage::Terminated => false,
-    }
-}
-
 impl Kasmina {
     /// The state a checkpoint records.
     pub fn export_state(&self) -> KasminaState {
@@ -108,7 +91,7 @@ impl Kasmina {
                     .insert(id.clone(), slot.embargo_until_epoch());
             }
             let Some(seed) = slot.seed() else { continue };
-            if !live(seed.stage()) {
+            if !seed.stage().is_live() {
                 continue;
             }
             let blend = seed.blend().to_wire();
@@ -166,7 +149,7 @@ impl Kasmina {
                 reason: format!("cannot restore: {reason}"),
             };
             let stage = SeedStage::from_str_name(&record.stage)
-                .filter(|s| live(*s))
+                .filter(|s| s.is_live())
                 .ok_or_else(|| bad(format!("stage {:?}", record.stage)))?;
             let spec = self.slots.slot(&record.slot_id)?.spec().clone();
             let slot = urza::SlotSpec::new(spec.kind, spec.feature_shape.clone())

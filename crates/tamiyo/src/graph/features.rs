@@ -7,7 +7,7 @@ use leyline::v1::{
     SystemStatePacket,
 };
 
-use crate::observation::{is_live, stage_of};
+use crate::observation::stage_of;
 
 /// Width of the global node's features.
 pub const GLOBAL_DIM: usize = 8;
@@ -77,7 +77,7 @@ pub(crate) fn global(p: &SystemStatePacket) -> Row {
     let live = p
         .seed_states
         .iter()
-        .filter(|s| is_live(stage_of(s.stage)))
+        .filter(|s| stage_of(s.stage).is_live())
         .count();
     r.set(7, live as f64);
     r
