@@ -275,14 +275,7 @@ impl RiskEngine {
                 },
                 fossilize,
             ),
-            Proposal::Germinate {
-                slot_id,
-                blueprint_id,
-                parameters,
-                seed_id,
-                alpha_steps,
-                blend,
-            } => {
+            mut germinate @ Proposal::Germinate { .. } => {
                 let verdict = if veto_all || veto_germinate {
                     Verdict::Veto
                 } else if let Some(how) = downgrade {
@@ -290,22 +283,12 @@ impl RiskEngine {
                 } else {
                     Verdict::Allow
                 };
-                let alpha_steps = if matches!(verdict, Verdict::Downgrade(_)) {
-                    alpha_steps.saturating_mul(2)
-                } else {
-                    alpha_steps
-                };
-                (
-                    verdict,
-                    Proposal::Germinate {
-                        slot_id,
-                        blueprint_id,
-                        parameters,
-                        seed_id,
-                        alpha_steps,
-                        blend,
-                    },
-                )
+                if let (Verdict::Downgrade(_), Proposal::Germinate { alpha_steps, .. }) =
+                    (&verdict, &mut germinate)
+                {
+                    *alpha_steps = alpha_steps.saturating_mul(2);
+                }
+                (verdict, germinate)
             }
         };
         Assessment {
