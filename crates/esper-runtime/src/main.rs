@@ -9,8 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use esper_runtime::control;
 
+// mimalloc, with freed memory kept for the next step (esper_ops::alloc).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: esper_ops::alloc::MiMalloc = esper_ops::alloc::MiMalloc;
 
 /// Esper: morphogenetic training — a network that grows while it trains.
 #[derive(Debug, Parser)]
@@ -94,6 +95,7 @@ enum UrzaCommand {
 }
 
 fn main() -> ExitCode {
+    esper_ops::alloc::retain_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -127,7 +129,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 resolved.config.tamiyo.controller = tamiyo::Controller::Script;
                 resolved.config.tamiyo.script = Some(path);
             }
-            train(&resolved)
+            // The whole run executes on the compute pool (esper_ops::threads).
+            let pool = esper_ops::ComputePool::new(resolved.config.tolaria.cpu_threads)
+                .context("starting the compute pool (tolaria.cpu_threads)")?;
+            pool.run(|| train(&resolved, pool.threads()))
         }
         Command::Urza { command } => urza(&resolved, command),
         Command::Check => {
@@ -187,7 +192,7 @@ fn urza(resolved: &esper_runtime::Resolved, command: UrzaCommand) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
+fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<ExitCode> {
     let mut config = resolved.config.tolaria.clone();
     if config.checkpoint.dir.is_none() {
         config.checkpoint.dir = Some(resolved.run_dir().join("checkpoints"));
@@ -211,7 +216,7 @@ fn train(resolved: &esper_runtime::Resolved) -> anyhow::Result<ExitCode> {
         .sum();
     let (train, validation) = trainer.dataset_sizes();
     println!(
-        "esper train: run {} | host {} ({params} parameters, slots {}) | {train} train / {validation} validation images | {} epochs of batch {} on {:?} | seed {seed}",
+        "esper train: run {} | host {} ({params} parameters, slots {}) | {train} train / {validation} validation images | {} epochs of batch {} on {:?} ({threads} threads) | seed {seed}",
         resolved.run_id,
         trainer.host().name(),
         trainer

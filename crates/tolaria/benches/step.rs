@@ -10,9 +10,10 @@ mod common;
 use common::{BATCH, StepFixture};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: esper_ops::alloc::MiMalloc = esper_ops::alloc::MiMalloc;
 
 fn bench(c: &mut Criterion) {
+    esper_ops::alloc::retain_freed_memory();
     let mut group = c.benchmark_group("train_step");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(10);

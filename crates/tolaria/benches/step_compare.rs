@@ -1,11 +1,14 @@
-//! Training-step throughput of the reference hosts against PyTorch on the CPU,
-//! in one run at the same thread count and batch (128: forward, cross-entropy,
-//! backward, AdamW). Prints images per second and the ratio candle / PyTorch.
+//! Training-step throughput of the reference hosts on esper-ops, on candle's
+//! own ops, and in PyTorch on the CPU, in one run at the same thread count and
+//! batch (128: forward, cross-entropy, backward, AdamW). Prints images per
+//! second and the ratios esper-ops / PyTorch and esper-ops / candle. Runs as
+//! `esper train` does: on the compute pool, with freed memory retained
+//! (`esper_ops::threads`, `esper_ops::alloc`).
 //!
 //! PyTorch comes from `target/torch-venv` (created by
-//! `cargo xtask bench --with-torch`, never in CI) or the system `python3`; when
+//! `cargo xtask bench step --with-torch`, never in CI) or the system `python3`; when
 //! neither can `import torch`, only the candle figures are printed, and it says so.
-//! Run: `cargo bench -p tolaria --bench step_compare`.
+//! Run: `cargo xtask bench step` (or `cargo bench -p tolaria --bench step_compare`).
 
 // A benchmark that cannot set itself up should abort loudly, hence `expect`.
 #![allow(missing_docs, clippy::expect_used)]
@@ -16,15 +19,17 @@ use std::time::Instant;
 
 mod common;
 use common::{BATCH, StepFixture};
+use esper_ops::ComputePool;
+use tolaria::hosts::Ops;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: esper_ops::alloc::MiMalloc = esper_ops::alloc::MiMalloc;
 
 /// Timed steps per host (after a tenth as many warm-up steps, at least 3).
 const STEPS: [(&str, usize); 3] = [("mlp", 200), ("cnn", 30), ("cnn-impaired", 60)];
 
-fn candle_rate(name: &str, steps: usize) -> f64 {
-    let mut fixture = StepFixture::new(name);
+fn rate(name: &str, steps: usize, ops: Ops) -> f64 {
+    let mut fixture = StepFixture::with_ops(name, ops);
     for _ in 0..(steps / 10).max(3) {
         fixture.step();
     }
@@ -81,33 +86,38 @@ fn torch_rates(python: &Path, threads: usize) -> Option<(String, Vec<(String, f6
 
 fn main() {
     // `cargo bench` passes harness flags such as `--bench`; nothing to parse.
-    let threads = candle_core::utils::get_num_threads();
+    esper_ops::alloc::retain_freed_memory();
+    let pool = ComputePool::new(0).expect("compute pool");
+    let threads = pool.threads();
     println!("training step, batch {BATCH}, {threads} threads, release + mimalloc");
-    let candle: Vec<(String, f64)> = STEPS
-        .iter()
-        .map(|(n, s)| ((*n).to_owned(), candle_rate(n, *s)))
-        .collect();
+    // (host, esper-ops img/s, candle img/s)
+    let ours: Vec<(&str, f64, f64)> = pool.run(|| {
+        STEPS
+            .iter()
+            .map(|&(n, s)| (n, rate(n, s, Ops::Esper), rate(n, s, Ops::Candle)))
+            .collect()
+    });
     let torch = python().and_then(|p| torch_rates(&p, threads));
-    match &torch {
-        None => {
-            println!(
-                "PyTorch not available (run `cargo xtask bench --with-torch` to install it into target/torch-venv)"
-            );
-            for (name, rate) in &candle {
-                println!("{name:>13}  candle {rate:>9.0} img/s");
-            }
-        }
-        Some((version, rates)) => {
-            println!("PyTorch {version} at {threads} threads, same run:");
-            for (name, rate) in &candle {
-                match rates.iter().find(|(n, _)| n == name) {
-                    Some((_, t)) => println!(
-                        "{name:>13}  candle {rate:>9.0} img/s | torch {t:>9.0} img/s | ratio {:.2}",
-                        rate / t
-                    ),
-                    None => println!("{name:>13}  candle {rate:>9.0} img/s | torch: no figure"),
-                }
-            }
-        }
+    if torch.is_none() {
+        println!(
+            "PyTorch not available (run `cargo xtask bench step --with-torch` to install it into target/torch-venv)"
+        );
+    }
+    if let Some((version, _)) = &torch {
+        println!("PyTorch {version} at {threads} threads, same run:");
+    }
+    for (name, esper, candle) in ours {
+        let torch = torch
+            .as_ref()
+            .and_then(|(_, rates)| rates.iter().find(|(n, _)| n == name))
+            .map(|(_, t)| *t);
+        let torch = match torch {
+            Some(t) => format!(" | torch {t:>7.0} img/s | esper-ops/torch {:.2}", esper / t),
+            None => String::new(),
+        };
+        println!(
+            "{name:>13}  esper-ops {esper:>7.0} img/s | candle ops {candle:>7.0} img/s | esper-ops/candle {:.2}{torch}",
+            esper / candle
+        );
     }
 }

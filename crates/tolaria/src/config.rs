@@ -27,6 +27,13 @@ pub struct Config {
     pub prefetch_batches: usize,
     /// `cpu` or `cuda` (the `cuda` cargo feature and a GPU are required for `cuda`).
     pub device: DeviceKind,
+    /// Threads of the compute pool the run executes on; 0 = one per core
+    /// (default 0).
+    pub cpu_threads: usize,
+    /// Tensor operations of the reference hosts: `esper` (esper-ops'
+    /// convolution, pooling and fused bias + ReLU; the default) or `candle`
+    /// (candle's own, ~4× slower on the convolutional hosts; for comparison).
+    pub ops: crate::hosts::Ops,
     /// Optimizer.
     pub optimizer: OptimizerConfig,
     /// Learning-rate schedule.
@@ -79,6 +86,8 @@ impl Default for Config {
             batch_size: 128,
             prefetch_batches: 2,
             device: DeviceKind::Cpu,
+            cpu_threads: 0,
+            ops: crate::hosts::Ops::Esper,
             optimizer: OptimizerConfig::default(),
             lr: LrConfig::default(),
             max_rollbacks: 3,

@@ -44,6 +44,31 @@ fn cnn_exceeds_95_percent_on_bundled_mnist() {
     );
 }
 
+/// The reference hosts reach the same validation accuracy on esper-ops as on
+/// candle's own ops (same seed, same data; the runs differ only in float
+/// rounding): within 0.5 points on the 2 000 held-out digits.
+#[test]
+fn esper_ops_match_candle_ops_in_accuracy() {
+    for (host, epochs) in [("cnn", 2), ("cnn-impaired", 2), ("mlp", 2)] {
+        let accuracy = |ops| {
+            let config = Config {
+                ops,
+                ..config(host, epochs, 8_000)
+            };
+            let mut trainer = Trainer::new(config, 0, "test-run").unwrap();
+            let reports = trainer.run(|_| {}).unwrap();
+            reports.last().unwrap().validation.accuracy
+        };
+        let ours = accuracy(tolaria::hosts::Ops::Esper);
+        let candle = accuracy(tolaria::hosts::Ops::Candle);
+        eprintln!("{host}: esper-ops {ours:.4}, candle ops {candle:.4}");
+        assert!(
+            (ours - candle).abs() <= 0.005,
+            "{host}: validation accuracy {ours:.4} on esper-ops, {candle:.4} on candle's ops"
+        );
+    }
+}
+
 /// Same config and seed on the CPU: bit-identical metrics.
 #[test]
 fn seeded_runs_are_bit_identical() {

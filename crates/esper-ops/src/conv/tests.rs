@@ -32,7 +32,8 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        1usize..3,
+        // Up to 5 samples: fewer and more than threads, uneven runs per thread.
+        1usize..6,
         1usize..4,
         1usize..4,
         1usize..4,

@@ -17,12 +17,18 @@ pub(crate) struct StepFixture {
 }
 
 impl StepFixture {
-    /// The reference host `name`, seed 0, on the CPU.
+    /// The reference host `name`, seed 0, on the CPU, on esper-ops.
+    #[allow(dead_code)] // not every bench uses both constructors
     pub(crate) fn new(name: &str) -> Self {
+        Self::with_ops(name, tolaria::hosts::Ops::Esper)
+    }
+
+    /// The reference host `name`, seed 0, on the CPU, on `ops`.
+    pub(crate) fn with_ops(name: &str, ops: tolaria::hosts::Ops) -> Self {
         let x = Tensor::randn(0f32, 1.0, (BATCH, 1, 28, 28), &Device::Cpu).expect("input");
         let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 10).collect();
         let y = Tensor::from_vec(labels, BATCH, &Device::Cpu).expect("labels");
-        let host = tolaria::hosts::build(name, 0, &Device::Cpu).expect("host");
+        let host = tolaria::hosts::build_with_ops(name, 0, &Device::Cpu, ops).expect("host");
         let mut optimizer = Optimizer::new(Rule::AdamW {
             beta1: 0.9,
             beta2: 0.999,

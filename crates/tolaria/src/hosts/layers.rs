@@ -1,10 +1,36 @@
-//! Layers with seeded initialisation (from `esper-ops`).
+//! Layers with seeded initialisation (from `esper-ops`), running on
+//! esper-ops' operations or, for comparison, candle's own ([`Ops`]).
 
 use candle_core::{Tensor, Var};
 use esper_ops::ParamInit;
 use kasmina::NamedParameter;
 
 use crate::error::Result;
+
+/// Which tensor operations a reference host runs on (`tolaria.ops`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ops {
+    /// esper-ops' convolution, pooling and fused bias + ReLU (the default).
+    #[default]
+    Esper,
+    /// candle's own: `conv2d`, broadcast add, `relu`, and the
+    /// reshape-and-max pooling of DESIGN §12 (candle's `max_pool2d` backward
+    /// is wrong). The baseline of the step benchmark and of the
+    /// accuracy-parity test.
+    Candle,
+}
+
+/// 2×2 max pooling, stride 2, on `ops`.
+pub(crate) fn max_pool2x2(x: &Tensor, ops: Ops) -> candle_core::Result<Tensor> {
+    match ops {
+        Ops::Esper => esper_ops::max_pool2x2(x),
+        Ops::Candle => {
+            let (n, c, h, w) = x.dims4()?;
+            x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
+        }
+    }
+}
 
 /// The parameters of a layer with a weight and a bias, named `name.weight` and
 /// `name.bias`.
@@ -26,6 +52,7 @@ pub struct Linear {
     name: String,
     weight: Var,
     bias: Var,
+    ops: Ops,
 }
 
 impl Linear {
@@ -41,13 +68,30 @@ impl Linear {
             name: name.to_string(),
             weight: init.uniform(&[out_features, in_features], bound)?,
             bias: init.uniform(&[out_features], bound)?,
+            ops: Ops::Esper,
         })
+    }
+
+    /// The same layer on `ops`.
+    pub fn with_ops(self, ops: Ops) -> Self {
+        Self { ops, ..self }
     }
 
     /// Applies the layer to `[N, in]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         x.matmul(&self.weight.as_tensor().t()?)?
             .broadcast_add(self.bias.as_tensor())
+    }
+
+    /// `relu(x Wᵀ + b)`: on esper-ops, bias and ReLU in one fused pass.
+    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.ops {
+            Ops::Esper => esper_ops::bias_relu(
+                &x.matmul(&self.weight.as_tensor().t()?)?,
+                self.bias.as_tensor(),
+            ),
+            Ops::Candle => self.forward(x)?.relu(),
+        }
     }
 
     /// `name.weight`, `name.bias`.
@@ -63,6 +107,7 @@ pub struct Conv2d {
     bias: Var,
     padding: usize,
     out_channels: usize,
+    ops: Ops,
 }
 
 impl Conv2d {
@@ -82,26 +127,48 @@ impl Conv2d {
             bias: init.uniform(&[out_channels], bound)?,
             padding,
             out_channels,
+            ops: Ops::Esper,
         })
+    }
+
+    /// The same layer on `ops`.
+    pub fn with_ops(self, ops: Ops) -> Self {
+        Self { ops, ..self }
+    }
+
+    /// The convolution without its bias.
+    fn convolve(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.ops {
+            // im2col + GEMM: exact, and no gradient for the data batch.
+            Ops::Esper => esper_ops::conv2d(
+                x,
+                self.weight.as_tensor(),
+                esper_ops::Conv2dSpec {
+                    padding: self.padding,
+                    ..esper_ops::Conv2dSpec::default()
+                },
+            ),
+            Ops::Candle => x.conv2d(self.weight.as_tensor(), self.padding, 1, 1, 1),
+        }
     }
 
     /// Applies the convolution to `[N, C, H, W]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // im2col + GEMM from esper-ops: exact, and no gradient for the data batch.
-        esper_ops::conv2d(
-            x,
-            self.weight.as_tensor(),
-            esper_ops::Conv2dSpec {
-                padding: self.padding,
-                ..esper_ops::Conv2dSpec::default()
-            },
-        )?
-        .broadcast_add(
-            &self
-                .bias
-                .as_tensor()
-                .reshape((1, self.out_channels, 1, 1))?,
-        )
+        self.convolve(x)?
+            .broadcast_add(
+                &self
+                    .bias
+                    .as_tensor()
+                    .reshape((1, self.out_channels, 1, 1))?,
+            )
+    }
+
+    /// `relu(conv(x) + b)`: on esper-ops, bias and ReLU in one fused pass.
+    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.ops {
+            Ops::Esper => esper_ops::bias_relu(&self.convolve(x)?, self.bias.as_tensor()),
+            Ops::Candle => self.forward(x)?.relu(),
+        }
     }
 
     /// `name.weight`, `name.bias`.

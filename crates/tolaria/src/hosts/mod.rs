@@ -16,21 +16,27 @@ mod layers;
 use candle_core::{Device, Tensor};
 use kasmina::{Host, NamedParameter, SlotRunner, SlotSpec};
 
-pub use esper_ops::{ParamInit, max_pool2x2};
-pub use layers::{Conv2d, Linear};
+pub use esper_ops::ParamInit;
+pub use layers::{Conv2d, Linear, Ops};
 
 use crate::error::{Error, Result};
 
 /// Names of the reference hosts.
 pub const HOST_NAMES: [&str; 3] = ["mlp", "cnn", "cnn-impaired"];
 
-/// Builds the reference host `name` with weights drawn from `seed`.
+/// Builds the reference host `name` with weights drawn from `seed`, on
+/// esper-ops' operations.
 pub fn build(name: &str, seed: u64, device: &Device) -> Result<Box<dyn Host>> {
+    build_with_ops(name, seed, device, Ops::Esper)
+}
+
+/// [`build`] on the given operations: the same weights either way.
+pub fn build_with_ops(name: &str, seed: u64, device: &Device, ops: Ops) -> Result<Box<dyn Host>> {
     let mut init = ParamInit::new(seed, device.clone());
     Ok(match name {
-        "mlp" => Box::new(Mlp::new(&mut init)?),
-        "cnn" => Box::new(ConvNet::new("cnn", 3, 16, 32, &mut init)?),
-        "cnn-impaired" => Box::new(ConvNet::new("cnn-impaired", 1, 4, 8, &mut init)?),
+        "mlp" => Box::new(Mlp::new(&mut init, ops)?),
+        "cnn" => Box::new(ConvNet::new("cnn", 3, 16, 32, &mut init, ops)?),
+        "cnn-impaired" => Box::new(ConvNet::new("cnn-impaired", 1, 4, 8, &mut init, ops)?),
         other => {
             return Err(Error::Config {
                 key: "tolaria.host".into(),
@@ -48,10 +54,10 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn new(init: &mut ParamInit) -> Result<Self> {
+    fn new(init: &mut ParamInit, ops: Ops) -> Result<Self> {
         Ok(Self {
-            fc1: Linear::new("fc1", 784, 128, init)?,
-            fc2: Linear::new("fc2", 128, 10, init)?,
+            fc1: Linear::new("fc1", 784, 128, init)?.with_ops(ops),
+            fc2: Linear::new("fc2", 128, 10, init)?.with_ops(ops),
             slots: vec![SlotSpec::dense("r0", 128, 0)],
         })
     }
@@ -76,7 +82,7 @@ impl Host for Mlp {
         slots: &mut dyn SlotRunner,
     ) -> kasmina::Result<Tensor> {
         let x = x.flatten_from(1)?;
-        let h = self.fc1.forward(&x)?.relu()?;
+        let h = self.fc1.forward_relu(&x)?;
         let h = slots.run(&self.slots[0], h)?;
         Ok(self.fc2.forward(&h)?)
     }
@@ -91,6 +97,7 @@ pub struct ConvNet {
     conv1: Conv2d,
     conv2: Conv2d,
     fc: Linear,
+    ops: Ops,
     slots: Vec<SlotSpec>,
 }
 
@@ -101,13 +108,15 @@ impl ConvNet {
         c1: usize,
         c2: usize,
         init: &mut ParamInit,
+        ops: Ops,
     ) -> Result<Self> {
         let padding = kernel / 2;
         Ok(Self {
             name,
-            conv1: Conv2d::new("conv1", 1, c1, kernel, padding, init)?,
-            conv2: Conv2d::new("conv2", c1, c2, kernel, padding, init)?,
-            fc: Linear::new("fc", c2 * 7 * 7, 10, init)?,
+            conv1: Conv2d::new("conv1", 1, c1, kernel, padding, init)?.with_ops(ops),
+            conv2: Conv2d::new("conv2", c1, c2, kernel, padding, init)?.with_ops(ops),
+            fc: Linear::new("fc", c2 * 7 * 7, 10, init)?.with_ops(ops),
+            ops,
             slots: vec![
                 SlotSpec::conv2d("r0", c1, 14, 14, 0),
                 SlotSpec::conv2d("r1", c2, 7, 7, 1),
@@ -134,9 +143,9 @@ impl Host for ConvNet {
         x: &Tensor,
         slots: &mut dyn SlotRunner,
     ) -> kasmina::Result<Tensor> {
-        let h = max_pool2x2(&self.conv1.forward(x)?.relu()?)?;
+        let h = layers::max_pool2x2(&self.conv1.forward_relu(x)?, self.ops)?;
         let h = slots.run(&self.slots[0], h)?;
-        let h = max_pool2x2(&self.conv2.forward(&h)?.relu()?)?;
+        let h = layers::max_pool2x2(&self.conv2.forward_relu(&h)?, self.ops)?;
         let h = slots.run(&self.slots[1], h)?;
         Ok(self.fc.forward(&h.flatten_from(1)?)?)
     }

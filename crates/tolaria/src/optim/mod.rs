@@ -210,9 +210,15 @@ impl Optimizer {
         for group in &self.groups {
             for p in &group.params {
                 let Some(g) = grads.get(&p.var) else { continue };
+                // Detached: a gradient can carry the op history of the step
+                // that produced it (a custom op's backward records its
+                // operands), and the moments kept from step to step would
+                // then chain every step's graph together — a leak of the
+                // whole step's activations per step.
+                let g = &g.detach();
                 let state = self.state.entry(p.name.clone()).or_default();
                 state.step += 1;
-                let param = p.var.as_tensor();
+                let param = &p.var.as_tensor().detach();
                 let updated = match self.rule {
                     Rule::AdamW { beta1, beta2, eps } => {
                         let decayed = param.affine(1.0 - group.lr * group.weight_decay, 0.0)?;

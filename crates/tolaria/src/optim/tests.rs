@@ -224,3 +224,32 @@ proptest! {
         prop_assert!((f64::from(value(&p)) - x).abs() < 1e-4 * (1.0 + x.abs()), "{} vs {}", value(&p), x);
     }
 }
+
+/// The kept moments hold values, not graphs: a gradient that carries op
+/// history (as a custom op's backward produces) must not chain one step's
+/// graph into the next (it leaked every step's activations).
+#[test]
+fn optimizer_state_keeps_no_op_history() {
+    for rule in [
+        ADAMW,
+        Rule::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+        },
+    ] {
+        let p = param("w", 1.0);
+        let mut opt = Optimizer::new(rule).unwrap();
+        opt.add_group(ParamGroup::new("host", vec![p.clone()], 0.1, 0.01))
+            .unwrap();
+        // A gradient that tracks ops: computed from the parameter itself.
+        let tracked = (p.var.as_tensor() * 2.0).unwrap();
+        assert!(tracked.track_op());
+        let mut store = grads(&[(&p, 1.0)]);
+        store.insert(p.var.as_tensor(), tracked);
+        opt.step(&store).unwrap();
+        let state = &opt.state["w"];
+        for moment in [&state.first, &state.second].into_iter().flatten() {
+            assert!(!moment.track_op(), "{rule:?}: a moment records ops");
+        }
+    }
+}

@@ -24,7 +24,12 @@ impl Trainer {
         config.validate()?;
         let current = self.host.parameters();
         check_budget(&current, &config)?;
-        let teacher = crate::hosts::build(&self.config.host, self.seed, &self.device)?;
+        let teacher = crate::hosts::build_with_ops(
+            &self.config.host,
+            self.seed,
+            &self.device,
+            self.config.ops,
+        )?;
         let teacher_params = teacher.parameters();
         for p in &teacher_params {
             let source = current.iter().find(|c| c.name == p.name).ok_or_else(|| {

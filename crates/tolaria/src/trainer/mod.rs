@@ -182,7 +182,7 @@ impl Trainer {
         let device = device(config.device)?;
         let dir = config.data_dir.clone().unwrap_or_else(bundled_mnist_dir);
         let (train, validation) = load_mnist(&dir)?.split(config.train_size)?;
-        let host = crate::hosts::build(&config.host, seed, &device)?;
+        let host = crate::hosts::build_with_ops(&config.host, seed, &device, config.ops)?;
         let mut optimizer = Optimizer::new(config.optimizer.rule)?;
         optimizer.add_group(ParamGroup::new(
             "host",
