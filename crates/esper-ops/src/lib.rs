@@ -10,6 +10,8 @@
 //!   per group (stride, padding, dilation, groups) whose backward computes
 //!   only the gradients that are needed.
 //! * [`act`]: fused bias + ReLU, one pass each way with an exact gradient.
+//! * [`fused`]: bias + ReLU + 2×2 max pooling in one pass each way, without
+//!   the full-size activation in between (a conv block's epilogue).
 //! * [`threads`]: the compute pool a CPU training run executes on.
 //! * `alloc` (feature `mimalloc`): mimalloc as the global allocator, with
 //!   freed memory retained for the next step.
@@ -25,6 +27,7 @@ pub mod act;
 pub mod alloc;
 pub mod conv;
 mod cpu;
+pub mod fused;
 mod gemm;
 pub mod init;
 pub mod pool;
@@ -32,6 +35,7 @@ pub mod threads;
 
 pub use act::bias_relu;
 pub use conv::{Conv2dSpec, conv2d};
+pub use fused::bias_relu_max_pool2x2;
 pub use init::ParamInit;
 pub use pool::{avg_pool2d, max_pool2d, max_pool2x2};
 pub use threads::ComputePool;

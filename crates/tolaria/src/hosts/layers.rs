@@ -21,17 +21,6 @@ pub enum Ops {
     Candle,
 }
 
-/// 2×2 max pooling, stride 2, on `ops`.
-pub(crate) fn max_pool2x2(x: &Tensor, ops: Ops) -> candle_core::Result<Tensor> {
-    match ops {
-        Ops::Esper => esper_ops::max_pool2x2(x),
-        Ops::Candle => {
-            let (n, c, h, w) = x.dims4()?;
-            x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
-        }
-    }
-}
-
 /// The parameters of a layer with a weight and a bias, named `name.weight` and
 /// `name.bias`.
 fn weight_and_bias(name: &str, weight: &Var, bias: &Var) -> Vec<NamedParameter> {
@@ -168,6 +157,21 @@ impl Conv2d {
         match self.ops {
             Ops::Esper => esper_ops::bias_relu(&self.convolve(x)?, self.bias.as_tensor()),
             Ops::Candle => self.forward(x)?.relu(),
+        }
+    }
+
+    /// `max_pool2x2(relu(conv(x) + b))`: on esper-ops, bias, ReLU and pooling
+    /// in one fused pass (`esper_ops::bias_relu_max_pool2x2`).
+    pub fn forward_relu_pool2x2(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.ops {
+            Ops::Esper => {
+                esper_ops::bias_relu_max_pool2x2(&self.convolve(x)?, self.bias.as_tensor())
+            }
+            Ops::Candle => {
+                let a = self.forward_relu(x)?;
+                let (n, c, h, w) = a.dims4()?;
+                a.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
+            }
         }
     }
 

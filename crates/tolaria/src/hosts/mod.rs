@@ -97,7 +97,6 @@ pub struct ConvNet {
     conv1: Conv2d,
     conv2: Conv2d,
     fc: Linear,
-    ops: Ops,
     slots: Vec<SlotSpec>,
 }
 
@@ -116,7 +115,6 @@ impl ConvNet {
             conv1: Conv2d::new("conv1", 1, c1, kernel, padding, init)?.with_ops(ops),
             conv2: Conv2d::new("conv2", c1, c2, kernel, padding, init)?.with_ops(ops),
             fc: Linear::new("fc", c2 * 7 * 7, 10, init)?.with_ops(ops),
-            ops,
             slots: vec![
                 SlotSpec::conv2d("r0", c1, 14, 14, 0),
                 SlotSpec::conv2d("r1", c2, 7, 7, 1),
@@ -143,9 +141,9 @@ impl Host for ConvNet {
         x: &Tensor,
         slots: &mut dyn SlotRunner,
     ) -> kasmina::Result<Tensor> {
-        let h = layers::max_pool2x2(&self.conv1.forward_relu(x)?, self.ops)?;
+        let h = self.conv1.forward_relu_pool2x2(x)?;
         let h = slots.run(&self.slots[0], h)?;
-        let h = layers::max_pool2x2(&self.conv2.forward_relu(&h)?, self.ops)?;
+        let h = self.conv2.forward_relu_pool2x2(&h)?;
         let h = slots.run(&self.slots[1], h)?;
         Ok(self.fc.forward(&h.flatten_from(1)?)?)
     }
