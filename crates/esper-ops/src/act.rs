@@ -22,8 +22,16 @@ fn planes(shape: &Shape) -> Result<(usize, usize, usize)> {
     Ok((dims[0], dims[1], dims[2..].iter().product()))
 }
 
+/// Values per parallel task, at least: below this, scheduling costs more
+/// than it saves.
+const MIN_TASK: usize = 1 << 14;
+
 #[derive(Debug, Clone, Copy)]
 struct BiasRelu;
+
+/// `x + b` per channel.
+#[derive(Debug, Clone, Copy)]
+struct BiasAdd;
 
 /// `(y, g) → g · [y > 0]`.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +67,9 @@ impl CustomOp2 for BiasRelu {
         let sample = (c * plane).max(1);
         y.par_chunks_mut(sample)
             .zip(x.par_chunks(sample))
+            // Tasks of at least ~16k values: a dense layer's samples are a
+            // few hundred values each, too small to be worth a task.
+            .with_min_len((MIN_TASK / sample).max(1))
             .for_each(|(out, inp)| {
                 for (ch, (o, i)) in out
                     .chunks_mut(plane.max(1))
@@ -116,15 +127,78 @@ impl CustomOp2 for ReluGrad {
             )));
         }
         let mut dx = vec![0f32; y.len()];
-        const CHUNK: usize = 1 << 14;
-        dx.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+        dx.par_chunks_mut(MIN_TASK)
+            .zip(y.par_chunks(MIN_TASK).zip(g.par_chunks(MIN_TASK)))
             .for_each(|(d, (y, g))| {
                 for ((d, y), g) in d.iter_mut().zip(y).zip(g) {
                     *d = if *y > 0.0 { *g } else { 0.0 };
                 }
             });
         Ok((CpuStorage::F32(dx), yl.shape().clone()))
+    }
+}
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "esper-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "bias_add")?;
+        let b = contiguous_f32(bs, bl, "bias_add")?;
+        let (_, c, plane) = planes(xl.shape())?;
+        if b.len() != c {
+            return Err(candle_core::Error::Msg(format!(
+                "bias_add: {} bias values for {c} channels",
+                b.len()
+            )));
+        }
+        let mut y = vec![0f32; x.len()];
+        let sample = (c * plane).max(1);
+        y.par_chunks_mut(sample)
+            .zip(x.par_chunks(sample))
+            .with_min_len((MIN_TASK / sample).max(1))
+            .for_each(|(out, inp)| {
+                for (ch, (o, i)) in out
+                    .chunks_mut(plane.max(1))
+                    .zip(inp.chunks(plane.max(1)))
+                    .enumerate()
+                {
+                    let bias = b[ch];
+                    for (o, v) in o.iter_mut().zip(i) {
+                        *o = v + bias;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // The input's gradient is the output's, passed on without a copy;
+        // the bias's sums it per channel (candle's broadcast add reduces
+        // over the other axes with a strided generic loop).
+        let db = if b.track_op() {
+            Some(
+                grad.contiguous()?
+                    .apply_op1(ChannelSum)?
+                    .reshape(b.shape())?,
+            )
+        } else {
+            None
+        };
+        Ok((x.track_op().then(|| grad.clone()), db))
     }
 }
 
@@ -136,6 +210,16 @@ impl CustomOp1 for ChannelSum {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "channel sum")?;
         let (n, c, plane) = planes(layout.shape())?;
+        if plane == 1 {
+            // Dense `[N, C]`: rows added in order, one vectorised pass.
+            let mut sums = vec![0f32; c];
+            for row in x.chunks_exact(c.max(1)).take(n) {
+                for (s, v) in sums.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            return Ok((CpuStorage::F32(sums), Shape::from(c)));
+        }
         let sums: Vec<f32> = (0..c)
             .into_par_iter()
             .map(|ch| {
@@ -149,6 +233,24 @@ impl CustomOp1 for ChannelSum {
             .collect();
         Ok((CpuStorage::F32(sums), Shape::from(c)))
     }
+}
+
+/// `x + b` for `x [N, C, …]` and `b` with `C` values, one pass; the bias
+/// gradient is one per-channel sum.
+pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (_, c, _) = planes(x.shape())?;
+    if bias.elem_count() != c {
+        return Err(candle_core::Error::Msg(format!(
+            "bias_add: {} bias values for {c} channels",
+            bias.elem_count()
+        )));
+    }
+    if !x.device().is_cpu() {
+        let mut shape = vec![1; x.rank()];
+        shape[1] = c;
+        return x.broadcast_add(&bias.reshape(shape)?);
+    }
+    x.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd)
 }
 
 /// `relu(x + b)` for `x [N, C, …]` and `b [C]` (or any shape of `C` values),
@@ -211,6 +313,64 @@ mod tests {
             for (a, r) in vec(g1.get(&b).unwrap()).iter().zip(vec(g2.get(&b).unwrap())) {
                 proptest::prop_assert!((a - r).abs() <= 1e-5 * r.abs().max(1.0), "{} vs {}", a, r);
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Forward and both gradients equal candle's broadcast add.
+        #[test]
+        fn bias_add_matches_candles_broadcast_add(
+            n in 1usize..4, c in 1usize..6, h in 1usize..5, w in 1usize..5,
+            dense in proptest::bool::ANY, seed in 0u64..1000,
+        ) {
+            let shape: Vec<usize> = if dense { vec![n, c] } else { vec![n, c, h, w] };
+            let count: usize = shape.iter().product();
+            let x = Var::from_vec(pseudo(count, seed), shape.clone(), &Device::Cpu).unwrap();
+            let b = Var::from_vec(pseudo(c, seed + 7), c, &Device::Cpu).unwrap();
+            let weights = Tensor::from_vec(pseudo(count, seed + 3), shape.clone(), &Device::Cpu).unwrap();
+            let mut bshape = vec![1; shape.len()];
+            bshape[1] = c;
+            let reference = x
+                .as_tensor()
+                .broadcast_add(&b.as_tensor().reshape(bshape).unwrap())
+                .unwrap();
+            let ours = bias_add(x.as_tensor(), b.as_tensor()).unwrap();
+            proptest::prop_assert_eq!(vec(&ours), vec(&reference));
+            let g1 = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = reference.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+            proptest::prop_assert_eq!(vec(g1.get(&x).unwrap()), vec(g2.get(&x).unwrap()));
+            for (a, r) in vec(g1.get(&b).unwrap()).iter().zip(vec(g2.get(&b).unwrap())) {
+                proptest::prop_assert!((a - r).abs() <= 1e-5 * r.abs().max(1.0), "{} vs {}", a, r);
+            }
+        }
+    }
+
+    /// Forward allocates its output, the backward `dx` and the bias sums,
+    /// dense and convolutional.
+    #[test]
+    fn allocates_its_results_only() {
+        use crate::alloc_count::{BOOKKEEPING, counted};
+        for shape in [vec![128, 128], vec![32, 16, 28, 28]] {
+            let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu).unwrap();
+            let c = shape[1];
+            let b = Tensor::zeros(c, candle_core::DType::F32, &Device::Cpu).unwrap();
+            let full = x.elem_count() * 4;
+            let (y, forward) = counted(|| bias_relu(&x, &b).unwrap());
+            assert!(
+                forward.bytes <= full + BOOKKEEPING,
+                "{shape:?} forward: {forward:?}"
+            );
+            let g = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu).unwrap();
+            let (dx, backward) = counted(|| y.apply_op2(&g, ReluGrad).unwrap());
+            assert!(
+                backward.bytes <= full + BOOKKEEPING,
+                "{shape:?} dx: {backward:?}"
+            );
+            let (_, sums) = counted(|| dx.apply_op1(ChannelSum).unwrap());
+            assert!(
+                sums.bytes <= c * 4 + BOOKKEEPING,
+                "{shape:?} bias gradient: {sums:?}"
+            );
         }
     }
 

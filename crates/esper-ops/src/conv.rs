@@ -25,14 +25,16 @@
 //! partial per thread. On CUDA, candle's own kernels run instead.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::cpu::contiguous_f32;
-use crate::gemm::{MatMut, MatRef, matmul};
 
+mod block;
 mod geometry;
+mod plan;
 
+pub use block::conv2d_bias_relu_max_pool2x2;
 use geometry::Geometry;
+use plan::{OutputGrad, Plan};
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,41 @@ impl Default for Conv2dSpec {
     }
 }
 
+/// The geometry of `x [N, C, H, W]` convolved with `kernel [Cout,
+/// C/groups, kh, kw]`, checked; `op` names the operation in errors.
+fn geometry(x: &Tensor, kernel: &Tensor, spec: Conv2dSpec, op: &str) -> Result<Geometry> {
+    let (n, c, h, w) = x.dims4()?;
+    let (c_out, c_per_group, kh, kw) = kernel.dims4()?;
+    let groups = spec.groups.max(1);
+    if c % groups != 0 || c_out % groups != 0 || c_per_group * groups != c {
+        return Err(candle_core::Error::Msg(format!(
+            "{op}: {c} input channels, kernel {c_out}x{c_per_group}, {groups} groups do not fit"
+        )));
+    }
+    if spec.stride == 0 || spec.dilation == 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "{op}: stride and dilation must be at least 1"
+        )));
+    }
+    if h + 2 * spec.padding < spec.dilation * (kh - 1) + 1
+        || w + 2 * spec.padding < spec.dilation * (kw - 1) + 1
+    {
+        return Err(candle_core::Error::Msg(format!(
+            "{op}: a {kh}x{kw} kernel (dilation {}) does not fit a padded {h}x{w} input",
+            spec.dilation
+        )));
+    }
+    Ok(Geometry {
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        spec,
+    })
+}
+
 /// `x [N, C, H, W]` convolved with `kernel [Cout, C/groups, kh, kw]`, giving
 /// `[N, Cout, out_h, out_w]`; same semantics as candle's `Tensor::conv2d`.
 pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
@@ -70,59 +107,32 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
             spec.groups,
         );
     }
-    let (n, c, h, w) = x.dims4()?;
-    let (c_out, c_per_group, kh, kw) = kernel.dims4()?;
-    let groups = spec.groups.max(1);
-    if c % groups != 0 || c_out % groups != 0 || c_per_group * groups != c {
-        return Err(candle_core::Error::Msg(format!(
-            "conv2d: {c} input channels, kernel {c_out}x{c_per_group}, {groups} groups do not fit"
-        )));
-    }
-    if spec.stride == 0 || spec.dilation == 0 {
-        return Err(candle_core::Error::Msg(
-            "conv2d: stride and dilation must be at least 1".into(),
-        ));
-    }
-    let g = Geometry {
-        n,
-        c,
-        h,
-        w,
-        kh,
-        kw,
-        spec,
-    };
-    if h + 2 * spec.padding < spec.dilation * (kh - 1) + 1
-        || w + 2 * spec.padding < spec.dilation * (kw - 1) + 1
-    {
-        return Err(candle_core::Error::Msg(format!(
-            "conv2d: a {kh}x{kw} kernel (dilation {}) does not fit a padded {h}x{w} input",
-            spec.dilation
-        )));
-    }
+    let geometry = geometry(x, kernel, spec, "conv2d")?;
     x.contiguous()?
-        .apply_op2(&kernel.contiguous()?, Conv2dForward { geometry: g })
+        .apply_op2(&kernel.contiguous()?, Conv2dForward { geometry })
 }
 
-/// `[N, Cout, L]` block sizes of a geometry with `c_out` output channels:
-/// `(groups, M = Cout/groups, K = C/groups·kh·kw, L)`.
-fn gemm_dims(g: &Geometry, c_out: usize) -> (usize, usize, usize, usize) {
-    let groups = g.spec.groups.max(1);
-    (groups, c_out / groups, g.rows() / groups, g.positions())
-}
-
-/// Samples per task: one contiguous run of samples per rayon thread.
-fn samples_per_task(n: usize) -> usize {
-    n.div_ceil(rayon::current_num_threads().max(1)).max(1)
-}
-
-/// Fewer samples than threads: the GEMMs themselves run in parallel.
-fn gemm_in_parallel(n: usize) -> bool {
-    n < rayon::current_num_threads()
-}
-
-fn shape_error(op: &str, what: String) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{op}: {what}"))
+/// The operands' values, checked against the plan: `x` (or the kernel) and
+/// the kernel (or the output gradient) of `op`.
+fn operands<'a>(
+    plan: &Plan,
+    (a, al): (&'a CpuStorage, &Layout),
+    (b, bl): (&'a CpuStorage, &Layout),
+    expected: (usize, usize),
+    op: &str,
+) -> Result<(&'a [f32], &'a [f32])> {
+    let a = contiguous_f32(a, al, op)?;
+    let b = contiguous_f32(b, bl, op)?;
+    if (a.len(), b.len()) != expected {
+        return Err(candle_core::Error::Msg(format!(
+            "{op}: operands {:?} and {:?} do not match {:?} with {} output channels",
+            al.shape(),
+            bl.shape(),
+            plan.g,
+            plan.c_out
+        )));
+    }
+    Ok((a, b))
 }
 
 /// `(x [N, C, H, W], kernel [Cout, C/groups, kh, kw]) → [N, Cout, oh, ow]`.
@@ -137,7 +147,7 @@ struct ConvGradInput {
     geometry: Geometry,
 }
 
-/// `(x, grad [N, Cout, oh, ow]) → grad of the kernel [Cout, C/groups, kh, kw]`.
+/// `(x, grad [N, Cout, oh, ow]) → grad of the kernel [Cout, C/groups·kh·kw]`.
 #[derive(Debug, Clone, Copy)]
 struct ConvGradKernel {
     geometry: Geometry,
@@ -156,56 +166,19 @@ impl CustomOp2 for Conv2dForward {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geometry;
-        let x = contiguous_f32(xs, xl, "conv2d")?;
-        let kernel = contiguous_f32(ws, wl, "conv2d")?;
-        let (c_out, ..) = wl.shape().dims4()?;
-        let (groups, m, k, l) = gemm_dims(&g, c_out);
-        let image = g.image();
-        if x.len() != g.n * image || kernel.len() != c_out * k {
-            return Err(shape_error(
-                "conv2d",
-                format!(
-                    "operands {:?} and {:?} do not match {g:?}",
-                    xl.shape(),
-                    wl.shape()
-                ),
-            ));
-        }
-        let per_task = samples_per_task(g.n);
-        let parallel = gemm_in_parallel(g.n);
-        let mut y = vec![0f32; g.n * c_out * l];
-        y.par_chunks_mut(per_task * c_out * l)
-            .enumerate()
-            .try_for_each(|(task, outputs)| -> Result<()> {
-                let mut scratch = if g.unfold_is_identity() {
-                    Vec::new()
-                } else {
-                    vec![0f32; g.rows() * l]
-                };
-                for (i, out) in outputs.chunks_mut(c_out * l).enumerate() {
-                    let sample = task * per_task + i;
-                    let img = &x[sample * image..(sample + 1) * image];
-                    let cols: &[f32] = if g.unfold_is_identity() {
-                        img
-                    } else {
-                        g.unfold(img, &mut scratch);
-                        &scratch
-                    };
-                    for group in 0..groups {
-                        matmul(
-                            MatMut::row_major(&mut out[group * m * l..], m, l)?,
-                            MatRef::row_major(&kernel[group * m * k..], m, k)?,
-                            MatRef::row_major(&cols[group * k * l..], k, l)?,
-                            false,
-                            parallel,
-                        )?;
-                    }
-                }
-                Ok(())
-            })?;
+        let plan = Plan::new(self.geometry, wl.shape().dims4()?.0);
+        let g = plan.g;
+        let (x, kernel) = operands(
+            &plan,
+            (xs, xl),
+            (ws, wl),
+            (g.n * g.image(), plan.kernel()),
+            "conv2d",
+        )?;
+        let mut y = vec![0f32; g.n * plan.output()];
+        plan.forward(x, kernel, &mut y, None)?;
         let (oh, ow) = g.out_hw();
-        Ok((CpuStorage::F32(y), Shape::from((g.n, c_out, oh, ow))))
+        Ok((CpuStorage::F32(y), Shape::from((g.n, plan.c_out, oh, ow))))
     }
 
     fn bwd(
@@ -250,53 +223,16 @@ impl CustomOp2 for ConvGradInput {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geometry;
-        let kernel = contiguous_f32(ws, wl, "conv2d backward")?;
-        let grad = contiguous_f32(gs, gl, "conv2d backward")?;
-        let (c_out, ..) = wl.shape().dims4()?;
-        let (groups, m, k, l) = gemm_dims(&g, c_out);
-        let image = g.image();
-        if grad.len() != g.n * c_out * l || kernel.len() != c_out * k {
-            return Err(shape_error(
-                "conv2d backward",
-                format!(
-                    "operands {:?} and {:?} do not match {g:?}",
-                    wl.shape(),
-                    gl.shape()
-                ),
-            ));
-        }
-        let per_task = samples_per_task(g.n);
-        let parallel = gemm_in_parallel(g.n);
-        let mut dx = vec![0f32; g.n * image];
-        dx.par_chunks_mut(per_task * image)
-            .enumerate()
-            .try_for_each(|(task, images)| -> Result<()> {
-                let identity = g.unfold_is_identity();
-                let mut scratch = if identity {
-                    Vec::new()
-                } else {
-                    vec![0f32; g.rows() * l]
-                };
-                for (i, img) in images.chunks_mut(image).enumerate() {
-                    let sample = task * per_task + i;
-                    let grad = &grad[sample * c_out * l..(sample + 1) * c_out * l];
-                    let dcols: &mut [f32] = if identity { img } else { &mut scratch };
-                    for group in 0..groups {
-                        matmul(
-                            MatMut::row_major(&mut dcols[group * k * l..], k, l)?,
-                            MatRef::transposed(&kernel[group * m * k..], k, m)?,
-                            MatRef::row_major(&grad[group * m * l..], m, l)?,
-                            false,
-                            parallel,
-                        )?;
-                    }
-                    if !identity {
-                        g.fold(&scratch, img);
-                    }
-                }
-                Ok(())
-            })?;
+        let plan = Plan::new(self.geometry, wl.shape().dims4()?.0);
+        let g = plan.g;
+        let (kernel, grad) = operands(
+            &plan,
+            (ws, wl),
+            (gs, gl),
+            (plan.kernel(), g.n * plan.output()),
+            "conv2d backward",
+        )?;
+        let dx = plan.input_grad(kernel, OutputGrad::Direct(grad))?;
         Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
@@ -313,67 +249,17 @@ impl CustomOp2 for ConvGradKernel {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geometry;
-        let c_out = self.c_out;
-        let x = contiguous_f32(xs, xl, "conv2d backward")?;
-        let grad = contiguous_f32(gs, gl, "conv2d backward")?;
-        let (groups, m, k, l) = gemm_dims(&g, c_out);
-        let image = g.image();
-        if grad.len() != g.n * c_out * l || x.len() != g.n * image {
-            return Err(shape_error(
-                "conv2d backward",
-                format!(
-                    "operands {:?} and {:?} do not match {g:?}",
-                    xl.shape(),
-                    gl.shape()
-                ),
-            ));
-        }
-        let per_task = samples_per_task(g.n);
-        let parallel = gemm_in_parallel(g.n);
-        let tasks = g.n.div_ceil(per_task);
-        // One [Cout, K] partial per task, accumulated in place by the GEMM.
-        let partials = (0..tasks)
-            .into_par_iter()
-            .map(|task| -> Result<Vec<f32>> {
-                let identity = g.unfold_is_identity();
-                let mut scratch = if identity {
-                    Vec::new()
-                } else {
-                    vec![0f32; g.rows() * l]
-                };
-                let mut dk = vec![0f32; c_out * k];
-                let samples = task * per_task..((task + 1) * per_task).min(g.n);
-                for (i, sample) in samples.enumerate() {
-                    let img = &x[sample * image..(sample + 1) * image];
-                    let cols: &[f32] = if identity {
-                        img
-                    } else {
-                        g.unfold(img, &mut scratch);
-                        &scratch
-                    };
-                    let grad = &grad[sample * c_out * l..(sample + 1) * c_out * l];
-                    for group in 0..groups {
-                        matmul(
-                            MatMut::row_major(&mut dk[group * m * k..], m, k)?,
-                            MatRef::row_major(&grad[group * m * l..], m, l)?,
-                            MatRef::transposed(&cols[group * k * l..], l, k)?,
-                            i > 0,
-                            parallel,
-                        )?;
-                    }
-                }
-                Ok(dk)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut partials = partials.into_iter();
-        let mut dk = partials.next().unwrap_or_else(|| vec![0f32; c_out * k]);
-        for partial in partials {
-            for (d, p) in dk.iter_mut().zip(&partial) {
-                *d += p;
-            }
-        }
-        Ok((CpuStorage::F32(dk), Shape::from((c_out, k))))
+        let plan = Plan::new(self.geometry, self.c_out);
+        let g = plan.g;
+        let (x, grad) = operands(
+            &plan,
+            (xs, xl),
+            (gs, gl),
+            (g.n * g.image(), g.n * plan.output()),
+            "conv2d backward",
+        )?;
+        let dk = plan.kernel_grad(x, OutputGrad::Direct(grad))?;
+        Ok((CpuStorage::F32(dk), Shape::from(plan.kernel())))
     }
 }
 

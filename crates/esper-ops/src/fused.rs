@@ -32,7 +32,7 @@ struct BiasReluPoolGrad;
 
 /// `(out, grad)`, both `[N, C, …]` → `[C]`: `Σ grad · [out > 0]` per channel.
 #[derive(Debug, Clone, Copy)]
-struct ActiveChannelSum;
+pub(crate) struct ActiveChannelSum;
 
 /// `(N, C, H, W)` of `z`, checked against a `[C]` bias and 2×2 windows.
 fn geometry(z: &Layout, bias_len: usize) -> Result<(usize, usize, usize, usize)> {
@@ -56,6 +56,83 @@ fn act(z: f32, bias: f32) -> f32 {
     (z + bias).max(0.0)
 }
 
+/// `v` when `cond`, else `+0.0`, without a branch.
+#[inline]
+fn keep(v: f32, cond: bool) -> f32 {
+    f32::from_bits(v.to_bits() & u32::from(cond).wrapping_neg())
+}
+
+/// One plane's forward: `out [H/2, W/2] = max_pool2x2(relu(z [H, W] + bias))`
+/// (`w` is the plane's width; the rows come in pairs).
+pub(crate) fn pool_plane(z: &[f32], bias: f32, w: usize, out: &mut [f32]) {
+    let ow = w / 2;
+    for (o, rows) in out.chunks_exact_mut(ow).zip(z.chunks_exact(2 * w)) {
+        let (top, bottom) = rows.split_at(w);
+        for ((o, t), u) in o
+            .iter_mut()
+            .zip(top.chunks_exact(2))
+            .zip(bottom.chunks_exact(2))
+        {
+            *o = act(t[0], bias)
+                .max(act(t[1], bias))
+                .max(act(u[0], bias))
+                .max(act(u[1], bias));
+        }
+    }
+}
+
+/// One plane's backward: the gradient `g [H/2, W/2]` of the pooled output
+/// routed into `dz [H, W]`, every element written: each window's first
+/// maximum of `relu(z + bias)` gets the window's gradient when that maximum
+/// is positive, everything else 0.
+pub(crate) fn route_plane(z: &[f32], bias: f32, g: &[f32], w: usize, dz: &mut [f32]) {
+    let ow = w / 2;
+    for ((d, rows), g) in dz
+        .chunks_exact_mut(2 * w)
+        .zip(z.chunks_exact(2 * w))
+        .zip(g.chunks_exact(ow))
+    {
+        let (top, bottom) = rows.split_at(w);
+        let (d_top, d_bottom) = d.split_at_mut(w);
+        for (((dt, db), (t, u)), &gv) in d_top
+            .chunks_exact_mut(2)
+            .zip(d_bottom.chunks_exact_mut(2))
+            .zip(top.chunks_exact(2).zip(bottom.chunks_exact(2)))
+            .zip(g)
+        {
+            // Window order: top-left, top-right, bottom-left, bottom-right.
+            let (a0, a1, a2, a3) = (
+                act(t[0], bias),
+                act(t[1], bias),
+                act(u[0], bias),
+                act(u[1], bias),
+            );
+            let top_max = a0.max(a1);
+            let max = top_max.max(a2.max(a3));
+            // A window whose maximum is 0 passes no gradient (ReLU).
+            let routed = keep(gv, max > 0.0);
+            // The first element equal to the maximum takes it, as pooling
+            // routes (values are never NaN after `act`). Its index is
+            // computed and the gradient shifted into place, not branched on
+            // (which element wins is data-dependent: mispredicted branches
+            // made this loop a third of a `cnn` step) nor stored through a
+            // small array (store-forwarding stalls, a fifth).
+            let n0 = u64::from(a0 != max);
+            let n1 = n0 & u64::from(a1 != max);
+            let n2 = n1 & u64::from(a2 != max);
+            let at = n0 + n1 + n2;
+            // Low half: the first of a row's pair; high half: the second.
+            let pair = u64::from(routed.to_bits()) << (32 * (at & 1));
+            let top_row = pair & u64::from(at < 2).wrapping_neg();
+            let bottom_row = pair & u64::from(at >= 2).wrapping_neg();
+            dt[0] = f32::from_bits(top_row as u32);
+            dt[1] = f32::from_bits((top_row >> 32) as u32);
+            db[0] = f32::from_bits(bottom_row as u32);
+            db[1] = f32::from_bits((bottom_row >> 32) as u32);
+        }
+    }
+}
+
 impl CustomOp2 for BiasReluPool {
     fn name(&self) -> &'static str {
         "esper-bias-relu-max-pool2x2"
@@ -73,23 +150,11 @@ impl CustomOp2 for BiasReluPool {
         let (n, c, h, w) = geometry(zl, b.len())?;
         let (oh, ow) = (h / 2, w / 2);
         let mut out = vec![0f32; n * c * oh * ow];
-        // One output row per task: both input rows of its windows, read once.
-        out.par_chunks_mut(ow).enumerate().for_each(|(row, o)| {
-            let (plane, oy) = (row / oh, row % oh);
-            let bias = b[plane % c];
-            let top = &z[(plane * h + 2 * oy) * w..][..w];
-            let bottom = &z[(plane * h + 2 * oy + 1) * w..][..w];
-            for ((o, t), u) in o
-                .iter_mut()
-                .zip(top.chunks_exact(2))
-                .zip(bottom.chunks_exact(2))
-            {
-                *o = act(t[0], bias)
-                    .max(act(t[1], bias))
-                    .max(act(u[0], bias))
-                    .max(act(u[1], bias));
-            }
-        });
+        // One plane per task.
+        out.par_chunks_mut(oh * ow)
+            .zip(z.par_chunks(h * w))
+            .enumerate()
+            .for_each(|(plane, (o, z))| pool_plane(z, b[plane % c], w, o));
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 
@@ -141,42 +206,11 @@ impl CustomOp3 for BiasReluPoolGrad {
             )));
         }
         let mut dz = vec![0f32; z.len()];
-        // One pair of input rows per task; every element is written (the
-        // window's maximum gets its gradient, the others 0).
-        dz.par_chunks_mut(2 * w)
+        // One plane per task.
+        dz.par_chunks_mut(h * w)
+            .zip(z.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
             .enumerate()
-            .for_each(|(row, pair)| {
-                let (plane, oy) = (row / oh, row % oh);
-                let bias = b[plane % c];
-                let top = &z[(plane * h + 2 * oy) * w..][..w];
-                let bottom = &z[(plane * h + 2 * oy + 1) * w..][..w];
-                let grads = &g[(plane * oh + oy) * ow..][..ow];
-                let (d_top, d_bottom) = pair.split_at_mut(w);
-                for (ox, &gv) in grads.iter().enumerate() {
-                    let x = 2 * ox;
-                    // Window order: top-left, top-right, bottom-left,
-                    // bottom-right; the first maximum wins, as in pooling.
-                    let values = [
-                        act(top[x], bias),
-                        act(top[x + 1], bias),
-                        act(bottom[x], bias),
-                        act(bottom[x + 1], bias),
-                    ];
-                    let mut best = 0;
-                    for (i, v) in values.iter().enumerate().skip(1) {
-                        if *v > values[best] {
-                            best = i;
-                        }
-                    }
-                    // A window whose maximum is 0 passes no gradient (ReLU).
-                    let routed = if values[best] > 0.0 { gv } else { 0.0 };
-                    let pick = |i: usize| if i == best { routed } else { 0.0 };
-                    d_top[x] = pick(0);
-                    d_top[x + 1] = pick(1);
-                    d_bottom[x] = pick(2);
-                    d_bottom[x + 1] = pick(3);
-                }
-            });
+            .for_each(|(plane, (dz, (z, g)))| route_plane(z, b[plane % c], g, w, dz));
         Ok((CpuStorage::F32(dz), zl.shape().clone()))
     }
 }

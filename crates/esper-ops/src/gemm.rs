@@ -60,7 +60,8 @@ impl<'a> MatRef<'a> {
         Self::strided(data, rows, cols, 1, rows)
     }
 
-    fn strided(
+    /// A `rows × cols` view with the given strides.
+    pub(crate) fn strided(
         data: &'a [f32],
         rows: usize,
         cols: usize,
@@ -83,12 +84,32 @@ impl<'a> MatRef<'a> {
 impl<'a> MatMut<'a> {
     /// A row-major `rows × cols` destination (`data` may be longer).
     pub(crate) fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Result<Self> {
-        match span(rows, cols, cols, 1) {
+        Self::rows_apart(data, rows, cols, cols)
+    }
+
+    /// A `rows × cols` destination whose rows start `row_stride ≥ cols`
+    /// values apart (a block of columns of a wider row-major matrix).
+    pub(crate) fn rows_apart(
+        data: &'a mut [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Result<Self> {
+        // Rows at least `cols` apart keep every element distinct.
+        if row_stride < cols && rows > 1 {
+            return Err(bounds_error(
+                "overlapping destination",
+                rows,
+                cols,
+                data.len(),
+            ));
+        }
+        match span(rows, cols, row_stride, 1) {
             Some(end) if end <= data.len() => Ok(Self {
                 data,
                 rows,
                 cols,
-                row_stride: cols,
+                row_stride,
                 col_stride: 1,
             }),
             _ => Err(bounds_error("destination", rows, cols, data.len())),
@@ -120,8 +141,9 @@ pub(crate) fn matmul(
     // SAFETY: every view was bounds-checked when it was made (`span` of its
     // shape and strides ≤ its slice's length), and the shapes agree (checked
     // above), so `gemm` reads `a` and `b` and writes `dst` only inside their
-    // slices. `dst` is a unique borrow whose strides (row-major, `cols`
-    // apart) address distinct elements, so no two writes alias, and it cannot
+    // slices. `dst` is a unique borrow whose strides (unit columns, rows at
+    // least `cols` apart: checked when it was made) address distinct
+    // elements, so no two writes alias, and it cannot
     // overlap `a` or `b`, which are shared borrows.
     #[allow(unsafe_code)]
     unsafe {

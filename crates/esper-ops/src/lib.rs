@@ -9,7 +9,8 @@
 //! * [`conv`]: 2-D convolution as a parallel whole-batch im2col + one GEMM
 //!   per group (stride, padding, dilation, groups) whose backward computes
 //!   only the gradients that are needed.
-//! * [`act`]: fused bias + ReLU, one pass each way with an exact gradient.
+//! * [`act`]: per-channel bias add, and fused bias + ReLU, one pass each way
+//!   with exact gradients.
 //! * [`fused`]: bias + ReLU + 2×2 max pooling in one pass each way, without
 //!   the full-size activation in between (a conv block's epilogue).
 //! * [`threads`]: the compute pool a CPU training run executes on.
@@ -25,6 +26,8 @@
 pub mod act;
 #[cfg(feature = "mimalloc")]
 pub mod alloc;
+#[cfg(test)]
+mod alloc_count;
 pub mod conv;
 mod cpu;
 pub mod fused;
@@ -33,8 +36,8 @@ pub mod init;
 pub mod pool;
 pub mod threads;
 
-pub use act::bias_relu;
-pub use conv::{Conv2dSpec, conv2d};
+pub use act::{bias_add, bias_relu};
+pub use conv::{Conv2dSpec, conv2d, conv2d_bias_relu_max_pool2x2};
 pub use fused::bias_relu_max_pool2x2;
 pub use init::ParamInit;
 pub use pool::{avg_pool2d, max_pool2d, max_pool2x2};

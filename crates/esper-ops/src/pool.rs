@@ -320,6 +320,25 @@ mod tests {
         }
     }
 
+    /// Forward allocates its output, the backward the input's gradient.
+    #[test]
+    fn max_pooling_allocates_its_results_only() {
+        use crate::alloc_count::{BOOKKEEPING, counted};
+        let x = Tensor::randn(0f32, 1.0, (32, 16, 28, 28), &Device::Cpu).unwrap();
+        let full = x.elem_count() * 4;
+        let (y, forward) = counted(|| max_pool2x2(&x).unwrap());
+        assert!(
+            forward.bytes <= full / 4 + BOOKKEEPING,
+            "forward: {forward:?}"
+        );
+        let g = Tensor::randn(0f32, 1.0, y.shape(), &Device::Cpu).unwrap();
+        let (_, backward) = counted(|| x.apply_op2(&g, MaxPoolGrad { k: 2 }).unwrap());
+        assert!(
+            backward.bytes <= full + BOOKKEEPING,
+            "backward: {backward:?}"
+        );
+    }
+
     #[test]
     fn a_window_that_does_not_tile_is_an_error() {
         let x = Tensor::zeros((1, 1, 5, 4), DType::F32, &Device::Cpu).unwrap();

@@ -2,10 +2,9 @@
 //! fold (col2im, its adjoint) that the convolution's GEMMs read and write.
 //!
 //! One sample's unfolded matrix is `[C·kh·kw, L]` (row `c·kh·kw + i·kw + j`,
-//! column `y·out_w + x`), so a channel group's rows are contiguous. Padding
-//! positions are never written: a scratch matrix zeroed once keeps its zeros
-//! for every sample, because which positions fall inside the image depends on
-//! the geometry only.
+//! column `y·out_w + x`), so a channel group's rows are contiguous. The
+//! unfold writes every position (padding as 0), so scratch matrices can be
+//! reused across calls without being cleared.
 
 use super::Conv2dSpec;
 
@@ -48,12 +47,6 @@ impl Geometry {
         self.c * self.h * self.w
     }
 
-    /// A 1×1 kernel at stride 1 without padding: the unfolded matrix is the
-    /// image itself (`[C, H·W]`), so no copy is needed either way.
-    pub(super) fn unfold_is_identity(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.spec.stride == 1 && self.spec.padding == 0
-    }
-
     /// For unfold row `row` (channel c, kernel offset i, j): calls
     /// `f(y, x0, x1, src)` for every output row `y` whose input row is inside
     /// the image, where output columns `x0..x1` read the input run that
@@ -84,13 +77,23 @@ impl Geometry {
         }
     }
 
-    /// Unfolds one sample's image `[C, H, W]` into `cols` (`[C·kh·kw, L]`),
-    /// writing only the positions inside the image.
-    pub(super) fn unfold(&self, img: &[f32], cols: &mut [f32]) {
+    /// Unfolds one sample's image `[C, H, W]` into its columns of `cols`:
+    /// row `r` of the sample's `[C·kh·kw, L]` matrix is
+    /// `cols[r·row_stride + offset..][..L]`. Every position is written
+    /// (padding as 0), so `cols` may hold anything before.
+    pub(super) fn unfold(&self, img: &[f32], cols: &mut [f32], row_stride: usize, offset: usize) {
         let (l, ow, stride) = (self.positions(), self.out_hw().1, self.spec.stride);
-        for (r, out) in cols.chunks_mut(l).take(self.rows()).enumerate() {
+        for r in 0..self.rows() {
+            let out = &mut cols[r * row_stride + offset..][..l];
+            // Rows of the output whose input row is outside the image, and
+            // the columns left and right of each run, are padding.
+            let mut next_row = 0;
             self.runs(r, |y, x0, x1, src| {
-                let dst = &mut out[y * ow + x0..y * ow + x1];
+                out[next_row * ow..y * ow].fill(0.0);
+                let row = &mut out[y * ow..(y + 1) * ow];
+                row[..x0].fill(0.0);
+                row[x1..].fill(0.0);
+                let dst = &mut row[x0..x1];
                 if stride == 1 {
                     dst.copy_from_slice(&img[src..src + (x1 - x0)]);
                 } else {
@@ -98,16 +101,19 @@ impl Geometry {
                         *d = img[src + k * stride];
                     }
                 }
+                next_row = y + 1;
             });
+            out[next_row * ow..].fill(0.0);
         }
     }
 
-    /// Adds one sample's unfolded gradient `cols` (`[C·kh·kw, L]`) into its
-    /// image gradient `img` (`[C, H, W]`), summing overlaps: the adjoint of
-    /// [`Geometry::unfold`].
-    pub(super) fn fold(&self, cols: &[f32], img: &mut [f32]) {
+    /// Adds one sample's unfolded gradient (its columns of `cols`, laid out
+    /// as in [`Geometry::unfold`]) into its image gradient `img`
+    /// (`[C, H, W]`), summing overlaps: the adjoint of the unfold.
+    pub(super) fn fold(&self, cols: &[f32], row_stride: usize, offset: usize, img: &mut [f32]) {
         let (l, ow, stride) = (self.positions(), self.out_hw().1, self.spec.stride);
-        for (r, col) in cols.chunks(l).take(self.rows()).enumerate() {
+        for r in 0..self.rows() {
+            let col = &cols[r * row_stride + offset..][..l];
             self.runs(r, |y, x0, x1, src| {
                 let run = &col[y * ow + x0..y * ow + x1];
                 if stride == 1 {

@@ -256,3 +256,122 @@ fn impossible_geometry_is_an_error() {
         "kernel larger than input"
     );
 }
+
+fn even_output(c: &Case) -> bool {
+    let span = c.spec.dilation * (c.k - 1) + 1;
+    let out = |size: usize| (size + 2 * c.spec.padding - span) / c.spec.stride + 1;
+    out(c.h) % 2 == 0 && out(c.w) % 2 == 0
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The block op equals `bias_relu_max_pool2x2(conv2d(x, k), b)` bit for
+    /// bit: forward and the gradients of the input, kernel and bias.
+    #[test]
+    fn the_block_equals_its_composition(
+        c in case().prop_filter("even output", even_output),
+        seed in 0u64..1000,
+    ) {
+        let (x, k) = tensors(&c, seed);
+        let cout = c.groups * c.out_per_group;
+        let b = Var::from_vec(values(cout, seed + 3), cout, &Device::Cpu).unwrap();
+        let block = conv2d_bias_relu_max_pool2x2(x.as_tensor(), k.as_tensor(), b.as_tensor(), c.spec)
+            .unwrap();
+        let composed = crate::bias_relu_max_pool2x2(
+            &conv2d(x.as_tensor(), k.as_tensor(), c.spec).unwrap(),
+            b.as_tensor(),
+        )
+        .unwrap();
+        prop_assert_eq!(block.dims(), composed.dims());
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        prop_assert_eq!(flat(&block), flat(&composed));
+        let weights = Tensor::from_vec(values(block.elem_count(), seed + 5), block.shape(), &Device::Cpu)
+            .unwrap();
+        let g1 = block.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = composed.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for (var, what) in [(&x, "input"), (&k, "kernel"), (&b, "bias")] {
+            prop_assert_eq!(
+                flat(g1.get(var).unwrap()),
+                flat(g2.get(var).unwrap()),
+                "{} gradient", what
+            );
+        }
+    }
+}
+
+/// A block on the data batch computes no input gradient; impossible shapes
+/// are errors.
+#[test]
+fn the_block_skips_the_data_gradient_and_refuses_bad_shapes() {
+    let x = Tensor::from_vec(values(2 * 3 * 6 * 6, 3), (2, 3, 6, 6), &Device::Cpu).unwrap();
+    let k = Var::from_vec(values(4 * 3 * 9, 4), (4, 3, 3, 3), &Device::Cpu).unwrap();
+    let b = Var::from_vec(values(4, 5), 4, &Device::Cpu).unwrap();
+    let spec = Conv2dSpec {
+        padding: 1,
+        ..Conv2dSpec::default()
+    };
+    let grads = conv2d_bias_relu_max_pool2x2(&x, k.as_tensor(), b.as_tensor(), spec)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&x).is_none());
+    assert!(grads.get(k.as_tensor()).is_some() && grads.get(b.as_tensor()).is_some());
+    // A 5x5 output cannot be pooled 2x2.
+    let odd = Tensor::zeros((1, 3, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d_bias_relu_max_pool2x2(&odd, k.as_tensor(), b.as_tensor(), spec).is_err());
+    let three = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d_bias_relu_max_pool2x2(&x, k.as_tensor(), &three, spec).is_err());
+}
+
+/// The plain convolution's forward and backward passes allocate their
+/// results, per thread one block of unfolded images and one staging matrix
+/// (and a kernel partial), and the GEMM's packing (`cnn`'s second layer at
+/// batch 32 on two threads).
+#[test]
+fn allocates_results_scratch_and_gemm_packing_only() {
+    use crate::alloc_count::{BOOKKEEPING, conv_blocking, counted, gemm_packing};
+    let (n, c, cout, hw) = (32, 16, 32, 14);
+    let x = Var::randn(0f32, 1.0, (n, c, hw, hw), &Device::Cpu).unwrap();
+    let k = Var::randn(0f32, 0.1, (cout, c, 3, 3), &Device::Cpu).unwrap();
+    let spec = Conv2dSpec {
+        padding: 1,
+        ..Conv2dSpec::default()
+    };
+    let bytes = |values: usize| values * 4;
+    let (l, rows, image) = (hw * hw, c * 9, c * hw * hw);
+    let (block, calls) = conv_blocking(n, l);
+    let width = block * l;
+    let scratch = 2 * bytes((rows + cout) * width);
+    let (y, forward) = counted(|| conv2d(x.as_tensor(), k.as_tensor(), spec).unwrap());
+    let needed = bytes(n * cout * l) + scratch + calls * gemm_packing(cout, rows, width);
+    assert!(
+        forward.bytes <= needed + BOOKKEEPING,
+        "forward: {forward:?}, needed {needed}"
+    );
+    let g = Tensor::randn(0f32, 1.0, y.shape(), &Device::Cpu).unwrap();
+    let geometry = geometry(x.as_tensor(), k.as_tensor(), spec, "conv2d").unwrap();
+    let (_, input) = counted(|| k.apply_op2(&g, ConvGradInput { geometry }).unwrap());
+    let needed = bytes(n * image) + scratch + calls * gemm_packing(rows, cout, width);
+    assert!(
+        input.bytes <= needed + BOOKKEEPING,
+        "input gradient: {input:?}, needed {needed}"
+    );
+    let (_, kernel) = counted(|| {
+        x.apply_op2(
+            &g,
+            ConvGradKernel {
+                geometry,
+                c_out: cout,
+            },
+        )
+        .unwrap()
+    });
+    let needed = scratch + 2 * bytes(cout * rows) + calls * gemm_packing(cout, width, rows);
+    assert!(
+        kernel.bytes <= needed + BOOKKEEPING,
+        "kernel gradient: {kernel:?}, needed {needed}"
+    );
+}

@@ -100,3 +100,24 @@ fn odd_sizes_and_wrong_biases_are_errors() {
         "3 biases for 2 channels"
     );
 }
+
+/// Forward allocates its output, the backward its `dz` and the bias sums:
+/// nothing full-size besides (`cnn`'s first layer at batch 32).
+#[test]
+fn allocates_its_results_only() {
+    use crate::alloc_count::{BOOKKEEPING, counted};
+    let (n, c, h, w) = (32, 16, 28, 28);
+    let z = Tensor::randn(0f32, 1.0, (n, c, h, w), &Device::Cpu).unwrap();
+    let b = Tensor::zeros(c, DType::F32, &Device::Cpu).unwrap();
+    let full = n * c * h * w * 4;
+    let (out, forward) = counted(|| bias_relu_max_pool2x2(&z, &b).unwrap());
+    assert!(
+        forward.bytes <= full / 4 + BOOKKEEPING,
+        "forward: {forward:?}"
+    );
+    let g = Tensor::randn(0f32, 1.0, out.shape(), &Device::Cpu).unwrap();
+    let (_, dz) = counted(|| z.apply_op3(&b, &g, BiasReluPoolGrad).unwrap());
+    assert!(dz.bytes <= full + BOOKKEEPING, "dz: {dz:?}");
+    let (_, db) = counted(|| out.apply_op2(&g, ActiveChannelSum).unwrap());
+    assert!(db.bytes <= c * 4 + BOOKKEEPING, "bias gradient: {db:?}");
+}

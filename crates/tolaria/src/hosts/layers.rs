@@ -11,7 +11,8 @@ use crate::error::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ops {
-    /// esper-ops' convolution, pooling and fused bias + ReLU (the default).
+    /// esper-ops: each conv block (conv, bias, ReLU, 2×2 max pooling) as one
+    /// op, fused bias add and bias + ReLU (the default).
     #[default]
     Esper,
     /// candle's own: `conv2d`, broadcast add, `relu`, and the
@@ -68,8 +69,11 @@ impl Linear {
 
     /// Applies the layer to `[N, in]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())
+        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        match self.ops {
+            Ops::Esper => esper_ops::bias_add(&y, self.bias.as_tensor()),
+            Ops::Candle => y.broadcast_add(self.bias.as_tensor()),
+        }
     }
 
     /// `relu(x Wᵀ + b)`: on esper-ops, bias and ReLU in one fused pass.
@@ -125,31 +129,35 @@ impl Conv2d {
         Self { ops, ..self }
     }
 
+    /// Stride 1, this layer's padding.
+    fn spec(&self) -> esper_ops::Conv2dSpec {
+        esper_ops::Conv2dSpec {
+            padding: self.padding,
+            ..esper_ops::Conv2dSpec::default()
+        }
+    }
+
     /// The convolution without its bias.
     fn convolve(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.ops {
             // im2col + GEMM: exact, and no gradient for the data batch.
-            Ops::Esper => esper_ops::conv2d(
-                x,
-                self.weight.as_tensor(),
-                esper_ops::Conv2dSpec {
-                    padding: self.padding,
-                    ..esper_ops::Conv2dSpec::default()
-                },
-            ),
+            Ops::Esper => esper_ops::conv2d(x, self.weight.as_tensor(), self.spec()),
             Ops::Candle => x.conv2d(self.weight.as_tensor(), self.padding, 1, 1, 1),
         }
     }
 
     /// Applies the convolution to `[N, C, H, W]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.convolve(x)?
-            .broadcast_add(
-                &self
-                    .bias
-                    .as_tensor()
-                    .reshape((1, self.out_channels, 1, 1))?,
-            )
+        let y = self.convolve(x)?;
+        match self.ops {
+            Ops::Esper => esper_ops::bias_add(&y, self.bias.as_tensor()),
+            Ops::Candle => y.broadcast_add(&self.bias.as_tensor().reshape((
+                1,
+                self.out_channels,
+                1,
+                1,
+            ))?),
+        }
     }
 
     /// `relu(conv(x) + b)`: on esper-ops, bias and ReLU in one fused pass.
@@ -160,13 +168,16 @@ impl Conv2d {
         }
     }
 
-    /// `max_pool2x2(relu(conv(x) + b))`: on esper-ops, bias, ReLU and pooling
-    /// in one fused pass (`esper_ops::bias_relu_max_pool2x2`).
+    /// `max_pool2x2(relu(conv(x) + b))`: on esper-ops, the whole block in one
+    /// op (`esper_ops::conv2d_bias_relu_max_pool2x2`).
     pub fn forward_relu_pool2x2(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.ops {
-            Ops::Esper => {
-                esper_ops::bias_relu_max_pool2x2(&self.convolve(x)?, self.bias.as_tensor())
-            }
+            Ops::Esper => esper_ops::conv2d_bias_relu_max_pool2x2(
+                x,
+                self.weight.as_tensor(),
+                self.bias.as_tensor(),
+                self.spec(),
+            ),
             Ops::Candle => {
                 let a = self.forward_relu(x)?;
                 let (n, c, h, w) = a.dims4()?;

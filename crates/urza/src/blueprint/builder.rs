@@ -187,7 +187,12 @@ pub(crate) struct Conv {
 impl Conv {
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = esper_ops::conv2d(x, self.weight.as_tensor(), self.spec)?;
-        let c = self.bias.as_tensor().dim(0)?;
-        y.broadcast_add(&self.bias.as_tensor().reshape((1, c, 1, 1))?)
+        esper_ops::bias_add(&y, self.bias.as_tensor())
+    }
+
+    /// `relu(forward(x))`, bias and ReLU fused.
+    pub(crate) fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = esper_ops::conv2d(x, self.weight.as_tensor(), self.spec)?;
+        esper_ops::bias_relu(&y, self.bias.as_tensor())
     }
 }

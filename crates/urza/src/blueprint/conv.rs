@@ -203,7 +203,7 @@ impl Residual {
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut y = x.clone();
         for (a, b) in &self.blocks {
-            y = (&y + b.forward(&a.forward(&y)?.relu()?)?)?;
+            y = (&y + b.forward(&a.forward_relu(&y)?)?)?;
         }
         Ok(y)
     }
