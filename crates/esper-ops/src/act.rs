@@ -41,6 +41,46 @@ struct ReluGrad;
 #[derive(Debug, Clone, Copy)]
 struct ChannelSum;
 
+/// `f(x, bias of x's channel)` for every value of `x [N, C, …]` (storage
+/// and layout), parallel over samples; `op` names the operation in errors.
+fn map_with_bias(
+    (xs, xl): (&CpuStorage, &Layout),
+    (bs, bl): (&CpuStorage, &Layout),
+    op: &str,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let x = contiguous_f32(xs, xl, op)?;
+    let b = contiguous_f32(bs, bl, op)?;
+    let (_, c, plane) = planes(xl.shape())?;
+    if b.len() != c {
+        return Err(candle_core::Error::Msg(format!(
+            "{op}: {} bias values for {c} channels",
+            b.len()
+        )));
+    }
+    let mut y = vec![0f32; x.len()];
+    // One sample per task (C planes each): few, large tasks.
+    let sample = (c * plane).max(1);
+    y.par_chunks_mut(sample)
+        .zip(x.par_chunks(sample))
+        // Tasks of at least ~16k values: a dense layer's samples are a
+        // few hundred values each, too small to be worth a task.
+        .with_min_len((MIN_TASK / sample).max(1))
+        .for_each(|(out, inp)| {
+            for (ch, (o, i)) in out
+                .chunks_mut(plane.max(1))
+                .zip(inp.chunks(plane.max(1)))
+                .enumerate()
+            {
+                let bias = b[ch];
+                for (o, v) in o.iter_mut().zip(i) {
+                    *o = f(*v, bias);
+                }
+            }
+        });
+    Ok((CpuStorage::F32(y), xl.shape().clone()))
+}
+
 impl CustomOp2 for BiasRelu {
     fn name(&self) -> &'static str {
         "esper-bias-relu"
@@ -53,36 +93,9 @@ impl CustomOp2 for BiasRelu {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(xs, xl, "bias_relu")?;
-        let b = contiguous_f32(bs, bl, "bias_relu")?;
-        let (_, c, plane) = planes(xl.shape())?;
-        if b.len() != c {
-            return Err(candle_core::Error::Msg(format!(
-                "bias_relu: {} bias values for {c} channels",
-                b.len()
-            )));
-        }
-        let mut y = vec![0f32; x.len()];
-        // One sample per task (C planes each): few, large tasks.
-        let sample = (c * plane).max(1);
-        y.par_chunks_mut(sample)
-            .zip(x.par_chunks(sample))
-            // Tasks of at least ~16k values: a dense layer's samples are a
-            // few hundred values each, too small to be worth a task.
-            .with_min_len((MIN_TASK / sample).max(1))
-            .for_each(|(out, inp)| {
-                for (ch, (o, i)) in out
-                    .chunks_mut(plane.max(1))
-                    .zip(inp.chunks(plane.max(1)))
-                    .enumerate()
-                {
-                    let bias = b[ch];
-                    for (o, v) in o.iter_mut().zip(i) {
-                        *o = (v + bias).max(0.0);
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
+        map_with_bias((xs, xl), (bs, bl), "bias_relu", |v, bias| {
+            (v + bias).max(0.0)
+        })
     }
 
     fn bwd(
@@ -150,33 +163,7 @@ impl CustomOp2 for BiasAdd {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(xs, xl, "bias_add")?;
-        let b = contiguous_f32(bs, bl, "bias_add")?;
-        let (_, c, plane) = planes(xl.shape())?;
-        if b.len() != c {
-            return Err(candle_core::Error::Msg(format!(
-                "bias_add: {} bias values for {c} channels",
-                b.len()
-            )));
-        }
-        let mut y = vec![0f32; x.len()];
-        let sample = (c * plane).max(1);
-        y.par_chunks_mut(sample)
-            .zip(x.par_chunks(sample))
-            .with_min_len((MIN_TASK / sample).max(1))
-            .for_each(|(out, inp)| {
-                for (ch, (o, i)) in out
-                    .chunks_mut(plane.max(1))
-                    .zip(inp.chunks(plane.max(1)))
-                    .enumerate()
-                {
-                    let bias = b[ch];
-                    for (o, v) in o.iter_mut().zip(i) {
-                        *o = v + bias;
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
+        map_with_bias((xs, xl), (bs, bl), "bias_add", |v, bias| v + bias)
     }
 
     fn bwd(
@@ -238,37 +225,38 @@ impl CustomOp1 for ChannelSum {
 /// `x + b` for `x [N, C, …]` and `b` with `C` values, one pass; the bias
 /// gradient is one per-channel sum.
 pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let (_, c, _) = planes(x.shape())?;
-    if bias.elem_count() != c {
-        return Err(candle_core::Error::Msg(format!(
-            "bias_add: {} bias values for {c} channels",
-            bias.elem_count()
-        )));
+    match broadcast_bias(x, bias, "bias_add")? {
+        Some(b) => x.broadcast_add(&b),
+        None => x.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd),
     }
-    if !x.device().is_cpu() {
-        let mut shape = vec![1; x.rank()];
-        shape[1] = c;
-        return x.broadcast_add(&bias.reshape(shape)?);
-    }
-    x.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd)
 }
 
 /// `relu(x + b)` for `x [N, C, …]` and `b [C]` (or any shape of `C` values),
 /// with an exact gradient for both.
 pub fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    match broadcast_bias(x, bias, "bias_relu")? {
+        Some(b) => x.broadcast_add(&b)?.relu(),
+        None => x.contiguous()?.apply_op2(&bias.contiguous()?, BiasRelu),
+    }
+}
+
+/// Checks that `bias` has one value per channel of `x`; off the CPU, the
+/// bias shaped `[1, C, 1, …]` for candle's own broadcast add (`None` on the
+/// CPU, where our ops run).
+fn broadcast_bias(x: &Tensor, bias: &Tensor, op: &str) -> Result<Option<Tensor>> {
     let (_, c, _) = planes(x.shape())?;
     if bias.elem_count() != c {
         return Err(candle_core::Error::Msg(format!(
-            "bias_relu: {} bias values for {c} channels",
+            "{op}: {} bias values for {c} channels",
             bias.elem_count()
         )));
     }
-    if !x.device().is_cpu() {
-        let mut shape = vec![1; x.rank()];
-        shape[1] = c;
-        return x.broadcast_add(&bias.reshape(shape)?)?.relu();
+    if x.device().is_cpu() {
+        return Ok(None);
     }
-    x.contiguous()?.apply_op2(&bias.contiguous()?, BiasRelu)
+    let mut shape = vec![1; x.rank()];
+    shape[1] = c;
+    Ok(Some(bias.reshape(shape)?))
 }
 
 #[cfg(test)]
@@ -284,64 +272,71 @@ mod tests {
         t.flatten_all().unwrap().to_vec1().unwrap()
     }
 
-    proptest::proptest! {
-        /// Forward and both gradients equal candle's broadcast add + relu
-        /// (the same arithmetic, so bit for bit up to the bias sum's order).
-        #[test]
-        fn bias_relu_matches_candles_ops(
-            n in 1usize..4, c in 1usize..6, h in 1usize..5, w in 1usize..5,
-            dense in proptest::bool::ANY, seed in 0u64..1000,
-        ) {
-            let shape: Vec<usize> = if dense { vec![n, c] } else { vec![n, c, h, w] };
-            let count: usize = shape.iter().product();
-            let x = Var::from_vec(pseudo(count, seed), shape.clone(), &Device::Cpu).unwrap();
-            let b = Var::from_vec(pseudo(c, seed + 7), c, &Device::Cpu).unwrap();
-            let weights = Tensor::from_vec(pseudo(count, seed + 3), shape.clone(), &Device::Cpu).unwrap();
-            let mut bshape = vec![1; shape.len()];
-            bshape[1] = c;
-            let reference = x
-                .as_tensor()
+    /// Our op against candle's broadcast add followed by `then`, on a random
+    /// dense (`[N, C]`) or convolutional (`[N, C, H, W]`) input: forward and
+    /// input gradient bit for bit, bias gradient up to summation order.
+    fn matches_candle(
+        ours: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        then: impl Fn(Tensor) -> Result<Tensor>,
+        shape: Vec<usize>,
+        seed: u64,
+    ) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
+        let (count, c) = (shape.iter().product::<usize>(), shape[1]);
+        let x = Var::from_vec(pseudo(count, seed), shape.clone(), &Device::Cpu).unwrap();
+        let b = Var::from_vec(pseudo(c, seed + 7), c, &Device::Cpu).unwrap();
+        let weights =
+            Tensor::from_vec(pseudo(count, seed + 3), shape.clone(), &Device::Cpu).unwrap();
+        let mut bshape = vec![1; shape.len()];
+        bshape[1] = c;
+        let reference = then(
+            x.as_tensor()
                 .broadcast_add(&b.as_tensor().reshape(bshape).unwrap())
-                .unwrap()
-                .relu()
-                .unwrap();
-            let ours = bias_relu(x.as_tensor(), b.as_tensor()).unwrap();
-            proptest::prop_assert_eq!(vec(&ours), vec(&reference));
-            let g1 = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = reference.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-            proptest::prop_assert_eq!(vec(g1.get(&x).unwrap()), vec(g2.get(&x).unwrap()));
-            for (a, r) in vec(g1.get(&b).unwrap()).iter().zip(vec(g2.get(&b).unwrap())) {
-                proptest::prop_assert!((a - r).abs() <= 1e-5 * r.abs().max(1.0), "{} vs {}", a, r);
-            }
+                .unwrap(),
+        )
+        .unwrap();
+        let ours = ours(x.as_tensor(), b.as_tensor()).unwrap();
+        proptest::prop_assert_eq!(vec(&ours), vec(&reference));
+        let g1 = ours
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = reference
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        proptest::prop_assert_eq!(vec(g1.get(&x).unwrap()), vec(g2.get(&x).unwrap()));
+        for (a, r) in vec(g1.get(&b).unwrap())
+            .iter()
+            .zip(vec(g2.get(&b).unwrap()))
+        {
+            proptest::prop_assert!((a - r).abs() <= 1e-5 * r.abs().max(1.0), "{} vs {}", a, r);
         }
+        Ok(())
+    }
+
+    fn shape() -> impl proptest::strategy::Strategy<Value = Vec<usize>> {
+        use proptest::prelude::*;
+        (1usize..4, 1usize..6, 1usize..5, 1usize..5, any::<bool>())
+            .prop_map(|(n, c, h, w, dense)| if dense { vec![n, c] } else { vec![n, c, h, w] })
     }
 
     proptest::proptest! {
-        /// Forward and both gradients equal candle's broadcast add.
+        /// `bias_relu` equals candle's broadcast add + relu.
         #[test]
-        fn bias_add_matches_candles_broadcast_add(
-            n in 1usize..4, c in 1usize..6, h in 1usize..5, w in 1usize..5,
-            dense in proptest::bool::ANY, seed in 0u64..1000,
-        ) {
-            let shape: Vec<usize> = if dense { vec![n, c] } else { vec![n, c, h, w] };
-            let count: usize = shape.iter().product();
-            let x = Var::from_vec(pseudo(count, seed), shape.clone(), &Device::Cpu).unwrap();
-            let b = Var::from_vec(pseudo(c, seed + 7), c, &Device::Cpu).unwrap();
-            let weights = Tensor::from_vec(pseudo(count, seed + 3), shape.clone(), &Device::Cpu).unwrap();
-            let mut bshape = vec![1; shape.len()];
-            bshape[1] = c;
-            let reference = x
-                .as_tensor()
-                .broadcast_add(&b.as_tensor().reshape(bshape).unwrap())
-                .unwrap();
-            let ours = bias_add(x.as_tensor(), b.as_tensor()).unwrap();
-            proptest::prop_assert_eq!(vec(&ours), vec(&reference));
-            let g1 = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = reference.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-            proptest::prop_assert_eq!(vec(g1.get(&x).unwrap()), vec(g2.get(&x).unwrap()));
-            for (a, r) in vec(g1.get(&b).unwrap()).iter().zip(vec(g2.get(&b).unwrap())) {
-                proptest::prop_assert!((a - r).abs() <= 1e-5 * r.abs().max(1.0), "{} vs {}", a, r);
-            }
+        fn bias_relu_matches_candles_ops(shape in shape(), seed in 0u64..1000) {
+            matches_candle(bias_relu, |t| t.relu(), shape, seed)?;
+        }
+
+        /// `bias_add` equals candle's broadcast add.
+        #[test]
+        fn bias_add_matches_candles_broadcast_add(shape in shape(), seed in 0u64..1000) {
+            matches_candle(bias_add, Ok, shape, seed)?;
         }
     }
 
