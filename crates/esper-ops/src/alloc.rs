@@ -1,14 +1,16 @@
 //! mimalloc as the global allocator of a process that trains on the CPU, and
 //! the one option it needs for tensor work (feature `mimalloc`).
 //!
-//! A training step allocates and frees the same few multi-megabyte buffers
+//! A training step allocates and frees the same multi-megabyte buffers
 //! (activations, gradients) every step. mimalloc's default returns freed
-//! memory to the OS after 10 ms (`purge_delay`), so each step maps those pages
-//! again: on `cnn` that was ~4 000 page faults per step and up to 3× the step
-//! time, kernel time included (`docs/PERFORMANCE.md`). [`retain_freed_memory`]
-//! keeps freed memory for reuse instead; the process's resident memory then
-//! stays at its peak working set, which a training process reaches in its
-//! first steps anyway.
+//! memory to the OS after a delay (`purge_delay`), so a step may map those
+//! pages again: on `cnn`, before the convolutions kept their scratch between
+//! calls, that was 1 400–1 650 page faults a step and 43–53 ms instead of
+//! 36–37 ms (`docs/PERFORMANCE.md`); today's `cnn` step allocates too little
+//! for it to show, candle's own ops and seeds still allocate per op.
+//! [`retain_freed_memory`] keeps freed memory for reuse instead; the
+//! process's resident memory then stays at its peak working set, which a
+//! training process reaches in its first steps anyway.
 //!
 //! ```ignore
 //! #[global_allocator]

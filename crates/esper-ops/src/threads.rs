@@ -4,11 +4,12 @@
 //! pool of the calling thread. Called from `main`, each parallel section is
 //! handed to the pool's workers while `main` waits, and between sections the
 //! workers spin (yielding) while `main` runs candle's single-threaded
-//! element-wise ops: on a 2-core machine three busy threads share two cores,
-//! and `cnn` steps alternated between ~37 and ~150 ms. Run on one of the
-//! pool's own workers instead ([`ComputePool::run`]), the training thread does
-//! its share of every parallel section and nothing competes with it: steps
-//! stay at ~37 ms (`docs/PERFORMANCE.md`).
+//! element-wise ops: on a 2-core machine three busy threads share two cores.
+//! Run on one of the pool's own workers instead ([`ComputePool::run`]), the
+//! training thread does its share of every parallel section. Measured on a
+//! `cnn` step when it still took ~40 ms: 43–53 ms from `main`, 39–40 ms on
+//! the pool; at today's ~15 ms the difference is within noise
+//! (`docs/PERFORMANCE.md`).
 
 use candle_core::Result;
 

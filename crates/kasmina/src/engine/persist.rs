@@ -227,3 +227,25 @@ impl Kasmina {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// Checkpoint manifests are JSON: every `f64` of the state (step-time
+    /// baselines, ramp temperatures) must come back bit for bit. 9.830050199999999
+    /// came back as 9.8300502 with serde_json's default float parser, and a
+    /// resumed run's state differed from the saved one.
+    #[test]
+    fn floats_survive_the_json_round_trip_bit_for_bit() {
+        for x in [
+            9.830050199999999f64,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            2.2250738585072014e-308,
+        ] {
+            let back: f64 = serde_json::from_str(&serde_json::to_string(&x).unwrap()).unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x:?} came back as {back:?}");
+        }
+    }
+}
