@@ -4,8 +4,6 @@
 //! decoded on the receiving side — the path every command will take once Tamiyo,
 //! Oona and Kasmina exist.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 
 use leyline::codec::{BusPayload, decode, decode_payload, encode};

@@ -3,24 +3,18 @@
 //! slot `r0` early in the first epoch; Kasmina incubates it, blends it in,
 //! judges it on counterfactual validation and fossilizes it. Each arm runs over
 //! three run seeds; the seeded arm must end at least 5 points above the
-//! seedless one on mean validation accuracy (DESIGN §12: a seed present from
+//! seedless one on mean validation accuracy (docs/DESIGN.md §12: a seed present from
 //! the start is worth ~10–12 points).
-
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kasmina::gates::GateConfig;
-use kasmina::isolation::IsolationConfig;
 use leyline::v1::SeedStage;
 use tolaria::{Config, Trainer};
 
-mod support;
+use crate::support;
 use support::Script;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn config() -> Config {
     Config {
@@ -43,13 +37,10 @@ fn run(seed: u64, grow: bool, library: &Arc<urza::Library>) -> (f64, Option<Seed
             ..GateConfig::default()
         };
         let kasmina = support::kasmina(&slots, gates, library, seed);
-        trainer
-            .with_kasmina(kasmina, IsolationConfig::default())
-            .unwrap()
-            .with_control_hook(
-                Box::new(Script::new(vec![(5, "r0", "seed-r0")])),
-                Duration::from_secs(5),
-            )
+        trainer.with_kasmina(kasmina).unwrap().with_control_hook(
+            Box::new(Script::new(vec![(5, "r0", "seed-r0")])),
+            Duration::from_secs(5),
+        )
     } else {
         trainer
     };

@@ -2,31 +2,26 @@
 //! weights are part of snapshots and checkpoints; a rollback restores them,
 //! and culls seeds germinated after the state it goes back to.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::Device;
 use kasmina::gates::GateConfig;
-use kasmina::isolation::IsolationConfig;
 use leyline::v1::SeedStage;
 use tolaria::{Config, Trainer};
 
-mod support;
+use crate::support;
 use support::Script;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn values(t: &candle_core::Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
 }
 
-#[test]
-fn seeds_are_checkpointed_restored_and_culled_when_newer_than_the_state() {
+/// A temporary directory with an Urza library in `urza/`, and a 3-epoch
+/// `cnn-impaired` config (20 steps per epoch, a fence every 5) that
+/// checkpoints into `ckpt/`.
+fn setup() -> (tempfile::TempDir, Arc<urza::Library>, Config) {
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join("ckpt");
     let library = Arc::new(
         urza::Library::open(urza::LibraryConfig::new(dir.path().join("urza")))
             .unwrap()
@@ -35,11 +30,18 @@ fn seeds_are_checkpointed_restored_and_culled_when_newer_than_the_state() {
     let mut config = Config {
         host: "cnn-impaired".into(),
         epochs: 3,
-        train_size: 2_560, // 20 steps per epoch
+        train_size: 2_560,
         fence_every_steps: 5,
         ..Config::default()
     };
-    config.checkpoint.dir = Some(ckpt.clone());
+    config.checkpoint.dir = Some(dir.path().join("ckpt"));
+    (dir, library, config)
+}
+
+#[test]
+fn seeds_are_checkpointed_restored_and_culled_when_newer_than_the_state() {
+    let (dir, library, config) = setup();
+    let ckpt = dir.path().join("ckpt");
     let trainer = Trainer::new(config, 0, "seed-state").unwrap();
     let slots = trainer.host().slots().to_vec();
     // Seeds stay in TRAINING (long dwell): both train and both are model state.
@@ -48,10 +50,7 @@ fn seeds_are_checkpointed_restored_and_culled_when_newer_than_the_state() {
         ..GateConfig::default()
     };
     let mut trainer = trainer
-        .with_kasmina(
-            support::kasmina(&slots, gates, &library, 0),
-            IsolationConfig::default(),
-        )
+        .with_kasmina(support::kasmina(&slots, gates, &library, 0))
         .unwrap()
         .with_control_hook(
             Box::new(Script::new(vec![(5, "r0", "old"), (25, "r1", "new")])),
@@ -124,20 +123,7 @@ fn seeds_are_checkpointed_restored_and_culled_when_newer_than_the_state() {
 
 #[test]
 fn a_resumed_run_continues_its_seeds_from_the_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = Arc::new(
-        urza::Library::open(urza::LibraryConfig::new(dir.path().join("urza")))
-            .unwrap()
-            .0,
-    );
-    let mut config = Config {
-        host: "cnn-impaired".into(),
-        epochs: 3,
-        train_size: 2_560, // 20 steps per epoch
-        fence_every_steps: 5,
-        ..Config::default()
-    };
-    config.checkpoint.dir = Some(dir.path().join("ckpt"));
+    let (_dir, library, config) = setup();
     let gates = GateConfig {
         window: 5,
         min_steps: [5, 10, 5, 5],
@@ -147,10 +133,7 @@ fn a_resumed_run_continues_its_seeds_from_the_checkpoint() {
     let grow = |trainer: Trainer| {
         let slots = trainer.host().slots().to_vec();
         trainer
-            .with_kasmina(
-                support::kasmina(&slots, gates.clone(), &library, 0),
-                IsolationConfig::default(),
-            )
+            .with_kasmina(support::kasmina(&slots, gates.clone(), &library, 0))
             .unwrap()
     };
     let mut first = grow(Trainer::new(config.clone(), 0, "resume-seeds").unwrap())

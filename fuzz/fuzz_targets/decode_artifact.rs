@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(module.slot(), &header.slot);
     }
     if let Some(request) = stable::<EnsureArtifactRequest>(data) {
-        let _ = urza::SlotSpec::from_wire(request.slot_kind, &request.slot_shape);
+        let _ = urza::SlotShape::from_wire(request.slot_kind, &request.slot_shape);
     }
     let _ = stable::<ArtifactChunk>(data);
     let _ = stable::<PutArtifactChunk>(data);

@@ -89,7 +89,7 @@ fn seed(id: &str, slot: &str, c: usize, hw: usize, stage_steps: u32) -> Seed {
     let module = def
         .build(
             &params,
-            &urza::SlotSpec::conv2d(c, hw, hw).unwrap(),
+            &urza::SlotShape::conv2d(c, hw, hw).unwrap(),
             urza::Weights::Init(&mut init),
         )
         .unwrap();
@@ -248,10 +248,10 @@ fn main() {
             ..CommandSeedOperation::default()
         },
     );
-    kasmina.intake_mut().submit(germinate, now_ms()).unwrap();
+    kasmina.submit(germinate, now_ms()).unwrap();
     assert!(kasmina.fence(0, 0, now_ms())[0].result.is_ok());
     for step in 1..=2 {
-        kasmina.lifecycle_mut().record_step(
+        kasmina.record_evidence(
             "r0",
             StepEvidence {
                 seed_grad_norm: 1.0,
@@ -276,7 +276,7 @@ fn main() {
             },
         );
         let t = Instant::now();
-        kasmina.intake_mut().submit(c, now_ms()).unwrap();
+        kasmina.submit(c, now_ms()).unwrap();
         let outcome = kasmina.fence(10, 0, now_ms());
         samples.push(t.elapsed().as_secs_f64() * 1e6);
         assert!(outcome[0].result.is_ok(), "{outcome:?}");

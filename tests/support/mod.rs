@@ -16,7 +16,7 @@ use leyline::v1::{
     AdaptationCommand, AlphaSchedule, AlphaScheduleKind, BlendConfig, BlendMode,
     CommandSeedOperation, CommandType, SeedOperation,
 };
-use tolaria::fence::{ControlHook, FenceContext, FenceOutcome};
+use tolaria::fence::{ControlHook, FenceContext, FenceDecision, FenceError};
 
 /// The key the script signs with and Kasmina verifies with.
 pub(crate) const KEY: [u8; 32] = [0x42; 32];
@@ -32,21 +32,17 @@ fn now_ms() -> u64 {
 /// at the first fence at or after `at_step`, for each planned entry.
 pub(crate) struct Script {
     plan: Vec<(u64, &'static str, &'static str)>,
-    pending: Vec<AdaptationCommand>,
 }
 
 impl Script {
     /// A script of (step, slot, seed id).
     pub(crate) fn new(plan: Vec<(u64, &'static str, &'static str)>) -> Self {
-        Self {
-            plan,
-            pending: Vec::new(),
-        }
+        Self { plan }
     }
 }
 
 impl ControlHook for Script {
-    fn at_fence(&mut self, c: &FenceContext<'_>) -> Result<FenceOutcome, String> {
+    fn at_fence(&mut self, c: &FenceContext<'_>) -> Result<FenceDecision, FenceError> {
         let due: Vec<_> = self
             .plan
             .iter()
@@ -54,6 +50,7 @@ impl ControlHook for Script {
             .copied()
             .collect();
         self.plan.retain(|(step, _, _)| c.global_step < *step);
+        let mut commands = Vec::new();
         for (_, slot, seed) in due {
             let mut command = AdaptationCommand {
                 version: 1,
@@ -84,13 +81,12 @@ impl ControlHook for Script {
                 ..AdaptationCommand::default()
             };
             sign(&SigningKey::from_bytes(&KEY).unwrap(), &mut command);
-            self.pending.push(command);
+            commands.push(command);
         }
-        Ok(FenceOutcome::Continue)
-    }
-
-    fn commands(&mut self) -> Vec<AdaptationCommand> {
-        std::mem::take(&mut self.pending)
+        Ok(FenceDecision {
+            commands,
+            ..FenceDecision::proceed()
+        })
     }
 }
 

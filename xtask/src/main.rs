@@ -1,6 +1,7 @@
 //! Maintainer tasks for the Esper workspace, run as `cargo xtask <task>`:
 //!
-//! - `ci`: everything CI checks — fmt, clippy (`-D warnings`), tests, tidy, proto-check;
+//! - `ci`: everything CI checks — fmt, tidy, proto-check, clippy (`-D warnings`),
+//!   rustdoc (`-D warnings`), tests (tidy runs again as a test there);
 //! - `tidy`: the crate dependency DAG, crate docs, file sizes, wildcard arms over
 //!   Leyline enums;
 //! - `proto-check [--bless]`: lints the contracts and checks them against
@@ -110,9 +111,15 @@ fn workspace_root() -> Result<PathBuf> {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    cargo_env(root, args, &[])
+}
+
+/// `cargo <args>` with extra environment variables.
+fn cargo_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .status()
         .with_context(|| format!("cannot run {cargo}"))?;
@@ -196,6 +203,13 @@ fn ci(root: &Path) -> Result<()> {
                 "-D",
                 "warnings",
             ],
+        )
+    })?;
+    step("doc", || {
+        cargo_env(
+            root,
+            &["doc", "--workspace", "--no-deps"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
         )
     })?;
     let mut totals = (0, 0);

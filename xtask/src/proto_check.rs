@@ -14,7 +14,7 @@ use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FileDescriptorSet};
 
 const PACKAGE: &str = "esper.leyline.v1";
-/// The flows contracts are organised by (DESIGN §4); one file each.
+/// The flows contracts are organised by; one file each.
 const FILES: &[&str] = &[
     "blueprints",
     "budgets",

@@ -2,10 +2,10 @@
 //! blueprints and Kasmina's seeds, with no dependency on any other Esper crate.
 //!
 //! * [`init`]: seeded parameter initialisation — candle cannot seed its CPU
-//!   random number generator (DESIGN §12), so determinism needs our own.
+//!   random number generator (docs/DESIGN.md §12), so determinism needs our own.
 //! * [`pool`]: k×k max and average pooling (stride k) as one-pass custom ops
 //!   with exact gradients (candle 0.11's `max_pool2d` backward is wrong,
-//!   DESIGN §12).
+//!   docs/DESIGN.md §12).
 //! * [`conv`]: 2-D convolution as a parallel whole-batch im2col + one GEMM
 //!   per group (stride, padding, dilation, groups) whose backward computes
 //!   only the gradients that are needed.

@@ -3,7 +3,7 @@
 //! element (found again in the backward pass from the saved input, so
 //! nothing but the input is kept), average pooling spreads it evenly. Both
 //! run over the `N·C` planes in parallel. candle 0.11's `max_pool2d` backward
-//! is wrong (DESIGN §12) and the reshape-and-max formulation costs several
+//! is wrong (docs/DESIGN.md §12) and the reshape-and-max formulation costs several
 //! full-size temporaries per layer; these are one pass each way. On CUDA,
 //! candle's own kernels run (max pooling by reshape-and-max, which is exact).
 
@@ -232,7 +232,7 @@ mod tests {
     use candle_core::{DType, Device, Var};
 
     /// Pooling gradient against central finite differences (candle's own
-    /// `max_pool2d` backward fails this; DESIGN §12).
+    /// `max_pool2d` backward fails this; docs/DESIGN.md §12).
     #[test]
     fn max_pool_gradient_matches_finite_differences() {
         let values: Vec<f32> = (0..2 * 3 * 4 * 4)

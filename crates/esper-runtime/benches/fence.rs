@@ -53,7 +53,7 @@ fn bench() {
         .expect("the heuristic controller is on");
     let budget = resolved.config.leyline.budgets.performance.control_fence_ms;
     let mut trainer = trainer
-        .with_kasmina(plane.kasmina, resolved.config.kasmina.isolation(0))
+        .with_kasmina(plane.kasmina)
         .unwrap()
         .with_control_hook(Box::new(plane.hook), Duration::from_secs_f64(budget / 1e3));
     let reports = trainer.run(|_| {}).unwrap();
@@ -67,11 +67,15 @@ fn bench() {
         misses += r.fences.deadline_misses;
         train_ms += 1e3 * train as f64 / r.train_images_per_second;
     }
-    let shared = control::lock(&plane.shared);
+    let decisions: Vec<_> = trainer
+        .drain_decisions()
+        .into_iter()
+        .filter(|d| d.kind != tolaria::fence::DecisionKind::Wait)
+        .collect();
     println!(
         "control fence on cnn-impaired, {} epochs, {fences} fences ({} commands, seeds: {}):",
         reports.len(),
-        shared.decisions.len(),
+        decisions.len(),
         trainer
             .seed_summaries()
             .iter()
@@ -84,7 +88,7 @@ fn bench() {
         fence_ms / f64::from(fences.max(1)),
         100.0 * fence_ms / train_ms
     );
-    for d in &shared.decisions {
+    for d in &decisions {
         println!(
             "  step {:>4} | {} | {} | {}",
             d.global_step, d.action, d.rule, d.evidence
@@ -95,6 +99,5 @@ fn bench() {
             println!("  {}: {}", e.name, e.description);
         }
     }
-    drop(shared);
     bus.finish().unwrap();
 }

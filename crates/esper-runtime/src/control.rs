@@ -7,71 +7,27 @@
 //! failed step is a CRITICAL event and training goes on without a command at
 //! that fence (the hook says so).
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use kasmina::Kasmina;
 use kasmina::intake::CommandIntake;
-use kasmina::kernels::{KernelConfig, KernelManager, ManagedSource};
+use kasmina::loader::{KernelConfig, KernelManager, ManagedSource};
 use leyline::v1::adaptation_command::Payload;
-use leyline::v1::{
-    AdaptationCommand, SeedOperation, SeedStage, SystemStatePacket, TelemetryEvent, TelemetryLevel,
-};
+use leyline::v1::{AdaptationCommand, SeedOperation, TelemetryEvent, TelemetryLevel};
 use tamiyo::{Action, BlueprintCache, Controller, Decision, TamiyoService};
-use tolaria::fence::{ControlHook, FenceContext, FenceKind, FenceOutcome};
+use tolaria::fence::{
+    ControlHook, DecisionKind, DecisionRecord, FenceContext, FenceDecision, FenceDiagnostics,
+    FenceError, FenceKind,
+};
 
 use crate::RunBus;
 use crate::config::Resolved;
 use crate::error::{Error, Result};
-
-/// One command, vetoed proposal or failed step, as the run summary lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecisionRecord {
-    /// Epoch of the fence.
-    pub epoch: u32,
-    /// Global step of the fence.
-    pub global_step: u64,
-    /// What was decided: `GERMINATE seed at slot (blueprint)`, `CULL seed`,
-    /// `VETOED` (the risk engine stopped the policy's proposal) or `ERROR`.
-    pub action: String,
-    /// The rule (or error label).
-    pub rule: String,
-    /// The evidence: the rule's numbers, risk findings.
-    pub evidence: String,
-}
-
-/// What the hook shares with the program while training runs.
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// Telemetry events to publish (errors, vetoes).
-    pub events: Vec<TelemetryEvent>,
-    /// Every command, vetoed proposal and failed step.
-    pub decisions: Vec<DecisionRecord>,
-    /// WAIT decisions by rule.
-    pub waits: BTreeMap<String, u64>,
-    /// The seeds as of the last fence, for the progress display.
-    pub seeds_line: String,
-    /// Field reports decided and logged, waiting to be published.
-    pub field_reports: Vec<leyline::v1::FieldReport>,
-    /// Field reports by outcome, for the run summary.
-    pub outcomes: BTreeMap<String, u64>,
-}
-
-/// The shared state, behind a lock the progress display reads every step.
-pub type SharedState = Arc<Mutex<Shared>>;
-
-/// Locks `shared`; a poisoned lock still holds whole values (each update is a
-/// push or an assignment).
-pub fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
-    shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Kasmina and the hook for one run, or `None` with `controller = "off"`.
 pub struct ControlPlane {
@@ -79,8 +35,6 @@ pub struct ControlPlane {
     pub kasmina: Kasmina,
     /// The fence hook.
     pub hook: TamiyoHook,
-    /// What the hook shares.
-    pub shared: SharedState,
     /// The policy's name.
     pub policy: &'static str,
     /// Tamiyo's blueprint metadata cache (its counters show invalidations).
@@ -102,14 +56,12 @@ pub fn build(
             urza::select::SelectionPolicy::default(),
         )),
         Controller::Script => {
-            let path = config
-                .tamiyo
-                .script
-                .as_deref()
-                .ok_or_else(|| Error::ConfigKey {
-                    key: "tamiyo.script".into(),
-                    detail: "controller = \"script\" needs a schedule file".into(),
-                })?;
+            let path = config.tamiyo.script.as_deref().ok_or_else(|| {
+                Error::Config(leyline::ConfigError::at(
+                    "tamiyo.script",
+                    "controller = \"script\" needs a schedule file",
+                ))
+            })?;
             Box::new(tamiyo::ScriptedPolicy::load(path).map_err(tamiyo_error)?)
         }
     };
@@ -175,7 +127,8 @@ pub fn build(
         CommandIntake::new(resolved.signing_key.clone(), &config.leyline),
         Box::new(ManagedSource::new(kernels, bus.handle(), device.clone())),
         seed,
-    );
+    )
+    .with_isolation(config.kasmina.isolation(seed));
     let deadline =
         Duration::from_secs_f64(config.leyline.budgets.performance.tamiyo_step_deadline_ms / 1e3);
     let policy_name = policy.name();
@@ -188,13 +141,13 @@ pub fn build(
         deadline,
     )
     .map_err(tamiyo_error)?;
-    let shared = SharedState::default();
+    let mut startup_events = Vec::new();
     // Field reports: the log of this run, reports past retention dropped.
     let wal_path = resolved.run_dir().join("field_reports.wal");
     let (mut reports, loaded) =
         tamiyo::field_reports::Wal::open(&wal_path).map_err(tamiyo_error)?;
     if !loaded.bad.is_empty() || loaded.torn_tail.is_some() {
-        lock(&shared).events.push(
+        startup_events.push(
             leyline::telemetry::event(
                 "field_report_log_damaged",
                 TelemetryLevel::Warning,
@@ -230,13 +183,11 @@ pub fn build(
         kasmina,
         hook: TamiyoHook {
             service,
-            pending: Vec::new(),
-            shared: Arc::clone(&shared),
+            startup_events,
             log: BufWriter::new(log),
             log_path: path,
             reports,
         },
-        shared,
         policy: policy_name,
         catalog: cache,
     }))
@@ -249,8 +200,9 @@ fn tamiyo_error(e: tamiyo::Error) -> Error {
 /// Tolaria's fence hook: Tamiyo decides, Kasmina applies.
 pub struct TamiyoHook {
     service: TamiyoService,
-    pending: Vec<AdaptationCommand>,
-    shared: SharedState,
+    /// Events of setting up (a damaged field-report log), given with the
+    /// first fence's diagnostics.
+    startup_events: Vec<TelemetryEvent>,
     log: BufWriter<File>,
     log_path: PathBuf,
     reports: tamiyo::field_reports::Wal,
@@ -261,21 +213,6 @@ impl TamiyoHook {
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
-}
-
-/// A compact line of every occupied slot: `r0 TRAINING α0.00`.
-fn seeds_line(state: &SystemStatePacket) -> String {
-    state
-        .seed_states
-        .iter()
-        .map(|s| {
-            let stage = SeedStage::try_from(s.stage).unwrap_or(SeedStage::Unknown);
-            let name = stage.as_str_name().trim_start_matches("SEED_STAGE_");
-            let alpha = s.alpha.as_ref().map_or(0.0, |a| a.alpha);
-            format!("{} {name} α{alpha:.2}", s.slot_id)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `GERMINATE seed at slot (blueprint)` and the like.
@@ -303,8 +240,9 @@ impl TamiyoHook {
         &mut self,
         context: &FenceContext<'_>,
         decision: &std::result::Result<Decision, tamiyo::Error>,
+        out: &mut FenceDiagnostics,
     ) {
-        let (action, rule, evidence) = match decision {
+        let (kind, action, rule, evidence) = match decision {
             Ok(d) => {
                 let findings = d
                     .diagnostics
@@ -316,17 +254,24 @@ impl TamiyoHook {
                 if !findings.is_empty() {
                     evidence.push_str(&format!(" | risk: {}", findings.join("; ")));
                 }
-                let action = match (&d.action, &d.diagnostics.verdict) {
-                    (Action::Command(c), _) => describe(c),
-                    (Action::Wait { .. }, tamiyo::risk::Verdict::Veto) => "VETOED".to_owned(),
+                let (kind, action) = match (&d.action, &d.diagnostics.verdict) {
+                    (Action::Command(c), _) => (DecisionKind::Command, describe(c)),
+                    (Action::Wait { .. }, tamiyo::risk::Verdict::Veto) => {
+                        (DecisionKind::Vetoed, "VETOED".to_owned())
+                    }
                     (
                         Action::Wait { .. },
                         tamiyo::risk::Verdict::Allow | tamiyo::risk::Verdict::Downgrade(_),
-                    ) => "WAIT".to_owned(),
+                    ) => (DecisionKind::Wait, "WAIT".to_owned()),
                 };
-                (action, d.diagnostics.rule.clone(), evidence)
+                (kind, action, d.diagnostics.rule.clone(), evidence)
             }
-            Err(e) => ("ERROR".to_owned(), e.label().to_owned(), e.to_string()),
+            Err(e) => (
+                DecisionKind::Error,
+                "ERROR".to_owned(),
+                e.label().to_owned(),
+                e.to_string(),
+            ),
         };
         let line = serde_json::json!({
             "epoch": context.epoch,
@@ -347,9 +292,8 @@ impl TamiyoHook {
                 Ok(())
             }
         });
-        let mut shared = lock(&self.shared);
         if let Err(e) = written {
-            shared.events.push(
+            out.events.push(
                 leyline::telemetry::event(
                     "decision_log_write_failed",
                     TelemetryLevel::Warning,
@@ -358,17 +302,14 @@ impl TamiyoHook {
                 .build(),
             );
         }
-        if action == "WAIT" {
-            *shared.waits.entry(rule).or_default() += 1;
-        } else {
-            shared.decisions.push(DecisionRecord {
-                epoch: context.epoch,
-                global_step: context.global_step,
-                action,
-                rule,
-                evidence,
-            });
-        }
+        out.decisions.push(DecisionRecord {
+            epoch: context.epoch,
+            global_step: context.global_step,
+            kind,
+            action,
+            rule,
+            evidence,
+        });
     }
 }
 
@@ -376,7 +317,11 @@ impl ControlHook for TamiyoHook {
     fn at_fence(
         &mut self,
         context: &FenceContext<'_>,
-    ) -> std::result::Result<FenceOutcome, String> {
+    ) -> std::result::Result<FenceDecision, FenceError> {
+        let mut out = FenceDiagnostics {
+            events: std::mem::take(&mut self.startup_events),
+            ..FenceDiagnostics::default()
+        };
         let mut decision = self.service.step(context.state);
         // An epoch end carries the evidence growth is decided on; a step that
         // missed its deadline there is taken once more (a new step with its
@@ -384,30 +329,22 @@ impl ControlHook for TamiyoHook {
         if context.kind == FenceKind::EpochEnd
             && matches!(decision, Err(tamiyo::Error::DeadlineExceeded { .. }))
         {
-            self.record(context, &decision);
+            self.record(context, &decision, &mut out);
             if let Err(e) = &decision {
                 let mut event = e.event();
                 event.description = format!(
                     "{} — retried once at the epoch-end fence of step {}",
                     event.description, context.global_step
                 );
-                lock(&self.shared).events.push(event);
+                out.events.push(event);
             }
             decision = self.service.step(context.state);
         }
-        self.record(context, &decision);
+        self.record(context, &decision, &mut out);
         // Decided field reports: durable first (fsync), then for Oona.
-        let reports = self.service.take_field_reports();
-        let mut shared = lock(&self.shared);
-        for report in reports {
-            let outcome = leyline::v1::FieldReportOutcome::try_from(report.outcome)
-                .unwrap_or(leyline::v1::FieldReportOutcome::Unspecified)
-                .as_str_name()
-                .trim_start_matches("FIELD_REPORT_OUTCOME_")
-                .to_owned();
-            *shared.outcomes.entry(outcome).or_default() += 1;
+        for report in self.service.take_field_reports() {
             if let Err(e) = self.reports.append(&report) {
-                shared.events.push(
+                out.events.push(
                     leyline::telemetry::event(
                         "field_report_not_logged",
                         TelemetryLevel::Warning,
@@ -416,13 +353,13 @@ impl ControlHook for TamiyoHook {
                     .build(),
                 );
             }
-            shared.field_reports.push(report);
+            out.field_reports.push(report);
         }
-        shared.seeds_line = seeds_line(context.state);
+        let mut commands = Vec::new();
         match decision {
             Ok(d) => {
                 if let Action::Command(command) = d.action {
-                    self.pending.push(*command);
+                    commands.push(*command);
                 }
             }
             Err(e) => {
@@ -433,13 +370,13 @@ impl ControlHook for TamiyoHook {
                     "{} — no command at the fence of step {}; training continues",
                     event.description, context.global_step
                 );
-                shared.events.push(event);
+                out.events.push(event);
             }
         }
-        Ok(FenceOutcome::Continue)
-    }
-
-    fn commands(&mut self) -> Vec<AdaptationCommand> {
-        std::mem::take(&mut self.pending)
+        Ok(FenceDecision {
+            commands,
+            stop: None,
+            diagnostics: out,
+        })
     }
 }

@@ -25,14 +25,10 @@ pub enum Error {
         /// The parser's message (with line and column).
         detail: String,
     },
-    /// A key is unknown, has the wrong type, or is out of range.
-    #[error("config key `{key}`: {detail}")]
-    ConfigKey {
-        /// Full dotted key, e.g. `leyline.security.nonce_ttl_s`.
-        key: String,
-        /// What is wrong, and where the value came from.
-        detail: String,
-    },
+    /// A key is unknown, has the wrong type, or is out of range (with
+    /// where the value came from).
+    #[error(transparent)]
+    Config(#[from] leyline::ConfigError),
     /// An `ESPER_*` environment variable is malformed or unknown.
     #[error("environment variable {var}: {detail}")]
     Env {

@@ -17,6 +17,7 @@
 pub mod bus;
 pub mod config;
 pub mod control;
+pub mod epoch_end;
 mod error;
 pub mod runlog;
 pub mod selfcheck;

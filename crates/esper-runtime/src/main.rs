@@ -250,7 +250,7 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
     let trainer = trainer.with_emergency_sink(bus.emergency_sink());
     let slots = trainer.host().slots().to_vec();
     let device = trainer.device().clone();
-    let (mut trainer, shared) = match control::build(resolved, &slots, &device, &bus)
+    let (mut trainer, grows) = match control::build(resolved, &slots, &device, &bus)
         .context("setting up the controller")?
     {
         Some(plane) => {
@@ -261,29 +261,43 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             );
             let fence_deadline = Duration::from_secs_f64(budgets.control_fence_ms / 1e3);
             let trainer = trainer
-                .with_kasmina(plane.kasmina, resolved.config.kasmina.isolation(seed))
+                .with_kasmina(plane.kasmina)
                 .context("attaching Kasmina")?
                 .with_control_hook(Box::new(plane.hook), fence_deadline);
-            (trainer, Some(plane.shared))
+            (trainer, true)
         }
         None => {
             println!("esper train: controller off — the host does not grow");
-            (trainer, None)
+            (trainer, false)
         }
     };
     let mut last = None;
+    let mut summary = esper_runtime::epoch_end::ControlSummary::default();
+    let say = |notes: Vec<String>| {
+        for note in notes {
+            eprintln!("esper train: {note}");
+        }
+    };
     println!("esper train: writing {}", log.dir().display());
     while trainer.epoch() < config.epochs && trainer.stop_requested().is_none() {
         let progress = epoch_progress(trainer.epoch() + 1, config.epochs);
         let r = match trainer.run_epoch_with_progress(&mut |p| {
             progress.set_length(p.batches as u64);
             progress.set_position(p.batch as u64);
-            let seeds = shared
-                .as_ref()
-                .map(|s| control::lock(s).seeds_line.clone())
-                .filter(|line| !line.is_empty())
-                .map(|line| format!(" | seeds {line}"))
-                .unwrap_or_default();
+            let seeds = if p.seeds.is_empty() {
+                String::new()
+            } else {
+                let line = p
+                    .seeds
+                    .iter()
+                    .map(|s| {
+                        let stage = s.stage.as_str_name().trim_start_matches("SEED_STAGE_");
+                        format!("{} {stage} α{:.2}", s.slot, s.alpha)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(" | seeds {line}")
+            };
             progress.set_message(format!(
                 "step {} | loss {:.4} | acc {:5.1}% | {:.0} img/s{seeds}",
                 p.global_step,
@@ -295,7 +309,11 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             Ok(r) => r,
             Err(e) => {
                 progress.abandon();
-                report_emergencies(&mut trainer, &bus, shared.as_ref());
+                say(esper_runtime::epoch_end::flush_events(
+                    &bus,
+                    &mut trainer,
+                    &mut summary,
+                ));
                 return Err(e).context("training");
             }
         };
@@ -322,26 +340,6 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             r.train_images_per_second,
             r.seconds
         );
-        let packet = tolaria::packet::state_packet(&trainer, &r);
-        if let oona::Published::Shed { stream, reason } = bus
-            .publish_state(&packet)
-            .context("publishing the state packet")?
-        {
-            eprintln!(
-                "esper train: state packet shed from {stream} ({})",
-                reason.as_str()
-            );
-        }
-        bus.metric(leyline::telemetry::metric(
-            "validation_accuracy",
-            r.validation.accuracy,
-            "ratio",
-        ));
-        bus.metric(leyline::telemetry::metric(
-            "train_images_per_second",
-            r.train_images_per_second,
-            "img/s",
-        ));
         for s in trainer.seed_summaries() {
             println!(
                 "          seed {} at {}: {} {} α {:.2}",
@@ -352,33 +350,14 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
                 s.alpha
             );
         }
-        let (packets, dropped) = trainer.drain_seed_packets();
-        if dropped > 0 {
-            eprintln!("esper train: {dropped} seed telemetry packet(s) dropped (buffer full)");
-        }
-        let shed = bus
-            .publish_telemetry(&packets)
-            .context("publishing seed telemetry")?
-            .iter()
-            .filter(|p| matches!(p, oona::Published::Shed { .. }))
-            .count();
-        if shed > 0 {
-            eprintln!("esper train: {shed} seed telemetry packet(s) shed under backpressure");
-        }
-        if let Some(shared) = &shared {
-            let reports = std::mem::take(&mut control::lock(shared).field_reports);
-            for (report, why) in bus.publish_field_reports(
-                reports,
-                resolved.config.leyline.limits.max_retries,
-                Duration::from_millis(resolved.config.oona.retry_backoff_ms),
-            ) {
-                eprintln!(
-                    "esper train: field report {} not published ({why}); it is in field_reports.wal",
-                    report.report_id
-                );
-            }
-        }
-        report_emergencies(&mut trainer, &bus, shared.as_ref());
+        say(esper_runtime::epoch_end::publish_epoch(
+            resolved,
+            &bus,
+            &mut trainer,
+            &r,
+            &mut summary,
+        )
+        .context("publishing the epoch")?);
         last = Some(r);
     }
     trainer.finish().context("writing the last checkpoints")?;
@@ -400,8 +379,8 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
     if let Some(reason) = trainer.stop_requested() {
         println!("esper train: stopped by the control plane: {reason}");
     }
-    if let Some(shared) = &shared {
-        print!("{}", control_summary(&control::lock(shared), &trainer));
+    if grows {
+        print!("{}", summary.render(&trainer.seed_summaries()));
     }
     if let Some(last) = last {
         println!(
@@ -443,85 +422,4 @@ fn epoch_progress(epoch: u32, epochs: u32) -> indicatif::ProgressBar {
     bar.set_style(style);
     bar.set_prefix(format!("epoch {epoch}/{epochs}"));
     bar
-}
-
-/// The run summary of the controller: every command and failed step with its
-/// evidence, WAITs counted by rule, and where each seed ended.
-fn control_summary(shared: &control::Shared, trainer: &tolaria::Trainer) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from("esper train: controller decisions\n");
-    if shared.decisions.is_empty() {
-        out.push_str("  (no command issued)\n");
-    }
-    for d in &shared.decisions {
-        let _ = writeln!(
-            out,
-            "  epoch {:>3} step {:>6} | {} | {} | {}",
-            d.epoch, d.global_step, d.action, d.rule, d.evidence
-        );
-    }
-    if !shared.outcomes.is_empty() {
-        let _ = writeln!(
-            out,
-            "  field reports: {}",
-            shared
-                .outcomes
-                .iter()
-                .map(|(outcome, n)| format!("{} {n}", outcome.to_lowercase()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    if !shared.waits.is_empty() {
-        let _ = writeln!(
-            out,
-            "  waits: {}",
-            shared
-                .waits
-                .iter()
-                .map(|(rule, n)| format!("{rule} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    for s in trainer.seed_summaries() {
-        let _ = writeln!(
-            out,
-            "  seed {} at {}: {} ended {}",
-            s.seed,
-            s.slot,
-            s.blueprint,
-            s.stage.as_str_name().trim_start_matches("SEED_STAGE_")
-        );
-    }
-    out
-}
-
-/// Sends the trainer's and the controller's telemetry events and emergency
-/// signals over Oona (and shows them to the operator). A signal that cannot
-/// be published stays in the outbox for the next call.
-fn report_emergencies(
-    trainer: &mut tolaria::Trainer,
-    bus: &esper_runtime::RunBus,
-    shared: Option<&control::SharedState>,
-) {
-    let controller = shared
-        .map(|s| std::mem::take(&mut control::lock(s).events))
-        .unwrap_or_default();
-    for event in trainer.drain_events().into_iter().chain(controller) {
-        eprintln!("esper train: {}: {}", event.name, event.description);
-        bus.emit(event);
-    }
-    trainer.emergency().outbox().drain(|signal| {
-        eprintln!(
-            "esper train: emergency {}: {}",
-            signal.level().as_str_name(),
-            signal.reason
-        );
-        bus.publish_signal(signal.clone())
-            .map(|_| ())
-            .inspect_err(|e| {
-                eprintln!("esper train: emergency signal not yet delivered (kept): {e}");
-            })
-    });
 }

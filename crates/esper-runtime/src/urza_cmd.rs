@@ -10,7 +10,7 @@ use leyline::v1::{BlueprintTier, CatalogEntry, SlotKind};
 use tokio_util::sync::CancellationToken;
 use urza::grpc::RemoteStore;
 use urza::{
-    BlueprintStore, CatalogQuery, EnsureRequest, Library, LocalStore, Parameters, SlotSpec,
+    BlueprintStore, CatalogQuery, EnsureRequest, Library, LocalStore, Parameters, SlotShape,
 };
 
 use crate::bus::RunBus;
@@ -31,10 +31,7 @@ pub struct ListFilter {
 }
 
 fn bad(key: &str, detail: String) -> Error {
-    Error::ConfigKey {
-        key: key.into(),
-        detail,
-    }
+    Error::Config(leyline::ConfigError::at(key, detail))
 }
 
 /// Parses `safe | experimental | high_risk`.
@@ -51,7 +48,7 @@ pub fn parse_tier(text: &str) -> Result<BlueprintTier> {
 }
 
 /// Parses `dense:F` or `conv2d:CxHxW`.
-pub fn parse_slot(text: &str) -> Result<SlotSpec> {
+pub fn parse_slot(text: &str) -> Result<SlotShape> {
     let err = |detail: String| bad("--slot", detail);
     let (kind, dims) = text
         .split_once(':')
@@ -66,7 +63,7 @@ pub fn parse_slot(text: &str) -> Result<SlotSpec> {
         "conv2d" => SlotKind::Conv2d,
         other => return Err(err(format!("slot kind {other:?} is not dense or conv2d"))),
     };
-    Ok(SlotSpec::new(kind, shape)?)
+    Ok(SlotShape::new(kind, shape)?)
 }
 
 /// Parses `name=value` pairs.
@@ -441,11 +438,11 @@ mod tests {
     fn arguments_parse_or_name_the_flag() {
         assert_eq!(
             parse_slot("conv2d:4x28x28").unwrap(),
-            SlotSpec::conv2d(4, 28, 28).unwrap()
+            SlotShape::conv2d(4, 28, 28).unwrap()
         );
         assert_eq!(
             parse_slot("dense:128").unwrap(),
-            SlotSpec::dense(128).unwrap()
+            SlotShape::dense(128).unwrap()
         );
         for bad in ["conv2d", "conv3d:1x2x3", "dense:x", "conv2d:4x4"] {
             assert!(parse_slot(bad).is_err(), "{bad}");

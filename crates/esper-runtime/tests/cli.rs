@@ -1,10 +1,8 @@
 //! The `esper` binary as an operator runs it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::process::Output;
 
-mod common;
+use crate::common;
 use common::text;
 
 fn esper(args: &[&str], env: &[(&str, &str)]) -> Output {

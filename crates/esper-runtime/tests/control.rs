@@ -1,8 +1,6 @@
 //! The control plane of `esper train`: its blueprint metadata cache is
 //! invalidated by a `KernelCatalogUpdate` published on Oona by anyone.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

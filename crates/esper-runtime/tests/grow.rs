@@ -4,11 +4,9 @@
 //! the run ends at least 5 points above the same run with the controller off
 //! (mean over 3 run seeds).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::path::Path;
 
-mod common;
+use crate::common;
 use common::{esper_in as esper, text};
 
 /// Final validation accuracy (percent) of run `id` under `runs`.

@@ -2,9 +2,7 @@
 //! hand (germinate, then cull), and a malformed one is refused before
 //! training starts.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 use common::{esper_in as esper, text};
 
 #[test]

@@ -54,13 +54,13 @@ impl Default for Config {
         let isolation = IsolationConfig::default();
         let gates = GateConfig::default();
         Self {
-            window: 10,
+            window: gates.window,
             min_grad_norm: gates.min_grad_norm,
             max_loss_cv: gates.max_loss_cv,
             regression_tolerance: gates.regression_tolerance,
             min_contribution: gates.min_contribution,
-            min_steps: [20, 40, 10, 10],
-            min_epochs: [0, 0, 0, 1],
+            min_steps: gates.min_steps,
+            min_epochs: gates.min_epochs,
             max_slowdown: gates.max_slowdown,
             isolation_samples: isolation.samples,
             isolation_max_relative_error: isolation.max_relative_error,
@@ -72,25 +72,12 @@ impl Default for Config {
     }
 }
 
-/// A bad `[kasmina]` value.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("kasmina.{key}: {problem}")]
-pub struct ConfigError {
-    /// The key, relative to `[kasmina]`.
-    pub key: &'static str,
-    /// What is wrong.
-    pub problem: String,
-}
+use leyline::ConfigError;
 
 impl Config {
     /// Checks every value, naming the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, problem: &str| {
-            Err(ConfigError {
-                key,
-                problem: problem.to_string(),
-            })
-        };
+        let bad = |key, problem: &str| Err(ConfigError::new("kasmina", key, problem));
         if self.window == 0 {
             return bad("window", "must be at least 1");
         }
@@ -167,13 +154,22 @@ mod tests {
             window: 0,
             ..Config::default()
         };
-        assert_eq!(c.validate().map_err(|e| e.key), Err("window"));
+        assert_eq!(
+            c.validate().map_err(|e| e.path()),
+            Err("kasmina.window".into())
+        );
         let c = Config {
             isolation_min_cosine: 1.5,
             ..Config::default()
         };
-        assert_eq!(c.validate().map_err(|e| e.key), Err("isolation_min_cosine"));
+        assert_eq!(
+            c.validate().map_err(|e| e.path()),
+            Err("kasmina.isolation_min_cosine".into())
+        );
         let g = Config::default().gates(7);
         assert_eq!((g.embargo_epochs, g.window), (7, 10));
+        // One source of defaults: the config's gates are GateConfig's own.
+        let embargo = u64::from(leyline::Config::default().limits.embargo_epochs);
+        assert_eq!(Config::default().gates(embargo), GateConfig::default());
     }
 }

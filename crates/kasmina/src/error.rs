@@ -6,13 +6,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Everything that can go wrong in Kasmina.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The requested feature is not implemented yet; the message names the issue
-    /// that tracks it.
-    #[error("{feature} is not implemented yet (issue #7)")]
-    NotImplemented {
-        /// What was asked for.
-        feature: &'static str,
-    },
     /// A host passed a slot an activation whose shape is not the declared one.
     #[error(
         "slot {slot}: activation shape {actual:?} does not match the declared [N, {expected:?}]"
@@ -65,6 +58,18 @@ pub enum Error {
     /// A kernel (blueprint module) could not be loaded; there is no fallback.
     #[error("kernel load: {0}")]
     Kernel(String),
+    /// A parameter would get a second owner.
+    #[error("parameter registry: {0}")]
+    Ownership(#[from] crate::registry::AlreadyOwned),
+    /// An optimizer group would update a parameter it does not own.
+    #[error("optimizer group {group}: {source}")]
+    GroupUpdate {
+        /// The group.
+        group: String,
+        /// Which parameter, and whose it is.
+        #[source]
+        source: crate::registry::UpdateRejection,
+    },
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -33,19 +33,23 @@ pub struct GateConfig {
 }
 
 impl Default for GateConfig {
-    /// Window 20 steps; vanishing below 1e-7; loss CV ≤ 0.5; regression ≤ 0.5
-    /// points; contribution > 0; dwell 20/20/10/10 steps and 1/0/0/1 epochs;
-    /// embargo 2 epochs; step slowdown ≤ 10×.
+    /// What `esper train` runs unless `[kasmina]` says otherwise — the one
+    /// source of these defaults ([`crate::Config::default`] is built from
+    /// it): window 10 steps; vanishing below 1e-7; loss CV ≤ 0.5;
+    /// regression ≤ 0.5 points; contribution > 0; dwell 20/40/10/10 steps
+    /// and 0/0/0/1 epochs (a seed is judged on at least one counterfactual
+    /// validation pass); the shared embargo (`leyline.limits.embargo_epochs`);
+    /// step slowdown ≤ 10×.
     fn default() -> Self {
         Self {
-            window: 20,
+            window: 10,
             min_grad_norm: 1e-7,
             max_loss_cv: 0.5,
             regression_tolerance: 0.5,
             min_contribution: 0.0,
-            min_steps: [20, 20, 10, 10],
-            min_epochs: [1, 0, 0, 1],
-            embargo_epochs: 2,
+            min_steps: [20, 40, 10, 10],
+            min_epochs: [0, 0, 0, 1],
+            embargo_epochs: u64::from(leyline::Config::default().limits.embargo_epochs),
             max_slowdown: 10.0,
         }
     }

@@ -1,8 +1,8 @@
 //! Kasmina: runs every seed through its guarded lifecycle inside any host that
 //! implements its [`Host`] trait — germinate, train in isolation, blend, probation,
-//! fossilize or cull (DESIGN §5).
+//! fossilize or cull.
 //!
-//! * [`Host`] (issue #3): a host declares its slots and runs its forward pass
+//! * [`Host`]: a host declares its slots and runs its forward pass
 //!   through a [`SlotRunner`]; [`DormantSlots`] is identity everywhere.
 //! * [`SeedSlots`]: the runner of a grown host — at most one [`Seed`] per slot
 //!   (an Urza blueprint module), forwarded by stage: identity, the incubator
@@ -24,11 +24,15 @@
 //!
 //! * [`distill`]: the knowledge-distillation loss and the teacher's memory budget.
 //!
-//! * [`kernels`]: the kernel load manager — shared in-flight loads, a
+//! * [`loader`]: loads seed modules ("kernels": a blueprint built for a
+//!   slot) through the kernel load manager — shared in-flight loads, a
 //!   concurrency limit, timeouts and cancellation, checksum + guard-digest
 //!   verification, a byte-bounded LRU, prefetch over Oona.
 //!
-//! Tolaria's `Trainer::with_kasmina` runs a host through all of this.
+//! A training loop drives it all through the step-shaped façade of
+//! [`Kasmina`]: `before_step`, `after_backward` (returns a [`StepReport`]),
+//! `after_step`, `end_epoch` and `apply_commands`. Tolaria's
+//! `Trainer::with_kasmina` is such a loop.
 //!
 //! * [`Config`]: the `[kasmina]` section (gates, dwell, isolation).
 //!
@@ -48,15 +52,19 @@ pub mod gates;
 mod host;
 pub mod intake;
 pub mod isolation;
-pub mod kernels;
 pub mod lifecycle;
+pub mod loader;
+pub mod names;
 pub mod registry;
 mod seed;
 mod slots;
 pub mod telemetry;
 
 pub use config::Config;
-pub use engine::{CommandOutcome, Kasmina, KasminaState, KernelSource, LibrarySource, SeedRecord};
+pub use engine::{
+    CommandOutcome, CommandRefusal, IsolationViolation, Kasmina, KasminaState, KernelSource,
+    LibrarySource, SeedGroup, SeedRecord, SeedSummary, StepReport,
+};
 pub use error::{Error, Result};
 pub use host::{DormantSlots, Host, NamedParameter, SlotRunner, SlotSpec};
 pub use lifecycle::{Lifecycle, LifecycleEvent, Progress};

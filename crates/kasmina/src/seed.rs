@@ -169,7 +169,7 @@ impl Seed {
             .named_vars()
             .iter()
             .map(|(name, var)| NamedParameter {
-                name: format!("seed/{}/{name}", self.id),
+                name: crate::names::seed_parameter(&self.id, name),
                 var: var.clone(),
             })
             .collect()

@@ -156,7 +156,7 @@ mod tests {
             &mut self,
             blueprint_id: &str,
             params: &Parameters,
-            slot: &urza::SlotSpec,
+            slot: &urza::SlotShape,
             init_seed: u64,
         ) -> urza::Result<(String, BlueprintModule)> {
             let def = urza::definition(blueprint_id).ok_or(urza::Error::UnknownBlueprint {
@@ -194,7 +194,7 @@ mod tests {
             let module = def
                 .build(
                     &def.default_parameters(),
-                    &urza::SlotSpec::conv2d(4, 6, 6).unwrap(),
+                    &urza::SlotShape::conv2d(4, 6, 6).unwrap(),
                     Weights::Init(&mut init),
                 )
                 .unwrap();

@@ -1,5 +1,5 @@
 //! Cost of signing and verifying an adaptation command (budget: < 0.5 ms for
-//! verification, DESIGN §10). Run with `cargo bench -p leyline --bench security`.
+//! verification, docs/DESIGN.md §10). Run with `cargo bench -p leyline --bench security`.
 
 // A benchmark that cannot set itself up should abort loudly, hence `expect`.
 #![allow(missing_docs, clippy::expect_used)]

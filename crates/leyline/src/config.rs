@@ -1,6 +1,6 @@
 //! The typed `[leyline]` section of `esper.toml`.
 //!
-//! Every field has a documented default (the numbers of DESIGN §10), unknown keys
+//! Every field has a documented default (the numbers of docs/DESIGN.md §10), unknown keys
 //! are rejected by serde, and [`Config::validate`] rejects out-of-range values
 //! naming the full dotted key.
 
@@ -116,7 +116,7 @@ pub struct BudgetsConfig {
     pub memory: MemoryBudgetsConfig,
 }
 
-/// Latency budgets in milliseconds (DESIGN §10).
+/// Latency budgets in milliseconds (docs/DESIGN.md §10).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PerformanceBudgetsConfig {
@@ -200,10 +200,7 @@ impl Default for MemoryBudgetsConfig {
 }
 
 fn out_of_range(key: String, detail: impl Into<String>) -> Error {
-    Error::Config {
-        key,
-        detail: detail.into(),
-    }
+    Error::Config(crate::ConfigError::at(&key, detail))
 }
 
 fn positive(prefix: &str, name: &str, value: f64) -> Result<()> {

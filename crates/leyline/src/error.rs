@@ -45,12 +45,70 @@ pub enum Error {
     /// A signed message failed verification.
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    /// A configuration value is out of range; `key` is its full dotted path.
-    #[error("config key `{key}`: {detail}")]
-    Config {
-        /// Full dotted key, e.g. `leyline.security.nonce_ttl_s`.
-        key: String,
-        /// What is wrong with it.
-        detail: String,
-    },
+    /// A configuration value is out of range.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// A bad configuration value, in any section: the one configuration error
+/// of the workspace (every crate's `validate` returns it; the runtime
+/// reports it as it is).
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{}`: {}", self.path(), .problem)]
+pub struct ConfigError {
+    /// The section, e.g. `leyline` or `kasmina`.
+    pub section: String,
+    /// The key within the section, e.g. `security.nonce_ttl_s`.
+    pub key: String,
+    /// What is wrong, and where the value came from when known.
+    pub problem: String,
+    /// The underlying error, when there is one (a parser's, a file's).
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// Equal when they name the same key with the same problem (the source is
+/// context, not identity).
+impl PartialEq for ConfigError {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.section, &self.key, &self.problem) == (&other.section, &other.key, &other.problem)
+    }
+}
+
+impl ConfigError {
+    /// `problem` with the value of `key` in `section`.
+    pub fn new(
+        section: impl Into<String>,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> Self {
+        Self {
+            section: section.into(),
+            key: key.into(),
+            problem: problem.into(),
+            source: None,
+        }
+    }
+
+    /// `problem` with the value at the full dotted path `path`
+    /// (`tolaria.optimizer.lr`): its first component is the section.
+    pub fn at(path: &str, problem: impl Into<String>) -> Self {
+        let (section, key) = path.split_once('.').unwrap_or((path, ""));
+        Self::new(section, key, problem)
+    }
+
+    /// The same, caused by `source`.
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The full dotted key, `section.key`.
+    pub fn path(&self) -> String {
+        if self.key.is_empty() {
+            self.section.clone()
+        } else {
+            format!("{}.{}", self.section, self.key)
+        }
+    }
 }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use leyline::v1::{MessagePriority, SystemStatePacket};
-use oona::{Bus, Config, Delivery, MemoryBus, Oona, ReadOptions, Record, StartFrom, Stream};
+use oona::backend::{ReadOptions, Record};
+use oona::{Bus, Config, Delivery, MemoryBus, Oona, StartFrom, Stream};
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]

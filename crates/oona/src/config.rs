@@ -120,25 +120,12 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// A setting out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("oona.{key}: {problem}")]
-pub struct ConfigError {
-    /// Dotted key under `[oona]`.
-    pub key: &'static str,
-    /// What is wrong.
-    pub problem: String,
-}
+use leyline::ConfigError;
 
 impl Config {
     /// Rejects values that would make the bus misbehave, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key, problem: &str| {
-            Err(ConfigError {
-                key,
-                problem: problem.to_owned(),
-            })
-        };
+        let err = |key, problem: &str| Err(ConfigError::new("oona", key, problem));
         if self.namespace.is_empty() || self.namespace.contains(char::is_whitespace) {
             return err("namespace", "must be non-empty without whitespace");
         }

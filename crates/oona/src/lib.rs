@@ -1,5 +1,5 @@
 //! Oona: the message fabric that carries every Leyline message between Esper's
-//! subsystems — in-process by default, Redis Streams across machines (DESIGN §8).
+//! subsystems — in-process by default, Redis Streams across machines.
 //!
 //! * [`Bus`] is the backend contract, with two implementations of identical
 //!   semantics: [`MemoryBus`] (in-process) and [`RedisBus`] (Redis Streams).
@@ -38,7 +38,7 @@
 
 #![deny(missing_docs)]
 
-mod backend;
+pub mod backend;
 mod client;
 pub mod config;
 pub mod emitter;
@@ -47,10 +47,9 @@ pub mod routing;
 mod stream;
 mod subscription;
 
-pub use backend::{
-    AnyBus, Bus, MemoryBus, Origin, RawDelivery, ReadBatch, ReadOptions, Record, RedisBus,
-    StreamDepth,
-};
+// Backend plumbing (records, read options, depths) stays under `backend`:
+// only a new backend or a conformance test needs it.
+pub use backend::{AnyBus, Bus, MemoryBus, RedisBus};
 pub use client::{BusMessage, Identity, Oona, Published, connect};
 pub use config::Config;
 pub use emitter::{EmitterHandle, EmitterStats};
@@ -73,7 +72,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum Error {
     /// A setting is out of range.
     #[error(transparent)]
-    Config(#[from] config::ConfigError),
+    Config(#[from] leyline::ConfigError),
     /// The bus was closed.
     #[error("the bus is closed")]
     Closed,

@@ -14,8 +14,9 @@ use leyline::v1::{
     BusEnvelope, BusMessageType, EmergencyLevel, EmergencySignal, MessagePriority,
     SystemStatePacket, TelemetryPacket,
 };
+use oona::backend::Record;
 use oona::routing::ShedReason;
-use oona::{Bus, Delivery, Oona, Published, Record, StartFrom, Stream};
+use oona::{Bus, Delivery, Oona, Published, StartFrom, Stream};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 

@@ -5,7 +5,8 @@ mod common;
 
 use leyline::v1::{MessagePriority, SystemStatePacket, TelemetryPacket};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use oona::{Bus, Record, StartFrom, Stream};
+use oona::backend::Record;
+use oona::{Bus, StartFrom, Stream};
 
 /// Name, labels, value.
 type Exported = (String, Vec<(String, String)>, DebugValue);

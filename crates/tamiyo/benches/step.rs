@@ -5,7 +5,7 @@
 //! slots and the catalog, count parameters, propose a germination that the
 //! service signs), and the observation graph build on the same packets (the
 //! heuristic does not read it; the learned policy will). Reported as p50/p99
-//! and as a fraction of the 5 ms deadline (DESIGN §10: p99 ≤ 5 ms at 64 slots
+//! and as a fraction of the 5 ms deadline (docs/DESIGN.md §10: p99 ≤ 5 ms at 64 slots
 //! and 16 seeds).
 //!
 //! Run: `cargo bench -p tamiyo --bench step` (part of `cargo xtask bench`).

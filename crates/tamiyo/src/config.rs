@@ -84,7 +84,7 @@ impl Default for FieldReportConfig {
     }
 }
 
-/// The heuristic policy's thresholds (DESIGN §6).
+/// The heuristic policy's thresholds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeuristicConfig {
@@ -192,25 +192,12 @@ impl Default for RiskConfig {
     }
 }
 
-/// A bad `[tamiyo]` value.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("tamiyo.{key}: {problem}")]
-pub struct ConfigError {
-    /// The key, relative to `[tamiyo]`.
-    pub key: &'static str,
-    /// What is wrong.
-    pub problem: String,
-}
+use leyline::ConfigError;
 
 impl Config {
     /// Checks every value, naming the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, problem: &str| {
-            Err(ConfigError {
-                key,
-                problem: problem.to_string(),
-            })
-        };
+        let bad = |key, problem: &str| Err(ConfigError::new("tamiyo", key, problem));
         if self.controller == Controller::Script && self.script.is_none() {
             return bad("script", "controller = \"script\" needs a schedule file");
         }
@@ -245,10 +232,7 @@ impl Config {
             }
         }
         if let Err(problem) = self.graph.validate() {
-            return Err(ConfigError {
-                key: "graph.node_types",
-                problem,
-            });
+            return Err(ConfigError::new("tamiyo", "graph.node_types", problem));
         }
         let f = &self.field_reports;
         if f.window_epochs == 0 {

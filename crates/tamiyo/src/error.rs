@@ -14,13 +14,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The requested feature is not implemented yet; the message names the issue
-    /// that tracks it.
-    #[error("{feature} is not implemented yet (issue #8)")]
-    NotImplemented {
-        /// What was asked for.
-        feature: &'static str,
-    },
     /// A field report was refused.
     #[error("field report {report_id}: {reason}")]
     InvalidReport {
@@ -108,7 +101,6 @@ impl Error {
     /// A stable label for counters and telemetry.
     pub fn label(&self) -> &'static str {
         match self {
-            Error::NotImplemented { .. } => "not_implemented",
             Error::InvalidReport { .. } => "invalid_report",
             Error::Io { .. } => "io",
             Error::InvalidPacket { .. } => "invalid_packet",

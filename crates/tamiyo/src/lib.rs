@@ -1,6 +1,6 @@
 //! Tamiyo: the controller that reads training state and decides when, where and
 //! what to grow — policies behind one step API, a separate risk engine, a
-//! blueprint metadata cache, and field reports (DESIGN §6).
+//! blueprint metadata cache, and field reports.
 //!
 //! * [`TamiyoService::step`]: one [`SystemStatePacket`](leyline::v1::SystemStatePacket)
 //!   in, one [`Decision`] out — an explicit WAIT or a signed

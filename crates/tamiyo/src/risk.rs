@@ -68,8 +68,10 @@ pub struct RiskEngine {
     config: RiskConfig,
     loss_ewma: Option<f64>,
     step_ms_ewma: Option<f64>,
-    /// Fences in a row above the ratio, per signal (loss, step time).
-    above: [u32; 2],
+    /// Fences in a row with the training loss above its spike ratio.
+    loss_above: u32,
+    /// Fences in a row with the step time above its spike ratio.
+    step_ms_above: u32,
     /// Fences since conservative mode was (re-)entered; `None` when off.
     conservative_for: Option<u32>,
     healthy_in_a_row: u32,
@@ -82,7 +84,8 @@ impl RiskEngine {
             config,
             loss_ewma: None,
             step_ms_ewma: None,
-            above: [0; 2],
+            loss_above: 0,
+            step_ms_above: 0,
             conservative_for: None,
             healthy_in_a_row: 0,
         }
@@ -122,7 +125,7 @@ impl RiskEngine {
         if let Some(loss) = p.training_loss
             && let Some(mean) = spike(
                 &mut self.loss_ewma,
-                &mut self.above[0],
+                &mut self.loss_above,
                 loss,
                 (ratio, alpha, c.rebase_after_fences),
             )
@@ -137,7 +140,7 @@ impl RiskEngine {
         if let Some(&ms) = p.training_metrics.get("step_ms")
             && let Some(mean) = spike(
                 &mut self.step_ms_ewma,
-                &mut self.above[1],
+                &mut self.step_ms_above,
                 ms,
                 (ratio, alpha, c.rebase_after_fences),
             )

@@ -1,8 +1,6 @@
 //! Field-report outcomes come from measured deltas after the observation
 //! window, never at issue time; the WAL keeps them.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use common::{packet, with_seed};
 use leyline::v1::adaptation_command::Payload;

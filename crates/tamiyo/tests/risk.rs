@@ -1,7 +1,5 @@
 //! Every risk rule, table-tested, and conservative mode's hysteresis.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use common::{catalog, packet, with_seed};
 use leyline::v1::{BlendMode, SeedStage, SystemStatePacket};

@@ -1,9 +1,7 @@
 //! The step API: signed commands that Kasmina's intake would accept, explicit
 //! WAITs, typed errors — and a policy that sleeps past the deadline yields a
 //! timeout within deadline + 1 ms whose late answer is never used.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -12,8 +12,8 @@ use std::hint::black_box;
 use candle_core::{Device, Tensor, Var};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kasmina::NamedParameter;
+use tolaria::checkpoints::Snapshot;
 use tolaria::optim::{Optimizer, ParamGroup, Rule, StateEntry};
-use tolaria::state::Snapshot;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -140,10 +140,10 @@ impl Config {
     /// Checks every value; `prefix` is the section's dotted path (`"tolaria"`).
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let bad = |key: &str, detail: String| {
-            Err(Error::Config {
-                key: format!("{prefix}.{key}"),
+            Err(Error::Config(leyline::ConfigError::at(
+                &format!("{prefix}.{key}"),
                 detail,
-            })
+            )))
         };
         if !crate::hosts::HOST_NAMES.contains(&self.host.as_str()) {
             return bad(
@@ -189,9 +189,11 @@ impl Config {
                 format!("{} must be >= 0", self.optimizer.weight_decay),
             );
         }
-        crate::optim::Optimizer::new(self.optimizer.rule).map_err(|e| Error::Config {
-            key: format!("{prefix}.optimizer.rule"),
-            detail: e.to_string(),
+        crate::optim::Optimizer::new(self.optimizer.rule).map_err(|e| {
+            Error::Config(leyline::ConfigError::at(
+                &format!("{prefix}.optimizer.rule"),
+                e.to_string(),
+            ))
         })?;
         self.lr.validate(&format!("{prefix}.lr"))
     }

@@ -34,13 +34,8 @@ pub enum Error {
         detail: String,
     },
     /// A configuration value is unknown or out of range.
-    #[error("config key `{key}`: {detail}")]
-    Config {
-        /// Full dotted key.
-        key: String,
-        /// What is wrong.
-        detail: String,
-    },
+    #[error(transparent)]
+    Config(#[from] leyline::ConfigError),
     /// An optimizer was misused (duplicate or unknown parameter, bad state).
     #[error("optimizer: {0}")]
     Optimizer(String),
@@ -66,11 +61,12 @@ pub enum Error {
     #[error(transparent)]
     Kasmina(#[from] kasmina::Error),
     /// The control hook failed at a fence.
-    #[error("control hook failed at step {global_step}: {detail}")]
+    #[error("control hook failed at step {global_step}: {source}")]
     ControlHook {
         /// Global optimizer step of the fence.
         global_step: u64,
         /// What the hook said.
-        detail: String,
+        #[source]
+        source: crate::fence::FenceError,
     },
 }

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use kasmina::Host;
+use leyline::v1::{AdaptationCommand, FieldReport, TelemetryEvent};
 
 /// Where in the loop a fence is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,28 +53,106 @@ impl std::fmt::Debug for FenceContext<'_> {
     }
 }
 
-/// What the hook decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FenceOutcome {
-    /// Keep training.
-    Continue,
-    /// Stop the run cleanly after this fence (e.g. the controller asked to).
-    Stop {
-        /// Why.
-        reason: String,
-    },
+/// What the hook decided at a fence: one typed value, nothing on the side.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FenceDecision {
+    /// Commands for Kasmina (signed; validated and verified on submission,
+    /// applied at this fence).
+    pub commands: Vec<AdaptationCommand>,
+    /// Stop the run cleanly after this fence, for this reason (e.g. the
+    /// controller asked to).
+    pub stop: Option<String>,
+    /// What the controller found and did, for the run's logs, summary and bus.
+    pub diagnostics: FenceDiagnostics,
+}
+
+impl FenceDecision {
+    /// Keep training, with no command.
+    pub fn proceed() -> Self {
+        Self::default()
+    }
+
+    /// Stop the run cleanly after this fence.
+    pub fn stop(reason: impl Into<String>) -> Self {
+        Self {
+            stop: Some(reason.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// A controller's account of one fence. The trainer keeps it until the
+/// program drains it ([`crate::Trainer::drain_events`],
+/// [`crate::Trainer::drain_decisions`], [`crate::Trainer::drain_field_reports`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FenceDiagnostics {
+    /// Telemetry events (failed steps, vetoes, a decision log that cannot be
+    /// written).
+    pub events: Vec<TelemetryEvent>,
+    /// Every decision taken, with its evidence.
+    pub decisions: Vec<DecisionRecord>,
+    /// Field reports decided (and already logged durably), to publish.
+    pub field_reports: Vec<FieldReport>,
+}
+
+/// What a controller decided at a fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// A command was issued.
+    Command,
+    /// The risk engine stopped the policy's proposal.
+    Vetoed,
+    /// Nothing to do.
+    Wait,
+    /// The decision step failed; no command at this fence.
+    Error,
+}
+
+/// One decision, as logs and the run summary list it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRecord {
+    /// Epoch of the fence.
+    pub epoch: u32,
+    /// Global step of the fence.
+    pub global_step: u64,
+    /// What kind of decision.
+    pub kind: DecisionKind,
+    /// What was decided, for people: `GERMINATE seed at slot (blueprint)`,
+    /// `CULL seed`, `VETOED`, `WAIT` or `ERROR`.
+    pub action: String,
+    /// The rule (or error label).
+    pub rule: String,
+    /// The evidence: the rule's numbers, risk findings.
+    pub evidence: String,
+}
+
+/// Why a control hook could not decide; training stops with
+/// [`crate::Error::ControlHook`].
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct FenceError {
+    /// What failed.
+    pub reason: String,
+    /// The underlying error, when there is one.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl FenceError {
+    /// A failure described by `reason` alone.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            source: None,
+        }
+    }
 }
 
 /// The control plane's entry point into the training loop.
 pub trait ControlHook: Send {
-    /// Called at every fence. `Err` stops training with `Error::ControlHook`.
-    fn at_fence(&mut self, context: &FenceContext<'_>) -> Result<FenceOutcome, String>;
-
-    /// Commands decided at the last fence, for Kasmina (signed; validated and
-    /// verified on submission, applied at this fence). None by default.
-    fn commands(&mut self) -> Vec<leyline::v1::AdaptationCommand> {
-        Vec::new()
-    }
+    /// Called at every fence; `Err` stops training with
+    /// [`crate::Error::ControlHook`].
+    fn at_fence(&mut self, context: &FenceContext<'_>) -> Result<FenceDecision, FenceError>;
 }
 
 /// Counters of the fences of one epoch.

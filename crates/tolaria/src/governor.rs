@@ -40,10 +40,10 @@ impl GovernorConfig {
     /// Checks the values; `prefix` is the section's dotted path.
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let bad = |key: &str, detail: String| {
-            Err(Error::Config {
-                key: format!("{prefix}.{key}"),
+            Err(Error::Config(leyline::ConfigError::at(
+                &format!("{prefix}.{key}"),
                 detail,
-            })
+            )))
         };
         if !(self.ewma_alpha > 0.0 && self.ewma_alpha < 1.0) {
             return bad(
@@ -63,7 +63,7 @@ impl GovernorConfig {
 
 /// The governor's judgement of one loss.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Train on.
     Healthy,
     /// Roll back; the string says why.
@@ -72,7 +72,7 @@ pub enum Verdict {
 
 /// Moving statistics of healthy losses.
 #[derive(Debug, Clone)]
-pub struct Governor {
+pub(crate) struct Governor {
     config: GovernorConfig,
     mean: f64,
     variance: f64,
@@ -81,7 +81,7 @@ pub struct Governor {
 
 impl Governor {
     /// A governor with no history.
-    pub fn new(config: GovernorConfig) -> Self {
+    pub(crate) fn new(config: GovernorConfig) -> Self {
         Self {
             config,
             mean: 0.0,
@@ -91,7 +91,7 @@ impl Governor {
     }
 
     /// Judges `loss`, learning from it when it is healthy.
-    pub fn observe(&mut self, loss: f64) -> Verdict {
+    pub(crate) fn observe(&mut self, loss: f64) -> Verdict {
         if !loss.is_finite() {
             return Verdict::Explosion(format!("loss is {loss}"));
         }

@@ -1,38 +1,40 @@
-//! Tolaria: the training orchestrator — loop driver, datasets, reference hosts,
-//! optimizers and learning-rate schedules (DESIGN §7).
+//! Tolaria: the training orchestrator — the loop driver, datasets, reference
+//! hosts, optimizers and learning-rate schedules, rollback and emergencies.
 //!
-//! **Status (issue #3, in progress):** built are the data layer ([`data`]: MNIST
-//! IDX and CIFAR-10 loaders, the bundled 10 000-digit MNIST subset, seeded
-//! shuffling, prefetched batches), the reference hosts ([`hosts`]: `mlp`, `cnn`,
-//! `cnn-impaired`, seeded initialisation), our own optimizers ([`optim`]: AdamW and
-//! SGD with momentum, parameter groups, state keyed by parameter name), the
-//! learning-rate controller ([`lr`]) and the training loop with a real validation
-//! pass ([`Trainer`]), in-RAM known-good snapshots with rollback on a non-finite
-//! loss, and durable checksummed checkpoints with resume ([`state`]). Still to
-//! come: publishing emergency signals on Oona, the control hook, asynchronous
-//! checkpoint writes and the PyTorch comparison bench. The governor
-//! ([`governor`]) judges every loss (NaN, k-sigma and ratio to its moving mean);
-//! an explosion rolls back to the known-good state and raises the emergency level
-//! ([`emergency`]); too many in a row halt the run with a final checkpoint.
+//! [`Trainer`] runs the loop: batches from the data layer (MNIST IDX and
+//! CIFAR-10 loaders, the bundled 10 000-digit MNIST subset, seeded shuffling,
+//! prefetched batches), the forward pass of a reference host ([`hosts`]:
+//! `mlp`, `cnn`, `cnn-impaired`) through Kasmina's slots when it grows
+//! ([`Trainer::with_kasmina`]), our own optimizers ([`optim`]: AdamW and SGD
+//! with momentum, state keyed by parameter name), the learning-rate schedule
+//! ([`LrConfig`]) and a real validation pass. The loss governor
+//! ([`GovernorConfig`]) judges every loss; an explosion rolls back to the
+//! known-good state and raises the emergency level ([`EmergencyController`]);
+//! too many rollbacks halt the run with a final checkpoint ([`checkpoints`]:
+//! in-RAM snapshots and durable checksummed checkpoints with resume). The
+//! control plane plugs in at the [`fence`]; [`packet`] builds the state packet
+//! an epoch publishes; [`profiler`] writes Chrome traces of chosen steps.
 
 #![deny(missing_docs)]
 
+pub mod checkpoints;
 mod config;
-pub mod data;
-pub mod emergency;
+mod data;
+mod emergency;
 mod error;
 pub mod fence;
-pub mod governor;
+mod governor;
 pub mod hosts;
-pub mod lr;
+mod lr;
 pub mod optim;
 pub mod packet;
 pub mod profiler;
-pub mod state;
 mod trainer;
 
 pub use config::{CheckpointConfig, Config, DeviceKind, OptimizerConfig};
+pub use data::{CifarSplit, Dataset, bundled_mnist_dir, load_cifar10, load_mnist};
+pub use emergency::{COUNT_ATTRIBUTE, EmergencyController, Outbox, signal_count};
 pub use error::{Error, Result};
-pub use trainer::{
-    EmergencySink, EpochReport, Fault, SeedSummary, StepProgress, Trainer, Validation,
-};
+pub use governor::GovernorConfig;
+pub use lr::{AfterTMax, LrConfig, Schedule};
+pub use trainer::{EmergencySink, EpochReport, Fault, StepProgress, Trainer, Validation};

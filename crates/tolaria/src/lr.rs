@@ -75,10 +75,10 @@ impl LrConfig {
     /// Checks the values; `prefix` is the section's dotted path.
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let bad = |key: &str, detail: String| {
-            Err(Error::Config {
-                key: format!("{prefix}.{key}"),
+            Err(Error::Config(leyline::ConfigError::at(
+                &format!("{prefix}.{key}"),
                 detail,
-            })
+            )))
         };
         if !(self.warmup_start_factor > 0.0 && self.warmup_start_factor <= 1.0) {
             return bad(

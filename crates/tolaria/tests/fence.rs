@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tolaria::fence::{ControlHook, FenceContext, FenceKind, FenceOutcome};
+use tolaria::fence::{ControlHook, FenceContext, FenceDecision, FenceError, FenceKind};
 use tolaria::{Config, Error, Trainer};
 
 #[global_allocator]
@@ -32,7 +32,7 @@ struct Recorder {
 }
 
 impl ControlHook for Recorder {
-    fn at_fence(&mut self, c: &FenceContext<'_>) -> Result<FenceOutcome, String> {
+    fn at_fence(&mut self, c: &FenceContext<'_>) -> Result<FenceDecision, FenceError> {
         assert!(c.last_loss.is_finite());
         self.seen.lock().unwrap().push((
             c.kind,
@@ -43,14 +43,12 @@ impl ControlHook for Recorder {
         ));
         std::thread::sleep(self.sleep);
         if self.fail_at == Some(c.global_step) {
-            return Err("controller crashed".into());
+            return Err(FenceError::new("controller crashed"));
         }
         if self.stop_at == Some(c.global_step) {
-            return Ok(FenceOutcome::Stop {
-                reason: "controller asked to stop".into(),
-            });
+            return Ok(FenceDecision::stop("controller asked to stop"));
         }
-        Ok(FenceOutcome::Continue)
+        Ok(FenceDecision::proceed())
     }
 }
 
@@ -139,10 +137,10 @@ fn a_failing_hook_stops_training_with_a_typed_error() {
     match t.run_epoch() {
         Err(Error::ControlHook {
             global_step,
-            detail,
+            source,
         }) => {
             assert_eq!(global_step, 10);
-            assert!(detail.contains("crashed"));
+            assert_eq!(source.reason, "controller crashed");
         }
         other => panic!("expected a control-hook error, got {other:?}"),
     }

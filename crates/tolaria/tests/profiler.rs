@@ -95,7 +95,7 @@ fn overlapping_windows_are_a_config_error() {
         ..ProfilerConfig::default()
     });
     match Trainer::new(bad, 1, "test-run") {
-        Err(Error::Config { key, .. }) => assert_eq!(key, "tolaria.profiler.every_steps"),
+        Err(Error::Config(e)) => assert_eq!(e.path(), "tolaria.profiler.every_steps"),
         other => panic!("expected a config error, got {:?}", other.map(|_| ())),
     }
 }

@@ -5,7 +5,7 @@
 use tolaria::{Config, Trainer};
 
 // Candle's CPU backend churns large buffers: the system allocator made training
-// 2.7x slower (DESIGN §12), so tests train with mimalloc like the binaries do.
+// 2.7x slower (docs/DESIGN.md §12), so tests train with mimalloc like the binaries do.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 use urza::grpc::{RemoteStore, RemoteStoreConfig, serve};
-use urza::{BlueprintStore, Library, LibraryConfig, LocalStore, Parameters, SlotSpec};
+use urza::{BlueprintStore, Library, LibraryConfig, LocalStore, Parameters, SlotShape};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -64,7 +64,7 @@ fn main() {
     let record = library
         .ensure_artifact(
             "dense.mlp_small",
-            &SlotSpec::dense(256).unwrap(),
+            &SlotShape::dense(256).unwrap(),
             &params,
             1,
         )

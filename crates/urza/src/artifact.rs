@@ -15,7 +15,7 @@ use crate::blueprint::{BlueprintModule, Weights, definition};
 use crate::error::{Error, Result};
 use crate::forge::guard_digest;
 use crate::params::Parameters;
-use crate::slot::SlotSpec;
+use crate::slot::SlotShape;
 
 /// Format tag written into every artifact header.
 pub const FORMAT: &str = "urza-artifact/1";
@@ -38,7 +38,7 @@ pub struct ArtifactHeader {
     /// The parameters the instance was built with.
     pub parameters: Parameters,
     /// The slot it was built for.
-    pub slot: SlotSpec,
+    pub slot: SlotShape,
     /// Guard digest of the weight spec.
     pub guard_digest: String,
     /// Where trained weights came from (absent for forged initial weights).
@@ -146,10 +146,10 @@ pub fn read_header(bytes: &[u8]) -> Result<ArtifactHeader> {
         .map_err(|e| malformed(format!("descriptor: {e}")))?;
     let parameters: Parameters = serde_json::from_str(field(KEY_PARAMETERS)?)
         .map_err(|e| malformed(format!("parameters: {e}")))?;
-    let slot: SlotSpec =
+    let slot: SlotShape =
         serde_json::from_str(field(KEY_SLOT)?).map_err(|e| malformed(format!("slot: {e}")))?;
     // Re-validate the slot (the JSON could hold a zero dimension).
-    let slot = SlotSpec::new(slot.kind(), slot.shape().to_vec())?;
+    let slot = SlotShape::new(slot.kind(), slot.shape().to_vec())?;
     let provenance = match meta.get(KEY_PROVENANCE) {
         Some(hex) => Some(
             ArtifactProvenance::decode(unhex(hex)?.as_slice())
@@ -262,7 +262,7 @@ mod tests {
         let mut init = ParamInit::new(9, Device::Cpu);
         def.build(
             &def.default_parameters(),
-            &SlotSpec::conv2d(8, 4, 4).unwrap(),
+            &SlotShape::conv2d(8, 4, 4).unwrap(),
             Weights::Init(&mut init),
         )
         .unwrap()

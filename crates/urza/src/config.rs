@@ -54,23 +54,12 @@ impl Default for Config {
     }
 }
 
-/// A configuration value out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("urza.{key}: {problem}")]
-pub struct ConfigError {
-    /// The key, relative to `[urza]`.
-    pub key: &'static str,
-    /// What is wrong.
-    pub problem: String,
-}
+use leyline::ConfigError;
 
 impl Config {
     /// Checks every value, naming the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, problem: &str| ConfigError {
-            key,
-            problem: problem.to_string(),
-        };
+        let bad = |key, problem: &str| ConfigError::new("urza", key, problem);
         if self.root.as_os_str().is_empty() {
             return Err(bad("root", "must not be empty"));
         }
@@ -107,9 +96,13 @@ impl Config {
 
     /// The parsed listen address.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.listen.parse().map_err(|e| ConfigError {
-            key: "listen",
-            problem: format!("{:?} is not host:port ({e})", self.listen),
+        self.listen.parse().map_err(|e| {
+            ConfigError::new(
+                "urza",
+                "listen",
+                format!("{:?} is not host:port", self.listen),
+            )
+            .caused_by(e)
         })
     }
 

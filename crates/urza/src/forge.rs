@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::blueprint::{BlueprintDef, BlueprintModule, Weights};
 use crate::error::{Error, Result, rejected};
 use crate::params::Parameters;
-use crate::slot::SlotSpec;
+use crate::slot::SlotShape;
 
 /// How to probe.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub struct Forged {
 pub fn forge(
     def: &BlueprintDef,
     params: &Parameters,
-    slot: &SlotSpec,
+    slot: &SlotShape,
     options: &ForgeOptions,
 ) -> Result<Forged> {
     let fail = |reason: String| {

@@ -1,5 +1,5 @@
 //! Urza: the blueprint catalog, the durable artifact library (SQLite +
-//! content-addressed safetensors) and its gRPC service and client (DESIGN §9).
+//! content-addressed safetensors) and its gRPC service and client.
 //!
 //! * [`blueprint`]: thirteen explicit builders ([`catalog`]), each with declared
 //!   parameter bounds, an exact parameter count and an output shape equal to
@@ -38,7 +38,7 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use library::{CatalogQuery, Library, LibraryConfig};
 pub use params::{ParamSpec, Parameters};
-pub use slot::SlotSpec;
+pub use slot::SlotShape;
 pub use store::{BlueprintStore, CatalogWatch, EnsureRequest, LocalStore};
 
 /// Lower-case hex of `bytes`.

@@ -12,7 +12,7 @@ use oona::{Bus, Delivery, Handler, HandlerResult, Oona, StartFrom, Stream};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
-use crate::slot::SlotSpec;
+use crate::slot::SlotShape;
 use crate::store::{BlueprintStore, EnsureRequest};
 
 /// Consumer group of the prefetch workers on the kernel request stream.
@@ -28,7 +28,7 @@ pub async fn answer(
         blueprint_id: request.blueprint_id.clone(),
         reason,
     };
-    let slot = SlotSpec::from_wire(request.slot_kind, &request.slot_shape)
+    let slot = SlotShape::from_wire(request.slot_kind, &request.slot_shape)
         .map_err(|e| fail(e.to_string()))?;
     let record = store
         .ensure_artifact(EnsureRequest {

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 /// A slot's kind and feature shape (without the batch dimension): `[F]` for a
 /// dense slot, `[C, H, W]` for a convolutional one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct SlotSpec {
+pub struct SlotShape {
     kind: SlotKindName,
     shape: Vec<usize>,
 }
@@ -20,7 +20,7 @@ enum SlotKindName {
     Conv2d,
 }
 
-impl SlotSpec {
+impl SlotShape {
     /// A dense slot of `features` features.
     pub fn dense(features: usize) -> Result<Self> {
         Self::new(SlotKind::Dense, vec![features])
@@ -99,7 +99,7 @@ impl SlotSpec {
     }
 }
 
-impl std::fmt::Display for SlotSpec {
+impl std::fmt::Display for SlotShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
         match self.kind {
@@ -116,14 +116,14 @@ mod tests {
 
     #[test]
     fn rank_must_match_the_kind_and_dimensions_be_positive() {
-        assert!(SlotSpec::new(SlotKind::Dense, vec![4, 4]).is_err());
-        assert!(SlotSpec::new(SlotKind::Conv2d, vec![4]).is_err());
-        assert!(SlotSpec::conv2d(4, 0, 2).is_err());
-        assert!(SlotSpec::new(SlotKind::Unspecified, vec![4]).is_err());
-        let slot = SlotSpec::conv2d(4, 7, 7).unwrap();
+        assert!(SlotShape::new(SlotKind::Dense, vec![4, 4]).is_err());
+        assert!(SlotShape::new(SlotKind::Conv2d, vec![4]).is_err());
+        assert!(SlotShape::conv2d(4, 0, 2).is_err());
+        assert!(SlotShape::new(SlotKind::Unspecified, vec![4]).is_err());
+        let slot = SlotShape::conv2d(4, 7, 7).unwrap();
         assert_eq!(slot.batch_shape(2), vec![2, 4, 7, 7]);
         assert_eq!(slot.to_string(), "conv2d[4x7x7]");
-        let back = SlotSpec::from_wire(slot.kind() as i32, &slot.wire_shape()).unwrap();
+        let back = SlotShape::from_wire(slot.kind() as i32, &slot.wire_shape()).unwrap();
         assert_eq!(back, slot);
     }
 }

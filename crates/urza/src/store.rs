@@ -15,7 +15,7 @@ use crate::artifact::Artifact;
 use crate::error::{Error, Result};
 use crate::library::{CatalogQuery, Library, Measured};
 use crate::params::Parameters;
-use crate::slot::SlotSpec;
+use crate::slot::SlotShape;
 
 /// A boxed, sendable future (keeps the trait object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -26,7 +26,7 @@ pub struct EnsureRequest {
     /// The blueprint.
     pub blueprint_id: String,
     /// The slot the instance is for.
-    pub slot: SlotSpec,
+    pub slot: SlotShape,
     /// Parameters; empty means the blueprint's defaults.
     pub parameters: Parameters,
     /// Seed of the initial weights if the artifact has to be forged.

@@ -1,7 +1,5 @@
 //! Every catalog change reaches Oona as a KernelCatalogUpdate.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +9,7 @@ use leyline::v1::CatalogChange;
 use oona::{Identity, MemoryBus, Oona, StartFrom, Stream};
 use tokio_util::sync::CancellationToken;
 use urza::notify::forward_catalog_updates;
-use urza::{BlueprintStore, EnsureRequest, Library, LibraryConfig, LocalStore, SlotSpec};
+use urza::{BlueprintStore, EnsureRequest, Library, LibraryConfig, LocalStore, SlotShape};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_changes_are_published_on_the_kernel_stream() {
@@ -46,7 +44,7 @@ async fn catalog_changes_are_published_on_the_kernel_stream() {
     let record = store
         .ensure_artifact(EnsureRequest {
             blueprint_id: "conv.squeeze_excitation".into(),
-            slot: SlotSpec::conv2d(8, 4, 4).unwrap(),
+            slot: SlotShape::conv2d(8, 4, 4).unwrap(),
             parameters: Default::default(),
             init_seed: 1,
         })

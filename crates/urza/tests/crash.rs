@@ -3,12 +3,10 @@
 //! opens and works afterwards. The "crash" is real: a child process (this test
 //! binary, re-invoked) aborts inside the save.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::process::Command;
 
 use urza::library::{Measured, SaveStep};
-use urza::{Library, LibraryConfig, Parameters, SlotSpec, artifact, definition, forge};
+use urza::{Library, LibraryConfig, Parameters, SlotShape, artifact, definition, forge};
 
 const DIR: &str = "URZA_CRASH_DIR";
 const AT: &str = "URZA_CRASH_AT";
@@ -26,7 +24,7 @@ fn artifact_bytes() -> Vec<u8> {
     let forged = forge::forge(
         def,
         &def.default_parameters(),
-        &SlotSpec::conv2d(4, 5, 5).unwrap(),
+        &SlotShape::conv2d(4, 5, 5).unwrap(),
         &forge::ForgeOptions::default(),
     )
     .unwrap();
@@ -62,7 +60,7 @@ fn a_killed_save_leaves_the_library_consistent() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new(&exe)
-            .args(["--exact", "crash_child", "--ignored", "--nocapture"])
+            .args(["--exact", "crash::crash_child", "--ignored", "--nocapture"])
             .env(DIR, dir.path())
             .env(AT, step_name(step))
             .status()

@@ -1,8 +1,6 @@
 //! One test suite, two stores: the local library and the gRPC client talking
 //! to a server started in the test on a free port must behave the same.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,14 +11,14 @@ use tokio_util::sync::CancellationToken;
 use urza::grpc::{RemoteStore, RemoteStoreConfig, serve};
 use urza::{
     BlueprintStore, CatalogQuery, EnsureRequest, Error, Library, LibraryConfig, LocalStore,
-    Parameters, SlotSpec, artifact, catalog,
+    Parameters, SlotShape, artifact, catalog,
 };
 
-fn conv_slot() -> SlotSpec {
-    SlotSpec::conv2d(4, 6, 6).unwrap()
+fn conv_slot() -> SlotShape {
+    SlotShape::conv2d(4, 6, 6).unwrap()
 }
 
-fn ensure(id: &str, slot: SlotSpec) -> EnsureRequest {
+fn ensure(id: &str, slot: SlotShape) -> EnsureRequest {
     EnsureRequest {
         blueprint_id: id.into(),
         slot,
@@ -145,7 +143,7 @@ async fn suite(store: &dyn BlueprintStore, library: &Library) {
 
     // A large (≈1 MB) artifact streams in many chunks.
     let big = store
-        .ensure_artifact(ensure("dense.mlp_large", SlotSpec::dense(256).unwrap()))
+        .ensure_artifact(ensure("dense.mlp_large", SlotShape::dense(256).unwrap()))
         .await
         .unwrap();
     assert!(big.size_bytes > 1 << 20, "{}", big.size_bytes);

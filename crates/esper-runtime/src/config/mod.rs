@@ -83,25 +83,25 @@ impl RunConfig {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !ok {
-                return Err(Error::ConfigKey {
-                    key: "run.run_id".into(),
-                    detail: format!(
+                return Err(Error::Config(leyline::ConfigError::at(
+                    "run.run_id",
+                    format!(
                         "{id:?} must be non-empty and use only letters, digits, '.', '_' and '-'"
                     ),
-                });
+                )));
             }
         }
         if self.dir.as_os_str().is_empty() {
-            return Err(Error::ConfigKey {
-                key: "run.dir".into(),
-                detail: "must not be empty".into(),
-            });
+            return Err(Error::Config(leyline::ConfigError::at(
+                "run.dir",
+                "must not be empty",
+            )));
         }
         if self.experiment.trim().is_empty() {
-            return Err(Error::ConfigKey {
-                key: "run.experiment".into(),
-                detail: "must not be empty".into(),
-            });
+            return Err(Error::Config(leyline::ConfigError::at(
+                "run.experiment",
+                "must not be empty",
+            )));
         }
         Ok(())
     }
@@ -112,39 +112,26 @@ impl EsperConfig {
     pub fn validate(&self) -> Result<()> {
         self.run.validate()?;
         self.leyline.validate("leyline").map_err(|e| match e {
-            leyline::Error::Config { key, detail } => Error::ConfigKey { key, detail },
+            leyline::Error::Config(e) => Error::Config(e),
             other => Error::Leyline(other),
         })?;
         self.tolaria.validate("tolaria").map_err(|e| match e {
-            tolaria::Error::Config { key, detail } => Error::ConfigKey { key, detail },
+            tolaria::Error::Config(e) => Error::Config(e),
             other => Error::Tolaria(other),
         })?;
-        self.oona.validate().map_err(|e| Error::ConfigKey {
-            key: format!("oona.{}", e.key),
-            detail: e.problem,
-        })?;
-        self.urza.validate().map_err(|e| Error::ConfigKey {
-            key: format!("urza.{}", e.key),
-            detail: e.problem,
-        })?;
-        self.kasmina.validate().map_err(|e| Error::ConfigKey {
-            key: format!("kasmina.{}", e.key),
-            detail: e.problem,
-        })?;
-        self.tamiyo.validate().map_err(|e| Error::ConfigKey {
-            key: format!("tamiyo.{}", e.key),
-            detail: e.problem,
-        })?;
+        self.oona.validate()?;
+        self.urza.validate()?;
+        self.kasmina.validate()?;
+        self.tamiyo.validate()?;
         // A key generated per process cannot verify messages from another one.
         if let (oona::config::BackendConfig::Redis { .. }, SecretSource::Ephemeral) =
             (&self.oona.backend, &self.leyline.security.secret)
         {
-            return Err(Error::ConfigKey {
-                key: "leyline.security.secret".into(),
-                detail: "an ephemeral secret cannot be shared between processes; with the redis \
-                         backend use { source = \"env\", var = ... } or { source = \"file\", path = ... }"
-                    .into(),
-            });
+            return Err(Error::Config(leyline::ConfigError::at(
+                "leyline.security.secret",
+                "an ephemeral secret cannot be shared between processes; with the redis \
+                         backend use { source = \"env\", var = ... } or { source = \"file\", path = ... }",
+            )));
         }
         Ok(())
     }
@@ -152,9 +139,8 @@ impl EsperConfig {
     /// The configuration as TOML (secrets are never part of it: only where they
     /// come from).
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| Error::ConfigKey {
-            key: "<root>".into(),
-            detail: format!("cannot render as TOML: {e}"),
+        toml::to_string_pretty(self).map_err(|e| {
+            Error::Config(leyline::ConfigError::at("<root>", "cannot render as TOML").caused_by(e))
         })
     }
 }
@@ -186,10 +172,10 @@ impl Resolved {
         run.validate()?;
         let dir = run.dir.join(run_id);
         if !dir.is_dir() {
-            return Err(Error::ConfigKey {
-                key: "run.run_id".into(),
-                detail: format!("cannot resume {run_id:?}: {} does not exist", dir.display()),
-            });
+            return Err(Error::Config(leyline::ConfigError::at(
+                "run.run_id",
+                format!("cannot resume {run_id:?}: {} does not exist", dir.display()),
+            )));
         }
         self.config.run = run;
         self.run_id = run_id.to_owned();
@@ -258,18 +244,15 @@ pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Resol
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = full_key(&e.path().to_string(), &e.inner().to_string());
             let origin = origin_of(&key, &from_env);
-            Error::ConfigKey {
-                key,
-                detail: format!("{}{origin}", e.inner()),
-            }
+            Error::Config(leyline::ConfigError::at(
+                &key,
+                format!("{}{origin}", e.inner()),
+            ))
         })?;
     config.validate().map_err(|e| match e {
-        Error::ConfigKey { key, detail } => {
-            let origin = origin_of(&key, &from_env);
-            Error::ConfigKey {
-                key,
-                detail: format!("{detail}{origin}"),
-            }
+        Error::Config(mut e) => {
+            e.problem.push_str(&origin_of(&e.path(), &from_env));
+            Error::Config(e)
         }
         other => other,
     })?;

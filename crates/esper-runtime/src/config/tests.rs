@@ -15,7 +15,7 @@ fn write(text: &str) -> tempfile::NamedTempFile {
 
 fn key_error(result: Result<Resolved>) -> (String, String) {
     match result.unwrap_err() {
-        Error::ConfigKey { key, detail } => (key, detail),
+        Error::Config(e) => (e.path(), e.problem),
         other => panic!("expected a config key error, got {other}"),
     }
 }

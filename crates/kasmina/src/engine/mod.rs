@@ -17,6 +17,7 @@ use crate::blend::Blend;
 use crate::gates::GateConfig;
 use crate::host::SlotSpec;
 use crate::intake::{CommandIntake, Rejection};
+use crate::isolation::{IsolationConfig, IsolationMonitor};
 use crate::lifecycle::{Lifecycle, Progress, next_stage};
 use crate::registry::{Owner, ParamRegistry};
 use crate::seed::Seed;
@@ -31,7 +32,7 @@ pub trait KernelSource: Send {
         &mut self,
         blueprint_id: &str,
         params: &Parameters,
-        slot: &urza::SlotSpec,
+        slot: &urza::SlotShape,
         init_seed: u64,
     ) -> urza::Result<(String, BlueprintModule)>;
 }
@@ -56,7 +57,7 @@ impl KernelSource for LibrarySource {
         &mut self,
         blueprint_id: &str,
         params: &Parameters,
-        slot: &urza::SlotSpec,
+        slot: &urza::SlotShape,
         init_seed: u64,
     ) -> urza::Result<(String, BlueprintModule)> {
         let record = self
@@ -88,6 +89,7 @@ pub struct Kasmina {
     registered_seeds: BTreeSet<String>,
     source: Box<dyn KernelSource>,
     run_seed: u64,
+    step: StepState,
 }
 
 impl std::fmt::Debug for Kasmina {
@@ -131,7 +133,14 @@ impl Kasmina {
             registered_seeds: BTreeSet::new(),
             source,
             run_seed,
+            step: StepState::new(IsolationMonitor::new(IsolationConfig::default())),
         }
+    }
+
+    /// The isolation monitor's settings (the default's otherwise).
+    pub fn with_isolation(mut self, isolation: IsolationConfig) -> Self {
+        self.step.monitor = IsolationMonitor::new(isolation);
+        self
     }
 
     /// The slots (the host's [`crate::SlotRunner`]).
@@ -139,8 +148,9 @@ impl Kasmina {
         &self.slots
     }
 
-    /// The slots, mutably (forward, counterfactual switch, probes, α steps).
-    pub fn slots_mut(&mut self) -> &mut SeedSlots {
+    /// The slots, mutably (tests drive stages by hand).
+    #[cfg(test)]
+    pub(crate) fn slots_mut(&mut self) -> &mut SeedSlots {
         &mut self.slots
     }
 
@@ -149,24 +159,35 @@ impl Kasmina {
         &self.lifecycle
     }
 
-    /// The lifecycle (evidence, events).
-    pub fn lifecycle_mut(&mut self) -> &mut Lifecycle {
+    /// The lifecycle (tests record evidence by hand).
+    #[cfg(test)]
+    pub(crate) fn lifecycle_mut(&mut self) -> &mut Lifecycle {
         &mut self.lifecycle
     }
 
     /// The intake (submit commands as they arrive).
-    pub fn intake_mut(&mut self) -> &mut CommandIntake {
+    #[cfg(test)]
+    pub(crate) fn intake_mut(&mut self) -> &mut CommandIntake {
         &mut self.intake
+    }
+
+    /// Submits a command as it arrives (validated and verified now, applied
+    /// at the fence it is due); [`Kasmina::apply_commands`] does this and
+    /// the fence in one call.
+    pub fn submit(&mut self, command: AdaptationCommand, now_ms: u64) -> Result<(), Rejection> {
+        self.intake.submit(command, now_ms)
+    }
+
+    /// Records one step's evidence for the seed in `slot_id` without a
+    /// training step (benchmarks and tests of code that drives Kasmina).
+    #[cfg(feature = "testing")]
+    pub fn record_evidence(&mut self, slot_id: &str, evidence: crate::gates::StepEvidence) {
+        self.lifecycle.record_step(slot_id, evidence);
     }
 
     /// The parameter registry.
     pub fn registry(&self) -> &ParamRegistry {
         &self.registry
-    }
-
-    /// The registry, mutably (the host registers its parameters once).
-    pub fn registry_mut(&mut self) -> &mut ParamRegistry {
-        &mut self.registry
     }
 
     /// Applies every due command (training thread, at a fence).
@@ -215,13 +236,6 @@ impl Kasmina {
     ) -> crate::Result<()> {
         self.lifecycle
             .cull(&mut self.slots, slot_id, reason, step, epoch)?;
-        self.sync_registry();
-        Ok(())
-    }
-
-    /// Epoch boundary: dwell counters, embargoes, resets.
-    pub fn end_epoch(&mut self, step: u64, epoch: u64) -> crate::Result<()> {
-        self.lifecycle.end_epoch(&mut self.slots, step, epoch)?;
         self.sync_registry();
         Ok(())
     }
@@ -374,7 +388,7 @@ impl Kasmina {
             .map_err(|e| e.to_string())?
             .spec()
             .clone();
-        let slot = urza::SlotSpec::new(spec.kind, spec.feature_shape.clone())
+        let slot = urza::SlotShape::new(spec.kind, spec.feature_shape.clone())
             .map_err(|e| e.to_string())?;
         let blend = Blend::from_wire(
             op.blend.as_ref().ok_or("GERMINATE without a blend")?,
@@ -410,8 +424,11 @@ impl Kasmina {
 
 mod persist;
 mod state;
+mod step;
 
 pub use persist::{KasminaState, SeedRecord};
+use step::StepState;
+pub use step::{CommandRefusal, IsolationViolation, SeedGroup, SeedSummary, StepReport};
 
 #[cfg(test)]
 mod tests;

@@ -152,7 +152,7 @@ impl Kasmina {
                 .filter(|s| s.is_live())
                 .ok_or_else(|| bad(format!("stage {:?}", record.stage)))?;
             let spec = self.slots.slot(&record.slot_id)?.spec().clone();
-            let slot = urza::SlotSpec::new(spec.kind, spec.feature_shape.clone())
+            let slot = urza::SlotShape::new(spec.kind, spec.feature_shape.clone())
                 .map_err(|e| bad(e.to_string()))?;
             let blend = Blend::from_wire(
                 &BlendConfig {

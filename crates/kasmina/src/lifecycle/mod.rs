@@ -308,7 +308,7 @@ impl Lifecycle {
             && !slots
                 .trainable_parameters()
                 .iter()
-                .any(|p| p.name.starts_with(&format!("seed/{}/", seed.id())));
+                .any(|p| crate::names::seed_of(&p.name) == Some(seed.id()));
         let eval = GateEvaluation {
             gate: SeedGate::G5Reset as i32,
             passed: clean,

@@ -21,7 +21,7 @@ fn seed(id: &str, ramp_steps: u32) -> Seed {
     let module = def
         .build(
             &def.default_parameters(),
-            &urza::SlotSpec::conv2d(4, 6, 6).unwrap(),
+            &urza::SlotShape::conv2d(4, 6, 6).unwrap(),
             Weights::Init(&mut init),
         )
         .unwrap();

@@ -1,4 +1,4 @@
-//! The heuristic baseline (DESIGN §6): rules checked in order, first match
+//! The heuristic baseline: rules checked in order, first match
 //! wins.
 //!
 //! 1. `cull_regression` — a seed whose counterfactual contribution is below
@@ -243,7 +243,7 @@ impl HeuristicPolicy {
         for slot in free {
             let kind = SlotKind::try_from(slot.kind).unwrap_or(SlotKind::Unspecified);
             let shape: Vec<usize> = slot.feature_shape.iter().map(|&d| d as usize).collect();
-            let Ok(spec) = urza::SlotSpec::new(kind, shape) else {
+            let Ok(spec) = urza::SlotShape::new(kind, shape) else {
                 refused.push(format!("{}: slot shape not supported", slot.slot_id));
                 continue;
             };

@@ -14,27 +14,27 @@ use crate::error::{Error, Result};
 
 /// A batch prepared on the worker thread, in host memory.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HostBatch {
+pub(crate) struct HostBatch {
     /// Normalised pixels, `len × C × H × W`.
-    pub images: Vec<f32>,
+    pub(crate) images: Vec<f32>,
     /// Labels.
-    pub labels: Vec<u32>,
+    pub(crate) labels: Vec<u32>,
     /// `[len, C, H, W]`.
-    pub dims: [usize; 4],
+    pub(crate) dims: [usize; 4],
 }
 
 /// A batch on a device.
 #[derive(Debug, Clone)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// `[N, C, H, W]` f32.
-    pub images: Tensor,
+    pub(crate) images: Tensor,
     /// `[N]` u32.
-    pub labels: Tensor,
+    pub(crate) labels: Tensor,
 }
 
 impl HostBatch {
     /// Moves the batch onto `device`.
-    pub fn to_device(self, device: &Device) -> Result<Batch> {
+    pub(crate) fn into_device(self, device: &Device) -> Result<Batch> {
         let n = self.dims[0];
         Ok(Batch {
             images: Tensor::from_vec(self.images, &self.dims, device)?,
@@ -44,7 +44,7 @@ impl HostBatch {
 }
 
 /// The visiting order of one epoch: a seeded permutation, or the stored order.
-pub fn epoch_order(len: usize, seed: Option<u64>) -> Vec<usize> {
+pub(crate) fn epoch_order(len: usize, seed: Option<u64>) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     if let Some(seed) = seed {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -60,28 +60,30 @@ pub fn epoch_order(len: usize, seed: Option<u64>) -> Vec<usize> {
 
 /// Streams the batches of one pass over a dataset, assembled on a worker thread
 /// `prefetch` batches ahead. Dropping the loader stops and joins the worker.
-pub struct BatchLoader {
+pub(crate) struct BatchLoader {
     receiver: Option<Receiver<HostBatch>>,
     worker: Option<JoinHandle<()>>,
+    #[cfg(test)]
     batches: usize,
 }
 
 impl BatchLoader {
     /// One pass over `dataset` in batches of `batch_size`, shuffled with `seed`
     /// (stored order when `None`); the last partial batch is kept.
-    pub fn new(
+    pub(crate) fn new(
         dataset: Arc<Dataset>,
         batch_size: usize,
         seed: Option<u64>,
         prefetch: usize,
     ) -> Result<Self> {
         if batch_size == 0 {
-            return Err(Error::Config {
-                key: "tolaria.batch_size".into(),
-                detail: "must be at least 1".into(),
-            });
+            return Err(Error::Config(leyline::ConfigError::at(
+                "tolaria.batch_size",
+                "must be at least 1",
+            )));
         }
         let order = epoch_order(dataset.len(), seed);
+        #[cfg(test)]
         let batches = order.len().div_ceil(batch_size);
         let (sender, receiver) = sync_channel(prefetch.max(1));
         let worker = std::thread::Builder::new()
@@ -94,24 +96,21 @@ impl BatchLoader {
         Ok(Self {
             receiver: Some(receiver),
             worker: Some(worker),
+            #[cfg(test)]
             batches,
         })
     }
 
     /// Number of batches in the pass.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.batches
     }
 
-    /// The pass has no batches.
-    pub fn is_empty(&self) -> bool {
-        self.batches == 0
-    }
-
     /// The next batch on `device`, or `None` at the end of the pass.
-    pub fn next_batch(&mut self, device: &Device) -> Result<Option<Batch>> {
+    pub(crate) fn next_batch(&mut self, device: &Device) -> Result<Option<Batch>> {
         match self.receiver.as_ref().map(Receiver::recv) {
-            Some(Ok(batch)) => batch.to_device(device).map(Some),
+            Some(Ok(batch)) => batch.into_device(device).map(Some),
             Some(Err(_)) | None => Ok(None),
         }
     }

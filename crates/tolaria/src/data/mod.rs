@@ -11,7 +11,7 @@ mod idx;
 
 use std::path::{Path, PathBuf};
 
-pub use batches::{Batch, BatchLoader, HostBatch, epoch_order};
+pub(crate) use batches::BatchLoader;
 pub use cifar::{CifarSplit, load_cifar10};
 pub use idx::load_mnist;
 

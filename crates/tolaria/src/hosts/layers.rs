@@ -16,7 +16,7 @@ pub enum Ops {
     #[default]
     Esper,
     /// candle's own: `conv2d`, broadcast add, `relu`, and the
-    /// reshape-and-max pooling of DESIGN §12 (candle's `max_pool2d` backward
+    /// reshape-and-max pooling of docs/DESIGN.md §12 (candle's `max_pool2d` backward
     /// is wrong). The baseline of the step benchmark and of the
     /// accuracy-parity test.
     Candle,

@@ -1,4 +1,4 @@
-//! Reference hosts (DESIGN §7), for 1 × 28 × 28 input and 10 classes:
+//! Reference hosts, for 1 × 28 × 28 input and 10 classes:
 //!
 //! - `mlp`: 784 → 128 (ReLU) → slot `r0` \[128\] → 10;
 //! - `cnn`: conv 3×3 1→16 pad 1, ReLU, 2×2 max-pool → slot `r0` \[16,14,14\] →
@@ -38,10 +38,10 @@ pub fn build_with_ops(name: &str, seed: u64, device: &Device, ops: Ops) -> Resul
         "cnn" => Box::new(ConvNet::new("cnn", 3, 16, 32, &mut init, ops)?),
         "cnn-impaired" => Box::new(ConvNet::new("cnn-impaired", 1, 4, 8, &mut init, ops)?),
         other => {
-            return Err(Error::Config {
-                key: "tolaria.host".into(),
-                detail: format!("unknown host {other:?}; the reference hosts are {HOST_NAMES:?}"),
-            });
+            return Err(Error::Config(leyline::ConfigError::at(
+                "tolaria.host",
+                format!("unknown host {other:?}; the reference hosts are {HOST_NAMES:?}"),
+            )));
         }
     })
 }

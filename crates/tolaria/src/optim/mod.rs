@@ -2,7 +2,7 @@
 //! saveable state.
 //!
 //! candle-nn's AdamW keeps its moments private and its SGD has no momentum
-//! (DESIGN §12), so these are written here, following PyTorch's update rules
+//! (docs/DESIGN.md §12), so these are written here, following PyTorch's update rules
 //! exactly (see [`Optimizer::step`]). State is keyed by parameter *name*: adding or
 //! removing a group (a seed's parameters) never touches another group's state, and
 //! a checkpoint can restore it by name.

@@ -41,11 +41,7 @@ impl Trainer {
             p.var.set(&source.var.as_tensor().detach().copy()?)?;
         }
         if let Some(control) = self.seeds.as_mut() {
-            control
-                .kasmina
-                .registry_mut()
-                .replace_teacher(&teacher_params)
-                .map_err(|e| Error::Optimizer(e.to_string()))?;
+            control.kasmina.register_teacher(&teacher_params)?;
         }
         self.teacher = Some(Teacher {
             host: teacher,

@@ -3,9 +3,9 @@
 
 use candle_core::{D, DType, Tensor};
 
+use crate::checkpoints::CheckpointMeta;
 use crate::config::Config;
 use crate::error::Result;
-use crate::state::CheckpointMeta;
 
 /// The hash of the training configuration, without what a resumed run may
 /// legitimately change: its length (`epochs`) and its outputs (checkpoint and
@@ -15,11 +15,13 @@ pub(super) fn training_config_sha256(config: &Config) -> Result<String> {
     c.epochs = 0;
     c.checkpoint = crate::config::CheckpointConfig::default();
     c.profiler = crate::profiler::ProfilerConfig::default();
-    let text = serde_json::to_vec(&c).map_err(|e| crate::error::Error::Config {
-        key: "tolaria".into(),
-        detail: format!("cannot serialise the configuration to hash it: {e}"),
+    let text = serde_json::to_vec(&c).map_err(|e| {
+        crate::error::Error::Config(
+            leyline::ConfigError::at("tolaria", "cannot serialise the configuration to hash it")
+                .caused_by(e),
+        )
     })?;
-    Ok(crate::state::sha256_hex(&text))
+    Ok(crate::checkpoints::sha256_hex(&text))
 }
 
 pub(super) fn checkpoint_meta(

@@ -8,17 +8,19 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use kasmina::{DormantSlots, Host};
 
+use crate::checkpoints::{
+    CheckpointStore, CheckpointWriter, Corrupt, RollbackReport, RollbackStats, Snapshot, Written,
+};
 use crate::config::{Config, DeviceKind};
 use crate::data::{BatchLoader, Dataset, bundled_mnist_dir, load_mnist};
 use crate::emergency::EmergencyController;
 use crate::error::{Error, Result};
-use crate::fence::{ControlHook, Fence, FenceContext, FenceKind, FenceOutcome, FenceStats};
+use crate::fence::{
+    ControlHook, DecisionRecord, Fence, FenceContext, FenceDecision, FenceKind, FenceStats,
+};
 use crate::governor::{Governor, Verdict};
 use crate::optim::{Optimizer, ParamGroup};
 use crate::profiler::Profiler;
-use crate::state::{
-    CheckpointStore, CheckpointWriter, Corrupt, RollbackReport, RollbackStats, Snapshot, Written,
-};
 use leyline::v1::{EmergencyLevel, TelemetryEvent};
 
 /// A fault injected on purpose, to drill the safety paths.
@@ -75,8 +77,8 @@ pub struct EpochReport {
 }
 
 /// Where an epoch is, after each optimizer step (for progress displays).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepProgress {
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProgress<'a> {
     /// Epoch number, from 1.
     pub epoch: u32,
     /// Batches of this epoch done (stepped or rolled back).
@@ -91,6 +93,16 @@ pub struct StepProgress {
     pub accuracy: f64,
     /// Training images per second of the epoch so far.
     pub images_per_second: f64,
+    /// The seeds as of the last fence.
+    pub seeds: &'a [kasmina::SeedSummary],
+}
+
+/// What the next fence's state packet reports of the steps since the last.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SinceFence {
+    loss_sum: f64,
+    steps: u64,
+    step_ms_sum: f64,
 }
 
 /// Delivers one emergency signal (e.g. publishes it on Oona's emergency
@@ -133,7 +145,7 @@ pub struct Trainer {
     /// Fences reached so far: the controller generation each state packet opens.
     generation: u64,
     /// Loss sum, steps and step milliseconds since the last fence.
-    since_fence: (f64, u64, f64),
+    since_fence: SinceFence,
     /// How long the last hook call took, ms (reported in the next packet).
     last_hook_ms: Option<f64>,
     /// Seeds of the checkpoint this run resumed from, until Kasmina takes them.
@@ -143,6 +155,12 @@ pub struct Trainer {
     emergency_sink: Option<EmergencySink>,
     /// Their optimizer state, imported once their groups exist.
     pending_seed_optimizer: std::collections::BTreeMap<String, crate::optim::StateEntry>,
+    /// The control hook's decisions, until drained.
+    decisions: Vec<DecisionRecord>,
+    /// The control hook's field reports, until drained.
+    field_reports: Vec<leyline::v1::FieldReport>,
+    /// The seeds as of the last fence (progress displays).
+    fence_seeds: Vec<kasmina::SeedSummary>,
 }
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
@@ -150,9 +168,11 @@ pub struct Trainer {
 fn device(kind: DeviceKind) -> Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda => Device::new_cuda(0).map_err(|e| Error::Config {
-            key: "tolaria.device".into(),
-            detail: format!("cuda requested but unavailable: {e}"),
+        DeviceKind::Cuda => Device::new_cuda(0).map_err(|e| {
+            Error::Config(leyline::ConfigError::at(
+                "tolaria.device",
+                format!("cuda requested but unavailable: {e}"),
+            ))
         }),
     }
 }
@@ -163,8 +183,6 @@ mod recovery;
 mod seeds;
 mod state;
 
-pub use seeds::SeedSummary;
-
 use helpers::{checkpoint_meta, count_correct, global_grad_norm, quantile, training_config_sha256};
 
 impl Trainer {
@@ -174,10 +192,10 @@ impl Trainer {
     pub fn new(config: Config, seed: u64, run_id: &str) -> Result<Self> {
         config.validate("tolaria")?;
         if run_id.trim().is_empty() {
-            return Err(Error::Config {
-                key: "run.run_id".into(),
-                detail: "a trainer needs a run id".into(),
-            });
+            return Err(Error::Config(leyline::ConfigError::at(
+                "run.run_id",
+                "a trainer needs a run id",
+            )));
         }
         let device = device(config.device)?;
         let dir = config.data_dir.clone().unwrap_or_else(bundled_mnist_dir);
@@ -203,16 +221,16 @@ impl Trainer {
                 skipped_checkpoints = skipped;
                 if let Some(loaded) = loaded {
                     if loaded.manifest.host != config.host || loaded.manifest.seed != seed {
-                        return Err(Error::Config {
-                            key: "tolaria.checkpoint.dir".into(),
-                            detail: format!(
+                        return Err(Error::Config(leyline::ConfigError::at(
+                            "tolaria.checkpoint.dir",
+                            format!(
                                 "{} holds a checkpoint of host {} seed {}, this run is host {} seed {seed}",
                                 loaded.path.display(),
                                 loaded.manifest.host,
                                 loaded.manifest.seed,
                                 config.host
                             ),
-                        });
+                        )));
                     }
                     if let Some(theirs) = &loaded.manifest.config_sha256
                         && *theirs != config_sha256
@@ -262,7 +280,7 @@ impl Trainer {
             pending_fault: None,
             checkpoints,
             written: Vec::new(),
-            // DESIGN §7 SLAs; the runtime passes leyline's budgets.
+            // the rollback budgets of docs/DESIGN.md §10; the runtime passes leyline's budgets.
             rollback_deadlines: (Duration::from_millis(500), Duration::from_secs(12)),
             rollback_stats: RollbackStats::default(),
             skipped_checkpoints,
@@ -283,7 +301,10 @@ impl Trainer {
             run_id: run_id.to_owned(),
             experiment: "default".to_owned(),
             generation: 0,
-            since_fence: (0.0, 0, 0.0),
+            since_fence: SinceFence::default(),
+            decisions: Vec::new(),
+            field_reports: Vec::new(),
+            fence_seeds: Vec::new(),
             last_hook_ms: None,
             resumed_seeds,
             emergency_sink: None,
@@ -331,7 +352,19 @@ impl Trainer {
         std::mem::take(&mut self.events)
     }
 
-    /// Arms a fault for the next step (drills and tests of the safety paths).
+    /// The control hook's decisions since the last drain.
+    pub fn drain_decisions(&mut self) -> Vec<DecisionRecord> {
+        std::mem::take(&mut self.decisions)
+    }
+
+    /// The control hook's field reports since the last drain, to publish.
+    pub fn drain_field_reports(&mut self) -> Vec<leyline::v1::FieldReport> {
+        std::mem::take(&mut self.field_reports)
+    }
+
+    /// Arms a fault for the next step (drills and tests of the safety paths;
+    /// feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn inject_fault(&mut self, fault: Fault) {
         self.pending_fault = Some(fault);
     }
@@ -438,7 +471,7 @@ impl Trainer {
             let logits = match self.seeds.as_mut() {
                 Some(control) => self
                     .host
-                    .forward_with_slots(&batch.images, control.kasmina.slots_mut())?,
+                    .forward_with_slots(&batch.images, control.kasmina.runner())?,
                 None => self
                     .host
                     .forward_with_slots(&batch.images, &mut DormantSlots)?,
@@ -477,9 +510,9 @@ impl Trainer {
             self.seeds_after_step(host_grad_norm)?;
             last_loss = f64::from(value);
             loss_sum += last_loss;
-            self.since_fence.0 += last_loss;
-            self.since_fence.1 += 1;
-            self.since_fence.2 += step_ms.last().copied().unwrap_or(0.0);
+            self.since_fence.loss_sum += last_loss;
+            self.since_fence.steps += 1;
+            self.since_fence.step_ms_sum += step_ms.last().copied().unwrap_or(0.0);
             batches += 1;
             correct += count_correct(&logits, &batch.labels)?;
             seen += batch.labels.dims1()?;
@@ -491,6 +524,7 @@ impl Trainer {
                 loss: last_loss,
                 accuracy: correct as f64 / seen.max(1) as f64,
                 images_per_second: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                seeds: &self.fence_seeds,
             });
             self.flush_emergencies();
             drop(step_span);
@@ -574,7 +608,11 @@ impl Trainer {
         stats: &mut FenceStats,
     ) -> Result<()> {
         stats.fences += 1;
-        let (loss_sum, steps, ms_sum) = std::mem::take(&mut self.since_fence);
+        let SinceFence {
+            loss_sum,
+            steps,
+            step_ms_sum: ms_sum,
+        } = std::mem::take(&mut self.since_fence);
         if self.fence.hook.is_none() {
             return Ok(());
         }
@@ -606,13 +644,20 @@ impl Trainer {
             host: self.host.as_ref(),
             deadline: started + self.fence.deadline,
         };
-        let outcome = hook
+        let decision = hook
             .at_fence(&context)
-            .map_err(|detail| Error::ControlHook {
+            .map_err(|source| Error::ControlHook {
                 global_step: self.global_step,
-                detail,
+                source,
             })?;
-        let commands = hook.commands();
+        let FenceDecision {
+            commands,
+            stop,
+            diagnostics,
+        } = decision;
+        self.events.extend(diagnostics.events);
+        self.decisions.extend(diagnostics.decisions);
+        self.field_reports.extend(diagnostics.field_reports);
         let took = started.elapsed();
         stats.slowest_ms = stats.slowest_ms.max(took.as_secs_f64() * 1e3);
         self.last_hook_ms = Some(took.as_secs_f64() * 1e3);
@@ -634,9 +679,10 @@ impl Trainer {
             );
         }
         self.seeds_apply(commands)?;
+        self.fence_seeds = self.seed_summaries();
         stats.total_ms += started.elapsed().as_secs_f64() * 1e3;
         self.flush_emergencies();
-        if let FenceOutcome::Stop { reason } = outcome {
+        if let Some(reason) = stop {
             self.stop = Some(reason);
         }
         Ok(())

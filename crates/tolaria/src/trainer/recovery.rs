@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use leyline::v1::EmergencyLevel;
 
 use super::{Trainer, checkpoint_meta};
+use crate::checkpoints::{RollbackReport, RollbackStats, Written};
 use crate::error::{Error, Result};
-use crate::state::{RollbackReport, RollbackStats, Written};
 
 /// The store a rollback restores from.
 #[derive(Debug, Clone, Copy)]
@@ -96,12 +96,10 @@ impl Trainer {
     pub fn full_rollback(&mut self, reason: &str) -> Result<RollbackReport> {
         let started = Instant::now();
         let Some(writer) = self.checkpoints.as_mut() else {
-            return Err(Error::Config {
-                key: "tolaria.checkpoint.dir".into(),
-                detail: format!(
-                    "a full rollback ({reason}) needs checkpoints, and none are configured"
-                ),
-            });
+            return Err(Error::Config(leyline::ConfigError::at(
+                "tolaria.checkpoint.dir",
+                format!("a full rollback ({reason}) needs checkpoints, and none are configured"),
+            )));
         };
         // The newest checkpoint may still be in the writer's hands.
         let pending = writer.flush();

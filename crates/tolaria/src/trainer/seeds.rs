@@ -6,32 +6,21 @@
 //! validation accuracy of seeds in SHADOWING and PROBATIONARY at each epoch
 //! end, and applies the control plane's commands at fences.
 
-use std::collections::{BTreeSet, VecDeque};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::backprop::GradStore;
-use kasmina::gates::{Counterfactual, StepEvidence};
-use kasmina::isolation::{IsolationConfig, IsolationMonitor};
-use kasmina::registry::Owner;
-use kasmina::telemetry::SeedSignal;
-use kasmina::{Kasmina, LifecycleEvent, NamedParameter};
-use leyline::v1::{AdaptationCommand, SeedStage, TelemetryEvent, TelemetryLevel, TelemetryPacket};
+use kasmina::gates::Counterfactual;
+use kasmina::{Kasmina, NamedParameter, SeedSummary, names};
+use leyline::v1::{AdaptationCommand, TelemetryLevel, TelemetryPacket};
 
 use super::Trainer;
 use crate::error::{Error, Result};
 use crate::optim::ParamGroup;
 
-/// Kasmina and the isolation monitor, as the trainer holds them.
+/// Kasmina, as the trainer holds it.
 pub(super) struct SeedControl {
     pub(super) kasmina: Kasmina,
-    monitor: IsolationMonitor,
-    /// The last step's per-seed gradient norms, for its telemetry.
-    signals: Vec<SeedSignal>,
-    seed_grad_sq: f64,
-    last_loss: f64,
-    /// Per-step seed packets not yet drained (bounded; oldest dropped).
-    packets: VecDeque<TelemetryPacket>,
-    dropped_packets: u64,
 }
 
 /// The seeds of the checkpoint a run resumed from: Kasmina's state (absent in
@@ -47,10 +36,10 @@ pub(super) struct ResumedSeeds {
 impl ResumedSeeds {
     /// The seeds of `snapshot` (loaded from `path`), if it has any.
     pub(super) fn from_snapshot(
-        snapshot: &crate::state::Snapshot,
+        snapshot: &crate::checkpoints::Snapshot,
         path: &std::path::Path,
     ) -> Option<Self> {
-        let seed = |name: &String| name.starts_with("seed/");
+        let seed = |name: &String| names::is_seed_name(name);
         let weights: std::collections::BTreeMap<_, _> = snapshot
             .params
             .iter()
@@ -78,107 +67,14 @@ impl ResumedSeeds {
     }
 }
 
-/// Seed packets held between drains.
-const PACKET_BUFFER: usize = 1024;
-
-/// One slot's state after an epoch, for reports and displays.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeedSummary {
-    /// Slot id.
-    pub slot: String,
-    /// Seed id.
-    pub seed: String,
-    /// Blueprint the seed was built from.
-    pub blueprint: String,
-    /// Lifecycle stage.
-    pub stage: SeedStage,
-    /// Blend α in effect.
-    pub alpha: f64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub(super) fn seed_group(seed_id: &str) -> String {
-    format!("seed/{seed_id}")
-}
-
-fn lifecycle_event(event: &LifecycleEvent) -> TelemetryEvent {
-    let name = |stage: i32| {
-        SeedStage::try_from(stage)
-            .unwrap_or(SeedStage::Unknown)
-            .as_str_name()
-    };
-    match event {
-        LifecycleEvent::Transition(t) => leyline::telemetry::event(
-            "seed_stage_transition",
-            TelemetryLevel::Info,
-            format!(
-                "seed {} at {}: {} -> {} ({})",
-                t.seed_id,
-                t.slot_id,
-                name(t.from_stage),
-                name(t.to_stage),
-                t.reason
-            ),
-        )
-        .attr("seed_id", &t.seed_id)
-        .attr("slot_id", &t.slot_id)
-        .attr("global_step", t.global_step)
-        .build(),
-        LifecycleEvent::Gate(g) => {
-            let mut builder = leyline::telemetry::event(
-                "seed_gate_evaluation",
-                if g.passed {
-                    TelemetryLevel::Info
-                } else {
-                    TelemetryLevel::Warning
-                },
-                format!(
-                    "seed {} gate {:?} {} {}",
-                    g.seed_id,
-                    g.gate,
-                    if g.passed { "passed" } else { "failed" },
-                    g.reason
-                ),
-            )
-            .attr("seed_id", &g.seed_id)
-            .attr("passed", g.passed);
-            for (k, v) in &g.inputs {
-                builder = builder.attr(k.clone(), v);
-            }
-            builder.build()
-        }
-        LifecycleEvent::Rollback(r) => leyline::telemetry::event(
-            "seed_culled",
-            TelemetryLevel::Warning,
-            format!("seed {} at {} culled: {}", r.seed_id, r.slot_id, r.reason),
-        )
-        .attr("seed_id", &r.seed_id)
-        .attr("blueprint_id", &r.blueprint_id)
-        .build(),
-    }
-}
-
 impl Trainer {
     /// Grows the host with `kasmina`: its slots run the host's forward, its
     /// seeds train in groups of their own (the host's learning rate and weight
     /// decay), and its lifecycle advances on the evidence this loop records.
     /// The host's parameters are registered as the host's in Kasmina's
     /// registry, which checks every group before each optimizer step.
-    pub fn with_kasmina(
-        mut self,
-        mut kasmina: Kasmina,
-        isolation: IsolationConfig,
-    ) -> Result<Self> {
-        kasmina
-            .registry_mut()
-            .register(Owner::Host, &self.host.parameters())
-            .map_err(|e| Error::Optimizer(e.to_string()))?;
+    pub fn with_kasmina(mut self, mut kasmina: Kasmina) -> Result<Self> {
+        kasmina.register_host(&self.host.parameters())?;
         if let Some(resumed) = self.resumed_seeds.take() {
             match &resumed.state {
                 Some(state) => {
@@ -205,15 +101,7 @@ impl Trainer {
                 None => self.resumed_seeds = Some(resumed),
             }
         }
-        self.seeds = Some(SeedControl {
-            kasmina,
-            monitor: IsolationMonitor::new(isolation),
-            signals: Vec::new(),
-            seed_grad_sq: 0.0,
-            last_loss: f64::NAN,
-            packets: VecDeque::new(),
-            dropped_packets: 0,
-        });
+        self.seeds = Some(SeedControl { kasmina });
         Ok(self)
     }
 
@@ -250,23 +138,10 @@ impl Trainer {
 
     /// Every occupied slot, by id.
     pub fn seed_summaries(&self) -> Vec<SeedSummary> {
-        let Some(control) = &self.seeds else {
-            return Vec::new();
-        };
-        control
-            .kasmina
-            .slots()
-            .slots()
-            .filter_map(|slot| {
-                slot.seed().map(|seed| SeedSummary {
-                    slot: slot.spec().id.clone(),
-                    seed: seed.id().to_string(),
-                    blueprint: seed.module().blueprint_id().to_string(),
-                    stage: seed.stage(),
-                    alpha: seed.alpha(),
-                })
-            })
-            .collect()
+        self.seeds
+            .as_ref()
+            .map(|c| c.kasmina.summaries())
+            .unwrap_or_default()
     }
 
     /// The host's parameters and those of every seed that trains (a
@@ -290,76 +165,28 @@ impl Trainer {
     ) -> Result<Vec<NamedParameter>> {
         let (step, epoch) = (self.global_step, u64::from(self.epoch));
         if let Some(control) = self.seeds.as_mut() {
-            let newer: Vec<String> = control
-                .kasmina
-                .slots()
-                .slots()
-                .filter(|s| {
-                    s.seed().is_some_and(|seed| {
-                        seed.trains() && seed.parameters().iter().any(|p| !saved.contains(&p.name))
-                    })
-                })
-                .map(|s| s.spec().id.clone())
-                .collect();
-            for slot in newer {
-                control
-                    .kasmina
-                    .cull(&slot, "rollback to a state before the seed", step, epoch)?;
-            }
+            control.kasmina.cull_newer_than(saved, step, epoch)?;
         }
         self.drain_seed_events();
         self.seeds_before_step()?;
         Ok(self.model_parameters())
     }
 
-    /// Before a training step: isolation sessions for TRAINING seeds, probes on
-    /// when any seed trains in isolation, optimizer groups equal to the seeds
-    /// that train.
+    /// Before a training step: Kasmina prepares the step (isolation sessions,
+    /// probes) and the optimizer's seed groups become those of the seeds that
+    /// train; every group is checked against the registry.
     pub(super) fn seeds_before_step(&mut self) -> Result<()> {
         let Some(control) = self.seeds.as_mut() else {
             return Ok(());
         };
-        let mut incubating = false;
-        let slots: Vec<(String, usize, SeedStage)> = control
-            .kasmina
-            .slots()
-            .slots()
-            .map(|s| {
-                (
-                    s.spec().id.clone(),
-                    s.spec().feature_shape.iter().product(),
-                    s.stage(),
-                )
-            })
-            .collect();
-        for (id, features, stage) in slots {
-            if stage == SeedStage::Training {
-                incubating = true;
-                if !control.monitor.is_open(&id) {
-                    control.monitor.open(&id, features);
-                }
-            } else if control.monitor.is_open(&id) {
-                control.monitor.close(&id);
-            }
-        }
-        control.kasmina.slots_mut().set_isolation_probes(incubating);
-
-        // Optimizer groups follow the seeds that train.
-        let training: Vec<(String, Vec<NamedParameter>)> = control
-            .kasmina
-            .slots()
-            .slots()
-            .filter_map(|s| s.seed())
-            .filter(|s| s.trains())
-            .map(|s| (seed_group(s.id()), s.parameters()))
-            .collect();
-        let wanted: BTreeSet<&String> = training.iter().map(|(g, _)| g).collect();
+        let training = control.kasmina.before_step();
+        let wanted: BTreeSet<&String> = training.iter().map(|g| &g.name).collect();
         let present: Vec<String> = self
             .optimizer
             .groups()
             .iter()
             .map(|g| g.name.clone())
-            .filter(|n| n.starts_with("seed/"))
+            .filter(|n| names::is_seed_name(n))
             .collect();
         for name in present {
             if !wanted.contains(&name) {
@@ -367,9 +194,9 @@ impl Trainer {
             }
         }
         let (lr, wd) = (self.config.optimizer.lr, self.config.optimizer.weight_decay);
-        for (name, params) in training {
-            if !self.optimizer.groups().iter().any(|g| g.name == name) {
-                let mut group = ParamGroup::new(name, params, lr, wd);
+        for seed in training {
+            if !self.optimizer.groups().iter().any(|g| g.name == seed.name) {
+                let mut group = ParamGroup::new(seed.name, seed.params, lr, wd);
                 group.lr = lr * self.config.lr.factor(self.global_step);
                 self.optimizer.add_group(group)?;
             }
@@ -382,21 +209,14 @@ impl Trainer {
         }
         // Every group's parameters must be its owner's.
         for group in self.optimizer.groups() {
-            let owner = match group.name.strip_prefix("seed/") {
-                Some(id) => Owner::Seed(id.to_string()),
-                None => Owner::Host,
-            };
-            control
-                .kasmina
-                .registry()
-                .validate_update(&owner, &group.params)
-                .map_err(|e| Error::Optimizer(format!("group {}: {e}", group.name)))?;
+            control.kasmina.check_group(&group.name, &group.params)?;
         }
         Ok(())
     }
 
-    /// After the backward pass: each training seed's evidence, and the
-    /// step's forward + backward time (every seed's G2 baseline and latency).
+    /// After the backward pass: Kasmina records each training seed's evidence
+    /// and the step's forward + backward time; an isolation violation goes
+    /// onto the emergency path at once.
     pub(super) fn seeds_after_backward(
         &mut self,
         grads: &GradStore,
@@ -406,71 +226,15 @@ impl Trainer {
         let Some(control) = self.seeds.as_mut() else {
             return Ok(());
         };
-        control.kasmina.lifecycle_mut().record_step_time(step_ms);
-        let probes = control.kasmina.slots_mut().take_probes();
-        let mut evidence = Vec::new();
-        for slot in control.kasmina.slots().slots() {
-            let Some(seed) = slot.seed() else { continue };
-            if !seed.trains() {
-                continue;
-            }
-            let mut sum = 0.0f64;
-            for p in seed.parameters() {
-                if let Some(g) = grads.get(p.var.as_tensor()) {
-                    sum += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
-                }
-            }
-            evidence.push((slot.spec().id.clone(), sum.sqrt(), seed.alpha()));
-        }
-        control.signals = evidence
-            .iter()
-            .map(|(slot, norm, _)| SeedSignal {
-                slot_id: slot.clone(),
-                grad_norm: *norm,
-            })
-            .collect();
-        control.seed_grad_sq = evidence.iter().map(|(_, n, _)| n * n).sum();
-        control.last_loss = loss;
-        for (slot, grad_norm, alpha) in evidence {
-            let isolation_ok = match probes.get(&slot) {
-                Some(p) => {
-                    let report = control.monitor.check(&slot, p, grads, Instant::now())?;
-                    if !report.ok {
-                        let detail = format!(
-                            "slot {slot}: gradient relative error {:.3e}, cosine {:.6}",
-                            report.gradient_relative_error, report.gradient_cosine
-                        );
-                        // CRITICAL: onto the emergency path at once (the
-                        // sink sends it after this step), and as telemetry.
-                        self.events.extend(
-                            self.emergency
-                                .notify(&format!("seed isolation violation: {detail}")),
-                        );
-                        self.events.push(
-                            leyline::telemetry::event(
-                                "seed_isolation_violation",
-                                TelemetryLevel::Critical,
-                                detail,
-                            )
-                            .attr("slot_id", &slot)
-                            .build(),
-                        );
-                    }
-                    report.ok
-                }
-                None => true,
-            };
-            control.kasmina.lifecycle_mut().record_step(
-                &slot,
-                StepEvidence {
-                    seed_grad_norm: grad_norm,
-                    loss,
-                    alpha,
-                    isolation_ok,
-                    step_ms,
-                },
+        let report = control.kasmina.after_backward(grads, loss, step_ms)?;
+        for violation in &report.isolation_violations {
+            // CRITICAL: the sink sends it after this step.
+            self.events.extend(
+                self.emergency
+                    .notify(&format!("seed isolation violation: {}", violation.detail)),
             );
         }
+        self.drain_seed_events();
         Ok(())
     }
 
@@ -479,50 +243,31 @@ impl Trainer {
     /// of 1 024 was full.
     pub fn drain_seed_packets(&mut self) -> (Vec<TelemetryPacket>, u64) {
         match self.seeds.as_mut() {
-            Some(c) => (
-                c.packets.drain(..).collect(),
-                std::mem::take(&mut c.dropped_packets),
-            ),
+            Some(c) => c.kasmina.drain_packets(),
             None => (Vec::new(), 0),
         }
     }
 
-    /// After the optimizer step: the step's telemetry, then α ramps advance and
-    /// the lifecycle moves on evidence. `host_grad_norm` is the host's share of
-    /// the step's gradient norm.
+    /// After the optimizer step: the step's telemetry, α ramps and lifecycle
+    /// moves (Kasmina's). `host_grad_norm` is the host's share of the step's
+    /// gradient norm.
     pub(super) fn seeds_after_step(&mut self, host_grad_norm: f64) -> Result<()> {
         let Some(control) = self.seeds.as_mut() else {
             return Ok(());
         };
-        let total = (host_grad_norm * host_grad_norm + control.seed_grad_sq).sqrt();
-        let packets = kasmina::telemetry::step_packets(
-            &control.kasmina,
+        control.kasmina.after_step(
             &self.run_id,
             self.global_step,
-            now_ms(),
-            &control.signals,
-            total,
-            control.last_loss,
-        );
-        for packet in packets {
-            if control.packets.len() == PACKET_BUFFER {
-                control.packets.pop_front();
-                control.dropped_packets += 1;
-            }
-            control.packets.push_back(packet);
-        }
-        control.kasmina.slots_mut().step();
-        control
-            .kasmina
-            .advance_all(self.global_step, u64::from(self.epoch))?;
+            u64::from(self.epoch),
+            host_grad_norm,
+        )?;
         self.drain_seed_events();
         Ok(())
     }
 
     fn drain_seed_events(&mut self) {
         if let Some(control) = self.seeds.as_mut() {
-            let events = control.kasmina.lifecycle_mut().drain_events();
-            self.events.extend(events.iter().map(lifecycle_event));
+            self.events.extend(control.kasmina.drain_events());
         }
     }
 
@@ -532,19 +277,12 @@ impl Trainer {
         let Some(control) = self.seeds.as_ref() else {
             return Ok(());
         };
-        let judged: Vec<String> = control
-            .kasmina
-            .slots()
-            .slots()
-            .filter(|s| matches!(s.stage(), SeedStage::Shadowing | SeedStage::Probationary))
-            .map(|s| s.spec().id.clone())
-            .collect();
         // Each judged seed against the model without it alone (every other
         // seed, fossilized ones included, keeps its α): its own contribution.
-        for slot in judged {
+        for slot in control.kasmina.judged_slots() {
             let without = self.validate_without(&slot)?.accuracy;
             if let Some(control) = self.seeds.as_mut() {
-                control.kasmina.lifecycle_mut().record_counterfactual(
+                control.kasmina.record_counterfactual(
                     &slot,
                     Counterfactual {
                         with_seed: with_seeds_accuracy * 100.0,
@@ -557,9 +295,6 @@ impl Trainer {
             control
                 .kasmina
                 .end_epoch(self.global_step, u64::from(self.epoch))?;
-            control
-                .kasmina
-                .advance_all(self.global_step, u64::from(self.epoch))?;
         }
         self.drain_seed_events();
         Ok(())
@@ -584,35 +319,17 @@ impl Trainer {
             }
             return Ok(());
         };
-        let now = now_ms();
-        let mut refused = Vec::new();
-        for command in commands {
-            let id = command.command_id.clone();
-            if let Err(r) = control.kasmina.intake_mut().submit(command, now) {
-                refused.push((id, r.label(), r.to_string()));
-            }
-        }
-        for outcome in control
+        control
             .kasmina
-            .fence(self.global_step, u64::from(self.epoch), now)
-        {
-            if let Err(r) = outcome.result {
-                refused.push((outcome.command_id, r.label(), r.to_string()));
-            }
-        }
-        for (id, label, detail) in refused {
-            self.events.push(
-                leyline::telemetry::event(
-                    "command_rejected",
-                    TelemetryLevel::Warning,
-                    format!("command {id} refused: {detail}"),
-                )
-                .attr("command_id", id)
-                .attr("reason", label)
-                .build(),
-            );
-        }
+            .apply_commands(commands, self.global_step, u64::from(self.epoch), now_ms());
         self.drain_seed_events();
         Ok(())
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use leyline::v1::{HardwareContext, SeedStage, SlotState, SystemStatePacket};
 
-use super::seeds::seed_group;
 use super::{EpochReport, Trainer, Validation};
 use crate::config::DeviceKind;
+use kasmina::names::seed_group;
 
 /// What one packet reports beyond what the trainer holds.
 #[derive(Debug, Clone, Default)]

@@ -3,6 +3,8 @@
 
 use leyline::v1::{BlueprintTier, SlotKind};
 
+use super::conv::ConvKind;
+use super::dense::DenseKind;
 use super::{BlueprintDef, Kind};
 use crate::params::ParamSpec;
 
@@ -67,7 +69,7 @@ static CATALOG: &[BlueprintDef] = &[
         )],
         tags: &["norm"],
         description: "Normalises each sample over (C, H, W), then a per-channel scale and shift.",
-        kind: Kind::ChannelNorm,
+        kind: Kind::Conv(ConvKind::ChannelNorm),
     },
     BlueprintDef {
         id: "conv.depthwise",
@@ -85,7 +87,7 @@ static CATALOG: &[BlueprintDef] = &[
         )],
         tags: &["conv", "cheap"],
         description: "One k x k filter per channel, same padding.",
-        kind: Kind::Depthwise,
+        kind: Kind::Conv(ConvKind::Depthwise),
     },
     BlueprintDef {
         id: "conv.light",
@@ -103,7 +105,7 @@ static CATALOG: &[BlueprintDef] = &[
         )],
         tags: &["conv", "bottleneck"],
         description: "1x1 reduce, ReLU, 3x3, ReLU, 1x1 expand back to C channels.",
-        kind: Kind::LightConv,
+        kind: Kind::Conv(ConvKind::LightConv),
     },
     BlueprintDef {
         id: "conv.heavy",
@@ -121,7 +123,7 @@ static CATALOG: &[BlueprintDef] = &[
         )],
         tags: &["conv", "heavy"],
         description: "Two 3x3 convolutions C -> W -> C with ReLU between them.",
-        kind: Kind::HeavyConv,
+        kind: Kind::Conv(ConvKind::HeavyConv),
     },
     BlueprintDef {
         id: "conv.residual",
@@ -142,7 +144,7 @@ static CATALOG: &[BlueprintDef] = &[
         ],
         tags: &["conv", "residual"],
         description: "depth x [y = x + conv3x3(relu(conv3x3(x)))] through C*expansion channels.",
-        kind: Kind::Residual,
+        kind: Kind::Conv(ConvKind::Residual),
     },
     BlueprintDef {
         id: "conv.squeeze_excitation",
@@ -160,7 +162,7 @@ static CATALOG: &[BlueprintDef] = &[
         )],
         tags: &["attention", "channel"],
         description: "Global average pool, C -> C/r -> C with ReLU and sigmoid, gates the channels.",
-        kind: Kind::SqueezeExcitation,
+        kind: Kind::Conv(ConvKind::SqueezeExcitation),
     },
     BlueprintDef {
         id: "conv.spatial_attention",
@@ -181,7 +183,7 @@ static CATALOG: &[BlueprintDef] = &[
         ],
         tags: &["attention", "spatial"],
         description: "Single-head attention of every position over a pooled map, 1x1 output projection.",
-        kind: Kind::SpatialAttention,
+        kind: Kind::Conv(ConvKind::SpatialAttention),
     },
     BlueprintDef {
         id: "conv.grouped",
@@ -199,7 +201,7 @@ static CATALOG: &[BlueprintDef] = &[
         )],
         tags: &["conv", "grouped"],
         description: "A 3x3 convolution in channel groups.",
-        kind: Kind::GroupedConv,
+        kind: Kind::Conv(ConvKind::GroupedConv),
     },
     BlueprintDef {
         id: "dense.mlp_small",
@@ -217,7 +219,7 @@ static CATALOG: &[BlueprintDef] = &[
         )],
         tags: &["mlp"],
         description: "F -> H -> F with ReLU.",
-        kind: Kind::MlpSmall,
+        kind: Kind::Dense(DenseKind::MlpSmall),
     },
     BlueprintDef {
         id: "dense.mlp_large",
@@ -232,7 +234,7 @@ static CATALOG: &[BlueprintDef] = &[
         ],
         tags: &["mlp", "heavy"],
         description: "F -> H -> ... -> H -> F (depth hidden layers) with ReLU.",
-        kind: Kind::MlpLarge,
+        kind: Kind::Dense(DenseKind::MlpLarge),
     },
     BlueprintDef {
         id: "dense.low_rank",
@@ -247,7 +249,7 @@ static CATALOG: &[BlueprintDef] = &[
         ],
         tags: &["adapter", "cheap"],
         description: "(alpha / r) * B A x with A: F -> r and B: r -> F, no bias.",
-        kind: Kind::LowRank,
+        kind: Kind::Dense(DenseKind::LowRank),
     },
     BlueprintDef {
         id: "dense.gated_ff",
@@ -265,7 +267,7 @@ static CATALOG: &[BlueprintDef] = &[
         )],
         tags: &["mlp", "gated"],
         description: "W2 (gelu(W1 x) * Wg x): a GLU feed-forward block.",
-        kind: Kind::GatedFeedForward,
+        kind: Kind::Dense(DenseKind::GatedFeedForward),
     },
 ];
 

@@ -3,10 +3,25 @@
 
 use candle_core::{D, Tensor};
 
+use super::Net;
 use super::builder::{Builder, Conv, Linear};
-use super::{Kind, Net};
 use crate::error::Result;
 use crate::params::{Parameters, get, get_usize, scaled};
+
+/// The convolutional blueprints: each function below matches every
+/// variant, so a new one breaks the build until it has a count, a builder and
+/// its constraints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ConvKind {
+    ChannelNorm,
+    Depthwise,
+    LightConv,
+    HeavyConv,
+    Residual,
+    SqueezeExcitation,
+    SpatialAttention,
+    GroupedConv,
+}
 
 /// Channel normalisation over `(C, H, W)` of each sample, with a per-channel affine.
 #[derive(Debug, Clone)]
@@ -42,83 +57,87 @@ pub(crate) struct SpatialAttention {
 }
 
 /// Channels × derived width for the bottleneck, heavy and residual blocks.
-fn width(kind: Kind, p: &Parameters, c: usize) -> usize {
+fn width(kind: ConvKind, p: &Parameters, c: usize) -> usize {
     match kind {
-        Kind::LightConv => scaled(c, get(p, "bottleneck_ratio")),
-        Kind::HeavyConv => scaled(c, get(p, "width_multiplier")),
-        Kind::Residual => scaled(c, get(p, "expansion")),
-        Kind::SqueezeExcitation => scaled(c, 1.0 / get(p, "reduction")),
-        Kind::SpatialAttention => get_usize(p, "key_dim"),
+        ConvKind::LightConv => scaled(c, get(p, "bottleneck_ratio")),
+        ConvKind::HeavyConv => scaled(c, get(p, "width_multiplier")),
+        ConvKind::Residual => scaled(c, get(p, "expansion")),
+        ConvKind::SqueezeExcitation => scaled(c, 1.0 / get(p, "reduction")),
+        ConvKind::SpatialAttention => get_usize(p, "key_dim"),
         // Blueprints without a derived width use the channel count itself.
-        _ => c,
+        ConvKind::ChannelNorm | ConvKind::Depthwise | ConvKind::GroupedConv => c,
     }
 }
 
 /// Constraints beyond the parameter bounds that depend on the slot.
-pub(crate) fn fits(kind: Kind, p: &Parameters, shape: &[usize]) -> std::result::Result<(), String> {
+pub(crate) fn fits(
+    kind: ConvKind,
+    p: &Parameters,
+    shape: &[usize],
+) -> std::result::Result<(), String> {
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     match kind {
-        Kind::Depthwise => {
+        ConvKind::Depthwise => {
             let k = get_usize(p, "kernel_size");
             if k.is_multiple_of(2) {
                 return Err(format!("kernel_size {k} must be odd to keep the shape"));
             }
             Ok(())
         }
-        Kind::GroupedConv => {
+        ConvKind::GroupedConv => {
             let g = get_usize(p, "groups");
             if !c.is_multiple_of(g) {
                 return Err(format!("{c} channels do not split into {g} groups"));
             }
             Ok(())
         }
-        Kind::SpatialAttention => {
+        ConvKind::SpatialAttention => {
             let pool = get_usize(p, "kv_pool");
             if h < pool || w < pool {
                 return Err(format!("a {h}x{w} map is smaller than kv_pool {pool}"));
             }
             Ok(())
         }
-        Kind::ChannelNorm => {
+        ConvKind::ChannelNorm => {
             if c * h * w < 2 {
                 return Err("normalising a single value gives a constant".into());
             }
             Ok(())
         }
         // No constraint beyond the parameter bounds.
-        _ => Ok(()),
+        ConvKind::LightConv
+        | ConvKind::HeavyConv
+        | ConvKind::Residual
+        | ConvKind::SqueezeExcitation => Ok(()),
     }
 }
 
 /// The exact number of scalar parameters, computed from the formulas (the tests
 /// compare it with what [`build`] creates).
-pub(crate) fn count(kind: Kind, p: &Parameters, shape: &[usize]) -> u64 {
+pub(crate) fn count(kind: ConvKind, p: &Parameters, shape: &[usize]) -> u64 {
     let c = shape[0] as u64;
     let n = width(kind, p, shape[0]) as u64;
     match kind {
-        Kind::ChannelNorm => 2 * c,
-        Kind::Depthwise => {
+        ConvKind::ChannelNorm => 2 * c,
+        ConvKind::Depthwise => {
             let k = get_usize(p, "kernel_size") as u64;
             c * k * k + c
         }
-        Kind::LightConv => c * n + n + 9 * n * n + n + n * c + c,
-        Kind::HeavyConv => 9 * c * n + n + 9 * n * c + c,
-        Kind::Residual => get_usize(p, "depth") as u64 * (9 * c * n + n + 9 * n * c + c),
-        Kind::SqueezeExcitation => c * n + n + n * c + c,
-        Kind::SpatialAttention => 2 * (c * n + n) + 2 * (c * c + c),
-        Kind::GroupedConv => {
+        ConvKind::LightConv => c * n + n + 9 * n * n + n + n * c + c,
+        ConvKind::HeavyConv => 9 * c * n + n + 9 * n * c + c,
+        ConvKind::Residual => get_usize(p, "depth") as u64 * (9 * c * n + n + 9 * n * c + c),
+        ConvKind::SqueezeExcitation => c * n + n + n * c + c,
+        ConvKind::SpatialAttention => 2 * (c * n + n) + 2 * (c * c + c),
+        ConvKind::GroupedConv => {
             let g = get_usize(p, "groups") as u64;
             9 * c * (c / g) + c
         }
-        // Identity and the other slot family: no parameters here (dispatch is by
-        // slot kind; the tests compare every count with the built module).
-        _ => 0,
     }
 }
 
 /// Builds the network of a convolutional blueprint.
 pub(crate) fn build(
-    kind: Kind,
+    kind: ConvKind,
     p: &Parameters,
     shape: &[usize],
     b: &mut Builder<'_>,
@@ -126,7 +145,7 @@ pub(crate) fn build(
     let c = shape[0];
     let n = width(kind, p, c);
     Ok(match kind {
-        Kind::ChannelNorm => Net::ChannelNorm(ChannelNorm {
+        ConvKind::ChannelNorm => Net::ChannelNorm(ChannelNorm {
             eps: get(p, "eps"),
             // γ starts near 1 and β near 0 (a near-identity normaliser), but
             // drawn, so that seeds differ.
@@ -138,20 +157,20 @@ pub(crate) fn build(
             },
             beta: b.param("beta", &[c], 0.1)?,
         }),
-        Kind::Depthwise => {
+        ConvKind::Depthwise => {
             let k = get_usize(p, "kernel_size");
             Net::Conv(vec![b.conv("depthwise", c, c, k, c)?])
         }
-        Kind::LightConv => Net::ConvRelu(vec![
+        ConvKind::LightConv => Net::ConvRelu(vec![
             b.conv("reduce", c, n, 1, 1)?,
             b.conv("spatial", n, n, 3, 1)?,
             b.conv("expand", n, c, 1, 1)?,
         ]),
-        Kind::HeavyConv => Net::ConvRelu(vec![
+        ConvKind::HeavyConv => Net::ConvRelu(vec![
             b.conv("conv1", c, n, 3, 1)?,
             b.conv("conv2", n, c, 3, 1)?,
         ]),
-        Kind::Residual => {
+        ConvKind::Residual => {
             let depth = get_usize(p, "depth");
             let mut blocks = Vec::with_capacity(depth);
             for i in 0..depth {
@@ -162,11 +181,11 @@ pub(crate) fn build(
             }
             Net::Residual(Residual { blocks })
         }
-        Kind::SqueezeExcitation => Net::SqueezeExcitation(SqueezeExcitation {
+        ConvKind::SqueezeExcitation => Net::SqueezeExcitation(SqueezeExcitation {
             squeeze: b.linear("squeeze", c, n)?,
             excite: b.linear("excite", n, c)?,
         }),
-        Kind::SpatialAttention => Net::SpatialAttention(SpatialAttention {
+        ConvKind::SpatialAttention => Net::SpatialAttention(SpatialAttention {
             key_dim: n,
             kv_pool: get_usize(p, "kv_pool"),
             query: b.linear("query", c, n)?,
@@ -174,12 +193,10 @@ pub(crate) fn build(
             value: b.linear("value", c, c)?,
             output: b.linear("output", c, c)?,
         }),
-        Kind::GroupedConv => {
+        ConvKind::GroupedConv => {
             let g = get_usize(p, "groups");
             Net::Conv(vec![b.conv("grouped", c, c, 3, g)?])
         }
-        // Identity and the other slot family (dispatch is by slot kind).
-        _ => Net::Identity,
     })
 }
 

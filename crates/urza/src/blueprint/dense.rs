@@ -3,10 +3,21 @@
 
 use candle_core::Tensor;
 
+use super::Net;
 use super::builder::{Builder, Linear};
-use super::{Kind, Net};
 use crate::error::Result;
 use crate::params::{Parameters, get, get_usize, scaled};
+
+/// The dense blueprints: each function below matches every
+/// variant, so a new one breaks the build until it has a count, a builder and
+/// its constraints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum DenseKind {
+    MlpSmall,
+    MlpLarge,
+    LowRank,
+    GatedFeedForward,
+}
 
 /// Linear layers with ReLU between them.
 #[derive(Debug, Clone)]
@@ -30,22 +41,24 @@ pub(crate) struct GatedFeedForward {
     output: Linear,
 }
 
-fn hidden(kind: Kind, p: &Parameters, f: usize) -> usize {
+fn hidden(kind: DenseKind, p: &Parameters, f: usize) -> usize {
     match kind {
-        Kind::MlpSmall | Kind::MlpLarge | Kind::GatedFeedForward => {
+        DenseKind::MlpSmall | DenseKind::MlpLarge | DenseKind::GatedFeedForward => {
             scaled(f, get(p, "hidden_multiple"))
         }
-        Kind::LowRank => get_usize(p, "rank"),
-        // Blueprints without a hidden width use the feature count itself.
-        _ => f,
+        DenseKind::LowRank => get_usize(p, "rank"),
     }
 }
 
 /// Constraints beyond the parameter bounds that depend on the slot.
-pub(crate) fn fits(kind: Kind, p: &Parameters, shape: &[usize]) -> std::result::Result<(), String> {
+pub(crate) fn fits(
+    kind: DenseKind,
+    p: &Parameters,
+    shape: &[usize],
+) -> std::result::Result<(), String> {
     let f = shape[0];
     match kind {
-        Kind::LowRank => {
+        DenseKind::LowRank => {
             let r = get_usize(p, "rank");
             if r > f {
                 return Err(format!("rank {r} exceeds the {f} features"));
@@ -53,31 +66,28 @@ pub(crate) fn fits(kind: Kind, p: &Parameters, shape: &[usize]) -> std::result::
             Ok(())
         }
         // No constraint beyond the parameter bounds.
-        _ => Ok(()),
+        DenseKind::MlpSmall | DenseKind::MlpLarge | DenseKind::GatedFeedForward => Ok(()),
     }
 }
 
 /// The exact number of scalar parameters, from the formulas.
-pub(crate) fn count(kind: Kind, p: &Parameters, shape: &[usize]) -> u64 {
+pub(crate) fn count(kind: DenseKind, p: &Parameters, shape: &[usize]) -> u64 {
     let f = shape[0] as u64;
     let h = hidden(kind, p, shape[0]) as u64;
     match kind {
-        Kind::MlpSmall => f * h + h + h * f + f,
-        Kind::MlpLarge => {
+        DenseKind::MlpSmall => f * h + h + h * f + f,
+        DenseKind::MlpLarge => {
             let depth = get_usize(p, "depth") as u64;
             f * h + h + (depth - 1) * (h * h + h) + h * f + f
         }
-        Kind::LowRank => 2 * f * h,
-        Kind::GatedFeedForward => 2 * (f * h + h) + h * f + f,
-        // Identity and the other slot family: no parameters here (dispatch is by
-        // slot kind; the tests compare every count with the built module).
-        _ => 0,
+        DenseKind::LowRank => 2 * f * h,
+        DenseKind::GatedFeedForward => 2 * (f * h + h) + h * f + f,
     }
 }
 
 /// Builds the network of a dense blueprint.
 pub(crate) fn build(
-    kind: Kind,
+    kind: DenseKind,
     p: &Parameters,
     shape: &[usize],
     b: &mut Builder<'_>,
@@ -85,10 +95,10 @@ pub(crate) fn build(
     let f = shape[0];
     let h = hidden(kind, p, f);
     Ok(match kind {
-        Kind::MlpSmall => Net::Mlp(Mlp {
+        DenseKind::MlpSmall => Net::Mlp(Mlp {
             layers: vec![b.linear("fc1", f, h)?, b.linear("fc2", h, f)?],
         }),
-        Kind::MlpLarge => {
+        DenseKind::MlpLarge => {
             let depth = get_usize(p, "depth");
             let mut layers = vec![b.linear("fc0", f, h)?];
             for i in 1..depth {
@@ -97,18 +107,16 @@ pub(crate) fn build(
             layers.push(b.linear(&format!("fc{depth}"), h, f)?);
             Net::Mlp(Mlp { layers })
         }
-        Kind::LowRank => Net::LowRank(LowRank {
+        DenseKind::LowRank => Net::LowRank(LowRank {
             scale: get(p, "alpha") / h as f64,
             down: b.linear_no_bias("down", f, h)?,
             up: b.linear_no_bias("up", h, f)?,
         }),
-        Kind::GatedFeedForward => Net::GatedFeedForward(GatedFeedForward {
+        DenseKind::GatedFeedForward => Net::GatedFeedForward(GatedFeedForward {
             value: b.linear("value", f, h)?,
             gate: b.linear("gate", f, h)?,
             output: b.linear("output", h, f)?,
         }),
-        // Identity and the other slot family (dispatch is by slot kind).
-        _ => Net::Identity,
     })
 }
 

@@ -16,25 +16,18 @@ pub use catalog::{catalog, definition};
 
 use crate::error::{Error, Result};
 use crate::params::{self, ParamSpec, Parameters};
-use crate::slot::SlotSpec;
+use crate::slot::SlotShape;
 use builder::Builder;
 
 /// Which builder a blueprint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kind {
+    /// The no-op seed, on any slot.
     Identity,
-    ChannelNorm,
-    Depthwise,
-    LightConv,
-    HeavyConv,
-    Residual,
-    SqueezeExcitation,
-    SpatialAttention,
-    GroupedConv,
-    MlpSmall,
-    MlpLarge,
-    LowRank,
-    GatedFeedForward,
+    /// A convolutional blueprint (conv slots).
+    Conv(conv::ConvKind),
+    /// A dense blueprint (dense slots).
+    Dense(dense::DenseKind),
 }
 
 /// One blueprint of the built-in catalog.
@@ -100,7 +93,7 @@ impl BlueprintDef {
 
     /// Checks `params` against the declared bounds and the slot (kind, shape
     /// constraints such as divisibility or rank ≤ features).
-    pub fn check(&self, params: &Parameters, slot: &SlotSpec) -> Result<()> {
+    pub fn check(&self, params: &Parameters, slot: &SlotShape) -> Result<()> {
         params::validate(self.id, self.params, params)?;
         if !self.slot_kinds.contains(&slot.kind()) {
             return Err(Error::SlotMismatch {
@@ -109,10 +102,14 @@ impl BlueprintDef {
                 reason: format!("supports {:?} slots only", self.slot_kinds),
             });
         }
-        let fit = match slot.kind() {
-            SlotKind::Conv2d => conv::fits(self.kind, params, slot.shape()),
-            SlotKind::Dense => dense::fits(self.kind, params, slot.shape()),
-            SlotKind::Unspecified => Err("slot kind is unspecified".to_string()),
+        let fit = match (self.kind, slot.kind()) {
+            (_, SlotKind::Unspecified) => Err("slot kind is unspecified".to_string()),
+            (Kind::Identity, SlotKind::Conv2d | SlotKind::Dense) => Ok(()),
+            (Kind::Conv(kind), SlotKind::Conv2d) => conv::fits(kind, params, slot.shape()),
+            (Kind::Dense(kind), SlotKind::Dense) => dense::fits(kind, params, slot.shape()),
+            (Kind::Conv(_), SlotKind::Dense) | (Kind::Dense(_), SlotKind::Conv2d) => {
+                Err("a blueprint of the other slot kind".to_string())
+            }
         };
         fit.map_err(|reason| Error::SlotMismatch {
             blueprint_id: self.id.to_string(),
@@ -122,13 +119,13 @@ impl BlueprintDef {
     }
 
     /// The exact number of scalar parameters an instance for `slot` has.
-    pub fn parameter_count(&self, params: &Parameters, slot: &SlotSpec) -> Result<u64> {
+    pub fn parameter_count(&self, params: &Parameters, slot: &SlotShape) -> Result<u64> {
         self.check(params, slot)?;
-        Ok(match (self.kind, slot.kind()) {
-            (Kind::Identity, _) => 0,
-            (_, SlotKind::Conv2d) => conv::count(self.kind, params, slot.shape()),
-            (_, SlotKind::Dense) => dense::count(self.kind, params, slot.shape()),
-            (_, SlotKind::Unspecified) => 0,
+        // `check` refused every combination that is not handled here.
+        Ok(match self.kind {
+            Kind::Identity => 0,
+            Kind::Conv(kind) => conv::count(kind, params, slot.shape()),
+            Kind::Dense(kind) => dense::count(kind, params, slot.shape()),
         })
     }
 
@@ -136,15 +133,15 @@ impl BlueprintDef {
     pub fn build(
         &self,
         params: &Parameters,
-        slot: &SlotSpec,
+        slot: &SlotShape,
         weights: Weights<'_>,
     ) -> Result<BlueprintModule> {
         self.check(params, slot)?;
         let mut builder = Builder::new(weights, format!("{} for {slot}", self.id));
-        let net = match (self.kind, slot.kind()) {
-            (Kind::Identity, _) | (_, SlotKind::Unspecified) => Net::Identity,
-            (_, SlotKind::Conv2d) => conv::build(self.kind, params, slot.shape(), &mut builder)?,
-            (_, SlotKind::Dense) => dense::build(self.kind, params, slot.shape(), &mut builder)?,
+        let net = match self.kind {
+            Kind::Identity => Net::Identity,
+            Kind::Conv(kind) => conv::build(kind, params, slot.shape(), &mut builder)?,
+            Kind::Dense(kind) => dense::build(kind, params, slot.shape(), &mut builder)?,
         };
         let vars = builder.finish()?;
         Ok(BlueprintModule {
@@ -179,7 +176,7 @@ pub(crate) enum Net {
 #[derive(Debug, Clone)]
 pub struct BlueprintModule {
     blueprint_id: String,
-    slot: SlotSpec,
+    slot: SlotShape,
     params: Parameters,
     vars: Vec<(String, Var)>,
     net: Net,
@@ -192,7 +189,7 @@ impl BlueprintModule {
     }
 
     /// The slot it was built for.
-    pub fn slot(&self) -> &SlotSpec {
+    pub fn slot(&self) -> &SlotShape {
         &self.slot
     }
 

@@ -10,24 +10,24 @@ use proptest::prelude::*;
 use super::*;
 use crate::forge::{ForgeOptions, forge};
 
-fn slots(kind: SlotKind) -> Vec<SlotSpec> {
+fn slots(kind: SlotKind) -> Vec<SlotShape> {
     match kind {
         SlotKind::Conv2d => vec![
-            SlotSpec::conv2d(4, 6, 6).unwrap(),
-            SlotSpec::conv2d(8, 5, 7).unwrap(),
-            SlotSpec::conv2d(6, 4, 4).unwrap(),
+            SlotShape::conv2d(4, 6, 6).unwrap(),
+            SlotShape::conv2d(8, 5, 7).unwrap(),
+            SlotShape::conv2d(6, 4, 4).unwrap(),
         ],
         SlotKind::Dense => vec![
-            SlotSpec::dense(8).unwrap(),
-            SlotSpec::dense(16).unwrap(),
-            SlotSpec::dense(33).unwrap(),
+            SlotShape::dense(8).unwrap(),
+            SlotShape::dense(16).unwrap(),
+            SlotShape::dense(33).unwrap(),
         ],
         SlotKind::Unspecified => vec![],
     }
 }
 
 /// Builds, runs forward and backward, and checks shape, gradients and count.
-fn prove(def: &BlueprintDef, params: &Parameters, slot: &SlotSpec) -> Vec<String> {
+fn prove(def: &BlueprintDef, params: &Parameters, slot: &SlotShape) -> Vec<String> {
     let forged = forge(
         def,
         params,
@@ -113,8 +113,8 @@ fn every_declared_parameter_changes_the_module() {
     // Changing any one parameter (others at default) changes the parameter
     // count or, with the same weights seed, the output: no parameter is ignored.
     let slot_for = |def: &BlueprintDef| match def.slot_kinds[0] {
-        SlotKind::Conv2d => SlotSpec::conv2d(8, 6, 6).unwrap(),
-        SlotKind::Dense | SlotKind::Unspecified => SlotSpec::dense(64).unwrap(),
+        SlotKind::Conv2d => SlotShape::conv2d(8, 6, 6).unwrap(),
+        SlotKind::Dense | SlotKind::Unspecified => SlotShape::dense(64).unwrap(),
     };
     for def in catalog() {
         let slot = slot_for(def);
@@ -149,25 +149,25 @@ fn slot_constraints_are_typed_errors() {
     let grouped = definition("conv.grouped").unwrap();
     let mut params = grouped.default_parameters();
     params.insert("groups".into(), 3.0);
-    let err = grouped.check(&params, &SlotSpec::conv2d(8, 4, 4).unwrap());
+    let err = grouped.check(&params, &SlotShape::conv2d(8, 4, 4).unwrap());
     assert!(matches!(err, Err(Error::SlotMismatch { .. })), "{err:?}");
     let depthwise = definition("conv.depthwise").unwrap();
     let mut params = depthwise.default_parameters();
     params.insert("kernel_size".into(), 4.0);
     assert!(
         depthwise
-            .check(&params, &SlotSpec::conv2d(4, 6, 6).unwrap())
+            .check(&params, &SlotShape::conv2d(4, 6, 6).unwrap())
             .is_err()
     );
     let lora = definition("dense.low_rank").unwrap();
     let mut params = lora.default_parameters();
     params.insert("rank".into(), 9.0);
-    assert!(lora.check(&params, &SlotSpec::dense(8).unwrap()).is_err());
+    assert!(lora.check(&params, &SlotShape::dense(8).unwrap()).is_err());
     let mlp = definition("dense.mlp_small").unwrap();
     assert!(
         mlp.check(
             &mlp.default_parameters(),
-            &SlotSpec::conv2d(4, 4, 4).unwrap()
+            &SlotShape::conv2d(4, 4, 4).unwrap()
         )
         .is_err()
     );
@@ -176,7 +176,7 @@ fn slot_constraints_are_typed_errors() {
 #[test]
 fn a_module_rejects_inputs_of_another_shape() {
     let def = definition("conv.residual").unwrap();
-    let slot = SlotSpec::conv2d(4, 6, 6).unwrap();
+    let slot = SlotShape::conv2d(4, 6, 6).unwrap();
     let mut init = ParamInit::new(1, Device::Cpu);
     let module = def
         .build(&def.default_parameters(), &slot, Weights::Init(&mut init))
@@ -188,7 +188,7 @@ fn a_module_rejects_inputs_of_another_shape() {
 #[test]
 fn stored_weights_rebuild_the_same_module_and_bad_sets_are_refused() {
     let def = definition("conv.light").unwrap();
-    let slot = SlotSpec::conv2d(4, 5, 5).unwrap();
+    let slot = SlotShape::conv2d(4, 5, 5).unwrap();
     let params = def.default_parameters();
     let mut init = ParamInit::new(3, Device::Cpu);
     let module = def.build(&params, &slot, Weights::Init(&mut init)).unwrap();
@@ -279,8 +279,8 @@ proptest! {
         let mut params = def.default_parameters();
         params.insert(spec.name.to_string(), value);
         let slot = match def.slot_kinds[0] {
-            SlotKind::Conv2d => SlotSpec::conv2d(8, 5, 5).unwrap(),
-            SlotKind::Dense | SlotKind::Unspecified => SlotSpec::dense(64).unwrap(),
+            SlotKind::Conv2d => SlotShape::conv2d(8, 5, 5).unwrap(),
+            SlotKind::Dense | SlotKind::Unspecified => SlotShape::dense(64).unwrap(),
         };
         let inside = value >= spec.min && value <= spec.max && (!spec.integer || value.fract() == 0.0);
         let result = def.check(&params, &slot);

@@ -20,7 +20,7 @@ use super::generated::urza_service_server::{UrzaService, UrzaServiceServer};
 use super::{CHUNK_BYTES, MAX_ARTIFACT_BYTES, to_status};
 use crate::error::{Error, Result};
 use crate::library::{CatalogQuery, Library, Measured};
-use crate::slot::SlotSpec;
+use crate::slot::SlotShape;
 
 type ChunkStream = Pin<Box<dyn Stream<Item = std::result::Result<ArtifactChunk, Status>> + Send>>;
 type UpdateStream =
@@ -151,7 +151,7 @@ impl UrzaService for Service {
         request: Request<EnsureArtifactRequest>,
     ) -> std::result::Result<Response<ArtifactRecord>, Status> {
         let r = request.into_inner();
-        let slot = SlotSpec::from_wire(r.slot_kind, &r.slot_shape).map_err(|e| to_status(&e))?;
+        let slot = SlotShape::from_wire(r.slot_kind, &r.slot_shape).map_err(|e| to_status(&e))?;
         let record = self
             .blocking(move |l| {
                 l.ensure_artifact(&r.blueprint_id, &slot, &r.parameters, r.init_seed)

@@ -229,7 +229,7 @@ pub(crate) fn quarantine_blueprint(
 }
 
 /// The key an artifact's slot is indexed by.
-pub(crate) fn slot_key(slot: &crate::SlotSpec) -> String {
+pub(crate) fn slot_key(slot: &crate::SlotShape) -> String {
     slot.to_string()
 }
 

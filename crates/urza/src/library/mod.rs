@@ -34,7 +34,7 @@ use crate::blueprint::{BlueprintModule, catalog, definition};
 use crate::error::{Error, Result, rejected};
 use crate::forge::{ForgeOptions, forge};
 use crate::params::Parameters;
-use crate::slot::SlotSpec;
+use crate::slot::SlotShape;
 use files::Layout;
 
 /// Library settings (the `[urza]` config section fills them).
@@ -333,7 +333,7 @@ impl Library {
     pub fn ensure_artifact(
         &self,
         blueprint_id: &str,
-        slot: &SlotSpec,
+        slot: &SlotShape,
         params: &Parameters,
         init_seed: u64,
     ) -> Result<ArtifactRecord> {

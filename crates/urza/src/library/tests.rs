@@ -8,8 +8,8 @@ fn open(dir: &Path) -> Library {
     Library::open(LibraryConfig::new(dir)).unwrap().0
 }
 
-fn slot() -> SlotSpec {
-    SlotSpec::conv2d(4, 6, 6).unwrap()
+fn slot() -> SlotShape {
+    SlotShape::conv2d(4, 6, 6).unwrap()
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn flipping_one_byte_is_detected_on_load_and_quarantines_the_artifact() {
     let record = library
         .ensure_artifact(
             "dense.low_rank",
-            &SlotSpec::dense(16).unwrap(),
+            &SlotShape::dense(16).unwrap(),
             &Parameters::new(),
             1,
         )
@@ -152,7 +152,7 @@ fn flipping_one_byte_is_detected_on_load_and_quarantines_the_artifact() {
     let fresh = library
         .ensure_artifact(
             "dense.low_rank",
-            &SlotSpec::dense(16).unwrap(),
+            &SlotShape::dense(16).unwrap(),
             &Parameters::new(),
             2,
         )
@@ -235,7 +235,7 @@ fn bad_uploads_are_rejected_and_leave_the_library_unchanged() {
     let record = library
         .ensure_artifact(
             "dense.mlp_small",
-            &SlotSpec::dense(8).unwrap(),
+            &SlotShape::dense(8).unwrap(),
             &Parameters::new(),
             1,
         )

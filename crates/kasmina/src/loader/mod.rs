@@ -28,7 +28,7 @@ use leyline::v1::{
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use urza::library::ArtifactCache;
-use urza::{BlueprintModule, BlueprintStore, EnsureRequest, Parameters, SlotSpec};
+use urza::{BlueprintModule, BlueprintStore, EnsureRequest, Parameters, SlotShape};
 
 use crate::error::{Error, Result};
 
@@ -63,7 +63,7 @@ pub struct KernelRequest {
     /// Blueprint id.
     pub blueprint_id: String,
     /// The slot.
-    pub slot: SlotSpec,
+    pub slot: SlotShape,
     /// Parameters (empty: the blueprint's defaults).
     pub parameters: Parameters,
     /// Seed of the initial weights if the artifact must be forged.
@@ -382,7 +382,7 @@ impl crate::KernelSource for ManagedSource {
         &mut self,
         blueprint_id: &str,
         params: &Parameters,
-        slot: &SlotSpec,
+        slot: &SlotShape,
         init_seed: u64,
     ) -> urza::Result<(String, BlueprintModule)> {
         let request = KernelRequest {

@@ -81,7 +81,7 @@ impl BlueprintStore for TestStore {
 fn request(blueprint: &str) -> KernelRequest {
     KernelRequest {
         blueprint_id: blueprint.into(),
-        slot: SlotSpec::conv2d(4, 6, 6).unwrap(),
+        slot: SlotShape::conv2d(4, 6, 6).unwrap(),
         parameters: Parameters::new(),
         init_seed: 3,
     }

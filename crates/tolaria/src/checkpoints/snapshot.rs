@@ -108,7 +108,7 @@ impl Snapshot {
         if let Some(missing) = self
             .params
             .keys()
-            .find(|name| !given.contains(name.as_str()) && !name.starts_with("seed/"))
+            .find(|name| !given.contains(name.as_str()) && !kasmina::names::is_seed_name(name))
         {
             return Err(Error::Optimizer(format!(
                 "snapshot holds {missing}, which the model does not have ({} saved, {} given)",
@@ -144,7 +144,7 @@ impl Snapshot {
         let state = self
             .optimizer
             .iter()
-            .filter(|(name, _)| known.contains(*name) || !name.starts_with("seed/"))
+            .filter(|(name, _)| known.contains(*name) || !kasmina::names::is_seed_name(name))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         optimizer.import_state(state)

@@ -1,0 +1,190 @@
+//! What `esper train` does after each epoch and at the end of a run, as
+//! library code (so that tests exercise what the program runs): the epoch's
+//! state packet, metrics, seed telemetry and field reports published on Oona,
+//! the trainer's and the controller's telemetry events and emergency signals
+//! sent, and the controller's decisions gathered into the run summary.
+//! Nothing here prints: each function returns the lines an operator should
+//! see, and the program decides where they go.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tolaria::fence::{DecisionKind, DecisionRecord};
+use tolaria::{EpochReport, Trainer};
+
+use crate::RunBus;
+use crate::config::Resolved;
+use crate::error::Result;
+
+/// The controller's decisions over a run, for its summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ControlSummary {
+    /// Every command, vetoed proposal and failed step, in order.
+    pub decisions: Vec<DecisionRecord>,
+    /// WAIT decisions by rule.
+    pub waits: BTreeMap<String, u64>,
+    /// Field reports by outcome (`SUCCESS`, `NEUTRAL`, …).
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+impl ControlSummary {
+    /// Takes the trainer's decisions since the last call: WAITs counted by
+    /// rule, everything else kept with its evidence.
+    pub fn absorb(&mut self, decisions: Vec<DecisionRecord>) {
+        for d in decisions {
+            match d.kind {
+                DecisionKind::Wait => *self.waits.entry(d.rule).or_default() += 1,
+                DecisionKind::Command | DecisionKind::Vetoed | DecisionKind::Error => {
+                    self.decisions.push(d);
+                }
+            }
+        }
+    }
+
+    /// Counts field reports by outcome.
+    pub fn count_reports(&mut self, reports: &[leyline::v1::FieldReport]) {
+        for report in reports {
+            let outcome = leyline::v1::FieldReportOutcome::try_from(report.outcome)
+                .unwrap_or(leyline::v1::FieldReportOutcome::Unspecified)
+                .as_str_name()
+                .trim_start_matches("FIELD_REPORT_OUTCOME_")
+                .to_owned();
+            *self.outcomes.entry(outcome).or_default() += 1;
+        }
+    }
+
+    /// The run summary: every command and failed step with its evidence,
+    /// field reports by outcome, WAITs by rule, and where each seed ended.
+    pub fn render(&self, seeds: &[kasmina::SeedSummary]) -> String {
+        let mut out = String::from("esper train: controller decisions\n");
+        if self.decisions.is_empty() {
+            out.push_str("  (no command issued)\n");
+        }
+        for d in &self.decisions {
+            let _ = writeln!(
+                out,
+                "  epoch {:>3} step {:>6} | {} | {} | {}",
+                d.epoch, d.global_step, d.action, d.rule, d.evidence
+            );
+        }
+        let counts = |map: &BTreeMap<String, u64>, lower: bool| {
+            map.iter()
+                .map(|(k, n)| {
+                    let k = if lower { k.to_lowercase() } else { k.clone() };
+                    format!("{k} {n}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.outcomes.is_empty() {
+            let _ = writeln!(out, "  field reports: {}", counts(&self.outcomes, true));
+        }
+        if !self.waits.is_empty() {
+            let _ = writeln!(out, "  waits: {}", counts(&self.waits, false));
+        }
+        for s in seeds {
+            let _ = writeln!(
+                out,
+                "  seed {} at {}: {} ended {}",
+                s.seed,
+                s.slot,
+                s.blueprint,
+                s.stage.as_str_name().trim_start_matches("SEED_STAGE_")
+            );
+        }
+        out
+    }
+}
+
+/// Publishes what epoch `report` produced: the state packet (NORMAL), the
+/// validation metrics, the seed telemetry packets (LOW), the controller's
+/// field reports (with retries; an unpublished one stays in
+/// `field_reports.wal`), then every event and signal ([`flush_events`]).
+/// Returns the lines an operator should see (sheds, drops, failures).
+pub fn publish_epoch(
+    resolved: &Resolved,
+    bus: &RunBus,
+    trainer: &mut Trainer,
+    report: &EpochReport,
+    summary: &mut ControlSummary,
+) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let packet = tolaria::packet::state_packet(trainer, report);
+    if let oona::Published::Shed { stream, reason } = bus.publish_state(&packet)? {
+        notes.push(format!(
+            "state packet shed from {stream} ({})",
+            reason.as_str()
+        ));
+    }
+    bus.metric(leyline::telemetry::metric(
+        "validation_accuracy",
+        report.validation.accuracy,
+        "ratio",
+    ));
+    bus.metric(leyline::telemetry::metric(
+        "train_images_per_second",
+        report.train_images_per_second,
+        "img/s",
+    ));
+    let (packets, dropped) = trainer.drain_seed_packets();
+    if dropped > 0 {
+        notes.push(format!(
+            "{dropped} seed telemetry packet(s) dropped (buffer full)"
+        ));
+    }
+    let shed = bus
+        .publish_telemetry(&packets)?
+        .iter()
+        .filter(|p| matches!(p, oona::Published::Shed { .. }))
+        .count();
+    if shed > 0 {
+        notes.push(format!(
+            "{shed} seed telemetry packet(s) shed under backpressure"
+        ));
+    }
+    let reports = trainer.drain_field_reports();
+    summary.count_reports(&reports);
+    for (report, why) in bus.publish_field_reports(
+        reports,
+        resolved.config.leyline.limits.max_retries,
+        Duration::from_millis(resolved.config.oona.retry_backoff_ms),
+    ) {
+        notes.push(format!(
+            "field report {} not published ({why}); it is in field_reports.wal",
+            report.report_id
+        ));
+    }
+    notes.extend(flush_events(bus, trainer, summary));
+    Ok(notes)
+}
+
+/// Sends the trainer's telemetry events (the controller's included) and its
+/// emergency signals over Oona, and gathers the controller's decisions into
+/// `summary`. A signal that cannot be published stays in the outbox for the
+/// next call. Returns a line per event and signal, for the operator.
+pub fn flush_events(
+    bus: &RunBus,
+    trainer: &mut Trainer,
+    summary: &mut ControlSummary,
+) -> Vec<String> {
+    summary.absorb(trainer.drain_decisions());
+    let mut notes = Vec::new();
+    for event in trainer.drain_events() {
+        notes.push(format!("{}: {}", event.name, event.description));
+        bus.emit(event);
+    }
+    trainer.emergency().outbox().drain(|signal| {
+        notes.push(format!(
+            "emergency {}: {}",
+            signal.level().as_str_name(),
+            signal.reason
+        ));
+        bus.publish_signal(signal.clone())
+            .map(|_| ())
+            .inspect_err(|e| {
+                notes.push(format!("emergency signal not yet delivered (kept): {e}"));
+            })
+    });
+    notes
+}

@@ -1,0 +1,10 @@
+//! The `esper` program's integration tests, in one binary (one link instead of one per file).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod cli;
+mod control;
+mod grow;
+mod script;
