@@ -4,7 +4,7 @@
 //!
 //! The batch is split into one contiguous run of samples per thread. For each
 //! sample, its image is unfolded into a per-thread `[C·kh·kw, L]` scratch
-//! matrix ([`geometry`]) and each channel group's `[M, K]` kernel block
+//! matrix (`geometry`) and each channel group's `[M, K]` kernel block
 //! multiplies its `K` rows, the product written straight into the sample's
 //! `[M, L]` block of the `[N, Cout, L]` output: no whole-batch unfolded matrix,
 //! and no transpose or copy of the output in either direction (the earlier
@@ -19,7 +19,7 @@
 //!   through a loop-nest `conv_transpose2d`).
 //!
 //! The GEMMs are the `gemm` crate's (candle's CPU matmul kernel), through
-//! [`crate::gemm`]; single-threaded inside the per-sample loop, on the rayon
+//! `crate::gemm`; single-threaded inside the per-sample loop, on the rayon
 //! pool when the batch has fewer samples than threads. Hot-path allocations
 //! are the output, one scratch matrix per thread and (kernel gradient) one
 //! partial per thread. On CUDA, candle's own kernels run instead.
