@@ -31,7 +31,7 @@ impl Default for BreakerConfig {
 
 /// The breaker.
 #[derive(Debug, Clone)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     config: BreakerConfig,
     state: CircuitBreakerState,
     failures: u32,
@@ -41,7 +41,7 @@ pub struct Breaker {
 
 impl Breaker {
     /// A closed breaker.
-    pub fn new(config: BreakerConfig) -> Self {
+    pub(crate) fn new(config: BreakerConfig) -> Self {
         Self {
             config,
             state: CircuitBreakerState::Closed,
@@ -52,7 +52,7 @@ impl Breaker {
     }
 
     /// The state at `now` (an open breaker whose time is up is half-open).
-    pub fn state(&mut self, now: Instant) -> CircuitBreakerState {
+    pub(crate) fn state(&mut self, now: Instant) -> CircuitBreakerState {
         if self.state == CircuitBreakerState::Open
             && self
                 .opened_at
@@ -65,12 +65,12 @@ impl Breaker {
     }
 
     /// Whether the breaker is open at `now`.
-    pub fn is_open(&mut self, now: Instant) -> bool {
+    pub(crate) fn is_open(&mut self, now: Instant) -> bool {
         self.state(now) == CircuitBreakerState::Open
     }
 
     /// Records an outcome at `now`.
-    pub fn record(&mut self, ok: bool, now: Instant) {
+    pub(crate) fn record(&mut self, ok: bool, now: Instant) {
         let state = self.state(now);
         match (state, ok) {
             (CircuitBreakerState::Open, _) => {}

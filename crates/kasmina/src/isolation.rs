@@ -56,7 +56,7 @@ impl Default for IsolationConfig {
 /// The zero-valued probe variables of one checked step, and the tensors
 /// they observed.
 #[derive(Debug, Clone)]
-pub struct Probes {
+pub(crate) struct Probes {
     at_h: Var,
     at_y: Var,
     h: Tensor,
@@ -65,7 +65,7 @@ pub struct Probes {
 
 impl Probes {
     /// A zero probe shaped like `h`, and `h + 0` to feed the slot with.
-    pub fn enter(h: &Tensor) -> Result<(Var, Tensor)> {
+    pub(crate) fn enter(h: &Tensor) -> Result<(Var, Tensor)> {
         let at_h = Var::zeros(h.shape(), h.dtype(), h.device())?;
         let probed = (h + at_h.as_tensor())?;
         Ok((at_h, probed))
@@ -73,7 +73,7 @@ impl Probes {
 
     /// Completes the probes with the slot output `y`; returns them and `y + 0`
     /// for the rest of the forward.
-    pub fn leave(at_h: Var, h: Tensor, y: Tensor) -> Result<(Self, Tensor)> {
+    pub(crate) fn leave(at_h: Var, h: Tensor, y: Tensor) -> Result<(Self, Tensor)> {
         let at_y = Var::zeros(y.shape(), y.dtype(), y.device())?;
         let probed = (&y + at_y.as_tensor())?;
         Ok((Self { at_h, at_y, h, y }, probed))
@@ -82,7 +82,7 @@ impl Probes {
 
 /// One check's measurements.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct IsolationReport {
+pub(crate) struct IsolationReport {
     /// ‖y − h‖ / ‖h‖ on the samples.
     pub forward_relative_error: f64,
     /// ‖∂h − ∂y‖ / ‖∂y‖ on the samples.
@@ -102,7 +102,7 @@ struct Session {
 }
 
 /// Isolation sessions by slot.
-pub struct IsolationMonitor {
+pub(crate) struct IsolationMonitor {
     config: IsolationConfig,
     sessions: BTreeMap<String, Session>,
     rng: ChaCha8Rng,
@@ -118,7 +118,7 @@ impl std::fmt::Debug for IsolationMonitor {
 
 impl IsolationMonitor {
     /// A monitor with `config`.
-    pub fn new(config: IsolationConfig) -> Self {
+    pub(crate) fn new(config: IsolationConfig) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
         Self {
             config,
@@ -129,7 +129,7 @@ impl IsolationMonitor {
 
     /// Opens a session for `slot_id`, whose activation has `features` values
     /// per sample; the sampled coordinates are fixed from now on.
-    pub fn open(&mut self, slot_id: &str, features: usize) {
+    pub(crate) fn open(&mut self, slot_id: &str, features: usize) {
         let features = features.max(1);
         let picks = (0..self.config.samples.max(1))
             .map(|_| (self.rng.next_u64() % features as u64) as u32)
@@ -144,18 +144,18 @@ impl IsolationMonitor {
     }
 
     /// Closes the session of `slot_id`.
-    pub fn close(&mut self, slot_id: &str) {
+    pub(crate) fn close(&mut self, slot_id: &str) {
         self.sessions.remove(slot_id);
     }
 
     /// Whether `slot_id` has a session.
-    pub fn is_open(&self, slot_id: &str) -> bool {
+    pub(crate) fn is_open(&self, slot_id: &str) -> bool {
         self.sessions.contains_key(slot_id)
     }
 
     /// Checks the invariant for one step from the probes the slot ran through
     /// and the step's gradients.
-    pub fn check(
+    pub(crate) fn check(
         &mut self,
         slot_id: &str,
         probes: &Probes,

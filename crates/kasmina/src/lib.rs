@@ -13,9 +13,11 @@
 //!   a failed gate culls (CULLED → EMBARGOED → RESETTING → DORMANT) with a
 //!   rollback payload; every gate evaluation and move is recorded.
 //!
-//! * [`isolation`]: proves the incubator invariant on sampled coordinates
-//!   (normalised measures, a [`breaker`] that opens on repeated violations).
-//! * [`registry`]: one owner per parameter; `validate_update` before each step.
+//! * The isolation monitor proves the incubator invariant on sampled
+//!   coordinates (normalised measures, a breaker that opens on repeated
+//!   violations; [`IsolationConfig`], [`BreakerConfig`]).
+//! * The parameter registry: one [`Owner`] per parameter, every optimizer
+//!   group checked before each step ([`Kasmina::check_group`]).
 //!
 //! * [`intake`]: AdaptationCommands validated and verified on arrival, applied
 //!   at a fence (deadline, generation, `apply_at_step`), SEED commands only.
@@ -31,8 +33,10 @@
 //!
 //! A training loop drives it all through the step-shaped façade of
 //! [`Kasmina`]: `before_step`, `after_backward` (returns a [`StepReport`]),
-//! `after_step`, `end_epoch` and `apply_commands`. Tolaria's
-//! `Trainer::with_kasmina` is such a loop.
+//! `after_step`, `end_epoch` and `apply_commands`; it drains the per-step
+//! telemetry packets and events with `drain_packets` and `drain_events`.
+//! Tolaria's `Trainer::with_kasmina` is such a loop. [`names`] is the one home
+//! of the parameter-name scheme.
 //!
 //! * [`Config`]: the `[kasmina]` section (gates, dwell, isolation).
 //!
@@ -43,23 +47,24 @@
 
 pub mod alpha;
 pub mod blend;
-pub mod breaker;
-pub mod config;
+mod breaker;
+mod config;
 pub mod distill;
 mod engine;
 mod error;
 pub mod gates;
 mod host;
 pub mod intake;
-pub mod isolation;
+mod isolation;
 pub mod lifecycle;
 pub mod loader;
 pub mod names;
-pub mod registry;
+mod registry;
 mod seed;
 mod slots;
-pub mod telemetry;
+mod telemetry;
 
+pub use breaker::BreakerConfig;
 pub use config::Config;
 pub use engine::{
     CommandOutcome, CommandRefusal, IsolationViolation, Kasmina, KasminaState, KernelSource,
@@ -67,6 +72,8 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use host::{DormantSlots, Host, NamedParameter, SlotRunner, SlotSpec};
+pub use isolation::IsolationConfig;
 pub use lifecycle::{Lifecycle, LifecycleEvent, Progress};
+pub use registry::{AlreadyOwned, Owner, UpdateRejection};
 pub use seed::Seed;
 pub use slots::{SeedSlots, Slot};

@@ -56,20 +56,20 @@ pub struct AlreadyOwned {
 
 /// Owners by tensor identity.
 #[derive(Debug, Clone, Default)]
-pub struct ParamRegistry {
+pub(crate) struct ParamRegistry {
     owners: HashMap<TensorId, (String, Owner)>,
 }
 
 impl ParamRegistry {
     /// An empty registry.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Registers `params` for `owner` (not the teacher: see
     /// [`ParamRegistry::replace_teacher`]). All or nothing: if any parameter is
     /// owned by someone else, nothing is registered.
-    pub fn register(
+    pub(crate) fn register(
         &mut self,
         owner: Owner,
         params: &[NamedParameter],
@@ -92,7 +92,7 @@ impl ParamRegistry {
     }
 
     /// Removes every parameter of `owner`; returns how many.
-    pub fn unregister(&mut self, owner: &Owner) -> usize {
+    pub(crate) fn unregister(&mut self, owner: &Owner) -> usize {
         let before = self.owners.len();
         self.owners.retain(|_, (_, o)| o != owner);
         before - self.owners.len()
@@ -100,7 +100,10 @@ impl ParamRegistry {
 
     /// Replaces the teacher's parameters with `params` in one step: the old set
     /// is gone and the new one present, or (on a conflict) nothing changed.
-    pub fn replace_teacher(&mut self, params: &[NamedParameter]) -> Result<(), AlreadyOwned> {
+    pub(crate) fn replace_teacher(
+        &mut self,
+        params: &[NamedParameter],
+    ) -> Result<(), AlreadyOwned> {
         let mut next = self.owners.clone();
         next.retain(|_, (_, o)| *o != Owner::Teacher);
         for p in params {
@@ -117,23 +120,26 @@ impl ParamRegistry {
     }
 
     /// The owner of a parameter.
-    pub fn owner(&self, param: &NamedParameter) -> Option<&Owner> {
+    #[cfg(test)]
+    pub(crate) fn owner(&self, param: &NamedParameter) -> Option<&Owner> {
         self.owners.get(&param.var.id()).map(|(_, o)| o)
     }
 
     /// Parameters registered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.owners.len()
     }
 
     /// Whether nothing is registered.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.owners.is_empty()
     }
 
     /// Checks that `group` may update every one of `params`; the first refusal
     /// is returned.
-    pub fn validate_update(
+    pub(crate) fn validate_update(
         &self,
         group: &Owner,
         params: &[NamedParameter],

@@ -192,8 +192,8 @@ impl SeedSlots {
     }
 
     /// Routes TRAINING slots through isolation probes on the following
-    /// forwards (see [`crate::isolation`]); collect them with
-    /// [`SeedSlots::take_probes`] after the backward pass.
+    /// forwards (the isolation monitor's); collect them with
+    /// `take_probes` after the backward pass.
     pub fn set_isolation_probes(&mut self, on: bool) {
         self.probe = on;
         if !on {
@@ -202,7 +202,7 @@ impl SeedSlots {
     }
 
     /// The probes of the last probed forward, by slot id.
-    pub fn take_probes(&mut self) -> BTreeMap<String, Probes> {
+    pub(crate) fn take_probes(&mut self) -> BTreeMap<String, Probes> {
         std::mem::take(&mut self.probes)
     }
 

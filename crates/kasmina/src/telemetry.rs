@@ -12,7 +12,7 @@ use crate::engine::Kasmina;
 
 /// What the training loop measured for one seed this step.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SeedSignal {
+pub(crate) struct SeedSignal {
     /// Slot of the seed.
     pub slot_id: String,
     /// L2 norm of the seed's gradient.
@@ -22,7 +22,7 @@ pub struct SeedSignal {
 /// α statistics over every effective α value of the blending seeds (a
 /// CHANNEL seed contributes one value per channel).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct AlphaSummary {
+pub(crate) struct AlphaSummary {
     /// Mean.
     pub mean: f64,
     /// 95th percentile.
@@ -34,7 +34,7 @@ pub struct AlphaSummary {
 }
 
 /// The α summary of `kasmina`'s seeds at BLENDING and later.
-pub fn alpha_summary(kasmina: &Kasmina) -> AlphaSummary {
+pub(crate) fn alpha_summary(kasmina: &Kasmina) -> AlphaSummary {
     let mut values: Vec<f64> = Vec::new();
     for seed in kasmina.slots().slots().filter_map(|s| s.seed()) {
         if !matches!(
@@ -70,7 +70,7 @@ pub fn alpha_summary(kasmina: &Kasmina) -> AlphaSummary {
 /// The step's packets: one per occupied slot, then the global one.
 /// `total_grad_norm` is the L2 norm of every gradient of the step (host and
 /// seeds), for the seeds' shares.
-pub fn step_packets(
+pub(crate) fn step_packets(
     kasmina: &Kasmina,
     run_id: &str,
     step: u64,

@@ -6,10 +6,10 @@
 //!   in, one [`Decision`] out — an explicit WAIT or a signed
 //!   `AdaptationCommand`, with diagnostics — or a typed [`Error`] (deadline,
 //!   invalid input, no candidates), never a synthetic decision.
-//! * [`policy`]: the [`Policy`] trait; [`HeuristicPolicy`] (plateau baseline)
+//! * the policy layer: the [`Policy`] trait; [`HeuristicPolicy`] (plateau baseline)
 //!   and [`ScriptedPolicy`] (fixed schedule).
 //! * [`risk`]: ordered veto/downgrade rules with conservative-mode hysteresis.
-//! * [`catalog`]: the blueprint metadata cache over `urza::BlueprintStore`.
+//! * [`BlueprintCache`]: the blueprint metadata cache over `urza::BlueprintStore`.
 //! * [`graph`]: the observation graph (global, slot, seed and blueprint nodes,
 //!   fixed-width features and edges, truncation, presence masks, EWMA
 //!   normalisers) the learned policy will read.
@@ -20,18 +20,18 @@
 
 #![deny(missing_docs)]
 
-pub mod catalog;
+mod catalog;
 pub mod config;
 mod decision;
 mod error;
 pub mod field_reports;
 pub mod graph;
 mod observation;
-pub mod policy;
+mod policy;
 pub mod risk;
 mod service;
 
-pub use catalog::BlueprintCache;
+pub use catalog::{BlueprintCache, CacheStats, Loader};
 pub use config::{Config, Controller};
 pub use decision::{Action, Decision, Diagnostics};
 pub use error::{Error, Result};

@@ -20,7 +20,7 @@
 
 pub mod artifact;
 pub mod blueprint;
-pub mod config;
+mod config;
 mod error;
 pub mod forge;
 pub mod grpc;

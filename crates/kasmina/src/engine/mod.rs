@@ -186,7 +186,8 @@ impl Kasmina {
     }
 
     /// The parameter registry.
-    pub fn registry(&self) -> &ParamRegistry {
+    #[cfg(test)]
+    pub(crate) fn registry(&self) -> &ParamRegistry {
         &self.registry
     }
 
