@@ -18,12 +18,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The configuration file is not valid TOML.
-    #[error("config file {path} is not valid TOML: {detail}")]
+    #[error("config file {path} is not valid TOML: {source}")]
     ParseConfig {
         /// The file.
         path: PathBuf,
-        /// The parser's message (with line and column).
-        detail: String,
+        /// The parser's error (its message has the line and column).
+        #[source]
+        source: toml::de::Error,
     },
     /// A key is unknown, has the wrong type, or is out of range (with
     /// where the value came from).

@@ -190,10 +190,13 @@ impl Config {
             );
         }
         crate::optim::Optimizer::new(self.optimizer.rule).map_err(|e| {
-            Error::Config(leyline::ConfigError::at(
-                &format!("{prefix}.optimizer.rule"),
-                e.to_string(),
-            ))
+            Error::Config(
+                leyline::ConfigError::at(
+                    &format!("{prefix}.optimizer.rule"),
+                    format!("cannot build this optimizer: {e}"),
+                )
+                .caused_by(e),
+            )
         })?;
         self.lr.validate(&format!("{prefix}.lr"))
     }

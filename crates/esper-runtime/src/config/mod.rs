@@ -200,9 +200,9 @@ pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Resol
                 source,
             })?;
             sources.push(format!("file {}", path.display()));
-            toml::from_str::<toml::Table>(&text).map_err(|e| Error::ParseConfig {
+            toml::from_str::<toml::Table>(&text).map_err(|source| Error::ParseConfig {
                 path: path.clone(),
-                detail: e.to_string(),
+                source,
             })?
         }
         None => toml::Table::new(),
