@@ -7,7 +7,6 @@
 //! end, and applies the control plane's commands at fences.
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::backprop::GradStore;
 use kasmina::gates::Counterfactual;
@@ -319,17 +318,13 @@ impl Trainer {
             }
             return Ok(());
         };
-        control
-            .kasmina
-            .apply_commands(commands, self.global_step, u64::from(self.epoch), now_ms());
+        control.kasmina.apply_commands(
+            commands,
+            self.global_step,
+            u64::from(self.epoch),
+            leyline::unix_now_ms(),
+        );
         self.drain_seed_events();
         Ok(())
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
