@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kasmina::gates::GateConfig;
+use kasmina::GateConfig;
 use leyline::v1::SeedStage;
 use tolaria::{Config, Trainer};
 

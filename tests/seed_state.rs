@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::Device;
-use kasmina::gates::GateConfig;
+use kasmina::GateConfig;
 use leyline::v1::SeedStage;
 use tolaria::{Config, Trainer};
 

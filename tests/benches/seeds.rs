@@ -20,11 +20,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::{Device, Tensor};
 use esper_ops::ParamInit;
-use kasmina::alpha::{AlphaRamp, RampShape};
-use kasmina::blend::Blend;
-use kasmina::gates::{GateConfig, StepEvidence};
-use kasmina::intake::CommandIntake;
+use kasmina::Blend;
+use kasmina::CommandIntake;
+use kasmina::{AlphaRamp, RampShape};
 use kasmina::{DormantSlots, Host, Kasmina, LibrarySource, Seed, SeedSlots, SlotRunner};
+use kasmina::{GateConfig, StepEvidence};
 use leyline::security::{SigningKey, sign};
 use leyline::v1::adaptation_command::Payload;
 use leyline::v1::{

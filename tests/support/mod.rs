@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::Device;
-use kasmina::gates::GateConfig;
-use kasmina::intake::CommandIntake;
+use kasmina::CommandIntake;
+use kasmina::GateConfig;
 use kasmina::{Kasmina, LibrarySource, SlotSpec};
 use leyline::security::{SigningKey, sign};
 use leyline::v1::adaptation_command::Payload;

@@ -1,18 +1,19 @@
 //! esper-ops: tensor building blocks shared by Tolaria's hosts, Urza's
 //! blueprints and Kasmina's seeds, with no dependency on any other Esper crate.
 //!
-//! * [`init`]: seeded parameter initialisation — candle cannot seed its CPU
+//! * [`ParamInit`]: seeded parameter initialisation — candle cannot seed its CPU
 //!   random number generator (docs/DESIGN.md §12), so determinism needs our own.
-//! * [`pool`]: k×k max and average pooling (stride k) as one-pass custom ops
+//! * [`max_pool2d`], [`avg_pool2d`], [`max_pool2x2`]: k×k max and average pooling (stride k) as one-pass custom ops
 //!   with exact gradients (candle 0.11's `max_pool2d` backward is wrong,
 //!   docs/DESIGN.md §12).
-//! * [`conv`]: 2-D convolution as a parallel whole-batch im2col + one GEMM
+//! * [`conv2d`] ([`Conv2dSpec`]): 2-D convolution as a parallel whole-batch im2col + one GEMM
 //!   per group (stride, padding, dilation, groups) whose backward computes
 //!   only the gradients that are needed.
-//! * [`act`]: per-channel bias add, and fused bias + ReLU, one pass each way
+//! * [`bias_add`], [`bias_relu`]: per-channel bias add, and fused bias + ReLU, one pass each way
 //!   with exact gradients.
-//! * [`fused`]: bias + ReLU + 2×2 max pooling in one pass each way, without
-//!   the full-size activation in between (a conv block's epilogue).
+//! * [`bias_relu_max_pool2x2`] and [`conv2d_bias_relu_max_pool2x2`]: bias + ReLU + 2×2 max pooling in one pass each way, without
+//!   the full-size activation in between (a conv block's epilogue; the second
+//!   with its convolution).
 //! * [`threads`]: the compute pool a CPU training run executes on.
 //! * `alloc` (feature `mimalloc`): mimalloc as the global allocator, with
 //!   freed memory retained for the next step.
@@ -23,17 +24,17 @@
 
 #![deny(missing_docs)]
 
-pub mod act;
+mod act;
 #[cfg(feature = "mimalloc")]
 pub mod alloc;
 #[cfg(test)]
 mod alloc_count;
-pub mod conv;
+mod conv;
 mod cpu;
-pub mod fused;
+mod fused;
 mod gemm;
-pub mod init;
-pub mod pool;
+mod init;
+mod pool;
 pub mod threads;
 
 pub use act::{bias_add, bias_relu};

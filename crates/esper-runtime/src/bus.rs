@@ -108,7 +108,7 @@ impl RunBus {
             handle
                 .block_on(oona.publish_signal(signal.clone()))
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(Into::into)
         })
     }
 

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use kasmina::CommandIntake;
 use kasmina::Kasmina;
-use kasmina::intake::CommandIntake;
-use kasmina::loader::{KernelConfig, KernelManager, ManagedSource};
+use kasmina::{KernelConfig, KernelManager, ManagedSource};
 use leyline::v1::adaptation_command::Payload;
 use leyline::v1::{AdaptationCommand, SeedOperation, TelemetryEvent, TelemetryLevel};
 use tamiyo::{Action, BlueprintCache, Controller, Decision, TamiyoService};
@@ -128,7 +128,8 @@ pub fn build(
         Box::new(ManagedSource::new(kernels, bus.handle(), device.clone())),
         seed,
     )
-    .with_isolation(config.kasmina.isolation(seed));
+    .with_isolation(config.kasmina.isolation(seed))
+    .with_off_switch(config.kasmina.off_switch);
     let deadline =
         Duration::from_secs_f64(config.leyline.budgets.performance.tamiyo_step_deadline_ms / 1e3);
     let policy_name = policy.name();

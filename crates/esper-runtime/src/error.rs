@@ -2,6 +2,20 @@
 
 use std::path::PathBuf;
 
+/// Why a signing secret could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretProblem {
+    /// The environment variable is not set.
+    #[error("is not set")]
+    NotSet,
+    /// The file could not be read.
+    #[error("cannot be read: {0}")]
+    Read(#[source] std::io::Error),
+    /// The text is not a usable key, or no key could be generated.
+    #[error(transparent)]
+    Key(leyline::Error),
+}
+
 /// Result with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -39,12 +53,13 @@ pub enum Error {
         detail: String,
     },
     /// The signing secret could not be obtained.
-    #[error("signing secret ({source_desc}): {detail}")]
+    #[error("signing secret ({source_desc}): {cause}")]
     Secret {
         /// Where it was to come from.
         source_desc: String,
         /// What went wrong.
-        detail: String,
+        #[source]
+        cause: SecretProblem,
     },
     /// A contract-level failure.
     #[error(transparent)]

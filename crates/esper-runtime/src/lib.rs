@@ -10,19 +10,24 @@
 //! and trains a reference host on the bundled MNIST subset (`esper train`)
 //! while the [`control`] plane grows it — Tamiyo deciding at each fence,
 //! Kasmina applying — publishing state packets, seed telemetry and emergency
-//! signals on Oona ([`bus`]).
+//! signals on Oona ([`bus`]); each run directory ([`runlog`]) ends with a
+//! `summary.json`. [`cohort`] runs arms × seeds of such runs in worker
+//! processes and gives a fail-closed verdict on whether growth paid;
+//! [`store`] keeps every run in one queryable SQLite database.
 
 #![deny(missing_docs)]
 
 pub mod bus;
+pub mod cohort;
 pub mod config;
 pub mod control;
 pub mod epoch_end;
 mod error;
 pub mod runlog;
 pub mod selfcheck;
+pub mod store;
 pub mod urza_cmd;
 
 pub use bus::{BusSummary, RunBus};
 pub use config::{EsperConfig, Resolved, RunConfig};
-pub use error::{Error, Result};
+pub use error::{Error, Result, SecretProblem};

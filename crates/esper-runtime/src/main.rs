@@ -42,11 +42,64 @@ enum Command {
         /// controller (sets tamiyo.controller = "script").
         #[arg(long, value_name = "SEEDS_TOML")]
         script: Option<PathBuf>,
+        /// Exit (as if killed) when standard input closes: cohort workers
+        /// use it so that no run outlives its cohort process.
+        #[arg(long, hide = true)]
+        exit_with_stdin: bool,
+    },
+    /// Run a cohort (arms x run seeds, each an `esper train` run in a worker
+    /// process), then print its verdict; `esper cohort verdict FILE` judges
+    /// the runs already there. Exits 0 only when every claim PASSes, 1
+    /// otherwise, 2 on an error.
+    #[command(args_conflicts_with_subcommands = true)]
+    Cohort {
+        #[command(subcommand)]
+        action: Option<CohortAction>,
+        /// The cohort file (see cohorts/).
+        file: Option<PathBuf>,
+        /// Runs at a time (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// The run store (`<run.dir>/esper.sqlite`): import, list, show.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
     },
     /// The blueprint library: list, show, forge, verify, serve.
     Urza {
         #[command(subcommand)]
         command: UrzaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CohortAction {
+    /// Import the cohort's runs and print the verdict, running nothing.
+    Verdict {
+        /// The cohort file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Import run directories (every one under DIR, default `run.dir`);
+    /// re-importing a run replaces its rows.
+    Import {
+        /// Directory holding run directories.
+        dir: Option<PathBuf>,
+    },
+    /// One line per run.
+    List {
+        /// Only this cohort's runs.
+        #[arg(long)]
+        cohort: Option<String>,
+    },
+    /// One run: figures, epochs, seeds.
+    Show {
+        /// Run id.
+        run_id: String,
     },
 }
 
@@ -120,7 +173,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", resolved.config.to_toml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Train { resume, script } => {
+        Command::Train {
+            resume,
+            script,
+            exit_with_stdin,
+        } => {
+            if exit_with_stdin {
+                exit_when_stdin_closes();
+            }
             let mut resolved = resolved;
             if let Some(run_id) = resume {
                 resolved.resume(&run_id).context("--resume")?;
@@ -135,6 +195,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pool.run(|| train(&resolved, pool.threads()))
         }
         Command::Urza { command } => urza(&resolved, command),
+        Command::Cohort { action, file, jobs } => {
+            use esper_runtime::cohort::command;
+            let verdict = match (action, file) {
+                (Some(CohortAction::Verdict { file }), _) => command::verdict(&file)?,
+                (None, Some(file)) => {
+                    let jobs = jobs.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                    });
+                    let exe = std::env::current_exe().context("locating the esper executable")?;
+                    command::run_cohort(&file, jobs, exe, &env)?
+                }
+                (None, None) => anyhow::bail!("esper cohort: give a cohort file (see cohorts/)"),
+            };
+            print!("{verdict}");
+            Ok(if verdict.all_pass() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Runs { command } => {
+            use esper_runtime::cohort::command;
+            let root = resolved.config.run.dir.clone();
+            let store = root.join("esper.sqlite");
+            match command {
+                RunsCommand::Import { dir } => {
+                    print!(
+                        "{}",
+                        command::import(dir.as_deref().unwrap_or(&root), &store)?
+                    )
+                }
+                RunsCommand::List { cohort } => {
+                    print!("{}", command::list(&store, cohort.as_deref())?)
+                }
+                RunsCommand::Show { run_id } => match command::show(&store, &run_id)? {
+                    Some(text) => print!("{text}"),
+                    None => anyhow::bail!(
+                        "run {run_id} is not in {} (esper runs import first)",
+                        store.display()
+                    ),
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check => {
             println!(
                 "esper {} — contract self-check (run {})",
@@ -271,7 +375,6 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             (trainer, false)
         }
     };
-    let mut last = None;
     let mut summary = esper_runtime::epoch_end::ControlSummary::default();
     let say = |notes: Vec<String>| {
         for note in notes {
@@ -358,9 +461,38 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             &mut summary,
         )
         .context("publishing the epoch")?);
-        last = Some(r);
     }
     trainer.finish().context("writing the last checkpoints")?;
+    let status = match trainer.stop_requested() {
+        Some(reason) => format!("stopped: {reason}"),
+        None => "completed".to_owned(),
+    };
+    let run_summary = log
+        .finish(esper_runtime::runlog::RunSummary {
+            run_id: resolved.run_id.clone(),
+            host: trainer.host().name().to_owned(),
+            controller: match resolved.config.tamiyo.controller {
+                tamiyo::Controller::Heuristic => "heuristic",
+                tamiyo::Controller::Script => "script",
+                tamiyo::Controller::Off => "off",
+            }
+            .to_owned(),
+            off_switch: resolved.config.kasmina.off_switch,
+            seed,
+            status,
+            epochs: 0,
+            global_step: 0,
+            validation_accuracy: f64::NAN,
+            validation_loss: f64::NAN,
+            train_loss: f64::NAN,
+            parameters_initial: params as u64,
+            parameters_final: trainer.parameter_count(),
+            seeds: trainer.seed_outcomes(),
+            step_ms_p50: f64::NAN,
+            train_seconds: 0.0,
+            finished_ms: leyline::unix_now_ms(),
+        })
+        .context("writing summary.json")?;
     for trace in trainer.profiler_traces() {
         println!("esper train: profiler trace {}", trace.display());
     }
@@ -382,13 +514,14 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
     if grows {
         print!("{}", summary.render(&trainer.seed_summaries()));
     }
-    if let Some(last) = last {
-        println!(
-            "esper train: done — validation accuracy {:.2}% after {} steps",
-            100.0 * last.validation.accuracy,
-            last.global_step
-        );
-    }
+    println!(
+        "esper train: done — validation accuracy {:.2}% after {} steps | parameters {} (+{}) | {:.1} s training",
+        100.0 * run_summary.validation_accuracy,
+        run_summary.global_step,
+        run_summary.parameters_final,
+        run_summary.parameters_added(),
+        run_summary.train_seconds
+    );
     let summary = bus.finish().context("closing the bus")?;
     let published: u64 = summary.stats.published.values().sum();
     println!(
@@ -408,6 +541,18 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
         summary.emitter.dropped_queue_full + summary.emitter.dropped_budget,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ends the process when standard input reaches its end (the cohort that
+/// started this worker is gone). The exit is abrupt, like a kill: checkpoints
+/// and the metrics log are crash-safe, and the cohort resumes the run.
+fn exit_when_stdin_closes() {
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        eprintln!("esper train: the cohort process is gone (stdin closed): exiting");
+        std::process::exit(130);
+    });
 }
 
 /// A progress bar for one epoch on stderr; invisible when stderr is not a

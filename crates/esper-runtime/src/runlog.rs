@@ -1,18 +1,20 @@
 //! A run's directory: `config.toml` (the resolved configuration, never
-//! secrets) and `metrics.jsonl`, one JSON object per epoch, appended and synced
-//! as each epoch ends so that a crash loses at most the epoch in progress.
+//! secrets), `metrics.jsonl`, one JSON object per epoch, appended and synced
+//! as each epoch ends so that a crash loses at most the epoch in progress, and
+//! `summary.json`, written (atomically) only when the run has finished: its
+//! presence is what marks a run done for a cohort and the run store.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Resolved;
 use crate::error::{Error, Result};
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochLine {
     /// Run id.
     pub run_id: String,
@@ -78,6 +80,114 @@ impl EpochLine {
     }
 }
 
+/// `summary.json`: how a finished run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSummary {
+    /// Run id.
+    pub run_id: String,
+    /// Reference host.
+    pub host: String,
+    /// Controller (`heuristic`, `script`, `off`).
+    pub controller: String,
+    /// Whether the off-switch control held every seed's output at 0.
+    pub off_switch: bool,
+    /// Run seed.
+    pub seed: u64,
+    /// `completed`, or `stopped: <reason>` when the control plane stopped it.
+    pub status: String,
+    /// Epochs trained.
+    pub epochs: u32,
+    /// Optimizer steps taken.
+    pub global_step: u64,
+    /// Validation accuracy after the last epoch.
+    pub validation_accuracy: f64,
+    /// Validation loss after the last epoch.
+    pub validation_loss: f64,
+    /// Mean training loss of the last epoch.
+    pub train_loss: f64,
+    /// Scalar parameters of the host before it grew.
+    pub parameters_initial: u64,
+    /// Scalar parameters at the end (host + seeds still training or fossilized).
+    pub parameters_final: u64,
+    /// Every seed germinated, with how far it got.
+    pub seeds: Vec<kasmina::SeedOutcome>,
+    /// Median over epochs of the per-epoch median step time, ms.
+    pub step_ms_p50: f64,
+    /// Training wall time summed over every epoch (also across resumes), s.
+    pub train_seconds: f64,
+    /// Wall clock when the run finished, Unix ms.
+    pub finished_ms: u64,
+}
+
+impl RunSummary {
+    /// Parameters the run added (0 when it shrank back).
+    pub fn parameters_added(&self) -> u64 {
+        self.parameters_final
+            .saturating_sub(self.parameters_initial)
+    }
+
+    /// Reads `<dir>/summary.json`; `Ok(None)` when the run has not finished.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(SUMMARY);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path, e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
+    }
+}
+
+/// The file that marks a run finished.
+pub const SUMMARY: &str = "summary.json";
+
+/// The median of `values` (NaN when empty).
+pub(crate) fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// A line that was not a record: (line number from 1, why).
+pub type Skipped = (usize, String);
+
+/// Reads `metrics.jsonl`: the epochs in order, and the lines that are not an
+/// epoch (number, reason) — a torn last line after a crash, say. Nothing is
+/// dropped silently: the caller reports the skipped lines.
+pub fn read_metrics(dir: &Path) -> Result<(Vec<EpochLine>, Vec<Skipped>)> {
+    let path = dir.join("metrics.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(&path, e)),
+    };
+    let mut epochs = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<EpochLine>(line) {
+            Ok(epoch) => epochs.push(epoch),
+            Err(e) => skipped.push((i + 1, e.to_string())),
+        }
+    }
+    Ok((epochs, skipped))
+}
+
 /// The open run directory.
 #[derive(Debug)]
 pub struct RunLog {
@@ -133,5 +243,49 @@ impl RunLog {
             .write_all(text.as_bytes())
             .and_then(|()| self.metrics.sync_data())
             .map_err(|e| io(&path, e))
+    }
+}
+
+impl RunLog {
+    /// Writes `summary.json` (through a temporary file, synced, then
+    /// renamed: a crash leaves either no summary or a whole one). The step
+    /// time, the training seconds and the last epoch's figures are taken
+    /// from `metrics.jsonl` (every epoch, including those before a resume);
+    /// the fields of `summary` that hold them are overwritten.
+    pub fn finish(&mut self, mut summary: RunSummary) -> Result<RunSummary> {
+        let (epochs, _) = read_metrics(&self.dir)?;
+        let Some(last) = epochs.last() else {
+            return Err(io(
+                &self.dir.join("metrics.jsonl"),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the run has no epoch to summarise",
+                ),
+            ));
+        };
+        summary.epochs = last.epoch;
+        summary.global_step = last.global_step;
+        summary.validation_accuracy = last.validation_accuracy;
+        summary.validation_loss = last.validation_loss;
+        summary.train_loss = last.train_loss;
+        let mut p50: Vec<f64> = epochs.iter().map(|e| e.step_ms_p50).collect();
+        summary.step_ms_p50 = median(&mut p50);
+        summary.train_seconds = epochs.iter().map(|e| e.seconds).sum();
+        let path = self.dir.join(SUMMARY);
+        let tmp = self.dir.join("summary.json.tmp");
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| {
+            io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| io(&path, e))?;
+        Ok(summary)
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod cohort;
 mod control;
 mod grow;
 mod script;

@@ -14,7 +14,7 @@
 //! [`Blend`]; α is clamped to `[0, 1]` into a fresh value — caller tensors are
 //! never mutated.
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use leyline::v1::{BlendConfig, BlendMode};
 
 use crate::error::{Error, Result};
@@ -193,21 +193,8 @@ impl Blend {
 }
 
 /// The incubator: forward value exactly `h`, seed gradient intact.
-pub fn incubate(h: &Tensor, s: &Tensor) -> Result<Tensor> {
+pub(crate) fn incubate(h: &Tensor, s: &Tensor) -> Result<Tensor> {
     Ok((h + (s - s.detach())?)?)
-}
-
-/// Per-sample top-1 − top-2 margins of `logits` (`[N, C]`, `C ≥ 2`), detached.
-pub fn logit_margins(logits: &Tensor) -> Result<Tensor> {
-    let (_, classes) = logits.dims2()?;
-    if classes < 2 {
-        return Err(Error::Blend(format!(
-            "logit margins need at least 2 classes, got {classes}"
-        )));
-    }
-    let sorted = logits.detach().sort_last_dim(false)?.0;
-    let top = sorted.narrow(D::Minus1, 0, 2)?;
-    Ok((top.narrow(D::Minus1, 0, 1)? - top.narrow(D::Minus1, 1, 1)?)?.squeeze(D::Minus1)?)
 }
 
 fn clamp_unit(alpha: f64) -> f64 {
@@ -372,13 +359,6 @@ mod tests {
             }
             proptest::prop_assert!(Blend::Confidence(gate).apply(&ht, &st, alpha, None).is_err());
         }
-    }
-
-    #[test]
-    fn margins_are_top1_minus_top2() {
-        let logits = t(&[1.0, 5.0, 2.0, -1.0, -3.0, -2.0], &[2, 3]);
-        assert_eq!(vec(&logit_margins(&logits).unwrap()), vec![3.0, 1.0]);
-        assert!(logit_margins(&t(&[1.0, 2.0], &[2, 1])).is_err());
     }
 
     #[test]

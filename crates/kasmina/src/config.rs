@@ -46,6 +46,11 @@ pub struct Config {
     pub breaker_open_s: u64,
     /// Half-open successes that close it (default 2).
     pub breaker_successes: u32,
+    /// The off-switch control (default false): seeds germinate, train and
+    /// move through their stages as usual, but their output never reaches
+    /// the host (α held at 0 in every stage). Only a cohort's `off-switch`
+    /// arm sets it; see `SeedSlots::set_off_switch`.
+    pub off_switch: bool,
 }
 
 impl Default for Config {
@@ -68,6 +73,7 @@ impl Default for Config {
             breaker_failures: breaker.failures_to_open,
             breaker_open_s: breaker.open_for.as_secs(),
             breaker_successes: breaker.successes_to_close,
+            off_switch: false,
         }
     }
 }

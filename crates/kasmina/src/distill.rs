@@ -62,7 +62,7 @@ pub fn kd_loss(student: &Tensor, teacher: &Tensor, config: &DistillConfig) -> Re
 }
 
 /// Bytes a set of parameters occupies.
-pub fn parameter_bytes(params: &[NamedParameter]) -> u64 {
+pub(crate) fn parameter_bytes(params: &[NamedParameter]) -> u64 {
     params
         .iter()
         .map(|p| (p.var.elem_count() * p.var.dtype().size_in_bytes()) as u64)

@@ -133,7 +133,7 @@ impl Evidence {
 
 /// A gate's answer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Not enough evidence yet; the reason says what is missing.
     Wait(String),
     /// The gate decided (passed or failed) on this evaluation.

@@ -40,9 +40,87 @@ pub enum Rejection {
         /// The newest generation seen.
         current: u64,
     },
-    /// Executing it failed (unknown slot, illegal transition, blueprint error, …).
-    #[error("{0}")]
-    Failed(String),
+    /// Executing it failed (unknown seed, illegal transition, blueprint error, …).
+    #[error(transparent)]
+    Failed(#[from] Failure),
+}
+
+/// Why a due SEED command could not be executed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Failure {
+    /// The payload is not a seed operation.
+    #[error("not a seed operation")]
+    NotASeedOperation,
+    /// The seed operation is `SEED_OP_UNSPECIFIED`.
+    #[error("operation unspecified")]
+    Unspecified,
+    /// No slot holds the target seed.
+    #[error("no slot holds seed {seed}")]
+    NoSuchSeed {
+        /// The command's target seed.
+        seed: String,
+    },
+    /// ADVANCE named a stage that is not the seed's next one.
+    #[error("ADVANCE to {target} but {current} moves on to {next}")]
+    WrongTarget {
+        /// The stage the command asked for.
+        target: &'static str,
+        /// The seed's stage.
+        current: &'static str,
+        /// Its next stage (`nothing` at the end of the table).
+        next: &'static str,
+    },
+    /// The command needs the seed in another stage.
+    #[error("{operation} needs {needs}, the seed is {stage}")]
+    WrongStage {
+        /// The operation.
+        operation: &'static str,
+        /// What it needs.
+        needs: &'static str,
+        /// The seed's stage.
+        stage: &'static str,
+    },
+    /// A required part of the operation is absent.
+    #[error("{operation} without {missing}")]
+    Missing {
+        /// The operation.
+        operation: &'static str,
+        /// The absent part.
+        missing: &'static str,
+    },
+    /// The stage's gate has not got its evidence yet.
+    #[error("gate not ready: {0}")]
+    GateNotReady(String),
+    /// There was nothing to advance.
+    #[error("nothing to advance")]
+    NothingToAdvance,
+    /// The blueprint could not be loaded or built for the slot.
+    #[error("loading {blueprint}: {source}")]
+    Load {
+        /// The blueprint.
+        blueprint: String,
+        /// Urza's error.
+        #[source]
+        source: std::sync::Arc<urza::Error>,
+    },
+    /// Kasmina refused the change (unknown slot, busy slot, illegal move,
+    /// bad blend, tensor failure).
+    #[error(transparent)]
+    Engine(std::sync::Arc<crate::Error>),
+}
+
+impl From<crate::Error> for Failure {
+    fn from(e: crate::Error) -> Self {
+        Self::Engine(std::sync::Arc::new(e))
+    }
+}
+
+impl PartialEq for Failure {
+    /// Errors from other crates have no equality: two failures are equal when
+    /// they say the same thing.
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
 }
 
 impl Rejection {

@@ -6,10 +6,10 @@
 //!   through a [`SlotRunner`]; [`DormantSlots`] is identity everywhere.
 //! * [`SeedSlots`]: the runner of a grown host — at most one [`Seed`] per slot
 //!   (an Urza blueprint module), forwarded by stage: identity, the incubator
-//!   (TRAINING), or a [`blend`] with the seed's [`alpha`] ramp; a
+//!   (TRAINING), or a [`Blend`] with the seed's [`AlphaRamp`]; a
 //!   counterfactual switch forces α = 0.
 //! * [`Lifecycle`]: moves seeds along the Leyline transition table after each
-//!   stage's minimum dwell and on [`gates`] evidence (G0, G1, G2, G3, G4, G5);
+//!   stage's minimum dwell and on gate evidence ([`GateConfig`], [`StepEvidence`]: G0–G5);
 //!   a failed gate culls (CULLED → EMBARGOED → RESETTING → DORMANT) with a
 //!   rollback payload; every gate evaluation and move is recorded.
 //!
@@ -19,14 +19,16 @@
 //! * The parameter registry: one [`Owner`] per parameter, every optimizer
 //!   group checked before each step ([`Kasmina::check_group`]).
 //!
-//! * [`intake`]: AdaptationCommands validated and verified on arrival, applied
-//!   at a fence (deadline, generation, `apply_at_step`), SEED commands only.
+//! * [`CommandIntake`]: AdaptationCommands validated and verified on arrival, applied
+//!   at a fence (deadline, generation, `apply_at_step`), SEED commands only;
+//!   each refusal a typed [`Rejection`].
 //! * [`Kasmina`]: slots + lifecycle + registry + intake for one host, seed
 //!   modules from a [`KernelSource`] (e.g. [`LibrarySource`] over Urza).
 //!
-//! * [`distill`]: the knowledge-distillation loss and the teacher's memory budget.
+//! * [`kd_loss`], [`DistillConfig`], [`check_budget`]: the knowledge-distillation
+//!   loss and the teacher's memory budget.
 //!
-//! * [`loader`]: loads seed modules ("kernels": a blueprint built for a
+//! * [`KernelManager`]: loads seed modules ("kernels": a blueprint built for a
 //!   slot) through the kernel load manager — shared in-flight loads, a
 //!   concurrency limit, timeouts and cancellation, checksum + guard-digest
 //!   verification, a byte-bounded LRU, prefetch over Oona.
@@ -45,35 +47,41 @@
 
 #![deny(missing_docs)]
 
-pub mod alpha;
-pub mod blend;
+mod alpha;
+mod blend;
 mod breaker;
 mod config;
-pub mod distill;
+mod distill;
 mod engine;
 mod error;
-pub mod gates;
+mod gates;
 mod host;
-pub mod intake;
+mod intake;
 mod isolation;
-pub mod lifecycle;
-pub mod loader;
+mod lifecycle;
+mod loader;
 pub mod names;
 mod registry;
 mod seed;
 mod slots;
 mod telemetry;
 
+pub use alpha::{AlphaRamp, RampShape};
+pub use blend::Blend;
 pub use breaker::BreakerConfig;
 pub use config::Config;
+pub use distill::{DistillConfig, check_budget, kd_loss};
 pub use engine::{
     CommandOutcome, CommandRefusal, IsolationViolation, Kasmina, KasminaState, KernelSource,
-    LibrarySource, SeedGroup, SeedRecord, SeedSummary, StepReport,
+    LibrarySource, SeedGroup, SeedOutcome, SeedRecord, SeedSummary, StepReport,
 };
 pub use error::{Error, Result};
+pub use gates::{Counterfactual, GateConfig, StepEvidence};
 pub use host::{DormantSlots, Host, NamedParameter, SlotRunner, SlotSpec};
+pub use intake::{CommandIntake, Failure, Rejection};
 pub use isolation::IsolationConfig;
 pub use lifecycle::{Lifecycle, LifecycleEvent, Progress};
+pub use loader::{KernelConfig, KernelManager, ManagedSource};
 pub use registry::{AlreadyOwned, Owner, UpdateRejection};
 pub use seed::Seed;
 pub use slots::{SeedSlots, Slot};

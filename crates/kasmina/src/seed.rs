@@ -175,11 +175,43 @@ impl Seed {
             .collect()
     }
 
+    /// The slot output under the off-switch: in every live stage the seed
+    /// runs as in TRAINING (the forward value is `h` exactly, the seed's
+    /// gradient intact), whatever its α.
+    pub fn forward_held_off(&self, h: Tensor, counterfactual: bool) -> Result<Tensor> {
+        match self.stage {
+            SeedStage::Training
+            | SeedStage::Blending
+            | SeedStage::Shadowing
+            | SeedStage::Probationary
+            | SeedStage::Fossilized => {
+                self.forward_staged(h, SeedStage::Training, None, counterfactual)
+            }
+            SeedStage::Dormant
+            | SeedStage::Germinated
+            | SeedStage::Culled
+            | SeedStage::Embargoed
+            | SeedStage::Resetting
+            | SeedStage::Terminated
+            | SeedStage::Unknown => self.forward(h, None, counterfactual),
+        }
+    }
+
     /// The slot output for host activation `h`. `margins` are the batch's
     /// logit margins (CONFIDENCE only); `counterfactual` forces α = 0.
     pub fn forward(
         &self,
         h: Tensor,
+        margins: Option<&Tensor>,
+        counterfactual: bool,
+    ) -> Result<Tensor> {
+        self.forward_staged(h, self.stage, margins, counterfactual)
+    }
+
+    fn forward_staged(
+        &self,
+        h: Tensor,
+        stage: SeedStage,
         margins: Option<&Tensor>,
         counterfactual: bool,
     ) -> Result<Tensor> {
@@ -189,7 +221,7 @@ impl Seed {
                 reason: e.to_string(),
             })
         };
-        match self.stage {
+        match stage {
             SeedStage::Dormant
             | SeedStage::Germinated
             | SeedStage::Culled

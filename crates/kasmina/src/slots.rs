@@ -49,6 +49,8 @@ pub struct SeedSlots {
     slots: BTreeMap<String, Slot>,
     margins: Option<Tensor>,
     counterfactual: bool,
+    /// Holds every seed's output at the host's (the off-switch control arm).
+    off_switch: bool,
     /// Forces α = 0 in this slot only (a seed's own counterfactual).
     counterfactual_slot: Option<String>,
     probe: bool,
@@ -74,6 +76,7 @@ impl SeedSlots {
                 .collect(),
             margins: None,
             counterfactual: false,
+            off_switch: false,
             counterfactual_slot: None,
             probe: false,
             probes: BTreeMap::new(),
@@ -180,6 +183,21 @@ impl SeedSlots {
         self.margins = None;
     }
 
+    /// The off-switch control: every live seed trains as in TRAINING (the
+    /// incubator: its gradient intact) in every stage, but its output never
+    /// reaches the host — the forward value is the host's activation exactly,
+    /// whatever α says. A cohort's `off-switch` arm runs this way to show
+    /// whether a grown arm's gain is the seeds' or only their extra
+    /// optimizer groups'.
+    pub fn set_off_switch(&mut self, on: bool) {
+        self.off_switch = on;
+    }
+
+    /// Whether the off-switch is on.
+    pub fn off_switch(&self) -> bool {
+        self.off_switch
+    }
+
     /// Forces α = 0 in every slot (counterfactual evaluation) until turned off.
     pub fn set_counterfactual(&mut self, on: bool) {
         self.counterfactual = on;
@@ -245,6 +263,7 @@ impl SlotRunner for SeedSlots {
                 self.probes.insert(spec.id.clone(), probes);
                 Ok(probed_y)
             }
+            Some(seed) if self.off_switch => seed.forward_held_off(h, counterfactual),
             Some(seed) => seed.forward(h, self.margins.as_ref(), counterfactual),
         }
     }

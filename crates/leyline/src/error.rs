@@ -41,7 +41,7 @@ pub enum Error {
     InvalidSecret(String),
     /// The operating system's random source failed.
     #[error("random source failed: {0}")]
-    Random(String),
+    Random(#[source] getrandom::Error),
     /// A signed message failed verification.
     #[error(transparent)]
     Rejected(#[from] Rejection),

@@ -8,7 +8,7 @@
 //!   delivery count, and entries go to the dead-letter stream after
 //!   `max_attempts` deliveries.
 //! * [`Oona`] publishes: every envelope is signed (there is no unsigned mode),
-//!   routed by [`routing::route`] — a pure function of (type, priority, depth,
+//!   routed by a pure function of (type, priority, depth,
 //!   mode) — and shed with a counter under backpressure. Emergency signals are
 //!   never shed or rate-limited.
 //! * [`Subscription`] consumes: decodes, verifies (signature, replay, freshness)
@@ -43,7 +43,7 @@ mod client;
 pub mod config;
 pub mod emitter;
 mod metrics;
-pub mod routing;
+mod routing;
 mod stream;
 mod subscription;
 
@@ -54,6 +54,7 @@ pub use client::{BusMessage, Identity, Oona, Published, connect};
 pub use config::Config;
 pub use emitter::{EmitterHandle, EmitterStats};
 pub use metrics::{Percentiles, StatsSnapshot};
+pub use routing::ShedReason;
 pub use stream::{BadEntryId, EntryId, StartFrom, Stream};
 pub use subscription::{Delivery, FailOutcome, Handler, HandlerResult, RunReport, Subscription};
 

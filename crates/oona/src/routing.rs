@@ -36,7 +36,7 @@ impl ShedReason {
 
 /// The routing decision for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Store it on this stream.
     Publish(Stream),
     /// Drop it (counted) instead of storing it on this stream.
@@ -44,7 +44,7 @@ pub enum Route {
 }
 
 /// The stream a message type takes before backpressure is considered.
-pub fn stream_for(message_type: BusMessageType, priority: MessagePriority) -> Stream {
+pub(crate) fn stream_for(message_type: BusMessageType, priority: MessagePriority) -> Stream {
     match message_type {
         BusMessageType::EmergencySignal => Stream::Emergency,
         BusMessageType::Telemetry => match priority {
@@ -77,7 +77,7 @@ fn sheddable(priority: MessagePriority) -> bool {
 
 /// Routes one message. `depth` is the depth of the stream it would take;
 /// LOW/NORMAL messages are shed when it is at least `shed_depth`.
-pub fn route(
+pub(crate) fn route(
     message_type: BusMessageType,
     priority: MessagePriority,
     depth: u64,
@@ -103,7 +103,7 @@ pub fn route(
 /// `conservative_exit_depth` and the mode has lasted `conservative_min_ms`
 /// (a requested mode is left only on request).
 #[derive(Debug)]
-pub struct ModeTracker {
+pub(crate) struct ModeTracker {
     config: BackpressureConfig,
     depths: [u64; Stream::ALL.len()],
     since: Option<Instant>,
@@ -113,7 +113,7 @@ pub struct ModeTracker {
 
 impl ModeTracker {
     /// Starts in normal mode.
-    pub fn new(config: BackpressureConfig) -> Self {
+    pub(crate) fn new(config: BackpressureConfig) -> Self {
         Self {
             config,
             depths: [0; Stream::ALL.len()],
@@ -124,7 +124,7 @@ impl ModeTracker {
     }
 
     /// Records a depth sample and applies the rules.
-    pub fn observe(&mut self, stream: Stream, depth: u64, now: Instant) {
+    pub(crate) fn observe(&mut self, stream: Stream, depth: u64, now: Instant) {
         self.depths[stream.index()] = depth;
         let deepest = self.depths.iter().copied().max().unwrap_or(0);
         match self.since {
@@ -143,7 +143,7 @@ impl ModeTracker {
 
     /// Enters conservative mode on request (e.g. an emergency signal at level
     /// CONSERVATIVE); it lasts until [`ModeTracker::release`].
-    pub fn request(&mut self, now: Instant) {
+    pub(crate) fn request(&mut self, now: Instant) {
         self.requested = true;
         if self.since.is_none() {
             self.enter(now);
@@ -151,17 +151,17 @@ impl ModeTracker {
     }
 
     /// Withdraws a request; depth rules apply again from now on.
-    pub fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         self.requested = false;
     }
 
     /// Whether conservative mode is on.
-    pub fn conservative(&self) -> bool {
+    pub(crate) fn conservative(&self) -> bool {
         self.since.is_some()
     }
 
     /// Times conservative mode was entered.
-    pub fn times_entered(&self) -> u64 {
+    pub(crate) fn times_entered(&self) -> u64 {
         self.entered
     }
 

@@ -14,8 +14,8 @@ use leyline::v1::{
     BusEnvelope, BusMessageType, EmergencyLevel, EmergencySignal, MessagePriority,
     SystemStatePacket, TelemetryPacket,
 };
+use oona::ShedReason;
 use oona::backend::Record;
-use oona::routing::ShedReason;
 use oona::{Bus, Delivery, Oona, Published, StartFrom, Stream};
 use prost::Message;
 use tokio_util::sync::CancellationToken;

@@ -20,7 +20,7 @@ use leyline::security::SigningKey;
 use leyline::v1::{
     AlphaState, HardwareContext, SeedStage, SeedState, SlotKind, SlotState, SystemStatePacket,
 };
-use tamiyo::config::HeuristicConfig;
+use tamiyo::HeuristicConfig;
 use tamiyo::graph::{GraphBuilder, GraphSchema};
 use tamiyo::{BlueprintCache, Config, HeuristicPolicy, TamiyoService};
 

@@ -74,7 +74,7 @@ impl BlueprintCache {
                         include_quarantined: true,
                         ..urza::CatalogQuery::default()
                     }))
-                    .map_err(|e| Error::Catalog(e.to_string()))
+                    .map_err(|e| Error::Catalog(Box::new(e)))
             }),
             ttl,
         )
@@ -185,7 +185,9 @@ mod tests {
                 if flag.load(Ordering::SeqCst) {
                     Ok(Vec::new())
                 } else {
-                    Err(Error::Catalog("store down".into()))
+                    Err(Error::Catalog(Box::new(urza::Error::Transport(
+                        "store down".into(),
+                    ))))
                 }
             }),
             Duration::from_secs(1),

@@ -71,7 +71,7 @@ pub enum Error {
     },
     /// The blueprint catalog could not be read.
     #[error("blueprint catalog: {0}")]
-    Catalog(String),
+    Catalog(#[source] Box<urza::Error>),
     /// The policy's worker thread is gone.
     #[error("the policy worker stopped: {0}")]
     WorkerGone(String),
@@ -88,12 +88,13 @@ pub enum Error {
     #[error("observation graph: {0}")]
     Graph(String),
     /// A schedule file is malformed.
-    #[error("schedule {path}: {detail}")]
+    #[error("schedule {path}: {problem}")]
     Script {
         /// The file.
         path: String,
         /// What is wrong.
-        detail: String,
+        #[source]
+        problem: crate::policy::ScriptProblem,
     },
 }
 

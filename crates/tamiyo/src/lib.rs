@@ -16,12 +16,10 @@
 //! * [`field_reports`]: the field-report write-ahead log.
 //! * [`Config`]: the `[tamiyo]` section.
 //!
-//! The learned (GNN) policy itself comes with a later issue.
-
 #![deny(missing_docs)]
 
 mod catalog;
-pub mod config;
+mod config;
 mod decision;
 mod error;
 pub mod field_reports;
@@ -32,9 +30,11 @@ pub mod risk;
 mod service;
 
 pub use catalog::{BlueprintCache, CacheStats, Loader};
-pub use config::{Config, Controller};
+pub use config::{Config, Controller, FieldReportConfig, HeuristicConfig, RiskConfig};
 pub use decision::{Action, Decision, Diagnostics};
 pub use error::{Error, Result};
 pub use observation::{OPTIONAL_SIGNALS, Observation};
-pub use policy::{Cancel, HeuristicPolicy, Policy, Proposal, Proposed, ScriptedPolicy};
+pub use policy::{
+    Cancel, HeuristicPolicy, Policy, Proposal, Proposed, ScriptProblem, ScriptedPolicy,
+};
 pub use service::{ServiceStats, TamiyoService};

@@ -7,7 +7,7 @@ use leyline::v1::adaptation_command::Payload;
 use leyline::v1::{
     AdaptationCommand, CommandSeedOperation, FieldReportOutcome, SeedOperation, SeedStage,
 };
-use tamiyo::config::FieldReportConfig;
+use tamiyo::FieldReportConfig;
 use tamiyo::field_reports::{OutcomeTracker, Wal};
 
 fn germinate(seed: &str) -> AdaptationCommand {

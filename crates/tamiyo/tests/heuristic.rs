@@ -4,7 +4,7 @@ use crate::common;
 use common::{catalog, packet, with_seed};
 use leyline::v1::{SeedStage, SystemStatePacket};
 use leyline::validate::Validator;
-use tamiyo::config::HeuristicConfig;
+use tamiyo::HeuristicConfig;
 use tamiyo::{Cancel, Error, HeuristicPolicy, Observation, Policy, Proposal};
 use urza::select::SelectionPolicy;
 
@@ -345,7 +345,7 @@ seed = "seed-r0"
             "unknown field",
         ),
     ] {
-        let err = tamiyo::ScriptedPolicy::parse(bad).unwrap_err();
+        let err = tamiyo::ScriptedPolicy::parse(bad).unwrap_err().to_string();
         assert!(err.contains(says), "{bad:?}: {err}");
     }
 }

@@ -4,7 +4,7 @@ use crate::common;
 use common::{catalog, packet, with_seed};
 use leyline::v1::{BlendMode, SeedStage, SystemStatePacket};
 use leyline::validate::Validator;
-use tamiyo::config::RiskConfig;
+use tamiyo::RiskConfig;
 use tamiyo::risk::{RiskEngine, Verdict};
 use tamiyo::{Observation, Proposal};
 

@@ -13,7 +13,7 @@
 //! too many rollbacks halt the run with a final checkpoint ([`checkpoints`]:
 //! in-RAM snapshots and durable checksummed checkpoints with resume). The
 //! control plane plugs in at the [`fence`]; [`packet`] builds the state packet
-//! an epoch publishes; [`profiler`] writes Chrome traces of chosen steps.
+//! an epoch publishes; [`ProfilerConfig`] chooses steps to write as Chrome traces of chosen steps.
 
 #![deny(missing_docs)]
 
@@ -28,7 +28,7 @@ pub mod hosts;
 mod lr;
 pub mod optim;
 pub mod packet;
-pub mod profiler;
+mod profiler;
 mod trainer;
 
 pub use config::{CheckpointConfig, Config, DeviceKind, OptimizerConfig};
@@ -37,4 +37,5 @@ pub use emergency::{COUNT_ATTRIBUTE, EmergencyController, Outbox, signal_count};
 pub use error::{Error, Result};
 pub use governor::GovernorConfig;
 pub use lr::{AfterTMax, LrConfig, Schedule};
+pub use profiler::ProfilerConfig;
 pub use trainer::{EmergencySink, EpochReport, Fault, StepProgress, Trainer, Validation};

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use tolaria::profiler::ProfilerConfig;
+use tolaria::ProfilerConfig;
 use tolaria::{Config, Error, Trainer};
 
 #[global_allocator]

@@ -95,7 +95,7 @@ fn seeded_runs_are_bit_identical() {
 /// does not move, and a snapshot over its memory budget is refused.
 #[test]
 fn distillation_trains_the_student_and_freezes_the_teacher() {
-    use kasmina::distill::DistillConfig;
+    use kasmina::DistillConfig;
     let kd = DistillConfig {
         temperature: 2.0,
         weight: 0.5,

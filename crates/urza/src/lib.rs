@@ -1,7 +1,7 @@
 //! Urza: the blueprint catalog, the durable artifact library (SQLite +
 //! content-addressed safetensors) and its gRPC service and client.
 //!
-//! * [`blueprint`]: thirteen explicit builders ([`catalog`]), each with declared
+//! * [`catalog`] and [`definition`]: thirteen explicit blueprint builders ([`BlueprintDef`]), each with declared
 //!   parameter bounds, an exact parameter count and an output shape equal to
 //!   its input shape.
 //! * [`select`]: which blueprints a controller may choose (tiers, quarantine,
@@ -19,7 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod artifact;
-pub mod blueprint;
+mod blueprint;
 mod config;
 mod error;
 pub mod forge;

@@ -20,7 +20,7 @@ use leyline::SecretSource;
 use leyline::security::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SecretProblem};
 
 /// Environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "ESPER_CONFIG";
@@ -281,26 +281,26 @@ pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Resol
 }
 
 fn resolve_secret(source: &SecretSource, env: &BTreeMap<String, String>) -> Result<SigningKey> {
-    let fail = |desc: String, detail: String| Error::Secret {
+    let fail = |desc: String, cause: SecretProblem| Error::Secret {
         source_desc: desc,
-        detail,
+        cause,
     };
     match source {
         SecretSource::Ephemeral => {
-            SigningKey::generate().map_err(|e| fail("ephemeral".into(), e.to_string()))
+            SigningKey::generate().map_err(|e| fail("ephemeral".into(), SecretProblem::Key(e)))
         }
         SecretSource::Env { var } => {
             let desc = format!("environment variable {var}");
             let text = env
                 .get(var)
-                .ok_or_else(|| fail(desc.clone(), "is not set".into()))?;
-            SigningKey::from_hex(text).map_err(|e| fail(desc, e.to_string()))
+                .ok_or_else(|| fail(desc.clone(), SecretProblem::NotSet))?;
+            SigningKey::from_hex(text).map_err(|e| fail(desc, SecretProblem::Key(e)))
         }
         SecretSource::File { path } => {
             let desc = format!("file {}", path.display());
-            let text =
-                std::fs::read_to_string(path).map_err(|e| fail(desc.clone(), e.to_string()))?;
-            SigningKey::from_hex(&text).map_err(|e| fail(desc, e.to_string()))
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| fail(desc.clone(), SecretProblem::Read(e)))?;
+            SigningKey::from_hex(&text).map_err(|e| fail(desc, SecretProblem::Key(e)))
         }
     }
 }

@@ -112,7 +112,13 @@ fn secrets_come_from_env_or_file_and_fail_loudly() {
     let file = write("[leyline.security.secret]\nsource = \"env\"\nvar = \"ESPER_SECRET\"\n");
     let err = load(Some(file.path()), &env(&[])).unwrap_err();
     assert!(
-        matches!(&err, Error::Secret { detail, .. } if detail.contains("not set")),
+        matches!(
+            &err,
+            Error::Secret {
+                cause: SecretProblem::NotSet,
+                ..
+            }
+        ),
         "{err}"
     );
     load(Some(file.path()), &env(&[("ESPER_SECRET", hex)])).unwrap();

@@ -16,7 +16,7 @@ use crate::alpha::AlphaRamp;
 use crate::blend::Blend;
 use crate::gates::GateConfig;
 use crate::host::SlotSpec;
-use crate::intake::{CommandIntake, Rejection};
+use crate::intake::{CommandIntake, Failure, Rejection};
 use crate::isolation::{IsolationConfig, IsolationMonitor};
 use crate::lifecycle::{Lifecycle, Progress, next_stage};
 use crate::registry::{Owner, ParamRegistry};
@@ -90,6 +90,7 @@ pub struct Kasmina {
     source: Box<dyn KernelSource>,
     run_seed: u64,
     step: StepState,
+    history: Vec<SeedOutcome>,
 }
 
 impl std::fmt::Debug for Kasmina {
@@ -134,6 +135,7 @@ impl Kasmina {
             source,
             run_seed,
             step: StepState::new(IsolationMonitor::new(IsolationConfig::default())),
+            history: Vec::new(),
         }
     }
 
@@ -141,6 +143,19 @@ impl Kasmina {
     pub fn with_isolation(mut self, isolation: IsolationConfig) -> Self {
         self.step.monitor = IsolationMonitor::new(isolation);
         self
+    }
+
+    /// Turns the off-switch control on or off (`kasmina.off_switch`; see
+    /// [`SeedSlots::set_off_switch`]).
+    pub fn with_off_switch(mut self, on: bool) -> Self {
+        self.slots.set_off_switch(on);
+        self
+    }
+
+    /// Every seed this run has germinated, in order, with how far it got
+    /// (kept in the checkpoint; updated at every step and fence).
+    pub fn seed_outcomes(&self) -> &[SeedOutcome] {
+        &self.history
     }
 
     /// The slots (the host's [`crate::SlotRunner`]).
@@ -201,13 +216,14 @@ impl Kasmina {
                 Ok(command) => {
                     let result = self
                         .execute(&command, step, epoch)
-                        .map_err(|reason| self.intake.count(Rejection::Failed(reason)));
+                        .map_err(|failure| self.intake.count(Rejection::Failed(failure)));
                     (command.command_id, result)
                 }
             };
             outcomes.push(CommandOutcome { command_id, result });
         }
         self.sync_registry();
+        history::note(&mut self.history, &self.slots);
         outcomes
     }
 
@@ -223,6 +239,7 @@ impl Kasmina {
             }
         }
         self.sync_registry();
+        history::note(&mut self.history, &self.slots);
         Ok(out)
     }
 
@@ -238,6 +255,7 @@ impl Kasmina {
         self.lifecycle
             .cull(&mut self.slots, slot_id, reason, step, epoch)?;
         self.sync_registry();
+        history::note(&mut self.history, &self.slots);
         Ok(())
     }
 
@@ -274,12 +292,14 @@ impl Kasmina {
         }
     }
 
-    fn slot_of(&self, seed_id: &str) -> Result<String, String> {
+    fn slot_of(&self, seed_id: &str) -> Result<String, Failure> {
         self.slots
             .slots()
             .find(|s| s.seed().is_some_and(|seed| seed.id() == seed_id))
             .map(|s| s.spec().id.clone())
-            .ok_or_else(|| format!("no slot holds seed {seed_id}"))
+            .ok_or_else(|| Failure::NoSuchSeed {
+                seed: seed_id.to_string(),
+            })
     }
 
     fn execute(
@@ -287,52 +307,50 @@ impl Kasmina {
         command: &AdaptationCommand,
         step: u64,
         epoch: u64,
-    ) -> Result<String, String> {
+    ) -> Result<String, Failure> {
         let Some(Payload::SeedOperation(op)) = &command.payload else {
-            return Err("not a seed operation".into());
+            return Err(Failure::NotASeedOperation);
         };
         let operation = SeedOperation::try_from(op.operation).unwrap_or(SeedOperation::Unspecified);
         let seed_id = command.target_seed_id.as_str();
         match operation {
-            SeedOperation::Unspecified => Err("operation unspecified".into()),
+            SeedOperation::Unspecified => Err(Failure::Unspecified),
             SeedOperation::Germinate => self.germinate(command, op, step, epoch),
             SeedOperation::Advance => {
                 let slot = self.slot_of(seed_id)?;
                 let target = SeedStage::try_from(op.target_stage).unwrap_or(SeedStage::Unknown);
-                let current = self.slots.slot(&slot).map_err(|e| e.to_string())?.stage();
+                let current = self.slots.slot(&slot)?.stage();
                 let next = next_stage(current);
                 if Some(target) != next {
-                    return Err(format!(
-                        "ADVANCE to {} but {} moves on to {}",
-                        target.as_str_name(),
-                        current.as_str_name(),
-                        next.map_or("nothing", |s| s.as_str_name())
-                    ));
+                    return Err(Failure::WrongTarget {
+                        target: target.as_str_name(),
+                        current: current.as_str_name(),
+                        next: next.map_or("nothing", |s| s.as_str_name()),
+                    });
                 }
                 self.progress(&slot, step, epoch)
             }
             SeedOperation::Fossilize => {
                 let slot = self.slot_of(seed_id)?;
-                let current = self.slots.slot(&slot).map_err(|e| e.to_string())?.stage();
+                let current = self.slots.slot(&slot)?.stage();
                 if current != SeedStage::Probationary {
-                    return Err(format!(
-                        "FOSSILIZE needs PROBATIONARY, the seed is {}",
-                        current.as_str_name()
-                    ));
+                    return Err(Failure::WrongStage {
+                        operation: "FOSSILIZE",
+                        needs: "PROBATIONARY",
+                        stage: current.as_str_name(),
+                    });
                 }
                 self.progress(&slot, step, epoch)
             }
             SeedOperation::SetBlend => {
                 let slot = self.slot_of(seed_id)?;
-                let channels = self
-                    .slots
-                    .slot(&slot)
-                    .map_err(|e| e.to_string())?
-                    .spec()
-                    .feature_shape[0];
-                let config = op.blend.as_ref().ok_or("SET_BLEND without a blend")?;
-                let blend = Blend::from_wire(config, channels).map_err(|e| e.to_string())?;
-                let seed = self.slots.seed_mut(&slot).map_err(|e| e.to_string())?;
+                let channels = self.slots.slot(&slot)?.spec().feature_shape[0];
+                let config = op.blend.as_ref().ok_or(Failure::Missing {
+                    operation: "SET_BLEND",
+                    missing: "a blend",
+                })?;
+                let blend = Blend::from_wire(config, channels)?;
+                let seed = self.slots.seed_mut(&slot)?;
                 match seed.stage() {
                     SeedStage::Blending | SeedStage::Shadowing | SeedStage::Probationary => {
                         seed.set_blend(blend);
@@ -346,9 +364,11 @@ impl Kasmina {
                     | SeedStage::Culled
                     | SeedStage::Embargoed
                     | SeedStage::Resetting
-                    | SeedStage::Terminated) => {
-                        Err(format!("SET_BLEND on a {} seed", other.as_str_name()))
-                    }
+                    | SeedStage::Terminated) => Err(Failure::WrongStage {
+                        operation: "SET_BLEND",
+                        needs: "BLENDING, SHADOWING or PROBATIONARY",
+                        stage: other.as_str_name(),
+                    }),
                 }
             }
             SeedOperation::Cull | SeedOperation::Cancel => {
@@ -356,23 +376,18 @@ impl Kasmina {
                 // outstanding prefetch to cancel: CANCEL culls like CULL.
                 let slot = self.slot_of(seed_id)?;
                 self.lifecycle
-                    .cull(&mut self.slots, &slot, "command", step, epoch)
-                    .map_err(|e| e.to_string())?;
+                    .cull(&mut self.slots, &slot, "command", step, epoch)?;
                 Ok("culled".into())
             }
         }
     }
 
-    fn progress(&mut self, slot: &str, step: u64, epoch: u64) -> Result<String, String> {
-        match self
-            .lifecycle
-            .advance(&mut self.slots, slot, step, epoch)
-            .map_err(|e| e.to_string())?
-        {
+    fn progress(&mut self, slot: &str, step: u64, epoch: u64) -> Result<String, Failure> {
+        match self.lifecycle.advance(&mut self.slots, slot, step, epoch)? {
             Progress::Moved(stage) => Ok(format!("moved to {}", stage.as_str_name())),
-            Progress::Waiting(reason) => Err(format!("gate not ready: {reason}")),
+            Progress::Waiting(reason) => Err(Failure::GateNotReady(reason)),
             Progress::Culled(reason) => Ok(format!("gate failed ({reason}): culled")),
-            Progress::Idle => Err("nothing to advance".into()),
+            Progress::Idle => Err(Failure::NothingToAdvance),
         }
     }
 
@@ -382,31 +397,29 @@ impl Kasmina {
         op: &CommandSeedOperation,
         step: u64,
         epoch: u64,
-    ) -> Result<String, String> {
-        let spec = self
-            .slots
-            .slot(&op.slot_id)
-            .map_err(|e| e.to_string())?
-            .spec()
-            .clone();
+    ) -> Result<String, Failure> {
+        let spec = self.slots.slot(&op.slot_id)?.spec().clone();
         let slot = urza::SlotShape::new(spec.kind, spec.feature_shape.clone())
-            .map_err(|e| e.to_string())?;
+            .map_err(crate::Error::from)?;
         let blend = Blend::from_wire(
-            op.blend.as_ref().ok_or("GERMINATE without a blend")?,
+            op.blend.as_ref().ok_or(Failure::Missing {
+                operation: "GERMINATE",
+                missing: "a blend",
+            })?,
             spec.feature_shape[0],
-        )
-        .map_err(|e| e.to_string())?;
-        let ramp = AlphaRamp::from_wire(
-            op.alpha_schedule
-                .as_ref()
-                .ok_or("GERMINATE without an alpha schedule")?,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
+        let ramp = AlphaRamp::from_wire(op.alpha_schedule.as_ref().ok_or(Failure::Missing {
+            operation: "GERMINATE",
+            missing: "an alpha schedule",
+        })?)?;
         let init_seed = self.run_seed ^ fnv(&command.command_id);
         let (artifact_ref, module) = self
             .source
             .load(&op.blueprint_id, &op.parameters, &slot, init_seed)
-            .map_err(|e| format!("loading {}: {e}", op.blueprint_id))?;
+            .map_err(|e| Failure::Load {
+                blueprint: op.blueprint_id.clone(),
+                source: Arc::new(e),
+            })?;
         let seed = Seed::new(
             &command.target_seed_id,
             &op.slot_id,
@@ -417,16 +430,17 @@ impl Kasmina {
         )
         .with_mesh_layers(op.mesh_layers.clone());
         self.lifecycle
-            .germinate(&mut self.slots, seed, step, epoch)
-            .map_err(|e| e.to_string())?;
+            .germinate(&mut self.slots, seed, step, epoch)?;
         Ok(format!("germinated at {}", op.slot_id))
     }
 }
 
+mod history;
 mod persist;
 mod state;
 mod step;
 
+pub use history::SeedOutcome;
 pub use persist::{KasminaState, SeedRecord};
 use step::StepState;
 pub use step::{CommandRefusal, IsolationViolation, SeedGroup, SeedSummary, StepReport};

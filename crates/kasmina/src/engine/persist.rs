@@ -77,12 +77,19 @@ pub struct KasminaState {
     pub seeds: Vec<SeedRecord>,
     /// Each slot's embargo: first epoch it may germinate again.
     pub embargoes: BTreeMap<String, u64>,
+    /// Every seed germinated so far, with how far it got (checkpoints
+    /// written before the history existed have none).
+    #[serde(default)]
+    pub history: Vec<super::SeedOutcome>,
 }
 
 impl Kasmina {
     /// The state a checkpoint records.
     pub fn export_state(&self) -> KasminaState {
-        let mut state = KasminaState::default();
+        let mut state = KasminaState {
+            history: self.history.clone(),
+            ..KasminaState::default()
+        };
         for slot in self.slots.slots() {
             let id = &slot.spec().id;
             if slot.embargo_until_epoch() > 0 {
@@ -143,6 +150,7 @@ impl Kasmina {
         for (slot_id, until) in &state.embargoes {
             self.slots.set_embargo(slot_id, *until)?;
         }
+        self.history = state.history.clone();
         for record in &state.seeds {
             let bad = |reason: String| Error::Seed {
                 seed: record.seed_id.clone(),

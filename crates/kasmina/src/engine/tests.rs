@@ -9,6 +9,7 @@ use leyline::v1::{
 
 use super::*;
 use crate::gates::{Counterfactual, StepEvidence};
+use crate::intake::Failure;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -175,7 +176,10 @@ fn commands_grow_a_seed_from_germination_to_fossilization() {
         .unwrap();
     let outcome = k.fence(2, 0, now());
     assert!(
-        matches!(&outcome[0].result, Err(Rejection::Failed(r)) if r.contains("not ready")),
+        matches!(
+            &outcome[0].result,
+            Err(Rejection::Failed(Failure::GateNotReady(_)))
+        ),
         "{outcome:?}"
     );
 
@@ -326,11 +330,14 @@ fn every_refusal_has_a_typed_reason() {
     k.intake_mut().submit(skip, now()).unwrap();
     let outcomes = k.fence(2, 0, now());
     assert!(
-        matches!(&outcomes[0].result, Err(Rejection::Failed(r)) if r.contains("holds seed")),
+        matches!(&outcomes[0].result, Err(Rejection::Failed(Failure::Engine(e))) if matches!(**e, crate::Error::SlotBusy { .. })),
         "{outcomes:?}"
     );
     assert!(
-        matches!(&outcomes[1].result, Err(Rejection::Failed(r)) if r.contains("moves on to")),
+        matches!(
+            &outcomes[1].result,
+            Err(Rejection::Failed(Failure::WrongTarget { .. }))
+        ),
         "{outcomes:?}"
     );
 
@@ -371,7 +378,7 @@ fn an_unknown_blueprint_is_refused_with_no_fallback() {
         .unwrap();
     let outcomes = k.fence(0, 0, now());
     assert!(
-        matches!(&outcomes[0].result, Err(Rejection::Failed(r)) if r.contains("unknown blueprint")),
+        matches!(&outcomes[0].result, Err(Rejection::Failed(f @ Failure::Load { .. })) if f.to_string().contains("unknown blueprint")),
         "{outcomes:?}"
     );
     assert!(k.slots().slot("r0").unwrap().seed().is_none());

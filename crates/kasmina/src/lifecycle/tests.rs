@@ -404,6 +404,53 @@ fn the_slot_output_follows_the_stage() {
     assert!(slots.run(&spec(), wrong).is_err());
 }
 
+#[test]
+fn the_off_switch_holds_a_blending_seed_off_and_keeps_its_gradient() {
+    let mut slots = SeedSlots::new(&[spec()]);
+    slots.set_off_switch(true);
+    let mut lc = Lifecycle::new(GateConfig {
+        min_steps: [0; 4],
+        min_epochs: [0; 4],
+        window: 1,
+        ..small_config()
+    });
+    let h = Tensor::randn(0f32, 1.0, (2, 4, 6, 6), &Device::Cpu).unwrap();
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    lc.germinate(&mut slots, seed("s1", 2), 0, 0).unwrap();
+    lc.advance(&mut slots, "r0", 0, 0).unwrap(); // TRAINING
+    steps(&mut lc, &mut slots, 1);
+    lc.advance(&mut slots, "r0", 1, 0).unwrap(); // BLENDING
+    slots.step();
+    slots.step(); // α = 1: without the switch the output is the seed's
+    let seed_ref = slots.slot("r0").unwrap().seed().unwrap();
+    assert_eq!(seed_ref.stage(), SeedStage::Blending);
+    assert!(seed_ref.alpha() > 0.99);
+    let y = slots.run(&spec(), h.clone()).unwrap();
+    assert_eq!(
+        values(&y),
+        values(&h),
+        "held off: the host's activation exactly"
+    );
+    // The seed still gets a gradient from a loss on the slot output.
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let params = slots.slot("r0").unwrap().seed().unwrap().parameters();
+    assert!(
+        params
+            .iter()
+            .any(|p| grads.get(p.var.as_tensor()).is_some_and(|g| g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0)),
+        "the seed trains while held off"
+    );
+    slots.set_off_switch(false);
+    assert_ne!(values(&slots.run(&spec(), h.clone()).unwrap()), values(&h));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Good(usize),

@@ -104,7 +104,7 @@ impl SigningKey {
     /// A fresh random 32-byte key from the operating system.
     pub fn generate() -> Result<Self> {
         let mut key = vec![0u8; MIN_SECRET_BYTES];
-        getrandom::fill(&mut key).map_err(|e| Error::Random(e.to_string()))?;
+        getrandom::fill(&mut key).map_err(Error::Random)?;
         Self::from_bytes(&key)
     }
 

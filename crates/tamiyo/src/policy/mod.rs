@@ -19,7 +19,7 @@ mod heuristic;
 mod scripted;
 
 pub use heuristic::HeuristicPolicy;
-pub use scripted::ScriptedPolicy;
+pub use scripted::{ScriptProblem, ScriptedPolicy};
 
 /// A cooperative cancellation flag, checked by policies between stages.
 #[derive(Debug, Clone, Default)]

@@ -79,6 +79,31 @@ pub struct ScriptedPolicy {
     proposed: Option<usize>,
 }
 
+/// What is wrong with a schedule.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptProblem {
+    /// The text is not a schedule (TOML syntax, unknown field or op).
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// One action is unusable.
+    #[error("action {action}: {problem}")]
+    Action {
+        /// The action, from 1.
+        action: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl ScriptProblem {
+    fn action(action: usize, problem: impl Into<String>) -> Self {
+        Self::Action {
+            action,
+            problem: problem.into(),
+        }
+    }
+}
+
 impl ScriptedPolicy {
     /// Reads and checks a schedule file.
     pub fn load(path: &Path) -> Result<Self> {
@@ -87,52 +112,63 @@ impl ScriptedPolicy {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|detail| Error::Script {
+        Self::parse(&text).map_err(|problem| Error::Script {
             path: path.display().to_string(),
-            detail,
+            problem,
         })
     }
 
     /// Parses a schedule (errors name the action, from 1).
-    pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> std::result::Result<Self, ScriptProblem> {
+        let file: File = toml::from_str(text)?;
         for (i, a) in file.action.iter().enumerate() {
             let n = i + 1;
             if a.at_step.is_some() == a.at_epoch.is_some() {
-                return Err(format!(
-                    "action {n}: give exactly one of at_step and at_epoch"
+                return Err(ScriptProblem::action(
+                    n,
+                    "give exactly one of at_step and at_epoch",
                 ));
             }
             match a.op {
                 Op::Germinate => {
                     let (Some(slot), Some(blueprint)) = (&a.slot, &a.blueprint) else {
-                        return Err(format!("action {n}: germinate needs slot and blueprint"));
+                        return Err(ScriptProblem::action(
+                            n,
+                            "germinate needs slot and blueprint",
+                        ));
                     };
                     if slot.trim().is_empty() {
-                        return Err(format!("action {n}: empty slot"));
+                        return Err(ScriptProblem::action(n, "empty slot"));
                     }
                     let Some(def) = urza::definition(blueprint) else {
-                        return Err(format!("action {n}: unknown blueprint {blueprint:?}"));
+                        return Err(ScriptProblem::action(
+                            n,
+                            format!("unknown blueprint {blueprint:?}"),
+                        ));
                     };
                     if let Some(unknown) = a
                         .parameters
                         .keys()
                         .find(|k| !def.params.iter().any(|p| p.name == k.as_str()))
                     {
-                        return Err(format!(
-                            "action {n}: {blueprint} has no parameter {unknown:?}"
+                        return Err(ScriptProblem::action(
+                            n,
+                            format!("{blueprint} has no parameter {unknown:?}"),
                         ));
                     }
                     if a.alpha_steps == Some(0) {
-                        return Err(format!("action {n}: alpha_steps must be at least 1"));
+                        return Err(ScriptProblem::action(n, "alpha_steps must be at least 1"));
                     }
                 }
                 Op::Cull | Op::Fossilize => {
                     if a.seed.is_none() {
-                        return Err(format!("action {n}: cull and fossilize need a seed"));
+                        return Err(ScriptProblem::action(n, "cull and fossilize need a seed"));
                     }
                     if a.slot.is_some() || a.blueprint.is_some() || !a.parameters.is_empty() {
-                        return Err(format!("action {n}: cull and fossilize take only a seed"));
+                        return Err(ScriptProblem::action(
+                            n,
+                            "cull and fossilize take only a seed",
+                        ));
                     }
                 }
             }

@@ -21,8 +21,10 @@ pub use layers::{Conv2d, Linear, Ops};
 
 use crate::error::{Error, Result};
 
-/// Names of the reference hosts.
-pub const HOST_NAMES: [&str; 3] = ["mlp", "cnn", "cnn-impaired"];
+/// Names of the reference hosts. `mlp-wide` and `cnn-wide` are the bigger
+/// references a cohort's `static-big` arm compares growth against (twice the
+/// hidden width of `mlp`, twice the channels of `cnn`).
+pub const HOST_NAMES: [&str; 5] = ["mlp", "cnn", "cnn-impaired", "mlp-wide", "cnn-wide"];
 
 /// Builds the reference host `name` with weights drawn from `seed`, on
 /// esper-ops' operations.
@@ -34,8 +36,10 @@ pub fn build(name: &str, seed: u64, device: &Device) -> Result<Box<dyn Host>> {
 pub fn build_with_ops(name: &str, seed: u64, device: &Device, ops: Ops) -> Result<Box<dyn Host>> {
     let mut init = ParamInit::new(seed, device.clone());
     Ok(match name {
-        "mlp" => Box::new(Mlp::new(&mut init, ops)?),
+        "mlp" => Box::new(Mlp::new("mlp", 128, &mut init, ops)?),
+        "mlp-wide" => Box::new(Mlp::new("mlp-wide", 256, &mut init, ops)?),
         "cnn" => Box::new(ConvNet::new("cnn", 3, 16, 32, &mut init, ops)?),
+        "cnn-wide" => Box::new(ConvNet::new("cnn-wide", 3, 32, 64, &mut init, ops)?),
         "cnn-impaired" => Box::new(ConvNet::new("cnn-impaired", 1, 4, 8, &mut init, ops)?),
         other => {
             return Err(Error::Config(leyline::ConfigError::at(
@@ -46,26 +50,28 @@ pub fn build_with_ops(name: &str, seed: u64, device: &Device, ops: Ops) -> Resul
     })
 }
 
-/// `mlp`: 784 → 128 (ReLU) → slot `r0` → 10.
+/// `mlp`: 784 → 128 (ReLU) → slot `r0` → 10 (`mlp-wide`: 256 hidden).
 pub struct Mlp {
+    name: &'static str,
     fc1: Linear,
     fc2: Linear,
     slots: Vec<SlotSpec>,
 }
 
 impl Mlp {
-    fn new(init: &mut ParamInit, ops: Ops) -> Result<Self> {
+    fn new(name: &'static str, hidden: usize, init: &mut ParamInit, ops: Ops) -> Result<Self> {
         Ok(Self {
-            fc1: Linear::new("fc1", 784, 128, init)?.with_ops(ops),
-            fc2: Linear::new("fc2", 128, 10, init)?.with_ops(ops),
-            slots: vec![SlotSpec::dense("r0", 128, 0)],
+            name,
+            fc1: Linear::new("fc1", 784, hidden, init)?.with_ops(ops),
+            fc2: Linear::new("fc2", hidden, 10, init)?.with_ops(ops),
+            slots: vec![SlotSpec::dense("r0", hidden, 0)],
         })
     }
 }
 
 impl Host for Mlp {
     fn name(&self) -> &str {
-        "mlp"
+        self.name
     }
     fn input_shape(&self) -> &[usize] {
         &[1, 28, 28]
@@ -91,7 +97,7 @@ impl Host for Mlp {
     }
 }
 
-/// `cnn` and `cnn-impaired`: two conv stages with a slot after each.
+/// `cnn`, `cnn-wide` and `cnn-impaired`: two conv stages with a slot after each.
 pub struct ConvNet {
     name: &'static str,
     conv1: Conv2d,

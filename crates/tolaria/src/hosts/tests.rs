@@ -13,7 +13,7 @@ fn input(n: usize) -> Tensor {
 
 #[test]
 fn reference_hosts_have_the_specified_slots_and_sizes() {
-    let expected: [(&str, Vec<Vec<usize>>, usize); 3] = [
+    let expected: [(&str, Vec<Vec<usize>>, usize); 5] = [
         ("mlp", vec![vec![128]], 784 * 128 + 128 + 128 * 10 + 10),
         (
             "cnn",
@@ -24,6 +24,12 @@ fn reference_hosts_have_the_specified_slots_and_sizes() {
             "cnn-impaired",
             vec![vec![4, 14, 14], vec![8, 7, 7]],
             4 + 4 + 8 * 4 + 8 + 392 * 10 + 10,
+        ),
+        ("mlp-wide", vec![vec![256]], 784 * 256 + 256 + 256 * 10 + 10),
+        (
+            "cnn-wide",
+            vec![vec![32, 14, 14], vec![64, 7, 7]],
+            32 * 9 + 32 + 64 * 32 * 9 + 64 + 3136 * 10 + 10,
         ),
     ];
     for (name, shapes, params) in expected {

@@ -3,7 +3,7 @@
 //! `w · T² · KL(teacher ‖ student)` to the task loss of every step.
 
 use candle_core::Tensor;
-use kasmina::distill::{DistillConfig, check_budget, kd_loss};
+use kasmina::{DistillConfig, check_budget, kd_loss};
 use kasmina::{DormantSlots, Host};
 
 use super::Trainer;

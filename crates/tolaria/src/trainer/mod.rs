@@ -107,8 +107,12 @@ struct SinceFence {
 
 /// Delivers one emergency signal (e.g. publishes it on Oona's emergency
 /// stream); an error leaves it, and the ones after it, in the outbox.
-pub type EmergencySink =
-    Box<dyn FnMut(&leyline::v1::EmergencySignal) -> std::result::Result<(), String> + Send>;
+pub type EmergencySink = Box<
+    dyn FnMut(
+            &leyline::v1::EmergencySignal,
+        ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>
+        + Send,
+>;
 
 /// Trains one host on one dataset.
 pub struct Trainer {

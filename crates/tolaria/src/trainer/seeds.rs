@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use candle_core::backprop::GradStore;
-use kasmina::gates::Counterfactual;
+use kasmina::Counterfactual;
 use kasmina::{Kasmina, NamedParameter, SeedSummary, names};
 use leyline::v1::{AdaptationCommand, TelemetryLevel, TelemetryPacket};
 
@@ -141,6 +141,24 @@ impl Trainer {
             .as_ref()
             .map(|c| c.kasmina.summaries())
             .unwrap_or_default()
+    }
+
+    /// Every seed the run germinated, with how far it got (none without
+    /// Kasmina).
+    pub fn seed_outcomes(&self) -> Vec<kasmina::SeedOutcome> {
+        self.seeds
+            .as_ref()
+            .map(|c| c.kasmina.seed_outcomes().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Scalar parameters of the model now: the host's and every seed's that
+    /// trains (a fossilized seed is part of the model).
+    pub fn parameter_count(&self) -> u64 {
+        self.model_parameters()
+            .iter()
+            .map(|p| p.var.elem_count() as u64)
+            .sum()
     }
 
     /// The host's parameters and those of every seed that trains (a

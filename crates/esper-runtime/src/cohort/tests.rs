@@ -1,0 +1,337 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use super::verdict::{Outcome, VerdictError, judge};
+use super::*;
+use crate::store::{COMPLETED, RunRow};
+
+const FULL: &str = r#"
+name = "t"
+seeds = [1, 2, 3, 4, 5]
+dir = "RUNS"
+[config.tolaria]
+host = "cnn-impaired"
+epochs = 1
+[[arm]]
+kind = "static-small"
+[[arm]]
+kind = "static-big"
+host = "cnn"
+[[arm]]
+kind = "off-switch"
+[[arm]]
+kind = "fixed-schedule"
+script = "seeds.toml"
+[[arm]]
+kind = "heuristic"
+[arm.config.tolaria]
+epochs = 2
+"#;
+
+fn load(text: &str) -> Result<CohortFile> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        text.replace("RUNS", &dir.path().join("runs").display().to_string()),
+    )
+    .unwrap();
+    CohortFile::load(&path)
+}
+
+#[test]
+fn a_cohort_file_gives_one_config_per_arm_and_seed() {
+    let file = load(FULL).unwrap();
+    assert_eq!(file.arms.len(), 5);
+    let heuristic = file.arm("heuristic").unwrap();
+    let config = file.run_config(heuristic, 3, 2);
+    let tolaria = config["tolaria"].as_table().unwrap();
+    assert_eq!(tolaria["host"].as_str(), Some("cnn-impaired"));
+    assert_eq!(
+        tolaria["epochs"].as_integer(),
+        Some(2),
+        "the arm's override wins"
+    );
+    assert_eq!(tolaria["cpu_threads"].as_integer(), Some(2));
+    assert_eq!(config["tamiyo"]["controller"].as_str(), Some("heuristic"));
+    assert_eq!(config["run"]["run_id"].as_str(), Some("t-heuristic-s3"));
+    assert_eq!(config["run"]["seed"].as_integer(), Some(3));
+    let big = file.run_config(file.arm("static-big").unwrap(), 1, 1);
+    assert_eq!(big["tolaria"]["host"].as_str(), Some("cnn"));
+    assert_eq!(big["tamiyo"]["controller"].as_str(), Some("off"));
+    let off = file.run_config(file.arm("off-switch").unwrap(), 1, 1);
+    assert_eq!(off["kasmina"]["off_switch"].as_bool(), Some(true));
+    let fixed = file.run_config(file.arm("fixed-schedule").unwrap(), 1, 1);
+    assert_eq!(fixed["tamiyo"]["controller"].as_str(), Some("script"));
+    assert!(
+        fixed["tamiyo"]["script"]
+            .as_str()
+            .unwrap()
+            .ends_with("seeds.toml")
+    );
+}
+
+#[test]
+fn every_planned_config_resolves_before_anything_runs() {
+    let text = FULL.replace("epochs = 2", "epochz = 2");
+    let file = load(&text).unwrap();
+    let err = file.plan(1, &BTreeMap::new()).unwrap_err();
+    assert!(
+        matches!(&err, CohortError::Config { run_id, .. } if run_id == "t-heuristic-s1"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("epochz"), "{err}");
+}
+
+#[test]
+fn a_learned_arm_is_a_typed_error_not_a_skip() {
+    let text = format!("{FULL}\n[[arm]]\nkind = \"learned\"\npolicy = \"p.safetensors\"\n");
+    let err = load(&text).unwrap_err();
+    assert!(
+        matches!(&err, CohortError::Unavailable { arm, .. } if arm == "learned"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_cohort_files_name_the_problem() {
+    for (text, says) in [
+        (FULL.replace("host = \"cnn\"\n", ""), "needs `host`"),
+        (
+            FULL.replace("script = \"seeds.toml\"\n", ""),
+            "needs `script`",
+        ),
+        (
+            FULL.replace("seeds = [1, 2, 3, 4, 5]", "seeds = [1, 1]"),
+            "listed twice",
+        ),
+        (
+            FULL.replace("seeds = [1, 2, 3, 4, 5]", "seeds = []"),
+            "seeds is empty",
+        ),
+        (
+            FULL.replace("name = \"t\"", "name = \"a b\""),
+            "name must be",
+        ),
+    ] {
+        let err = load(&text).unwrap_err();
+        assert!(err.to_string().contains(says), "{says}: {err}");
+    }
+    assert!(matches!(
+        load(&FULL.replace("kind = \"heuristic\"", "kind = \"magic\"")),
+        Err(CohortError::Parse { .. })
+    ));
+}
+
+fn row(file: &CohortFile, arm: &str, seed: u64, acc: f64, params: u64) -> RunRow {
+    RunRow {
+        run_id: file.run_id(arm, seed),
+        cohort: Some(file.name.clone()),
+        arm: Some(arm.to_owned()),
+        seed: Some(seed),
+        host: None,
+        controller: None,
+        status: COMPLETED.to_owned(),
+        epochs: 1,
+        validation_accuracy: Some(acc),
+        parameters_initial: Some(1000),
+        parameters_final: Some(params),
+        seeds: 0,
+        fossilized: 0,
+        step_ms_p50: Some(1.0),
+        train_seconds: 1.0,
+    }
+}
+
+/// A table whose outcomes can be worked out by hand: small 0.90 + s/1000,
+/// big small + 0.05, heuristic small + 0.04 ± 0.002 (5 seeds), fixed =
+/// small + 0.01, off-switch = small + 0.001 ± 0.001.
+fn table(file: &CohortFile, seeds: &[u64]) -> Vec<RunRow> {
+    let mut rows = Vec::new();
+    for &s in seeds {
+        let base = 0.90 + s as f64 / 1000.0;
+        let wiggle = if s % 2 == 0 { 0.002 } else { -0.002 };
+        rows.push(row(file, "static-small", s, base, 1000));
+        rows.push(row(file, "static-big", s, base + 0.05, 3000));
+        rows.push(row(file, "heuristic", s, base + 0.04 + wiggle, 1800));
+        rows.push(row(file, "fixed-schedule", s, base + 0.01, 1800));
+        rows.push(row(
+            file,
+            "off-switch",
+            s,
+            base + 0.001 + wiggle / 2.0,
+            1800,
+        ));
+    }
+    rows
+}
+
+#[test]
+fn a_known_table_gets_the_verdict_worked_out_by_hand() {
+    let file = load(FULL).unwrap();
+    let v = judge(&file, &table(&file, &[1, 2, 3, 4, 5])).unwrap();
+    let outcome = |prefix: &str| {
+        v.claims
+            .iter()
+            .find(|c| c.claim.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {v}"))
+            .outcome
+    };
+    // heuristic − small: 0.038, 0.042, 0.038, 0.042, 0.038 → mean 0.0396,
+    // sd 0.00219, half-width 2.776 · 0.00219 / √5 = 0.00272: CI [3.69, 4.23]
+    // points, above 0.
+    assert_eq!(
+        outcome("heuristic beats static-small"),
+        Outcome::Pass,
+        "{v}"
+    );
+    let d = &v.differences[0];
+    assert!((d.diff.mean - 0.0396).abs() < 1e-9, "{v}");
+    assert!((d.diff.lo - (0.0396 - 0.002_72)).abs() < 2e-5, "{v}");
+    // heuristic − big: −0.0104 ± 0.00272: CI [−1.31, −0.77] reaches −1:
+    // inconclusive; 800 parameters added ≤ half of 2000 extra.
+    assert_eq!(outcome("heuristic within"), Outcome::Inconclusive, "{v}");
+    assert_eq!(
+        outcome("heuristic beats fixed-schedule"),
+        Outcome::Pass,
+        "{v}"
+    );
+    // off − small: 0.0, 0.002, 0.0, 0.002, 0.0 → mean 0.0008, CI upper
+    // 0.0008 + 2.776 · 0.001095 / √5 = 0.00216 < 0.005: no gain.
+    assert_eq!(outcome("off-switch shows no gain"), Outcome::Pass, "{v}");
+    assert!(!v.all_pass());
+    let text = v.to_string();
+    assert!(
+        text.contains("INCONCLUSIVE") && text.contains("verdict: NOT PASS"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_grown_arm_over_its_parameter_budget_fails() {
+    let file = load(FULL).unwrap();
+    let mut rows = table(&file, &[1, 2, 3, 4, 5]);
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.arm.as_deref() == Some("heuristic"))
+    {
+        r.parameters_final = Some(2500); // +1500 > half of 2000
+    }
+    let v = judge(&file, &rows).unwrap();
+    let c = v
+        .claims
+        .iter()
+        .find(|c| c.claim.contains("within"))
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Fail, "{v}");
+    assert!(c.reason.contains("over the budget"), "{}", c.reason);
+}
+
+#[test]
+fn four_seeds_are_never_enough_to_pass() {
+    let text = FULL.replace("seeds = [1, 2, 3, 4, 5]", "seeds = [1, 2, 3, 4]");
+    let file = load(&text).unwrap();
+    let v = judge(&file, &table(&file, &[1, 2, 3, 4])).unwrap();
+    assert!(
+        v.claims.iter().all(|c| c.outcome == Outcome::Inconclusive),
+        "{v}"
+    );
+    assert!(
+        v.claims[0].reason.contains("5 needed"),
+        "{}",
+        v.claims[0].reason
+    );
+}
+
+#[test]
+fn a_crashed_run_keeps_its_arm_from_passing() {
+    let file = load(FULL).unwrap();
+    let mut rows = table(&file, &[1, 2, 3, 4, 5]);
+    let crashed = rows
+        .iter_mut()
+        .find(|r| r.run_id == "t-heuristic-s3")
+        .unwrap();
+    crashed.status = "failed (exit 101)".into();
+    let v = judge(&file, &rows).unwrap();
+    let c = &v.claims[0];
+    assert_eq!(c.claim, "heuristic beats static-small");
+    assert_eq!(c.outcome, Outcome::Inconclusive, "{v}");
+    assert!(
+        c.reason.contains("t-heuristic-s3: failed (exit 101)"),
+        "{}",
+        c.reason
+    );
+    // A run the store does not have at all is no better.
+    let rows: Vec<RunRow> = table(&file, &[1, 2, 3, 4, 5])
+        .into_iter()
+        .filter(|r| r.run_id != "t-static-small-s5")
+        .collect();
+    let v = judge(&file, &rows).unwrap();
+    assert!(v.claims[0].reason.contains("missing"), "{v}");
+}
+
+#[test]
+fn a_missing_arm_is_an_error_naming_it() {
+    let text = FULL.replace("[[arm]]\nkind = \"off-switch\"\n", "");
+    let file = load(&text).unwrap();
+    let err = judge(&file, &[]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerdictError::MissingArm {
+                kind: "off-switch",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn worker_environments_carry_no_overrides() {
+    let env = BTreeMap::from([
+        ("ESPER_CONFIG".to_owned(), "x".to_owned()),
+        ("ESPER_RUN__SEED".to_owned(), "7".to_owned()),
+        ("ESPER_SECRET".to_owned(), "k".to_owned()),
+        ("PATH".to_owned(), "/bin".to_owned()),
+    ]);
+    let kept: Vec<String> = worker_env(&env).into_keys().collect();
+    assert_eq!(kept, ["ESPER_SECRET", "PATH"]);
+}
+
+#[test]
+fn merging_replaces_leaves_and_merges_tables() {
+    let mut base: toml::Table = toml::from_str("[a]\nx = 1\ny = 2\n[b]\nz = 3\n").unwrap();
+    merge(
+        &mut base,
+        toml::from_str("c = 7\n[a]\ny = 5\nw = 6\n").unwrap(),
+    );
+    assert_eq!(
+        base,
+        toml::from_str::<toml::Table>("c = 7\n[a]\nx = 1\ny = 5\nw = 6\n[b]\nz = 3\n").unwrap()
+    );
+}
+
+#[test]
+fn the_shipped_cohorts_load_and_every_run_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cohorts");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if !name.ends_with(".toml") || name.ends_with(".seeds.toml") {
+            continue;
+        }
+        let mut file = CohortFile::load(&path).unwrap();
+        assert!(file.seeds.len() >= verdict::MIN_SEEDS, "{name}");
+        let out = tempfile::tempdir().unwrap();
+        file.dir = out.path().to_path_buf();
+        let plan = file.plan(1, &BTreeMap::new()).unwrap();
+        assert_eq!(plan.len(), file.arms.len() * file.seeds.len());
+        // The verdict can be asked of it (every arm kind it needs is there).
+        judge(&file, &[]).unwrap();
+        seen += 1;
+    }
+    assert_eq!(seen, 3, "cnn-impaired, mlp and cnn");
+}

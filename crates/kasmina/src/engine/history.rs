@@ -1,0 +1,101 @@
+//! Every seed a run has germinated, with how far it got: the record a run
+//! summary and a cohort's run store need ("what grew, where, how big, and
+//! did it stay"). Live seeds alone do not say it: a culled seed leaves its
+//! slot. The history travels in the checkpoint, so a resumed run still
+//! knows the seeds culled before it stopped.
+
+use leyline::v1::SeedStage;
+use serde::{Deserialize, Serialize};
+
+use crate::slots::SeedSlots;
+
+/// One seed over its life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedOutcome {
+    /// Seed id.
+    pub seed: String,
+    /// Slot id.
+    pub slot: String,
+    /// Blueprint id.
+    pub blueprint: String,
+    /// Scalar parameters the seed added while it lived.
+    pub parameters: u64,
+    /// The furthest stage along GERMINATED → FOSSILIZED it reached
+    /// (`SEED_STAGE_*`).
+    pub furthest: String,
+    /// The last stage it was seen in (`SEED_STAGE_*`; CULLED or later when
+    /// it was culled).
+    pub last: String,
+}
+
+impl SeedOutcome {
+    /// Whether the seed is part of the host at the end (FOSSILIZED).
+    pub fn fossilized(&self) -> bool {
+        self.last == SeedStage::Fossilized.as_str_name()
+    }
+
+    /// Whether the seed was culled (or is on its way back to DORMANT).
+    pub fn culled(&self) -> bool {
+        matches!(
+            SeedStage::from_str_name(&self.last),
+            Some(
+                SeedStage::Culled
+                    | SeedStage::Embargoed
+                    | SeedStage::Resetting
+                    | SeedStage::Terminated
+            )
+        )
+    }
+}
+
+/// Position along the growth path; 0 for stages off it.
+fn rank(stage: SeedStage) -> u8 {
+    match stage {
+        SeedStage::Germinated => 1,
+        SeedStage::Training => 2,
+        SeedStage::Blending => 3,
+        SeedStage::Shadowing => 4,
+        SeedStage::Probationary => 5,
+        SeedStage::Fossilized => 6,
+        SeedStage::Unknown
+        | SeedStage::Dormant
+        | SeedStage::Culled
+        | SeedStage::Embargoed
+        | SeedStage::Resetting
+        | SeedStage::Terminated => 0,
+    }
+}
+
+/// Updates `history` with what the slots hold now.
+pub(crate) fn note(history: &mut Vec<SeedOutcome>, slots: &SeedSlots) {
+    for slot in slots.slots() {
+        let Some(seed) = slot.seed() else { continue };
+        let stage = seed.stage();
+        let index = match history.iter().position(|o| o.seed == seed.id()) {
+            Some(i) => i,
+            None => {
+                let parameters = seed
+                    .parameters()
+                    .iter()
+                    .map(|p| p.var.elem_count() as u64)
+                    .sum();
+                history.push(SeedOutcome {
+                    seed: seed.id().to_string(),
+                    slot: slot.spec().id.clone(),
+                    blueprint: seed.module().blueprint_id().to_string(),
+                    parameters,
+                    furthest: stage.as_str_name().to_string(),
+                    last: stage.as_str_name().to_string(),
+                });
+                history.len() - 1
+            }
+        };
+        let outcome = &mut history[index];
+        let furthest = SeedStage::from_str_name(&outcome.furthest).unwrap_or(SeedStage::Unknown);
+        if rank(stage) > rank(furthest) {
+            outcome.furthest = stage.as_str_name().to_string();
+        }
+        outcome.last = stage.as_str_name().to_string();
+    }
+}
