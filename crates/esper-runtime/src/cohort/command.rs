@@ -152,7 +152,7 @@ pub fn list(store: &Path, cohort: Option<&str>) -> Result<String> {
     let db = RunStore::open(store)?;
     let rows = db.runs(cohort)?;
     let mut out = format!(
-        "{:<36} {:<14} {:<16} {:<10} {:<14} {:>3} {:>7} {:>8} {:>7} {:>5} {:>7}\n",
+        "{:<36} {:<14} {:<16} {:<12} {:<14} {:>3} {:>7} {:>8} {:>7} {:>5} {:>7}\n",
         "run",
         "cohort",
         "arm",
@@ -168,7 +168,7 @@ pub fn list(store: &Path, cohort: Option<&str>) -> Result<String> {
     for r in &rows {
         let _ = writeln!(
             out,
-            "{:<36} {:<14} {:<16} {:<10} {:<14} {:>3} {:>7} {:>8} {:>7} {:>5} {:>7.1}",
+            "{:<36} {:<14} {:<16} {:<12} {:<14} {:>3} {:>7} {:>8} {:>7} {:>5} {:>7.1}",
             r.run_id,
             r.cohort.as_deref().unwrap_or("-"),
             r.arm.as_deref().unwrap_or("-"),
