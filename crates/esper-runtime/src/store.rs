@@ -245,7 +245,7 @@ impl RunStore {
         let last = epochs.last();
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|source| StoreError::Sqlite {
                 path: self.path.clone(),
                 source,

@@ -311,6 +311,7 @@ pub fn judge(file: &CohortFile, rows: &[RunRow]) -> Result<Verdict, VerdictError
     }
     let mut differences = Vec::new();
     let mut claims = Vec::new();
+    // Each comparison is recorded once, with the claim it serves.
     let mut diff = |a: &ArmStats, b: &ArmStats| {
         let d = stats::paired(&a.by_seed, &b.by_seed);
         differences.push(Difference {
@@ -320,14 +321,16 @@ pub fn judge(file: &CohortFile, rows: &[RunRow]) -> Result<Verdict, VerdictError
         });
         d
     };
-    for g in &grown {
-        let d = diff(g, small);
-        claims.push(above(
-            format!("{} beats {}", g.arm, small.arm),
-            unready(&[g, small]),
-            &d,
+    let beats = |g: &ArmStats, other: &ArmStats, d: &Interval| {
+        above(
+            format!("{} beats {}", g.arm, other.arm),
+            unready(&[g, other]),
+            d,
             0.0,
-        ));
+        )
+    };
+    for g in &grown {
+        claims.push(beats(g, small, &diff(g, small)));
         let d = diff(g, big);
         let extra = big.parameters - small.parameters;
         let budget = PARAMETER_SHARE * extra;
@@ -338,30 +341,23 @@ pub fn judge(file: &CohortFile, rows: &[RunRow]) -> Result<Verdict, VerdictError
             big.arm,
             100.0 * PARAMETER_SHARE
         );
-        let ready = unready(&[g, big, small]);
-        claims.push(if ready.is_none() && g.added > budget {
-            Claim {
+        claims.push(match unready(&[g, big, small]) {
+            None if g.added > budget => Claim {
                 claim,
                 outcome: Outcome::Fail,
                 reason: format!(
                     "adds {:.0} parameters, over the budget {:.0} (half of {}'s {:.0} extra)",
                     g.added, budget, big.arm, extra
                 ),
-            }
-        } else {
-            let mut c = above(claim, ready, &d, -BIG_MARGIN);
-            if c.outcome != Outcome::Inconclusive || !c.reason.contains("not completed") {
+            },
+            None => {
+                let mut c = above(claim, None, &d, -BIG_MARGIN);
                 let _ = write!(c.reason, "; adds {:.0} of a {:.0} budget", g.added, budget);
+                c
             }
-            c
+            not_ready => above(claim, not_ready, &d, -BIG_MARGIN),
         });
-        let d = diff(g, fixed);
-        claims.push(above(
-            format!("{} beats {}", g.arm, fixed.arm),
-            unready(&[g, fixed]),
-            &d,
-            0.0,
-        ));
+        claims.push(beats(g, fixed, &diff(g, fixed)));
     }
     let d = diff(off, small);
     // No gain: PASS below the margin; a significant gain (above 0) FAILs.

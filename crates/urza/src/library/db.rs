@@ -44,9 +44,13 @@ CREATE INDEX IF NOT EXISTS artifacts_by_blueprint
 /// Opens (creating) the catalog database with durable settings.
 pub(crate) fn open(path: &std::path::Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(Error::sqlite("opening"))?;
+    // Several processes share one library (a cohort's workers, a fleet):
+    // each waits for another's lock (even the one the WAL switch takes)
+    // instead of failing at once.
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(Error::sqlite("setting the busy timeout"))?;
     // WAL + synchronous=FULL: a committed transaction survives a power cut.
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(Error::sqlite("setting WAL journal"))?;
+    set_wal(&conn)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(Error::sqlite("setting synchronous=FULL"))?;
     conn.pragma_update(None, "foreign_keys", "ON")
@@ -54,6 +58,25 @@ pub(crate) fn open(path: &std::path::Path) -> Result<Connection> {
     conn.execute_batch(SCHEMA)
         .map_err(Error::sqlite("creating the schema"))?;
     Ok(conn)
+}
+
+/// Switches to WAL. On a new database another process may hold the lock the
+/// switch needs, and SQLite then answers BUSY without waiting: retried for up
+/// to the busy timeout.
+fn set_wal(conn: &Connection) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(Error::sqlite("setting WAL journal")(e)),
+        }
+    }
 }
 
 /// How an upsert changed a blueprint row.
@@ -71,7 +94,12 @@ pub(crate) fn upsert_blueprint(
     now_ms: u64,
 ) -> Result<Upsert> {
     let bytes = descriptor.encode_to_vec();
-    let tx = conn.transaction().map_err(Error::sqlite("begin"))?;
+    // IMMEDIATE: take the write lock before reading, so that two processes
+    // never both read and then deadlock upgrading to write (SQLite answers
+    // that with SQLITE_BUSY at once, whatever the busy timeout).
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(Error::sqlite("begin"))?;
     let existing: Option<Vec<u8>> = tx
         .query_row(
             "SELECT descriptor FROM blueprints WHERE blueprint_id = ?1",
@@ -245,7 +273,12 @@ pub(crate) fn insert_artifact(
     slot_key: &str,
     parameters_key: &str,
 ) -> Result<bool> {
-    let tx = conn.transaction().map_err(Error::sqlite("begin"))?;
+    // IMMEDIATE: take the write lock before reading, so that two processes
+    // never both read and then deadlock upgrading to write (SQLite answers
+    // that with SQLITE_BUSY at once, whatever the busy timeout).
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(Error::sqlite("begin"))?;
     let n = tx
         .execute(
             "INSERT OR IGNORE INTO artifacts

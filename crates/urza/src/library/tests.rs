@@ -281,3 +281,27 @@ fn invalid_requests_are_typed_errors() {
         Err(Error::UnknownArtifact { .. })
     ));
 }
+
+#[test]
+fn many_processes_can_open_one_library_at_once() {
+    // A cohort's workers open the same library at the same moment; each
+    // syncs the built-in catalog (reads, then writes). Separate connections
+    // lock like separate processes.
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || Library::open(LibraryConfig::new(&root)).map(|_| ()))
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().unwrap();
+        }
+        assert_eq!(
+            open(&root).list(&CatalogQuery::default()).unwrap().len(),
+            catalog().len()
+        );
+    }
+}
