@@ -163,9 +163,10 @@ impl RunStore {
             })?;
         }
         let conn = Connection::open(path).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        // Set first, so that even the WAL switch waits for another process.
+        conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(sql)?;
-        conn.pragma_update(None, "busy_timeout", 10_000)
+        conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         Ok(Self {
