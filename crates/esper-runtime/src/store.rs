@@ -221,7 +221,12 @@ impl RunStore {
             runlog::read_metrics(dir).map_err(|e| bad(dir, e.to_string()))?;
         let membership: Option<Membership> = read_json(&dir.join(MEMBERSHIP))?;
         let exit: Option<serde_json::Value> = read_json(&dir.join(EXIT))?;
-        let config = std::fs::read_to_string(dir.join("config.toml")).ok();
+        let config_path = dir.join("config.toml");
+        let config = match std::fs::read_to_string(&config_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(bad(&config_path, e.to_string())),
+        };
         let (decisions, skipped_decisions) = read_lines(&dir.join("decisions.jsonl"))?;
         let mut report = ImportReport {
             runs: 1,

@@ -419,7 +419,9 @@ impl CohortFile {
                     self.name,
                     arm.name(),
                     arm.kind.as_str(),
-                    toml::to_string(&table).unwrap_or_default()
+                    toml::to_string(&table).map_err(|e| self.invalid(format!(
+                        "run {run_id}: its configuration cannot be written as TOML: {e}"
+                    )))?
                 );
                 std::fs::write(&path, text).map_err(|source| CohortError::Io {
                     path: path.clone(),

@@ -85,7 +85,8 @@ pub fn run(
             seed: run.seed,
         };
         let path = run.dir.join(MEMBERSHIP);
-        let text = serde_json::to_string_pretty(&membership).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&membership)
+            .map_err(|e| io(path.clone(), std::io::Error::other(e)))?;
         std::fs::write(&path, text).map_err(|e| io(path, e))?;
         todo.push_back(run.clone());
     }

@@ -91,7 +91,11 @@ pub(crate) fn note(history: &mut Vec<SeedOutcome>, slots: &SeedSlots) {
                 history.len() - 1
             }
         };
+        // Called at every step: only a stage change writes (and allocates).
         let outcome = &mut history[index];
+        if outcome.last == stage.as_str_name() {
+            continue;
+        }
         let furthest = SeedStage::from_str_name(&outcome.furthest).unwrap_or(SeedStage::Unknown);
         if rank(stage) > rank(furthest) {
             outcome.furthest = stage.as_str_name().to_string();

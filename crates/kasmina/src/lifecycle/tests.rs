@@ -349,17 +349,25 @@ fn illegal_requests_are_typed_errors() {
     assert!(lc.germinate(&mut other, seed("s3", 1), 0, 0).is_err());
 }
 
-#[test]
-fn the_slot_output_follows_the_stage() {
-    let mut slots = SeedSlots::new(&[spec()]);
-    let mut lc = Lifecycle::new(GateConfig {
+/// A lifecycle without dwell, on one-step windows: every gate decides at once.
+fn undwelled() -> Lifecycle {
+    Lifecycle::new(GateConfig {
         min_steps: [0; 4],
         min_epochs: [0; 4],
         window: 1,
         ..small_config()
-    });
+    })
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+#[test]
+fn the_slot_output_follows_the_stage() {
+    let mut slots = SeedSlots::new(&[spec()]);
+    let mut lc = undwelled();
     let h = Tensor::randn(0f32, 1.0, (2, 4, 6, 6), &Device::Cpu).unwrap();
-    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     // Dormant: the very same tensor comes back.
     let y = slots.run(&spec(), h.clone()).unwrap();
     assert_eq!(y.id(), h.id());
@@ -408,14 +416,8 @@ fn the_slot_output_follows_the_stage() {
 fn the_off_switch_holds_a_blending_seed_off_and_keeps_its_gradient() {
     let mut slots = SeedSlots::new(&[spec()]);
     slots.set_off_switch(true);
-    let mut lc = Lifecycle::new(GateConfig {
-        min_steps: [0; 4],
-        min_epochs: [0; 4],
-        window: 1,
-        ..small_config()
-    });
+    let mut lc = undwelled();
     let h = Tensor::randn(0f32, 1.0, (2, 4, 6, 6), &Device::Cpu).unwrap();
-    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     lc.germinate(&mut slots, seed("s1", 2), 0, 0).unwrap();
     lc.advance(&mut slots, "r0", 0, 0).unwrap(); // TRAINING
     steps(&mut lc, &mut slots, 1);
