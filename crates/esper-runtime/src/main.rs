@@ -430,7 +430,7 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             );
         }
         println!(
-            "epoch {:>3} | step {:>6} | train loss {:.4} acc {:6.2}% | validation loss {:.4} acc {:6.2}% | |g| {:.3} | step p50 {:.1} ms p95 {:.1} ms | {:>6.0} img/s | {:.1} s",
+            "epoch {:>3} | step {:>6} | train loss {:.4} acc {:6.2}% | validation loss {:.4} acc {:6.2}% | |g| {:.3} | step p50 {:.1} ms p95 {:.1} ms | {:>6.0} img/s | {} MMAC/img | {:.1} s",
             r.epoch,
             r.global_step,
             r.train_loss,
@@ -441,6 +441,7 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             r.step_ms_p50,
             r.step_ms_p95,
             r.train_images_per_second,
+            millions(r.forward_macs_per_image),
             r.seconds
         );
         for s in trainer.seed_summaries() {
@@ -491,6 +492,9 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             step_ms_p50: f64::NAN,
             train_seconds: 0.0,
             finished_ms: leyline::unix_now_ms(),
+            host_layer_macs: trainer.host().layer_macs(),
+            forward_macs_final: trainer.forward_macs(),
+            training_flops_per_image: None,
         })
         .context("writing summary.json")?;
     for trace in trainer.profiler_traces() {
@@ -515,11 +519,19 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
         print!("{}", summary.render(&trainer.seed_summaries()));
     }
     println!(
-        "esper train: done — validation accuracy {:.2}% after {} steps | parameters {} (+{}) | {:.1} s training",
+        "esper train: done — validation accuracy {:.2}% after {} steps | parameters {} (+{}) | forward {} MMAC/image (host {}) | training {} MFLOP/image | {:.1} s training",
         100.0 * run_summary.validation_accuracy,
         run_summary.global_step,
         run_summary.parameters_final,
         run_summary.parameters_added(),
+        millions(run_summary.forward_macs_final.map(|m| m as f64)),
+        millions(
+            run_summary
+                .host_layer_macs
+                .as_ref()
+                .map(|l| l.iter().map(|l| l.macs as f64).sum())
+        ),
+        millions(run_summary.training_flops_per_image),
         run_summary.train_seconds
     );
     let summary = bus.finish().context("closing the bus")?;
@@ -541,6 +553,12 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
         summary.emitter.dropped_queue_full + summary.emitter.dropped_budget,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `x / 10⁶` with three decimals, or "not counted" (the host does not
+/// report its layers).
+fn millions(x: Option<f64>) -> String {
+    x.map_or("not counted".to_owned(), |v| format!("{:.3}", v / 1e6))
 }
 
 /// Ends the process when standard input reaches its end (the cohort that

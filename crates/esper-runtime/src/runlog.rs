@@ -52,6 +52,13 @@ pub struct EpochLine {
     pub fence_ms: f64,
     /// Checkpoint written at the end of the epoch.
     pub checkpoint: Option<PathBuf>,
+    /// Training images stepped on.
+    #[serde(default)]
+    pub train_images: u64,
+    /// Mean forward MACs per training image (host + live seeds); absent when
+    /// the host does not count its layers.
+    #[serde(default)]
+    pub forward_macs_per_image: Option<f64>,
 }
 
 impl EpochLine {
@@ -76,6 +83,8 @@ impl EpochLine {
             fence_deadline_misses: report.fences.deadline_misses,
             fence_ms: report.fences.total_ms,
             checkpoint: report.checkpoint.clone(),
+            train_images: report.train_images as u64,
+            forward_macs_per_image: report.forward_macs_per_image,
         }
     }
 }
@@ -118,6 +127,36 @@ pub struct RunSummary {
     pub train_seconds: f64,
     /// Wall clock when the run finished, Unix ms.
     pub finished_ms: u64,
+    /// The host's forward MACs per image, layer by layer (`None`: the host
+    /// does not count them).
+    #[serde(default)]
+    pub host_layer_macs: Option<Vec<kasmina::LayerMacs>>,
+    /// Forward MACs per image of the model at the end: the host's and the
+    /// live seeds' (the inference cost of what the run grew).
+    #[serde(default)]
+    pub forward_macs_final: Option<u64>,
+    /// Training FLOPs per image, averaged over every training image of the
+    /// run: 6 × the mean forward MACs (2 FLOPs per MAC; the backward pass
+    /// costs about twice the forward). Filled from `metrics.jsonl`.
+    #[serde(default)]
+    pub training_flops_per_image: Option<f64>,
+}
+
+/// FLOPs per MAC (a multiply and an add) times (forward + a backward of
+/// about twice its cost): the usual training-compute estimate.
+pub const TRAINING_FLOPS_PER_FORWARD_MAC: f64 = 6.0;
+
+/// Training FLOPs per image over `epochs` (see
+/// [`RunSummary::training_flops_per_image`]); `None` when an epoch lacks its
+/// MAC count or no image was trained.
+pub fn training_flops_per_image(epochs: &[EpochLine]) -> Option<f64> {
+    let mut macs = 0.0;
+    let mut images = 0u64;
+    for e in epochs {
+        macs += e.forward_macs_per_image? * e.train_images as f64;
+        images += e.train_images;
+    }
+    (images > 0).then(|| TRAINING_FLOPS_PER_FORWARD_MAC * macs / images as f64)
 }
 
 impl RunSummary {
@@ -249,7 +288,7 @@ impl RunLog {
 impl RunLog {
     /// Writes `summary.json` (through a temporary file, synced, then
     /// renamed: a crash leaves either no summary or a whole one). The step
-    /// time, the training seconds and the last epoch's figures are taken
+    /// time, the training seconds, the training FLOPs and the last epoch's figures are taken
     /// from `metrics.jsonl` (every epoch, including those before a resume);
     /// the fields of `summary` that hold them are overwritten.
     pub fn finish(&mut self, mut summary: RunSummary) -> Result<RunSummary> {
@@ -271,6 +310,7 @@ impl RunLog {
         let mut p50: Vec<f64> = epochs.iter().map(|e| e.step_ms_p50).collect();
         summary.step_ms_p50 = median(&mut p50);
         summary.train_seconds = epochs.iter().map(|e| e.seconds).sum();
+        summary.training_flops_per_image = training_flops_per_image(&epochs);
         let path = self.dir.join(SUMMARY);
         let tmp = self.dir.join("summary.json.tmp");
         let text = serde_json::to_string_pretty(&summary).map_err(|e| {
@@ -287,5 +327,58 @@ impl RunLog {
         };
         write().map_err(|e| io(&path, e))?;
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn epoch(images: u64, macs: Option<f64>) -> EpochLine {
+        EpochLine {
+            run_id: "r".into(),
+            timestamp_ms: 0,
+            epoch: 1,
+            global_step: 1,
+            train_loss: 0.0,
+            train_accuracy: 0.0,
+            validation_loss: 0.0,
+            validation_accuracy: 0.0,
+            grad_norm: 0.0,
+            step_ms_p50: 0.0,
+            step_ms_p95: 0.0,
+            images_per_second: 0.0,
+            seconds: 0.0,
+            rollbacks: 0,
+            fences: 0,
+            fence_deadline_misses: 0,
+            fence_ms: 0.0,
+            checkpoint: None,
+            train_images: images,
+            forward_macs_per_image: macs,
+        }
+    }
+
+    #[test]
+    fn training_flops_weigh_each_epoch_by_its_images() {
+        // 100 images at 1 000 MACs, 300 at 2 000: mean 1 750 MACs, × 6.
+        let epochs = [epoch(100, Some(1000.0)), epoch(300, Some(2000.0))];
+        assert_eq!(training_flops_per_image(&epochs), Some(6.0 * 1750.0));
+        // One epoch without a count makes the whole run's figure unknown.
+        let partial = [epoch(100, Some(1000.0)), epoch(300, None)];
+        assert_eq!(training_flops_per_image(&partial), None);
+        assert_eq!(training_flops_per_image(&[]), None);
+    }
+
+    #[test]
+    fn an_epoch_line_written_before_costs_were_counted_still_reads() {
+        let mut value = serde_json::to_value(epoch(10, Some(1.0))).unwrap();
+        let map = value.as_object_mut().unwrap();
+        map.remove("train_images");
+        map.remove("forward_macs_per_image");
+        let line: EpochLine = serde_json::from_value(value).unwrap();
+        assert_eq!((line.train_images, line.forward_macs_per_image), (0, None));
     }
 }

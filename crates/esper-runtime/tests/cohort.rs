@@ -47,6 +47,18 @@ fn a_small_cohort_runs_every_arm_and_seed_into_the_store_once() {
         assert_eq!(summary["run_id"], id);
         assert_eq!(summary["status"], "completed");
         assert_eq!(summary["epochs"], 1);
+        // The costs are counted: mlp's two layers, and a run at least as
+        // costly to train as its final model's forward.
+        let host: u64 = 784 * 128 + 128 * 10;
+        assert_eq!(summary["host_layer_macs"][0]["layer"], "fc1");
+        let end = summary["forward_macs_final"].as_u64().unwrap();
+        assert!(end >= host, "{summary}");
+        let flops = summary["training_flops_per_image"].as_f64().unwrap();
+        assert!(flops >= 6.0 * host as f64, "{summary}");
+        if id.contains("static-small") {
+            assert_eq!(end, host, "the static host grows nothing");
+            assert_eq!(flops, 6.0 * host as f64);
+        }
         assert!(runs.join(id).join("cohort.json").is_file());
         assert!(runs.join(id).join("config.toml").is_file());
     }
@@ -67,7 +79,8 @@ fn a_small_cohort_runs_every_arm_and_seed_into_the_store_once() {
     );
     assert!(show.status.success(), "{}", text(&show));
     assert!(
-        text(&show).contains("controller heuristic"),
+        text(&show).contains("controller heuristic")
+            && text(&show).contains("host MMAC by layer: fc1 0.100, fc2 0.001"),
         "{}",
         text(&show)
     );

@@ -92,6 +92,18 @@ pub struct NamedParameter {
     pub var: Var,
 }
 
+/// The forward multiply-accumulates of one host layer, per sample: each
+/// weight times each position it is applied at (biases and elementwise work
+/// excluded — the convention urza's blueprints count by, so host and seed
+/// costs add up).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerMacs {
+    /// The layer's name, as in its parameters' names (`conv1`, `fc`).
+    pub layer: String,
+    /// Multiply-accumulates per sample.
+    pub macs: u64,
+}
+
 /// A model Kasmina can grow.
 pub trait Host: Send {
     /// Short name, e.g. `cnn`.
@@ -107,6 +119,12 @@ pub trait Host: Send {
     fn forward_with_slots(&self, x: &Tensor, slots: &mut dyn SlotRunner) -> Result<Tensor>;
     /// Every trainable parameter, in a stable order.
     fn parameters(&self) -> Vec<NamedParameter>;
+    /// The forward MACs of each layer, per sample, in forward order; `None`
+    /// when the host does not count them, which a run reports as "not
+    /// reported" (never as zero).
+    fn layer_macs(&self) -> Option<Vec<LayerMacs>> {
+        None
+    }
 }
 
 #[cfg(test)]

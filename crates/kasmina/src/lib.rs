@@ -77,7 +77,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use gates::{Counterfactual, GateConfig, StepEvidence};
-pub use host::{DormantSlots, Host, NamedParameter, SlotRunner, SlotSpec};
+pub use host::{DormantSlots, Host, LayerMacs, NamedParameter, SlotRunner, SlotSpec};
 pub use intake::{CommandIntake, Failure, Rejection};
 pub use isolation::IsolationConfig;
 pub use lifecycle::{Lifecycle, LifecycleEvent, Progress};

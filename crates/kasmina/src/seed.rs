@@ -151,6 +151,17 @@ impl Seed {
         self.blend_steps >= u64::from(self.ramp.steps())
     }
 
+    /// Forward MACs per sample the seed costs at its stage: its module's in
+    /// every stage where the module runs (TRAINING to FOSSILIZED, also under
+    /// the off-switch), 0 where the slot passes `h` through.
+    pub fn forward_macs(&self) -> u64 {
+        if self.trains() {
+            self.module.forward_macs()
+        } else {
+            0
+        }
+    }
+
     /// Whether the seed's parameters train at this stage.
     pub fn trains(&self) -> bool {
         matches!(

@@ -109,6 +109,7 @@ pub fn verdict(path: &Path) -> Result<Verdict> {
 
 fn judge(file: &CohortFile) -> Result<Verdict> {
     let mut store = RunStore::open(&file.store_path())?;
+    eprint!("{}", rebuilt_note(&store));
     for arm in &file.arms {
         for &seed in &file.seeds {
             let dir = file.dir.join(file.run_id(arm.name(), seed));
@@ -143,6 +144,15 @@ pub fn import(root: &Path, store: &Path) -> Result<String> {
     Ok(out)
 }
 
+/// A line saying the store was rebuilt, when it was (empty otherwise).
+fn rebuilt_note(db: &RunStore) -> String {
+    if db.rebuilt() {
+        "note: the run store had an older layout and was rebuilt empty; `esper runs import DIR` fills it again\n".to_owned()
+    } else {
+        String::new()
+    }
+}
+
 fn opt(x: Option<f64>, scale: f64, digits: usize) -> String {
     x.map_or("-".to_owned(), |v| format!("{:.*}", digits, v * scale))
 }
@@ -151,8 +161,10 @@ fn opt(x: Option<f64>, scale: f64, digits: usize) -> String {
 pub fn list(store: &Path, cohort: Option<&str>) -> Result<String> {
     let db = RunStore::open(store)?;
     let rows = db.runs(cohort)?;
-    let mut out = format!(
-        "{:<36} {:<14} {:<16} {:<12} {:<14} {:>3} {:>7} {:>8} {:>7} {:>5} {:>7}\n",
+    let mut out = rebuilt_note(&db);
+    let _ = writeln!(
+        out,
+        "{:<36} {:<14} {:<16} {:<12} {:<14} {:>3} {:>7} {:>8} {:>7} {:>7} {:>5} {:>7}",
         "run",
         "cohort",
         "arm",
@@ -162,13 +174,14 @@ pub fn list(store: &Path, cohort: Option<&str>) -> Result<String> {
         "acc %",
         "params",
         "added",
+        "MMAC",
         "seeds",
         "train s"
     );
     for r in &rows {
         let _ = writeln!(
             out,
-            "{:<36} {:<14} {:<16} {:<12} {:<14} {:>3} {:>7} {:>8} {:>7} {:>5} {:>7.1}",
+            "{:<36} {:<14} {:<16} {:<12} {:<14} {:>3} {:>7} {:>8} {:>7} {:>7} {:>5} {:>7.1}",
             r.run_id,
             r.cohort.as_deref().unwrap_or("-"),
             r.arm.as_deref().unwrap_or("-"),
@@ -179,11 +192,16 @@ pub fn list(store: &Path, cohort: Option<&str>) -> Result<String> {
             r.parameters_final.map_or("-".to_owned(), |p| p.to_string()),
             r.parameters_added()
                 .map_or("-".to_owned(), |p| p.to_string()),
+            opt(r.forward_macs_final.map(|m| m as f64), 1e-6, 3),
             format!("{}/{}", r.fossilized, r.seeds),
             r.train_seconds
         );
     }
-    let _ = writeln!(out, "{} run(s); seeds = fossilized/germinated", rows.len());
+    let _ = writeln!(
+        out,
+        "{} run(s); MMAC = forward multiply-accumulates per image of the final model, millions; seeds = fossilized/germinated",
+        rows.len()
+    );
     Ok(out)
 }
 
@@ -193,7 +211,7 @@ pub fn show(store: &Path, run_id: &str) -> Result<Option<String>> {
     let Some(r) = db.run(run_id)? else {
         return Ok(None);
     };
-    let mut out = String::new();
+    let mut out = rebuilt_note(&db);
     let _ = writeln!(out, "run {}", r.run_id);
     let _ = writeln!(
         out,
@@ -219,17 +237,31 @@ pub fn show(store: &Path, run_id: &str) -> Result<Option<String>> {
     );
     let _ = writeln!(
         out,
-        "  {:>5} {:>8} {:>8} {:>8} {:>7}",
-        "epoch", "acc %", "loss", "step ms", "s"
+        "  forward {} MMAC/image at the end | training {} MFLOP/image (6 x the mean forward MACs)",
+        opt(r.forward_macs_final.map(|m| m as f64), 1e-6, 3),
+        opt(r.training_flops_per_image, 1e-6, 3),
+    );
+    if let Some(layers) = db.host_layer_macs(run_id)? {
+        let text: Vec<String> = layers
+            .iter()
+            .map(|l| format!("{} {:.3}", l.layer, l.macs as f64 / 1e6))
+            .collect();
+        let _ = writeln!(out, "  host MMAC by layer: {}", text.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "  {:>5} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "epoch", "acc %", "loss", "step ms", "MMAC/img", "s"
     );
     for e in db.epochs(run_id)? {
         let _ = writeln!(
             out,
-            "  {:>5} {:>8.2} {:>8.4} {:>8.2} {:>7.1}",
+            "  {:>5} {:>8.2} {:>8.4} {:>8.2} {:>8} {:>7.1}",
             e.epoch,
             100.0 * e.validation_accuracy,
             e.validation_loss,
             e.step_ms_p50,
+            opt(e.forward_macs_per_image, 1e-6, 3),
             e.seconds
         );
     }
@@ -239,15 +271,26 @@ pub fn show(store: &Path, run_id: &str) -> Result<Option<String>> {
     }
     for s in seeds {
         let stage = |s: &str| s.trim_start_matches("SEED_STAGE_").to_owned();
+        let images: Vec<String> = s
+            .images_by_stage
+            .iter()
+            .map(|(st, n)| format!("{} {n}", stage(st)))
+            .collect();
         let _ = writeln!(
             out,
-            "  seed {} at {}: {}, {} parameters, reached {}, ended {}",
+            "  seed {} at {}: {}, {} parameters, {:.3} MMAC/image where it runs, reached {}, ended {}; images by stage: {}",
             s.seed,
             s.slot,
             s.blueprint,
             s.parameters,
+            s.forward_macs as f64 / 1e6,
             stage(&s.furthest),
-            stage(&s.last)
+            stage(&s.last),
+            if images.is_empty() {
+                "-".to_owned()
+            } else {
+                images.join(", ")
+            }
         );
     }
     Ok(Some(out))

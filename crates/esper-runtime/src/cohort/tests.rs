@@ -141,6 +141,8 @@ fn row(file: &CohortFile, arm: &str, seed: u64, acc: f64, params: u64) -> RunRow
         fossilized: 0,
         step_ms_p50: Some(1.0),
         train_seconds: 1.0,
+        forward_macs_final: Some(params * 10),
+        training_flops_per_image: Some(params as f64 * 60.0),
     }
 }
 
@@ -200,6 +202,11 @@ fn a_known_table_gets_the_verdict_worked_out_by_hand() {
     // off − small: 0.0, 0.002, 0.0, 0.002, 0.0 → mean 0.0008, CI upper
     // 0.0008 + 2.776 · 0.001095 / √5 = 0.00216 < 0.005: no gain.
     assert_eq!(outcome("off-switch shows no gain"), Outcome::Pass, "{v}");
+    // Costs are means over the arm's runs: the rows carry 10 MACs and 60
+    // FLOPs per parameter.
+    let heuristic = v.arms.iter().find(|a| a.arm == "heuristic").unwrap();
+    assert_eq!(heuristic.forward_macs, 18_000.0);
+    assert_eq!(heuristic.training_flops, 108_000.0);
     assert!(!v.all_pass());
     let text = v.to_string();
     assert!(

@@ -90,6 +90,11 @@ pub struct ArmStats {
     pub seconds: f64,
     /// Mean of the runs' median step time, ms.
     pub step_ms: f64,
+    /// Mean forward MACs per image of the final models (NaN when a run's
+    /// host does not count them).
+    pub forward_macs: f64,
+    /// Mean training FLOPs per image over the runs (NaN likewise).
+    pub training_flops: f64,
     /// Runs that did not complete: (run id, status); planned runs the store
     /// does not have are listed as `missing`.
     pub not_completed: Vec<(String, String)>,
@@ -148,6 +153,7 @@ fn arm_stats(file: &CohortFile, rows: &[RunRow], arm: &super::Arm) -> ArmStats {
     let mut by_seed = BTreeMap::new();
     let (mut params, mut added, mut seconds, mut step) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut macs, mut flops) = (Vec::new(), Vec::new());
     for &seed in &file.seeds {
         let run_id = file.run_id(arm.name(), seed);
         match mine.iter().find(|r| r.run_id == run_id) {
@@ -161,6 +167,8 @@ fn arm_stats(file: &CohortFile, rows: &[RunRow], arm: &super::Arm) -> ArmStats {
                 added.push(r.parameters_added().unwrap_or(0) as f64);
                 seconds.push(r.train_seconds);
                 step.push(r.step_ms_p50.unwrap_or(f64::NAN));
+                macs.push(r.forward_macs_final.map_or(f64::NAN, |m| m as f64));
+                flops.push(r.training_flops_per_image.unwrap_or(f64::NAN));
             }
         }
     }
@@ -184,6 +192,8 @@ fn arm_stats(file: &CohortFile, rows: &[RunRow], arm: &super::Arm) -> ArmStats {
         added: mean(&added),
         seconds: mean(&seconds),
         step_ms: mean(&step),
+        forward_macs: mean(&macs),
+        training_flops: mean(&flops),
         not_completed,
         by_seed,
     }
@@ -385,14 +395,25 @@ impl fmt::Display for Verdict {
         )?;
         writeln!(
             f,
-            "{:<16} {:>4} {:>7} {:>17} {:>7} {:>7} {:>9} {:>8} {:>8} {:>8}",
-            "arm", "n", "mean", "95% CI", "min", "max", "params", "added", "step ms", "train s"
+            "{:<16} {:>4} {:>7} {:>17} {:>7} {:>7} {:>9} {:>8} {:>7} {:>8} {:>8} {:>8}",
+            "arm",
+            "n",
+            "mean",
+            "95% CI",
+            "min",
+            "max",
+            "params",
+            "added",
+            "MMAC",
+            "MFLOP/t",
+            "step ms",
+            "train s"
         )?;
         for a in &self.arms {
             let i = &a.accuracy;
             writeln!(
                 f,
-                "{:<16} {:>4} {:>7.2} {:>17} {:>7.2} {:>7.2} {:>9.0} {:>8.0} {:>8.2} {:>8.1}",
+                "{:<16} {:>4} {:>7.2} {:>17} {:>7.2} {:>7.2} {:>9.0} {:>8.0} {:>7.3} {:>8.2} {:>8.2} {:>8.1}",
                 a.arm,
                 format!("{}/{}", i.n, i.n + a.not_completed.len()),
                 100.0 * i.mean,
@@ -401,10 +422,16 @@ impl fmt::Display for Verdict {
                 100.0 * a.range.1,
                 a.parameters,
                 a.added,
+                a.forward_macs / 1e6,
+                a.training_flops / 1e6,
                 a.step_ms,
                 a.seconds
             )?;
         }
+        writeln!(
+            f,
+            "MMAC: forward multiply-accumulates per image of the final model, millions; MFLOP/t: training FLOPs per image over the run (6 x its mean forward MACs), millions"
+        )?;
         writeln!(f, "paired differences (points, by run seed)")?;
         for d in &self.differences {
             writeln!(

@@ -4,6 +4,8 @@
 //! slot. The history travels in the checkpoint, so a resumed run still
 //! knows the seeds culled before it stopped.
 
+use std::collections::BTreeMap;
+
 use leyline::v1::SeedStage;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +29,15 @@ pub struct SeedOutcome {
     /// The last stage it was seen in (`SEED_STAGE_*`; CULLED or later when
     /// it was culled).
     pub last: String,
+    /// Forward MACs per sample of its module (what it costs every image in
+    /// the stages where it runs, TRAINING to FOSSILIZED).
+    #[serde(default)]
+    pub forward_macs: u64,
+    /// Training images the host saw while the seed was in each stage
+    /// (`SEED_STAGE_*` → images): its timeline, and with `forward_macs` what
+    /// it cost per stage.
+    #[serde(default)]
+    pub images_by_stage: BTreeMap<String, u64>,
 }
 
 impl SeedOutcome {
@@ -67,6 +78,28 @@ fn rank(stage: SeedStage) -> u8 {
     }
 }
 
+/// Counts `images` training images for every seed the slots hold, at its
+/// stage now, and returns the forward MACs per image the seeds add at this
+/// step. Allocates only the first time a seed is seen in a stage.
+pub(crate) fn count_images(history: &mut [SeedOutcome], slots: &SeedSlots, images: u64) -> u64 {
+    let mut macs = 0;
+    for slot in slots.slots() {
+        let Some(seed) = slot.seed() else { continue };
+        macs += seed.forward_macs();
+        let Some(outcome) = history.iter_mut().find(|o| o.seed == seed.id()) else {
+            continue;
+        };
+        let stage = seed.stage().as_str_name();
+        match outcome.images_by_stage.get_mut(stage) {
+            Some(n) => *n += images,
+            None => {
+                outcome.images_by_stage.insert(stage.to_string(), images);
+            }
+        }
+    }
+    macs
+}
+
 /// Updates `history` with what the slots hold now.
 pub(crate) fn note(history: &mut Vec<SeedOutcome>, slots: &SeedSlots) {
     for slot in slots.slots() {
@@ -87,6 +120,8 @@ pub(crate) fn note(history: &mut Vec<SeedOutcome>, slots: &SeedSlots) {
                     parameters,
                     furthest: stage.as_str_name().to_string(),
                     last: stage.as_str_name().to_string(),
+                    forward_macs: seed.module().forward_macs(),
+                    images_by_stage: BTreeMap::new(),
                 });
                 history.len() - 1
             }

@@ -158,6 +158,22 @@ impl Kasmina {
         &self.history
     }
 
+    /// Records a training forward over `images` images: each seed's
+    /// history counts the images at its stage now. Returns the forward MACs
+    /// per image the seeds added to that forward (0 with no live seed).
+    pub fn count_forward(&mut self, images: u64) -> u64 {
+        history::count_images(&mut self.history, &self.slots, images)
+    }
+
+    /// The forward MACs per image the seeds add now (live stages only).
+    pub fn seed_forward_macs(&self) -> u64 {
+        self.slots
+            .slots()
+            .filter_map(|s| s.seed())
+            .map(Seed::forward_macs)
+            .sum()
+    }
+
     /// The slots (the host's [`crate::SlotRunner`]).
     pub fn slots(&self) -> &SeedSlots {
         &self.slots

@@ -404,3 +404,49 @@ fn g3_culls_a_seed_whose_mesh_layers_the_host_lacks() {
         )]
     );
 }
+
+#[test]
+fn a_seed_costs_its_modules_macs_only_where_it_runs_and_counts_images_by_stage() {
+    let mut f = fixture();
+    let k = &mut f.kasmina;
+    assert_eq!(k.count_forward(32), 0, "no seed, no cost");
+    k.intake_mut()
+        .submit(germinate("c1", "s1", "conv.residual"), now())
+        .unwrap();
+    ok(&k.fence(0, 0, now()));
+    // GERMINATED: the module does not run.
+    assert_eq!(k.seed_forward_macs(), 0);
+    assert_eq!(k.count_forward(32), 0);
+    k.intake_mut()
+        .submit(
+            simple("c2", "s1", SeedOperation::Advance, SeedStage::Training),
+            now(),
+        )
+        .unwrap();
+    ok(&k.fence(1, 0, now()));
+    let def = urza::definition("conv.residual").unwrap();
+    let expected = def
+        .forward_macs(
+            &def.default_parameters(),
+            &urza::SlotShape::conv2d(4, 6, 6).unwrap(),
+        )
+        .unwrap();
+    assert!(expected > 0);
+    assert_eq!(k.seed_forward_macs(), expected);
+    assert_eq!(k.count_forward(32), expected);
+    assert_eq!(k.count_forward(8), expected);
+    let outcome = &k.seed_outcomes()[0];
+    assert_eq!(outcome.forward_macs, expected);
+    assert_eq!(
+        outcome.images_by_stage,
+        [
+            ("SEED_STAGE_GERMINATED".to_string(), 32),
+            ("SEED_STAGE_TRAINING".to_string(), 40)
+        ]
+        .into_iter()
+        .collect()
+    );
+    // Culled, it costs nothing again.
+    k.cull("r0", "test", 2, 0).unwrap();
+    assert_eq!(k.seed_forward_macs(), 0);
+}

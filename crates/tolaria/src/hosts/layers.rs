@@ -3,7 +3,7 @@
 
 use candle_core::{Tensor, Var};
 use esper_ops::ParamInit;
-use kasmina::NamedParameter;
+use kasmina::{LayerMacs, NamedParameter};
 
 use crate::error::Result;
 
@@ -90,6 +90,14 @@ impl Linear {
     /// `name.weight`, `name.bias`.
     pub fn parameters(&self) -> Vec<NamedParameter> {
         weight_and_bias(&self.name, &self.weight, &self.bias)
+    }
+
+    /// Forward MACs on one input vector: every weight once.
+    pub fn macs(&self) -> LayerMacs {
+        LayerMacs {
+            layer: self.name.clone(),
+            macs: self.weight.elem_count() as u64,
+        }
     }
 }
 
@@ -189,5 +197,16 @@ impl Conv2d {
     /// `name.weight`, `name.bias`.
     pub fn parameters(&self) -> Vec<NamedParameter> {
         weight_and_bias(&self.name, &self.weight, &self.bias)
+    }
+
+    /// Forward MACs on one `height × width` input map: every kernel weight at
+    /// each output position (stride 1: `in + 2·padding − k + 1` per side).
+    pub fn macs(&self, height: usize, width: usize) -> LayerMacs {
+        let k = self.weight.dims().last().copied().unwrap_or(1);
+        let out = |side: usize| (side + 2 * self.padding + 1).saturating_sub(k) as u64;
+        LayerMacs {
+            layer: self.name.clone(),
+            macs: self.weight.elem_count() as u64 * out(height) * out(width),
+        }
     }
 }

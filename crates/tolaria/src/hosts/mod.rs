@@ -14,7 +14,7 @@
 mod layers;
 
 use candle_core::{Device, Tensor};
-use kasmina::{Host, NamedParameter, SlotRunner, SlotSpec};
+use kasmina::{Host, LayerMacs, NamedParameter, SlotRunner, SlotSpec};
 
 pub use esper_ops::ParamInit;
 pub use layers::{Conv2d, Linear, Ops};
@@ -95,6 +95,9 @@ impl Host for Mlp {
     fn parameters(&self) -> Vec<NamedParameter> {
         [self.fc1.parameters(), self.fc2.parameters()].concat()
     }
+    fn layer_macs(&self) -> Option<Vec<LayerMacs>> {
+        Some(vec![self.fc1.macs(), self.fc2.macs()])
+    }
 }
 
 /// `cnn`, `cnn-wide` and `cnn-impaired`: two conv stages with a slot after each.
@@ -160,6 +163,14 @@ impl Host for ConvNet {
             self.fc.parameters(),
         ]
         .concat()
+    }
+    fn layer_macs(&self) -> Option<Vec<LayerMacs>> {
+        // conv1 sees the 28×28 input, conv2 the 14×14 pooled map.
+        Some(vec![
+            self.conv1.macs(28, 28),
+            self.conv2.macs(14, 14),
+            self.fc.macs(),
+        ])
     }
 }
 

@@ -100,3 +100,46 @@ fn host_gradients_reach_every_parameter() {
         assert!(grads.get(&p.var).is_some(), "no gradient for {}", p.name);
     }
 }
+
+#[test]
+fn every_reference_host_counts_its_forward_macs_per_layer() {
+    let total = |name: &str| -> (Vec<String>, u64) {
+        let host = build(name, 0, &Device::Cpu).unwrap();
+        let layers = host.layer_macs().unwrap();
+        (
+            layers.iter().map(|l| l.layer.clone()).collect(),
+            layers.iter().map(|l| l.macs).sum(),
+        )
+    };
+    // Hand counts: weights × output positions for each conv, weights for each
+    // linear layer.
+    assert_eq!(
+        total("mlp"),
+        (vec!["fc1".into(), "fc2".into()], 784 * 128 + 128 * 10)
+    );
+    assert_eq!(total("mlp-wide").1, 784 * 256 + 256 * 10);
+    assert_eq!(
+        total("cnn"),
+        (
+            vec!["conv1".into(), "conv2".into(), "fc".into()],
+            9 * 16 * 784 + 9 * 16 * 32 * 196 + 1568 * 10
+        )
+    );
+    assert_eq!(
+        total("cnn-wide").1,
+        9 * 32 * 784 + 9 * 32 * 64 * 196 + 3136 * 10
+    );
+    assert_eq!(total("cnn-impaired").1, 4 * 784 + 4 * 8 * 196 + 392 * 10);
+    // Every layer name is the prefix of a parameter of the host.
+    for name in HOST_NAMES {
+        let host = build(name, 0, &Device::Cpu).unwrap();
+        let params: Vec<String> = host.parameters().into_iter().map(|p| p.name).collect();
+        for layer in host.layer_macs().unwrap() {
+            assert!(
+                params.contains(&format!("{}.weight", layer.layer)),
+                "{name}: {} is not a layer",
+                layer.layer
+            );
+        }
+    }
+}

@@ -66,6 +66,12 @@ pub struct EpochReport {
     pub checkpoint: Option<std::path::PathBuf>,
     /// Mean global L2 norm of the gradients over the epoch's steps.
     pub grad_norm: f64,
+    /// Training images stepped on (rolled-back batches not counted).
+    pub train_images: usize,
+    /// Mean forward MACs per training image over the epoch: the host's and
+    /// those of the seeds live at each step. `None` when the host does not
+    /// count its layers.
+    pub forward_macs_per_image: Option<f64>,
     /// Median training step latency (forward, backward, optimizer), ms.
     pub step_ms_p50: f64,
     /// 95th-percentile training step latency, ms.
@@ -452,6 +458,8 @@ impl Trainer {
             (0.0f64, Vec::new(), FenceStats::default());
         let mut last_loss = f64::NAN;
         let rollbacks_before = self.rollbacks.len();
+        let host_macs = self.host_forward_macs();
+        let mut macs_sum = 0u128;
         loop {
             // A signal raised by the last step (a rollback's escalation
             // included) leaves before the next one starts.
@@ -495,6 +503,8 @@ impl Trainer {
                 continue;
             }
             drop(forward);
+            let images = batch.labels.dims1()?;
+            macs_sum += u128::from(self.count_forward(images as u64)) * images as u128;
             let grads = {
                 let _backward = tracing::info_span!("backward").entered();
                 loss.backward()?
@@ -519,7 +529,7 @@ impl Trainer {
             self.since_fence.step_ms_sum += step_ms.last().copied().unwrap_or(0.0);
             batches += 1;
             correct += count_correct(&logits, &batch.labels)?;
-            seen += batch.labels.dims1()?;
+            seen += images;
             on_step(&StepProgress {
                 epoch: self.epoch,
                 batch: batch_index,
@@ -596,6 +606,9 @@ impl Trainer {
             rollbacks,
             checkpoint,
             grad_norm: grad_norm_sum / batches.max(1) as f64,
+            train_images: seen,
+            forward_macs_per_image: host_macs
+                .map(|host| host as f64 + macs_sum as f64 / seen.max(1) as f64),
             step_ms_p50: quantile(&step_ms, 0.50),
             step_ms_p95: quantile(&step_ms, 0.95),
             fences,

@@ -152,6 +152,32 @@ impl Trainer {
             .unwrap_or_default()
     }
 
+    /// Forward MACs per image of the host's layers, summed; `None` when the
+    /// host does not count them.
+    pub fn host_forward_macs(&self) -> Option<u64> {
+        self.host
+            .layer_macs()
+            .map(|layers| layers.iter().map(|l| l.macs).sum())
+    }
+
+    /// Forward MACs per image of the model now: the host's and every live
+    /// seed's (what an image costs at inference after this point).
+    pub fn forward_macs(&self) -> Option<u64> {
+        let seeds = self
+            .seeds
+            .as_ref()
+            .map_or(0, |c| c.kasmina.seed_forward_macs());
+        self.host_forward_macs().map(|host| host + seeds)
+    }
+
+    /// Records a training forward over `images` images with the seeds'
+    /// histories; returns the MACs per image the seeds added to it.
+    pub(super) fn count_forward(&mut self, images: u64) -> u64 {
+        self.seeds
+            .as_mut()
+            .map_or(0, |c| c.kasmina.count_forward(images))
+    }
+
     /// Scalar parameters of the model now: the host's and every seed's that
     /// trains (a fossilized seed is part of the model).
     pub fn parameter_count(&self) -> u64 {

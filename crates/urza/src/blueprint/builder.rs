@@ -155,6 +155,11 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
+    /// The weight `[outputs, inputs]` (for the MAC count).
+    pub(crate) fn weight(&self) -> &Var {
+        &self.weight
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = x.matmul(&self.weight.as_tensor().t()?)?;
         match &self.bias {
@@ -185,6 +190,11 @@ pub(crate) struct Conv {
 }
 
 impl Conv {
+    /// The kernel `[outputs, inputs / groups, k, k]` (for the MAC count).
+    pub(crate) fn weight(&self) -> &Var {
+        &self.weight
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = esper_ops::conv2d(x, self.weight.as_tensor(), self.spec)?;
         esper_ops::bias_add(&y, self.bias.as_tensor())

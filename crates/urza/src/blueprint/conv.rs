@@ -135,6 +135,42 @@ pub(crate) fn count(kind: ConvKind, p: &Parameters, shape: &[usize]) -> u64 {
     }
 }
 
+/// Forward MACs per sample (see `macs.rs` for what counts): every kernel
+/// weight at each of the `H×W` positions (stride 1, padded to keep the map),
+/// squeeze-excitation's layers once on the pooled vector, and attention's
+/// projections at their positions plus its two products.
+pub(crate) fn macs(kind: ConvKind, p: &Parameters, shape: &[usize]) -> u64 {
+    let c = shape[0] as u64;
+    let positions = (shape[1] * shape[2]) as u64;
+    let n = width(kind, p, shape[0]) as u64;
+    match kind {
+        ConvKind::ChannelNorm => 0,
+        ConvKind::Depthwise => {
+            let k = get_usize(p, "kernel_size") as u64;
+            c * k * k * positions
+        }
+        ConvKind::LightConv => (c * n + 9 * n * n + n * c) * positions,
+        ConvKind::HeavyConv => 18 * c * n * positions,
+        ConvKind::Residual => get_usize(p, "depth") as u64 * 18 * c * n * positions,
+        ConvKind::SqueezeExcitation => 2 * c * n,
+        ConvKind::SpatialAttention => {
+            let pool = get_usize(p, "kv_pool");
+            let pooled = ((shape[1] / pool) * (shape[2] / pool)) as u64;
+            // Q and the output projection at every position, K and V at the
+            // pooled ones, then scores (positions × pooled × d) and the
+            // weighted values (C × positions × pooled).
+            (c * n + c * c) * positions
+                + (c * n + c * c) * pooled
+                + positions * pooled * n
+                + c * positions * pooled
+        }
+        ConvKind::GroupedConv => {
+            let g = get_usize(p, "groups") as u64;
+            9 * c * (c / g) * positions
+        }
+    }
+}
+
 /// Builds the network of a convolutional blueprint.
 pub(crate) fn build(
     kind: ConvKind,
@@ -217,6 +253,10 @@ impl ChannelNorm {
 }
 
 impl Residual {
+    pub(crate) fn blocks(&self) -> &[(Conv, Conv)] {
+        &self.blocks
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut y = x.clone();
         for (a, b) in &self.blocks {
@@ -227,6 +267,10 @@ impl Residual {
 }
 
 impl SqueezeExcitation {
+    pub(crate) fn layers(&self) -> [&Linear; 2] {
+        [&self.squeeze, &self.excite]
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (n, c, _, _) = x.dims4()?;
         let pooled = x.mean(D::Minus1)?.mean(D::Minus1)?;
@@ -237,6 +281,19 @@ impl SqueezeExcitation {
 }
 
 impl SpatialAttention {
+    /// Query, key, value and output projections.
+    pub(crate) fn layers(&self) -> [&Linear; 4] {
+        [&self.query, &self.key, &self.value, &self.output]
+    }
+
+    pub(crate) fn kv_pool(&self) -> usize {
+        self.kv_pool
+    }
+
+    pub(crate) fn key_dim(&self) -> usize {
+        self.key_dim
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let tokens = x.reshape((n, c, h * w))?;

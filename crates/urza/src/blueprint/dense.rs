@@ -85,6 +85,21 @@ pub(crate) fn count(kind: DenseKind, p: &Parameters, shape: &[usize]) -> u64 {
     }
 }
 
+/// Forward MACs per sample: every weight once (see `macs.rs`).
+pub(crate) fn macs(kind: DenseKind, p: &Parameters, shape: &[usize]) -> u64 {
+    let f = shape[0] as u64;
+    let h = hidden(kind, p, shape[0]) as u64;
+    match kind {
+        DenseKind::MlpSmall => 2 * f * h,
+        DenseKind::MlpLarge => {
+            let depth = get_usize(p, "depth") as u64;
+            2 * f * h + (depth - 1) * h * h
+        }
+        DenseKind::LowRank => 2 * f * h,
+        DenseKind::GatedFeedForward => 3 * f * h,
+    }
+}
+
 /// Builds the network of a dense blueprint.
 pub(crate) fn build(
     kind: DenseKind,
@@ -121,6 +136,10 @@ pub(crate) fn build(
 }
 
 impl Mlp {
+    pub(crate) fn layers(&self) -> &[Linear] {
+        &self.layers
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut y = x.clone();
         let last = self.layers.len().saturating_sub(1);
@@ -135,12 +154,20 @@ impl Mlp {
 }
 
 impl LowRank {
+    pub(crate) fn layers(&self) -> [&Linear; 2] {
+        [&self.down, &self.up]
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.up.forward(&self.down.forward(x)?)? * self.scale
     }
 }
 
 impl GatedFeedForward {
+    pub(crate) fn layers(&self) -> [&Linear; 3] {
+        [&self.value, &self.gate, &self.output]
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let gated = (self.value.forward(x)?.gelu()? * self.gate.forward(x)?)?;
         self.output.forward(&gated)

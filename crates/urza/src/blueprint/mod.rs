@@ -7,6 +7,7 @@ mod builder;
 mod catalog;
 mod conv;
 mod dense;
+mod macs;
 
 use candle_core::{Tensor, Var};
 use leyline::v1::{BlueprintDescriptor, BlueprintTier, ParameterBound, SlotKind};
@@ -129,6 +130,14 @@ impl BlueprintDef {
         })
     }
 
+    /// Forward multiply-accumulates per sample of an instance for `slot`
+    /// (weight layers and attention products; biases and elementwise work
+    /// excluded — see the `macs` module), from the formula.
+    pub fn forward_macs(&self, params: &Parameters, slot: &SlotShape) -> Result<u64> {
+        self.check(params, slot)?;
+        Ok(macs::formula(self.kind, params, slot.shape()))
+    }
+
     /// Builds an instance for `slot` with weights from `weights`.
     pub fn build(
         &self,
@@ -206,6 +215,12 @@ impl BlueprintModule {
     /// The number of scalar parameters it actually holds.
     pub fn parameter_count(&self) -> u64 {
         self.vars.iter().map(|(_, v)| v.elem_count() as u64).sum()
+    }
+
+    /// Forward multiply-accumulates per sample, counted from the weights this
+    /// instance holds (equal to [`BlueprintDef::forward_macs`]; tested).
+    pub fn forward_macs(&self) -> u64 {
+        macs::built(&self.net, self.slot.shape())
     }
 
     /// Applies the module to a batch shaped `[N, ...slot shape]`.

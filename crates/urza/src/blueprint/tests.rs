@@ -315,3 +315,81 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn forward_macs_from_the_formula_equal_the_count_of_the_built_layers() {
+    // Every blueprint, on every test slot, at its defaults and with each
+    // parameter at its bounds: the catalog's formula and the count from the
+    // built module's weight shapes agree.
+    for def in catalog() {
+        for &kind in def.slot_kinds {
+            for slot in slots(kind) {
+                let mut variants = vec![def.default_parameters()];
+                for p in def.params {
+                    for value in [p.min, p.max] {
+                        let mut params = def.default_parameters();
+                        params.insert(p.name.to_string(), value);
+                        variants.push(params);
+                    }
+                }
+                for params in variants {
+                    if def.check(&params, &slot).is_err() {
+                        continue;
+                    }
+                    let mut init = ParamInit::new(2, Device::Cpu);
+                    let module = def.build(&params, &slot, Weights::Init(&mut init)).unwrap();
+                    assert_eq!(
+                        def.forward_macs(&params, &slot).unwrap(),
+                        module.forward_macs(),
+                        "{} {params:?} on {slot}",
+                        def.id
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_macs_match_hand_counts() {
+    let macs = |id: &str, slot: SlotShape| {
+        let def = definition(id).unwrap();
+        def.forward_macs(&def.default_parameters(), &slot).unwrap()
+    };
+    // The seed the heuristic grows on `cnn`: 3×3 16→64→16 over 14×14.
+    assert_eq!(
+        macs("conv.residual", SlotShape::conv2d(16, 14, 14).unwrap()),
+        2 * 9 * 16 * 64 * 196
+    );
+    // …and on `mlp`: 128→128→128.
+    assert_eq!(
+        macs("dense.mlp_small", SlotShape::dense(128).unwrap()),
+        2 * 128 * 128
+    );
+    // Elementwise only.
+    assert_eq!(macs("identity", SlotShape::dense(128).unwrap()), 0);
+    assert_eq!(
+        macs("conv.channel_norm", SlotShape::conv2d(8, 7, 7).unwrap()),
+        0
+    );
+    // Squeeze-excitation runs its layers once, on the pooled vector.
+    let se = definition("conv.squeeze_excitation").unwrap();
+    let slot = SlotShape::conv2d(16, 14, 14).unwrap();
+    let params = se.parameter_count(&se.default_parameters(), &slot).unwrap();
+    // Its parameters minus the biases (16 / reduction hidden + 16 output).
+    let biases = 16 + (params - 16) / 33;
+    assert_eq!(
+        se.forward_macs(&se.default_parameters(), &slot).unwrap(),
+        params - biases
+    );
+    // A wrong slot is refused, not counted.
+    assert!(
+        definition("dense.mlp_small")
+            .unwrap()
+            .forward_macs(
+                &definition("dense.mlp_small").unwrap().default_parameters(),
+                &SlotShape::conv2d(4, 4, 4).unwrap()
+            )
+            .is_err()
+    );
+}

@@ -73,6 +73,10 @@ pub struct RunRow {
     pub step_ms_p50: Option<f64>,
     /// Training wall time, s.
     pub train_seconds: f64,
+    /// Forward MACs per image of the final model (host + live seeds).
+    pub forward_macs_final: Option<u64>,
+    /// Training FLOPs per image, over the whole run.
+    pub training_flops_per_image: Option<f64>,
 }
 
 impl RunRow {
@@ -98,6 +102,8 @@ pub struct EpochRow {
     pub step_ms_p50: f64,
     /// Epoch wall time, s.
     pub seconds: f64,
+    /// Mean forward MACs per training image.
+    pub forward_macs_per_image: Option<f64>,
 }
 
 /// What an import did.
@@ -114,6 +120,7 @@ pub struct ImportReport {
 pub struct RunStore {
     path: PathBuf,
     conn: Connection,
+    rebuilt: bool,
 }
 
 const SCHEMA: &str = "
@@ -125,19 +132,21 @@ CREATE TABLE IF NOT EXISTS runs (
     validation_accuracy REAL, validation_loss REAL,
     parameters_initial INTEGER, parameters_final INTEGER,
     step_ms_p50 REAL, train_seconds REAL NOT NULL,
-    finished_ms INTEGER, config TEXT, dir TEXT NOT NULL, skipped_lines INTEGER NOT NULL
+    finished_ms INTEGER, config TEXT, dir TEXT NOT NULL, skipped_lines INTEGER NOT NULL,
+    forward_macs_final INTEGER, training_flops_per_image REAL, host_layer_macs TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_cohort ON runs (cohort, arm);
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL, epoch INTEGER NOT NULL, global_step INTEGER NOT NULL,
     train_loss REAL, train_accuracy REAL, validation_loss REAL, validation_accuracy REAL,
     grad_norm REAL, step_ms_p50 REAL, step_ms_p95 REAL, images_per_second REAL,
-    seconds REAL, rollbacks INTEGER,
+    seconds REAL, rollbacks INTEGER, train_images INTEGER, forward_macs_per_image REAL,
     PRIMARY KEY (run_id, epoch)
 );
 CREATE TABLE IF NOT EXISTS seeds (
     run_id TEXT NOT NULL, seed TEXT NOT NULL, slot TEXT NOT NULL, blueprint TEXT NOT NULL,
     parameters INTEGER NOT NULL, furthest TEXT NOT NULL, last TEXT NOT NULL,
+    forward_macs INTEGER NOT NULL, images_by_stage TEXT NOT NULL,
     PRIMARY KEY (run_id, seed)
 );
 CREATE TABLE IF NOT EXISTS decisions (
@@ -145,6 +154,14 @@ CREATE TABLE IF NOT EXISTS decisions (
     PRIMARY KEY (run_id, line)
 );
 ";
+
+/// The layout `SCHEMA` creates (SQLite's `user_version`). The store is
+/// derived from the run directories, so a store of another layout is
+/// dropped and rebuilt empty, and [`RunStore::rebuilt`] says so: the
+/// caller re-imports.
+const SCHEMA_VERSION: i64 = 2;
+
+const TABLES: [&str; 4] = ["runs", "epochs", "seeds", "decisions"];
 
 /// The exit record a cohort worker leaves when `esper train` failed.
 pub const EXIT: &str = "exit.json";
@@ -162,17 +179,24 @@ impl RunStore {
                 problem: e.to_string(),
             })?;
         }
-        let conn = Connection::open(path).map_err(sql)?;
+        let mut conn = Connection::open(path).map_err(sql)?;
         // Set first, so that even the WAL switch waits for another process.
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
-        conn.execute_batch(SCHEMA).map_err(sql)?;
+        let rebuilt = migrate(&mut conn).map_err(sql)?;
         Ok(Self {
             path: path.to_path_buf(),
             conn,
+            rebuilt,
         })
+    }
+
+    /// Whether opening found a store of an older layout and rebuilt it
+    /// empty (its runs need importing again).
+    pub fn rebuilt(&self) -> bool {
+        self.rebuilt
     }
 
     fn sql(&self, source: rusqlite::Error) -> StoreError {
@@ -249,6 +273,10 @@ impl RunStore {
             (None, None) => "incomplete".to_owned(),
         };
         let last = epochs.last();
+        let host_layer_macs = match summary.as_ref().and_then(|s| s.host_layer_macs.as_ref()) {
+            Some(layers) => Some(to_json(dir, layers)?),
+            None => None,
+        };
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -261,12 +289,12 @@ impl RunStore {
             path: path.clone(),
             source,
         };
-        for table in ["runs", "epochs", "seeds", "decisions"] {
+        for table in TABLES {
             tx.execute(&format!("DELETE FROM {table} WHERE run_id = ?1"), [&run_id])
                 .map_err(sql)?;
         }
         tx.execute(
-            "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
             params![
                 run_id,
                 membership.as_ref().map(|m| m.cohort.clone()),
@@ -289,12 +317,18 @@ impl RunStore {
                 config,
                 dir.display().to_string(),
                 report.skipped.len() as i64,
+                summary
+                    .as_ref()
+                    .and_then(|s| s.forward_macs_final)
+                    .map(|m| m as i64),
+                summary.as_ref().and_then(|s| s.training_flops_per_image),
+                host_layer_macs,
             ],
         )
         .map_err(sql)?;
         for e in &epochs {
             tx.execute(
-                "INSERT OR REPLACE INTO epochs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                "INSERT OR REPLACE INTO epochs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     run_id,
                     i64::from(e.epoch),
@@ -309,13 +343,15 @@ impl RunStore {
                     e.images_per_second,
                     e.seconds,
                     e.rollbacks as i64,
+                    e.train_images as i64,
+                    e.forward_macs_per_image,
                 ],
             )
             .map_err(sql)?;
         }
         for s in summary.iter().flat_map(|s| &s.seeds) {
             tx.execute(
-                "INSERT INTO seeds VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO seeds VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     run_id,
                     s.seed,
@@ -323,7 +359,9 @@ impl RunStore {
                     s.blueprint,
                     s.parameters as i64,
                     s.furthest,
-                    s.last
+                    s.last,
+                    s.forward_macs as i64,
+                    to_json(dir, &s.images_by_stage)?,
                 ],
             )
             .map_err(sql)?;
@@ -349,7 +387,8 @@ impl RunStore {
                         (SELECT COUNT(*) FROM seeds s WHERE s.run_id = r.run_id),
                         (SELECT COUNT(*) FROM seeds s WHERE s.run_id = r.run_id
                             AND s.last = 'SEED_STAGE_FOSSILIZED'),
-                        r.step_ms_p50, r.train_seconds
+                        r.step_ms_p50, r.train_seconds, r.forward_macs_final,
+                        r.training_flops_per_image
                  FROM runs r WHERE ?1 IS NULL OR r.cohort = ?1 ORDER BY r.run_id",
             )
             .map_err(|e| self.sql(e))?;
@@ -371,6 +410,8 @@ impl RunStore {
                     fossilized: r.get::<_, i64>(12)? as u32,
                     step_ms_p50: r.get(13)?,
                     train_seconds: r.get(14)?,
+                    forward_macs_final: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+                    training_flops_per_image: r.get(16)?,
                 })
             })
             .map_err(|e| self.sql(e))?;
@@ -388,7 +429,8 @@ impl RunStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT epoch, validation_accuracy, validation_loss, step_ms_p50, seconds
+                "SELECT epoch, validation_accuracy, validation_loss, step_ms_p50, seconds,
+                        forward_macs_per_image
                  FROM epochs WHERE run_id = ?1 ORDER BY epoch",
             )
             .map_err(|e| self.sql(e))?;
@@ -400,6 +442,7 @@ impl RunStore {
                     validation_loss: r.get(2)?,
                     step_ms_p50: r.get(3)?,
                     seconds: r.get(4)?,
+                    forward_macs_per_image: r.get(5)?,
                 })
             })
             .map_err(|e| self.sql(e))?;
@@ -412,7 +455,8 @@ impl RunStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT seed, slot, blueprint, parameters, furthest, last FROM seeds
+                "SELECT seed, slot, blueprint, parameters, furthest, last, forward_macs,
+                        images_by_stage FROM seeds
                  WHERE run_id = ?1 ORDER BY seed",
             )
             .map_err(|e| self.sql(e))?;
@@ -425,11 +469,43 @@ impl RunStore {
                     parameters: r.get::<_, i64>(3)? as u64,
                     furthest: r.get(4)?,
                     last: r.get(5)?,
+                    forward_macs: r.get::<_, i64>(6)? as u64,
+                    images_by_stage: serde_json::from_str(&r.get::<_, String>(7)?).map_err(
+                        |e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                7,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        },
+                    )?,
                 })
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.sql(e))
+    }
+
+    /// The host's MACs by layer, as the run's summary recorded them.
+    pub fn host_layer_macs(&self, run_id: &str) -> Result<Option<Vec<kasmina::LayerMacs>>> {
+        let text: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT host_layer_macs FROM runs WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        match text.flatten() {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| StoreError::RunDir {
+                    path: self.path.clone(),
+                    problem: format!("run {run_id}: host_layer_macs: {e}"),
+                }),
+        }
     }
 
     /// Decisions recorded for a run.
@@ -444,6 +520,36 @@ impl RunStore {
             .map(|n| n.unwrap_or(0) as u64)
             .map_err(|e| self.sql(e))
     }
+}
+
+/// Creates the tables, or rebuilds a store of another layout; true when
+/// it dropped an older one. One IMMEDIATE transaction, so that two
+/// processes opening one store at once do not both rebuild it.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<bool> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(false);
+    }
+    let existing: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'runs'",
+        [],
+        |r| r.get(0),
+    )?;
+    for table in TABLES {
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS {table};"))?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+    tx.commit()?;
+    Ok(existing > 0)
+}
+
+fn to_json<T: serde::Serialize>(dir: &Path, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::RunDir {
+        path: dir.to_path_buf(),
+        problem: format!("cannot encode a summary field: {e}"),
+    })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
@@ -492,113 +598,4 @@ fn read_lines(path: &Path) -> Result<Lines> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    fn epoch_line(epoch: u32, acc: f64) -> String {
-        serde_json::json!({
-            "run_id": "r1", "timestamp_ms": 1, "epoch": epoch, "global_step": epoch * 10,
-            "train_loss": 0.5, "train_accuracy": 0.8, "validation_loss": 0.4,
-            "validation_accuracy": acc, "grad_norm": 1.0, "step_ms_p50": 2.0,
-            "step_ms_p95": 3.0, "images_per_second": 100.0, "seconds": 1.5,
-            "rollbacks": 0, "fences": 1, "fence_deadline_misses": 0, "fence_ms": 0.1,
-            "checkpoint": null
-        })
-        .to_string()
-    }
-
-    fn run_dir(root: &Path) -> PathBuf {
-        let dir = root.join("r1");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("config.toml"), "[run]\nseed = 3\n").unwrap();
-        // A torn line in the middle (say, a crash while appending, then a
-        // resume) is skipped and reported; the epochs around it are kept.
-        let metrics = format!(
-            "{}\n{{\"run_id\": \"r1\", \"epo\n{}\n",
-            epoch_line(1, 0.8),
-            epoch_line(2, 0.9)
-        );
-        std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();
-        std::fs::write(
-            dir.join("decisions.jsonl"),
-            "{\"kind\":\"wait\"}\n{\"kind\":\"command\"}\n",
-        )
-        .unwrap();
-        let summary = RunSummary {
-            run_id: "r1".into(),
-            host: "mlp".into(),
-            controller: "heuristic".into(),
-            off_switch: false,
-            seed: 3,
-            status: COMPLETED.into(),
-            epochs: 2,
-            global_step: 20,
-            validation_accuracy: 0.9,
-            validation_loss: 0.4,
-            train_loss: 0.5,
-            parameters_initial: 100,
-            parameters_final: 130,
-            seeds: vec![kasmina::SeedOutcome {
-                seed: "s1".into(),
-                slot: "h0".into(),
-                blueprint: "dense.adapter".into(),
-                parameters: 30,
-                furthest: "SEED_STAGE_FOSSILIZED".into(),
-                last: "SEED_STAGE_FOSSILIZED".into(),
-            }],
-            step_ms_p50: 2.0,
-            train_seconds: 3.0,
-            finished_ms: 5,
-        };
-        std::fs::write(
-            dir.join("summary.json"),
-            serde_json::to_string(&summary).unwrap(),
-        )
-        .unwrap();
-        dir
-    }
-
-    #[test]
-    fn import_is_idempotent_and_reports_what_it_skips() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = run_dir(root.path());
-        let mut store = RunStore::open(&root.path().join("esper.sqlite")).unwrap();
-        let first = store.import_all(root.path()).unwrap();
-        assert_eq!(first.runs, 1);
-        assert_eq!(first.skipped.len(), 1, "{first:?}");
-        assert_eq!(first.skipped[0].1, 2, "the torn line is line 2");
-        let second = store.import(&dir).unwrap();
-        assert_eq!(second.skipped.len(), 1);
-        let rows = store.runs(None).unwrap();
-        assert_eq!(rows.len(), 1, "a re-import replaces, never duplicates");
-        let r = &rows[0];
-        assert_eq!(r.status, COMPLETED);
-        assert_eq!((r.epochs, r.validation_accuracy), (2, Some(0.9)));
-        assert_eq!(r.parameters_added(), Some(30));
-        assert_eq!((r.seeds, r.fossilized), (1, 1));
-        assert_eq!(store.epochs("r1").unwrap().len(), 2);
-        assert_eq!(store.seeds("r1").unwrap().len(), 1);
-        assert_eq!(store.decision_count("r1").unwrap(), 2);
-        // The run directory is the source of truth: the import changed nothing.
-        assert!(
-            std::fs::read_to_string(dir.join("metrics.jsonl"))
-                .unwrap()
-                .contains("\"epo\n")
-        );
-    }
-
-    #[test]
-    fn a_run_without_a_summary_is_failed_or_incomplete() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = run_dir(root.path());
-        std::fs::remove_file(dir.join("summary.json")).unwrap();
-        let mut store = RunStore::open(&root.path().join("esper.sqlite")).unwrap();
-        store.import(&dir).unwrap();
-        assert_eq!(store.runs(None).unwrap()[0].status, "incomplete");
-        std::fs::write(dir.join(EXIT), "{\"code\": 101}").unwrap();
-        store.import(&dir).unwrap();
-        assert_eq!(store.runs(None).unwrap()[0].status, "failed (exit 101)");
-    }
-}
+mod tests;
