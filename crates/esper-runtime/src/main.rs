@@ -61,6 +61,16 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Write an HTML report (SVG charts, verdict and run tables) for a
+    /// cohort file, a run directory or a run id under `run.dir`.
+    Report {
+        /// A cohort file, a run directory, or a run id.
+        target: PathBuf,
+        /// Where to write it (default: report.html in the run directory, or
+        /// in <cohort dir>/cohorts/<name>/).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// The run store (`<run.dir>/esper.sqlite`): import, list, show.
     Runs {
         #[command(subcommand)]
@@ -214,6 +224,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Report { target, out } => {
+            let path =
+                esper_runtime::report::write(&target, &resolved.config.run.dir, out.as_deref())?;
+            println!("esper report: wrote {}", path.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Runs { command } => {
             use esper_runtime::cohort::command;
@@ -421,8 +437,12 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             }
         };
         progress.finish_and_clear();
-        log.append(&esper_runtime::runlog::EpochLine::new(&resolved.run_id, &r))
-            .context("writing metrics.jsonl")?;
+        log.append(&esper_runtime::runlog::EpochLine::new(
+            &resolved.run_id,
+            &r,
+            &trainer.seed_summaries(),
+        ))
+        .context("writing metrics.jsonl")?;
         if r.rollbacks > 0 {
             println!(
                 "esper train: epoch {}: {} rollback(s) to the last known-good state",

@@ -59,11 +59,33 @@ pub struct EpochLine {
     /// the host does not count its layers.
     #[serde(default)]
     pub forward_macs_per_image: Option<f64>,
+    /// Every seed in a slot at the end of the epoch: a run's seed timeline.
+    #[serde(default)]
+    pub seeds: Vec<EpochSeed>,
+}
+
+/// A seed at the end of an epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochSeed {
+    /// Seed id.
+    pub seed: String,
+    /// Slot id.
+    pub slot: String,
+    /// Blueprint id.
+    pub blueprint: String,
+    /// Stage (`SEED_STAGE_*`).
+    pub stage: String,
+    /// Blend α in effect.
+    pub alpha: f64,
 }
 
 impl EpochLine {
-    /// The line for `report`.
-    pub fn new(run_id: &str, report: &tolaria::EpochReport) -> Self {
+    /// The line for `report`, with the seeds the slots hold after it.
+    pub fn new(
+        run_id: &str,
+        report: &tolaria::EpochReport,
+        seeds: &[kasmina::SeedSummary],
+    ) -> Self {
         Self {
             run_id: run_id.to_owned(),
             timestamp_ms: leyline::unix_now_ms(),
@@ -85,6 +107,16 @@ impl EpochLine {
             checkpoint: report.checkpoint.clone(),
             train_images: report.train_images as u64,
             forward_macs_per_image: report.forward_macs_per_image,
+            seeds: seeds
+                .iter()
+                .map(|s| EpochSeed {
+                    seed: s.seed.clone(),
+                    slot: s.slot.clone(),
+                    blueprint: s.blueprint.clone(),
+                    stage: s.stage.as_str_name().to_owned(),
+                    alpha: s.alpha,
+                })
+                .collect(),
         }
     }
 }
@@ -358,6 +390,7 @@ mod tests {
             checkpoint: None,
             train_images: images,
             forward_macs_per_image: macs,
+            seeds: Vec::new(),
         }
     }
 

@@ -8,4 +8,5 @@ mod cli;
 mod cohort;
 mod control;
 mod grow;
+mod report;
 mod script;

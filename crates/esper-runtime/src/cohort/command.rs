@@ -107,7 +107,8 @@ pub fn verdict(path: &Path) -> Result<Verdict> {
     judge(&file)
 }
 
-fn judge(file: &CohortFile) -> Result<Verdict> {
+/// Imports `file`'s runs into its store and judges them.
+pub fn judge(file: &CohortFile) -> Result<Verdict> {
     let mut store = RunStore::open(&file.store_path())?;
     eprint!("{}", rebuilt_note(&store));
     for arm in &file.arms {
