@@ -43,6 +43,7 @@ fn an_epoch_state_packet_reaches_a_controller_over_oona() {
         &mut trainer,
         &report,
         &mut summary,
+        &mut esper_runtime::narrate::Narrator::new(),
     )
     .unwrap();
     assert!(

@@ -55,8 +55,10 @@ impl ControlSummary {
     }
 
     /// The run summary: every command and failed step with its evidence,
-    /// field reports by outcome, WAITs by rule, and where each seed ended.
-    pub fn render(&self, seeds: &[kasmina::SeedSummary]) -> String {
+    /// field reports by outcome, WAITs by rule, and every seed germinated:
+    /// where it ended, what it cost (parameters, forward MACs per image
+    /// beside the host's) and what it measurably contributed.
+    pub fn render(&self, seeds: &[kasmina::SeedOutcome], host_macs: Option<u64>) -> String {
         let mut out = String::from("esper train: controller decisions\n");
         if self.decisions.is_empty() {
             out.push_str("  (no command issued)\n");
@@ -84,13 +86,30 @@ impl ControlSummary {
             let _ = writeln!(out, "  waits: {}", counts(&self.waits, false));
         }
         for s in seeds {
+            let stage = |name: &str| {
+                leyline::v1::SeedStage::from_str_name(name)
+                    .map_or("UNKNOWN", leyline::lifecycle::stage_label)
+            };
+            let share = match host_macs {
+                Some(host) if host > 0 => {
+                    format!(" ({:.1} x the host's)", s.forward_macs as f64 / host as f64)
+                }
+                Some(_) | None => String::new(),
+            };
+            let contribution = s.contribution.map_or_else(
+                || "no counterfactual measured".to_owned(),
+                |c| format!("contribution {c:+.2} points"),
+            );
             let _ = writeln!(
                 out,
-                "  seed {} at {}: {} ended {}",
+                "  seed {} at {}: {} reached {}, ended {} | {} parameters | {:.3} MMAC/image{share} | {contribution}",
                 s.seed,
                 s.slot,
                 s.blueprint,
-                s.stage.as_str_name().trim_start_matches("SEED_STAGE_")
+                stage(&s.furthest),
+                stage(&s.last),
+                s.parameters,
+                s.forward_macs as f64 / 1e6,
             );
         }
         out
@@ -108,6 +127,7 @@ pub fn publish_epoch(
     trainer: &mut Trainer,
     report: &EpochReport,
     summary: &mut ControlSummary,
+    narrator: &mut crate::narrate::Narrator,
 ) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     let packet = tolaria::packet::state_packet(trainer, report);
@@ -155,23 +175,26 @@ pub fn publish_epoch(
             report.report_id
         ));
     }
-    notes.extend(flush_events(bus, trainer, summary));
+    notes.extend(flush_events(bus, trainer, summary, narrator));
     Ok(notes)
 }
 
 /// Sends the trainer's telemetry events (the controller's included) and its
 /// emergency signals over Oona, and gathers the controller's decisions into
 /// `summary`. A signal that cannot be published stays in the outbox for the
-/// next call. Returns a line per event and signal, for the operator.
+/// next call. Returns a line per event not yet shown (see
+/// [`crate::narrate`]) and per signal, for the operator.
 pub fn flush_events(
     bus: &RunBus,
     trainer: &mut Trainer,
     summary: &mut ControlSummary,
+    narrator: &mut crate::narrate::Narrator,
 ) -> Vec<String> {
     summary.absorb(trainer.drain_decisions());
-    let mut notes = Vec::new();
-    for event in trainer.drain_events() {
-        notes.push(format!("{}: {}", event.name, event.description));
+    let events = trainer.drain_events();
+    // Lines only for the events the progress display has not shown.
+    let mut notes = narrator.drained(&events);
+    for event in events {
         bus.emit(event);
     }
     trainer.emergency().outbox().drain(|signal| {

@@ -392,6 +392,7 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
         }
     };
     let mut summary = esper_runtime::epoch_end::ControlSummary::default();
+    let mut narrator = esper_runtime::narrate::Narrator::new();
     let say = |notes: Vec<String>| {
         for note in notes {
             eprintln!("esper train: {note}");
@@ -403,6 +404,15 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
         let r = match trainer.run_epoch_with_progress(&mut |p| {
             progress.set_length(p.batches as u64);
             progress.set_position(p.batch as u64);
+            // Events as they happen, above the bar (and in a worker's log).
+            let lines = narrator.live(p.events);
+            if !lines.is_empty() {
+                progress.suspend(|| {
+                    for line in lines {
+                        eprintln!("esper train: {line}");
+                    }
+                });
+            }
             let seeds = if p.seeds.is_empty() {
                 String::new()
             } else {
@@ -410,7 +420,7 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
                     .seeds
                     .iter()
                     .map(|s| {
-                        let stage = s.stage.as_str_name().trim_start_matches("SEED_STAGE_");
+                        let stage = leyline::lifecycle::stage_label(s.stage);
                         format!("{} {stage} α{:.2}", s.slot, s.alpha)
                     })
                     .collect::<Vec<_>>()
@@ -432,6 +442,7 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
                     &bus,
                     &mut trainer,
                     &mut summary,
+                    &mut narrator,
                 ));
                 return Err(e).context("training");
             }
@@ -470,7 +481,7 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
                 s.seed,
                 s.slot,
                 s.blueprint,
-                s.stage.as_str_name().trim_start_matches("SEED_STAGE_"),
+                leyline::lifecycle::stage_label(s.stage),
                 s.alpha
             );
         }
@@ -480,6 +491,7 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
             &mut trainer,
             &r,
             &mut summary,
+            &mut narrator,
         )
         .context("publishing the epoch")?);
     }
@@ -536,7 +548,10 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
         println!("esper train: stopped by the control plane: {reason}");
     }
     if grows {
-        print!("{}", summary.render(&trainer.seed_summaries()));
+        print!(
+            "{}",
+            summary.render(&trainer.seed_outcomes(), trainer.host_forward_macs())
+        );
     }
     println!(
         "esper train: done — validation accuracy {:.2}% after {} steps | parameters {} (+{}) | forward {} MMAC/image (host {}) | training {} MFLOP/image | {:.1} s training",

@@ -188,6 +188,32 @@ impl SeedStage {
     }
 }
 
+/// The operator-facing name of a stage: `TRAINING` for
+/// `SEED_STAGE_TRAINING` (logs, tables and reports print this one).
+pub fn stage_label(stage: SeedStage) -> &'static str {
+    let name = stage.as_str_name();
+    name.strip_prefix("SEED_STAGE_").unwrap_or(name)
+}
+
+/// [`stage_label`] of a wire value; `UNKNOWN` for a number the contract
+/// does not define.
+pub fn stage_label_of(stage: i32) -> &'static str {
+    stage_label(SeedStage::try_from(stage).unwrap_or(SeedStage::Unknown))
+}
+
+/// The operator-facing name of a gate: `G3_INTERFACE` for
+/// `SEED_GATE_G3_INTERFACE`, as DESIGN names them.
+pub fn gate_label(gate: SeedGate) -> &'static str {
+    let name = gate.as_str_name();
+    name.strip_prefix("SEED_GATE_").unwrap_or(name)
+}
+
+/// [`gate_label`] of a wire value; `UNKNOWN` for a number the contract does
+/// not define.
+pub fn gate_label_of(gate: i32) -> &'static str {
+    gate_label(SeedGate::try_from(gate).unwrap_or(SeedGate::Unknown))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,5 +349,18 @@ mod tests {
             let expected = (SeedStage::Germinated as i32..=SeedStage::Fossilized as i32).contains(&(s as i32));
             prop_assert_eq!(s.is_live(), expected);
         }
+    }
+
+    #[test]
+    fn labels_are_the_names_without_their_prefix() {
+        assert_eq!(stage_label(SeedStage::Training), "TRAINING");
+        assert_eq!(stage_label_of(SeedStage::Fossilized as i32), "FOSSILIZED");
+        assert_eq!(stage_label_of(999), "UNKNOWN");
+        assert_eq!(gate_label(SeedGate::G3Interface), "G3_INTERFACE");
+        assert_eq!(
+            gate_label_of(SeedGate::G1GradientHealth as i32),
+            "G1_GRADIENT_HEALTH"
+        );
+        assert_eq!(gate_label_of(-1), "UNKNOWN");
     }
 }

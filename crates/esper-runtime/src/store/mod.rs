@@ -146,7 +146,7 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS seeds (
     run_id TEXT NOT NULL, seed TEXT NOT NULL, slot TEXT NOT NULL, blueprint TEXT NOT NULL,
     parameters INTEGER NOT NULL, furthest TEXT NOT NULL, last TEXT NOT NULL,
-    forward_macs INTEGER NOT NULL, images_by_stage TEXT NOT NULL,
+    forward_macs INTEGER NOT NULL, images_by_stage TEXT NOT NULL, contribution REAL,
     PRIMARY KEY (run_id, seed)
 );
 CREATE TABLE IF NOT EXISTS decisions (
@@ -159,7 +159,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 /// derived from the run directories, so a store of another layout is
 /// dropped and rebuilt empty, and [`RunStore::rebuilt`] says so: the
 /// caller re-imports.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const TABLES: [&str; 4] = ["runs", "epochs", "seeds", "decisions"];
 
@@ -351,7 +351,7 @@ impl RunStore {
         }
         for s in summary.iter().flat_map(|s| &s.seeds) {
             tx.execute(
-                "INSERT INTO seeds VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO seeds VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     run_id,
                     s.seed,
@@ -362,6 +362,7 @@ impl RunStore {
                     s.last,
                     s.forward_macs as i64,
                     to_json(dir, &s.images_by_stage)?,
+                    s.contribution,
                 ],
             )
             .map_err(sql)?;
@@ -456,7 +457,7 @@ impl RunStore {
             .conn
             .prepare(
                 "SELECT seed, slot, blueprint, parameters, furthest, last, forward_macs,
-                        images_by_stage FROM seeds
+                        images_by_stage, contribution FROM seeds
                  WHERE run_id = ?1 ORDER BY seed",
             )
             .map_err(|e| self.sql(e))?;
@@ -479,6 +480,7 @@ impl RunStore {
                             )
                         },
                     )?,
+                    contribution: r.get(8)?,
                 })
             })
             .map_err(|e| self.sql(e))?;

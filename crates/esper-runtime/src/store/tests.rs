@@ -54,6 +54,7 @@ fn run_dir(root: &Path) -> PathBuf {
             last: "SEED_STAGE_FOSSILIZED".into(),
             forward_macs: 30,
             images_by_stage: [("SEED_STAGE_TRAINING".to_string(), 64)].into(),
+            contribution: Some(1.5),
         }],
         step_ms_p50: 2.0,
         train_seconds: 3.0,

@@ -38,6 +38,10 @@ pub struct SeedOutcome {
     /// it cost per stage.
     #[serde(default)]
     pub images_by_stage: BTreeMap<String, u64>,
+    /// Validation accuracy points the seed added at its last counterfactual
+    /// measurement (with the seed − with α forced to 0), if it had one.
+    #[serde(default)]
+    pub contribution: Option<f64>,
 }
 
 impl SeedOutcome {
@@ -100,6 +104,21 @@ pub(crate) fn count_images(history: &mut [SeedOutcome], slots: &SeedSlots, image
     macs
 }
 
+/// Records the counterfactual contribution of the seed in `slot_id`.
+pub(crate) fn note_contribution(
+    history: &mut [SeedOutcome],
+    slots: &SeedSlots,
+    slot_id: &str,
+    points: f64,
+) {
+    let Some(seed) = slots.slot(slot_id).ok().and_then(|s| s.seed()) else {
+        return;
+    };
+    if let Some(outcome) = history.iter_mut().find(|o| o.seed == seed.id()) {
+        outcome.contribution = Some(points);
+    }
+}
+
 /// Updates `history` with what the slots hold now.
 pub(crate) fn note(history: &mut Vec<SeedOutcome>, slots: &SeedSlots) {
     for slot in slots.slots() {
@@ -122,6 +141,7 @@ pub(crate) fn note(history: &mut Vec<SeedOutcome>, slots: &SeedSlots) {
                     last: stage.as_str_name().to_string(),
                     forward_macs: seed.module().forward_macs(),
                     images_by_stage: BTreeMap::new(),
+                    contribution: None,
                 });
                 history.len() - 1
             }

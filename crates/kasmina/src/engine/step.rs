@@ -312,6 +312,12 @@ impl Kasmina {
 
     /// The counterfactual measurement of the seed in `slot_id`.
     pub fn record_counterfactual(&mut self, slot_id: &str, measurement: Counterfactual) {
+        super::history::note_contribution(
+            &mut self.history,
+            &self.slots,
+            slot_id,
+            measurement.contribution(),
+        );
         self.lifecycle.record_counterfactual(slot_id, measurement);
     }
 
@@ -418,30 +424,54 @@ pub struct CommandRefusal {
 }
 
 /// A lifecycle event as telemetry.
+/// A gate input for a log line: up to four significant digits.
+fn compact(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e5 || v.abs() < 1e-3) {
+        format!("{v:.3e}")
+    } else {
+        format!("{}", (v * 1e4).round() / 1e4)
+    }
+}
+
 fn lifecycle_event(event: &LifecycleEvent) -> TelemetryEvent {
-    let name = |stage: i32| {
-        SeedStage::try_from(stage)
-            .unwrap_or(SeedStage::Unknown)
-            .as_str_name()
-    };
     match event {
-        LifecycleEvent::Transition(t) => leyline::telemetry::event(
-            "seed_stage_transition",
-            TelemetryLevel::Info,
-            format!(
-                "seed {} at {}: {} -> {} ({})",
-                t.seed_id,
-                t.slot_id,
-                name(t.from_stage),
-                name(t.to_stage),
-                t.reason
-            ),
-        )
-        .attr("seed_id", &t.seed_id)
-        .attr("slot_id", &t.slot_id)
-        .attr("global_step", t.global_step)
-        .build(),
+        LifecycleEvent::Transition(t) => {
+            let mut builder = leyline::telemetry::event(
+                "seed_stage_transition",
+                TelemetryLevel::Info,
+                format!(
+                    "seed {} at {}: {} -> {} ({}{})",
+                    t.seed_id,
+                    t.slot_id,
+                    leyline::lifecycle::stage_label_of(t.from_stage),
+                    leyline::lifecycle::stage_label_of(t.to_stage),
+                    t.reason,
+                    match leyline::lifecycle::gate_label_of(t.gate) {
+                        "UNKNOWN" => String::new(),
+                        gate => format!(", {gate}"),
+                    }
+                ),
+            )
+            .attr("seed_id", &t.seed_id)
+            .attr("slot_id", &t.slot_id)
+            .attr(
+                "from_stage",
+                leyline::lifecycle::stage_label_of(t.from_stage),
+            )
+            .attr("to_stage", leyline::lifecycle::stage_label_of(t.to_stage))
+            .attr("global_step", t.global_step);
+            if t.gate != 0 {
+                builder = builder.attr("gate", leyline::lifecycle::gate_label_of(t.gate));
+            }
+            builder.build()
+        }
         LifecycleEvent::Gate(g) => {
+            // The inputs in name order, compactly: what the gate decided on.
+            let inputs: Vec<String> = g
+                .inputs
+                .iter()
+                .map(|(k, v)| format!("{k} {}", compact(*v)))
+                .collect();
             let mut builder = leyline::telemetry::event(
                 "seed_gate_evaluation",
                 if g.passed {
@@ -450,14 +480,27 @@ fn lifecycle_event(event: &LifecycleEvent) -> TelemetryEvent {
                     TelemetryLevel::Warning
                 },
                 format!(
-                    "seed {} gate {:?} {} {}",
+                    "seed {} at {}: {} {}{}{}",
                     g.seed_id,
-                    g.gate,
+                    g.slot_id,
+                    leyline::lifecycle::gate_label_of(g.gate),
                     if g.passed { "passed" } else { "failed" },
-                    g.reason
+                    if g.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", g.reason)
+                    },
+                    if inputs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", inputs.join(", "))
+                    }
                 ),
             )
             .attr("seed_id", &g.seed_id)
+            .attr("slot_id", &g.slot_id)
+            .attr("gate", leyline::lifecycle::gate_label_of(g.gate))
+            .attr("global_step", g.global_step)
             .attr("passed", g.passed);
             for (k, v) in &g.inputs {
                 builder = builder.attr(k.clone(), v);

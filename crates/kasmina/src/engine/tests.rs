@@ -446,6 +446,16 @@ fn a_seed_costs_its_modules_macs_only_where_it_runs_and_counts_images_by_stage()
         .into_iter()
         .collect()
     );
+    // The last counterfactual measurement is its contribution.
+    assert_eq!(k.seed_outcomes()[0].contribution, None);
+    k.record_counterfactual(
+        "r0",
+        Counterfactual {
+            with_seed: 91.5,
+            without_seed: 90.0,
+        },
+    );
+    assert_eq!(k.seed_outcomes()[0].contribution, Some(1.5));
     // Culled, it costs nothing again.
     k.cull("r0", "test", 2, 0).unwrap();
     assert_eq!(k.seed_forward_macs(), 0);

@@ -101,6 +101,10 @@ pub struct StepProgress<'a> {
     pub images_per_second: f64,
     /// The seeds as of the last fence.
     pub seeds: &'a [kasmina::SeedSummary],
+    /// Every event queued since the last [`Trainer::drain_events`] (seed
+    /// transitions and gate evaluations among them), in the order they
+    /// happened: a display can show the new ones as they come.
+    pub events: &'a [TelemetryEvent],
 }
 
 /// What the next fence's state packet reports of the steps since the last.
@@ -539,6 +543,7 @@ impl Trainer {
                 accuracy: correct as f64 / seen.max(1) as f64,
                 images_per_second: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
                 seeds: &self.fence_seeds,
+                events: &self.events,
             });
             self.flush_emergencies();
             drop(step_span);
