@@ -116,7 +116,7 @@ fn a_report_has_every_chart_and_table_and_renders_in_a_browser() {
         "{html}"
     );
     assert!(
-        html.contains("pics-fixed-schedule-s31 seed-r0-"),
+        html.contains("fixed-schedule s31: seed-r0-"),
         "the seed's timeline row"
     );
     assert!(html.contains("pics-static-small-s31") && html.contains("completed"));

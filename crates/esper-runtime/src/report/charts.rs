@@ -259,7 +259,7 @@ pub(super) fn timeline(rows: &[TimelineRow]) -> Result<String, ReportError> {
         let mut chart = ChartBuilder::on(&root)
             .margin(12)
             .x_label_area_size(40)
-            .y_label_area_size(260)
+            .y_label_area_size(340)
             .build_cartesian_2d(0.0..f64::from(max_epoch.max(1)), 0.0..n)
             .map_err(chart_error)?;
         chart
@@ -300,7 +300,7 @@ pub(super) fn timeline(rows: &[TimelineRow]) -> Result<String, ReportError> {
             root.draw(&Text::new(
                 row.label.clone(),
                 (14, y),
-                ("sans-serif", 13).into_font(),
+                ("sans-serif", 12).into_font(),
             ))
             .map_err(chart_error)?;
         }

@@ -146,7 +146,12 @@ fn timeline_rows(runs: &[&RunData], with_run: bool) -> Vec<TimelineRow> {
         for e in &r.epochs {
             for s in &e.seeds {
                 let label = if with_run {
-                    format!("{} {} at {} ({})", r.run_id, s.seed, s.slot, s.blueprint)
+                    // The run by its arm and seed: shorter than its id.
+                    let seed = r.run_id.rsplit('-').next().unwrap_or(&r.run_id);
+                    format!(
+                        "{} {seed}: {} at {} ({})",
+                        r.arm, s.seed, s.slot, s.blueprint
+                    )
                 } else {
                     format!("{} at {} ({})", s.seed, s.slot, s.blueprint)
                 };
