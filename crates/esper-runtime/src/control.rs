@@ -129,7 +129,8 @@ pub fn build(
         seed,
     )
     .with_isolation(config.kasmina.isolation(seed))
-    .with_off_switch(config.kasmina.off_switch);
+    .with_off_switch(config.kasmina.off_switch)
+    .with_slot_evidence_every(config.kasmina.slot_evidence_every_steps);
     let deadline =
         Duration::from_secs_f64(config.leyline.budgets.performance.tamiyo_step_deadline_ms / 1e3);
     let policy_name = policy.name();

@@ -67,7 +67,7 @@ enum Command {
         /// A cohort file, a run directory, or a run id.
         target: PathBuf,
         /// Where to write it (default: report.html in the run directory, or
-        /// in <cohort dir>/cohorts/<name>/).
+        /// in `<cohort dir>/cohorts/<name>/`).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },

@@ -51,6 +51,11 @@ pub struct Config {
     /// the host (α held at 0 in every stage). Only a cohort's `off-switch`
     /// arm sets it; see `SeedSlots::set_off_switch`.
     pub off_switch: bool,
+    /// Every how many optimizer steps the slots' evidence is measured
+    /// (default 10): the RMS of the activation entering each slot and the L2
+    /// norm of the loss gradient arriving at it (see `engine::evidence`). 0
+    /// turns the measurement off; the state packet then reports none.
+    pub slot_evidence_every_steps: u64,
 }
 
 impl Default for Config {
@@ -74,6 +79,7 @@ impl Default for Config {
             breaker_open_s: breaker.open_for.as_secs(),
             breaker_successes: breaker.successes_to_close,
             off_switch: false,
+            slot_evidence_every_steps: 10,
         }
     }
 }

@@ -55,6 +55,12 @@ pub struct SeedSlots {
     counterfactual_slot: Option<String>,
     probe: bool,
     probes: BTreeMap<String, Probes>,
+    /// Whether this forward taps every slot (slot evidence).
+    tap: bool,
+    /// Per tapped slot: the activation entering it, and a zero variable
+    /// added to its output whose gradient is the loss gradient arriving at
+    /// the slot.
+    taps: BTreeMap<String, (Tensor, candle_core::Var)>,
 }
 
 impl SeedSlots {
@@ -80,6 +86,8 @@ impl SeedSlots {
             counterfactual_slot: None,
             probe: false,
             probes: BTreeMap::new(),
+            tap: false,
+            taps: BTreeMap::new(),
         }
     }
 
@@ -219,6 +227,23 @@ impl SeedSlots {
         }
     }
 
+    /// Taps every slot on the following forwards (until turned off): the
+    /// activation entering it is kept and its output gets `+ 0` from a zero
+    /// variable, so that after the backward pass the loss gradient arriving
+    /// at the slot can be read (candle keeps gradients of variables only).
+    /// `y + 0` is exact, so a tapped step trains exactly like any other.
+    pub(crate) fn set_taps(&mut self, on: bool) {
+        self.tap = on;
+        if !on {
+            self.taps.clear();
+        }
+    }
+
+    /// The taps of the last tapped forward, by slot id.
+    pub(crate) fn take_taps(&mut self) -> BTreeMap<String, (Tensor, candle_core::Var)> {
+        std::mem::take(&mut self.taps)
+    }
+
     /// The probes of the last probed forward, by slot id.
     pub(crate) fn take_probes(&mut self) -> BTreeMap<String, Probes> {
         std::mem::take(&mut self.probes)
@@ -246,6 +271,19 @@ impl SeedSlots {
 
 impl SlotRunner for SeedSlots {
     fn run(&mut self, spec: &SlotSpec, h: Tensor) -> Result<Tensor> {
+        if !self.tap {
+            return self.run_untapped(spec, h);
+        }
+        let y = self.run_untapped(spec, h.clone())?;
+        let at_y = candle_core::Var::zeros(y.shape(), y.dtype(), y.device())?;
+        let tapped = (&y + at_y.as_tensor())?;
+        self.taps.insert(spec.id.clone(), (h, at_y));
+        Ok(tapped)
+    }
+}
+
+impl SeedSlots {
+    fn run_untapped(&mut self, spec: &SlotSpec, h: Tensor) -> Result<Tensor> {
         spec.check(&h)?;
         let Some(slot) = self.slots.get(&spec.id) else {
             return Err(Error::UnknownSlot {

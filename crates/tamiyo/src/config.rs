@@ -84,6 +84,19 @@ impl Default for FieldReportConfig {
     }
 }
 
+/// How the heuristic picks among free slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotChoice {
+    /// The one closest to the input (default).
+    #[default]
+    Earliest,
+    /// The one whose measured loss gradient is largest (Kasmina's slot
+    /// evidence, `SlotState.gradient_norm`); the earliest while any free
+    /// slot has no measurement yet.
+    Gradient,
+}
+
 /// The heuristic policy's thresholds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -113,6 +126,13 @@ pub struct HeuristicConfig {
     pub dense_blueprints: Vec<String>,
     /// Optimizer steps of a new seed's linear α ramp (default 40).
     pub alpha_steps: u32,
+    /// How a slot is picked (default `earliest`). `gradient` follows the
+    /// largest measured slot gradient; on `cnn-impaired` it chose the deeper,
+    /// 4× costlier slot r1 for one of three run seeds and the mean lift over
+    /// `controller = "off"` fell from +6.6 to +4.7 points (the grow test's
+    /// runs, 2026-12-03), so it is not the default until the choice also
+    /// weighs cost.
+    pub slot_choice: SlotChoice,
 }
 
 impl Default for HeuristicConfig {
@@ -132,6 +152,7 @@ impl Default for HeuristicConfig {
             ],
             dense_blueprints: vec!["dense.mlp_small".into(), "dense.low_rank".into()],
             alpha_steps: 40,
+            slot_choice: SlotChoice::Earliest,
         }
     }
 }

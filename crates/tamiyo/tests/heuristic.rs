@@ -111,8 +111,23 @@ fn germination_picks_the_earliest_free_slot_and_a_fitting_blueprint() {
         p.slots[0].gradient_norm = Some(0.1);
         p.slots[1].gradient_norm = Some(0.9);
     }
+    // By default the earliest slot, measured gradients or not…
     let (_, proposal) = run(&mut policy(), &seq);
+    assert!(matches!(proposal, Proposal::Germinate { ref slot_id, .. } if slot_id == "r0"));
+    // …with `slot_choice = "gradient"`, the largest one.
+    let mut by_gradient = HeuristicPolicy::new(
+        HeuristicConfig {
+            slot_choice: tamiyo::SlotChoice::Gradient,
+            ..HeuristicConfig::default()
+        },
+        SelectionPolicy::default(),
+    );
+    let (_, proposal) = run(&mut by_gradient, &seq);
     assert!(matches!(proposal, Proposal::Germinate { ref slot_id, .. } if slot_id == "r1"));
+    // One free slot without a measurement: back to the earliest.
+    seq.last_mut().unwrap().slots[0].gradient_norm = None;
+    let (_, proposal) = run(&mut by_gradient, &seq);
+    assert!(matches!(proposal, Proposal::Germinate { ref slot_id, .. } if slot_id == "r0"));
 }
 
 #[test]

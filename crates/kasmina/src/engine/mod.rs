@@ -91,6 +91,7 @@ pub struct Kasmina {
     run_seed: u64,
     step: StepState,
     history: Vec<SeedOutcome>,
+    evidence: evidence::SlotEvidence,
 }
 
 impl std::fmt::Debug for Kasmina {
@@ -136,7 +137,18 @@ impl Kasmina {
             run_seed,
             step: StepState::new(IsolationMonitor::new(IsolationConfig::default())),
             history: Vec::new(),
+            evidence: evidence::SlotEvidence::new(10),
         }
+    }
+
+    /// Measures the slots' evidence every `steps` optimizer steps (0: never;
+    /// `kasmina.slot_evidence_every_steps`, default 10): the RMS of the
+    /// activation entering each slot and the norm of the loss gradient
+    /// arriving at it, reported in [`Kasmina::slot_states`]
+    /// (`crates/kasmina/src/engine/evidence.rs` says what each means).
+    pub fn with_slot_evidence_every(mut self, steps: u64) -> Self {
+        self.evidence = evidence::SlotEvidence::new(steps);
+        self
     }
 
     /// The isolation monitor's settings (the default's otherwise).
@@ -451,6 +463,7 @@ impl Kasmina {
     }
 }
 
+mod evidence;
 mod history;
 mod persist;
 mod state;

@@ -16,6 +16,7 @@ impl Kasmina {
             .slots()
             .map(|slot| {
                 let spec = slot.spec();
+                let measured = self.evidence.of(&spec.id);
                 SlotState {
                     slot_id: spec.id.clone(),
                     kind: spec.kind as i32,
@@ -23,8 +24,8 @@ impl Kasmina {
                     stage: slot.stage() as i32,
                     seed_id: slot.seed().map(|s| s.id().to_string()).unwrap_or_default(),
                     layer_depth: spec.layer_depth,
-                    activation_norm: None,
-                    gradient_norm: None,
+                    activation_norm: measured.activation_rms,
+                    gradient_norm: measured.gradient_norm,
                 }
             })
             .collect()
@@ -42,10 +43,14 @@ impl Kasmina {
                 let (born_step, born_epoch) = self.lifecycle.born(slot_id).unwrap_or((step, epoch));
                 let (blend_steps, ramp) = seed.ramp();
                 let stage = seed.stage();
-                let mut metrics = BTreeMap::from([(
-                    "parameter_count".to_string(),
-                    seed.module().parameter_count() as f64,
-                )]);
+                let mut metrics = BTreeMap::from([
+                    (
+                        "parameter_count".to_string(),
+                        seed.module().parameter_count() as f64,
+                    ),
+                    // What it costs each image now (0 where it does not run).
+                    ("forward_macs".to_string(), seed.forward_macs() as f64),
+                ]);
                 if let Some(e) = evidence {
                     metrics.insert("steps_in_stage".into(), e.steps_in_stage as f64);
                     metrics.insert("epochs_in_stage".into(), e.epochs_in_stage as f64);

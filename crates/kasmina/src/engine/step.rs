@@ -145,6 +145,8 @@ impl Kasmina {
             }
         }
         self.slots.set_isolation_probes(incubating);
+        let tap = self.evidence.begin_step();
+        self.slots.set_taps(tap);
         self.slots
             .slots()
             .filter_map(|s| s.seed())
@@ -177,6 +179,9 @@ impl Kasmina {
         step_ms: f64,
     ) -> Result<StepReport> {
         self.lifecycle.record_step_time(step_ms);
+        let taps = self.slots.take_taps();
+        self.slots.set_taps(false);
+        self.evidence.record(taps, grads)?;
         let probes = self.slots.take_probes();
         let mut evidence = Vec::new();
         for slot in self.slots.slots() {

@@ -460,3 +460,43 @@ fn a_seed_costs_its_modules_macs_only_where_it_runs_and_counts_images_by_stage()
     k.cull("r0", "test", 2, 0).unwrap();
     assert_eq!(k.seed_forward_macs(), 0);
 }
+
+#[test]
+fn slot_evidence_matches_a_hand_computation_on_sampled_steps() {
+    let f = fixture();
+    let mut k = f.kasmina.with_slot_evidence_every(2);
+    // The "host": its activation at r0 is a variable h = 0.01 · (0..144),
+    // and the loss is Σ c·y, so the gradient arriving at the slot is c.
+    let values: Vec<f32> = (0..144).map(|i| 0.01 * i as f32).collect();
+    let h = candle_core::Var::from_vec(values.clone(), (1, 4, 6, 6), &Device::Cpu).unwrap();
+    let step = |k: &mut Kasmina, c: f64| {
+        k.before_step();
+        let y = k.runner().run(&spec(), h.as_tensor().clone()).unwrap();
+        let loss = (y * c).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        k.after_backward(&grads, 0.0, 1.0).unwrap();
+    };
+    assert_eq!(
+        k.slot_states()[0].activation_norm,
+        None,
+        "nothing measured yet"
+    );
+    step(&mut k, 2.0);
+    let rms = (values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / 144.0).sqrt();
+    let state = &k.slot_states()[0];
+    let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-5 * b.max(1.0));
+    assert!(close(state.activation_norm, rms), "{state:?} vs {rms}");
+    // ‖c · 1‖ over 144 features = 2 · 12.
+    assert!(close(state.gradient_norm, 24.0), "{state:?}");
+    // Step 2 is not sampled: nothing changes.
+    step(&mut k, 4.0);
+    assert!(close(k.slot_states()[0].gradient_norm, 24.0));
+    // Step 3 is: the average moves halfway to 48.
+    step(&mut k, 4.0);
+    assert!(close(k.slot_states()[0].gradient_norm, 36.0));
+    assert!(close(k.slot_states()[0].activation_norm, rms));
+    // Turned off, the packet reports nothing rather than a zero.
+    let mut off = fixture().kasmina.with_slot_evidence_every(0);
+    step(&mut off, 2.0);
+    assert_eq!(off.slot_states()[0].gradient_norm, None);
+}

@@ -9,10 +9,10 @@
 //!    contribution is asked to fossilize (once; Kasmina's G4 decides).
 //! 4. `germinate_plateau` — at an epoch end, from epoch E0 on, when the
 //!    validation loss improved by less than the threshold (relative) in each
-//!    of the last P epochs and the seed budget allows: germinate at the free
-//!    slot with the strongest evidence (largest slot gradient norm when
-//!    reported; otherwise the earliest slot, whose features every later layer
-//!    depends on), with the first preferred blueprint of the slot's kind that
+//!    of the last P epochs and the seed budget allows: germinate at the
+//!    earliest free slot (whose features every later layer depends on), or
+//!    with `slot_choice = "gradient"` at the one with the largest measured
+//!    slot gradient norm, with the first preferred blueprint of the slot's kind that
 //!    the catalog offers, selection allows and the parameter budget fits.
 //!
 //! Otherwise WAIT, saying which condition held it back.
@@ -23,7 +23,7 @@ use leyline::v1::{BlendMode, CatalogEntry, SeedStage, SlotKind};
 use urza::select::SelectionPolicy;
 
 use super::{Cancel, Policy, Proposal, Proposed};
-use crate::config::HeuristicConfig;
+use crate::config::{HeuristicConfig, SlotChoice};
 use crate::error::{Error, Result};
 use crate::observation::{Observation, stage_of};
 
@@ -228,7 +228,10 @@ impl HeuristicPolicy {
                 "every slot is occupied or embargoed",
             ));
         }
-        let by_gradient = free.iter().all(|s| s.gradient_norm.is_some());
+        let by_gradient = match self.config.slot_choice {
+            SlotChoice::Earliest => false,
+            SlotChoice::Gradient => free.iter().all(|s| s.gradient_norm.is_some()),
+        };
         if by_gradient {
             free.sort_by(|a, b| {
                 b.gradient_norm
@@ -305,7 +308,7 @@ impl HeuristicPolicy {
                         if by_gradient {
                             "largest slot gradient norm"
                         } else {
-                            "earliest layer (no slot gradients reported)"
+                            "earliest layer"
                         }
                     ),
                 });
