@@ -86,10 +86,7 @@ impl ControlSummary {
             let _ = writeln!(out, "  waits: {}", counts(&self.waits, false));
         }
         for s in seeds {
-            let stage = |name: &str| {
-                leyline::v1::SeedStage::from_str_name(name)
-                    .map_or("UNKNOWN", leyline::lifecycle::stage_label)
-            };
+            let stage = leyline::lifecycle::stage_label_of_name;
             let share = match host_macs {
                 Some(host) if host > 0 => {
                     format!(" ({:.1} x the host's)", s.forward_macs as f64 / host as f64)

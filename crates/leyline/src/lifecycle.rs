@@ -201,6 +201,12 @@ pub fn stage_label_of(stage: i32) -> &'static str {
     stage_label(SeedStage::try_from(stage).unwrap_or(SeedStage::Unknown))
 }
 
+/// [`stage_label`] of a stage's full name (`SEED_STAGE_TRAINING`, as run
+/// files store it); `UNKNOWN` for a name the contract does not define.
+pub fn stage_label_of_name(name: &str) -> &'static str {
+    stage_label(SeedStage::from_str_name(name).unwrap_or(SeedStage::Unknown))
+}
+
 /// The operator-facing name of a gate: `G3_INTERFACE` for
 /// `SEED_GATE_G3_INTERFACE`, as DESIGN names them.
 pub fn gate_label(gate: SeedGate) -> &'static str {
@@ -356,6 +362,8 @@ mod tests {
         assert_eq!(stage_label(SeedStage::Training), "TRAINING");
         assert_eq!(stage_label_of(SeedStage::Fossilized as i32), "FOSSILIZED");
         assert_eq!(stage_label_of(999), "UNKNOWN");
+        assert_eq!(stage_label_of_name("SEED_STAGE_CULLED"), "CULLED");
+        assert_eq!(stage_label_of_name("CULLED"), "UNKNOWN");
         assert_eq!(gate_label(SeedGate::G3Interface), "G3_INTERFACE");
         assert_eq!(
             gate_label_of(SeedGate::G1GradientHealth as i32),

@@ -271,7 +271,7 @@ pub fn show(store: &Path, run_id: &str) -> Result<Option<String>> {
         let _ = writeln!(out, "  no seed germinated");
     }
     for s in seeds {
-        let stage = |s: &str| s.trim_start_matches("SEED_STAGE_").to_owned();
+        let stage = |s: &str| leyline::lifecycle::stage_label_of_name(s).to_owned();
         let images: Vec<String> = s
             .images_by_stage
             .iter()

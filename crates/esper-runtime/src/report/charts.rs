@@ -1,6 +1,7 @@
 //! The report's charts, drawn with `plotters` into SVG strings (text stays
 //! SVG `<text>`, so no font library is needed; the browser lays it out).
 
+use leyline::v1::SeedStage;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -73,6 +74,33 @@ fn svg(
     Ok(out)
 }
 
+/// The legend, bottom right, over a translucent white box.
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> Result<(), ReportError> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(chart_error)
+}
+
+/// A chart with a title and room for axis labels.
+fn titled<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    builder
+}
+
 /// `lo..hi` widened so that a flat or single value still has a visible range.
 fn padded(lo: f64, hi: f64, fraction: f64, at_least: f64) -> std::ops::Range<f64> {
     if !lo.is_finite() || !hi.is_finite() {
@@ -107,11 +135,7 @@ pub(super) fn lines(
         .max()
         .unwrap_or(1);
     svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
+        let mut chart = titled(root, title)
             .build_cartesian_2d(epoch_range(max_epoch), padded(lo, hi, 0.08, 0.5))
             .map_err(chart_error)?;
         chart
@@ -151,13 +175,7 @@ pub(super) fn lines(
                 .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 3, c.filled())))
                 .map_err(chart_error)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(chart_error)
+        draw_legend(&mut chart)
     })
 }
 
@@ -180,11 +198,7 @@ pub(super) fn scatter(
     let (x_lo, x_hi) = range(|d| d.x);
     let (y_lo, y_hi) = range(|d| d.y);
     svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
+        let mut chart = titled(root, title)
             .build_cartesian_2d(
                 padded(x_lo.min(0.0), x_hi, 0.05, 1.0),
                 padded(y_lo, y_hi, 0.08, 0.5),
@@ -208,38 +222,34 @@ pub(super) fn scatter(
                 .label(name.as_str())
                 .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(chart_error)
+        draw_legend(&mut chart)
     })
 }
 
-/// The colour of a lifecycle stage (`SEED_STAGE_*`).
-pub(super) fn stage_colour(stage: &str) -> RGBColor {
-    match stage.trim_start_matches("SEED_STAGE_") {
-        "GERMINATED" => RGBColor(190, 190, 190),
-        "TRAINING" => RGBColor(230, 159, 0),
-        "BLENDING" => RGBColor(86, 180, 233),
-        "SHADOWING" | "PROBATIONARY" => RGBColor(0, 114, 178),
-        "FOSSILIZED" => RGBColor(0, 158, 115),
-        "CULLED" | "EMBARGOED" | "RESETTING" | "TERMINATED" => RGBColor(213, 94, 0),
-        // DORMANT, UNKNOWN and any name this build does not know.
-        _ => RGBColor(235, 235, 235),
+/// The colour of a lifecycle stage in the timeline.
+pub(super) fn stage_colour(stage: SeedStage) -> RGBColor {
+    match stage {
+        SeedStage::Germinated => RGBColor(190, 190, 190),
+        SeedStage::Training => RGBColor(230, 159, 0),
+        SeedStage::Blending => RGBColor(86, 180, 233),
+        SeedStage::Shadowing | SeedStage::Probationary => RGBColor(0, 114, 178),
+        SeedStage::Fossilized => RGBColor(0, 158, 115),
+        SeedStage::Culled | SeedStage::Embargoed | SeedStage::Resetting | SeedStage::Terminated => {
+            RGBColor(213, 94, 0)
+        }
+        SeedStage::Dormant | SeedStage::Unknown => RGBColor(235, 235, 235),
     }
 }
 
-/// The stages a timeline legend lists, in lifecycle order.
-pub(super) const TIMELINE_STAGES: [&str; 6] = [
-    "GERMINATED",
-    "TRAINING",
-    "BLENDING",
-    "PROBATIONARY",
-    "FOSSILIZED",
-    "CULLED",
+/// The stages a timeline legend lists, in lifecycle order (each stands for
+/// the stages sharing its colour).
+pub(super) const TIMELINE_STAGES: [SeedStage; 6] = [
+    SeedStage::Germinated,
+    SeedStage::Training,
+    SeedStage::Blending,
+    SeedStage::Probationary,
+    SeedStage::Fossilized,
+    SeedStage::Culled,
 ];
 
 /// Seed timelines: a row per seed, a cell per epoch coloured by its stage at
@@ -279,7 +289,8 @@ pub(super) fn timeline(rows: &[TimelineRow]) -> Result<String, ReportError> {
                     let e = f64::from(*epoch);
                     Rectangle::new(
                         [(e - 1.0, base + 0.15), (e, base + 0.85)],
-                        stage_colour(stage).filled(),
+                        stage_colour(SeedStage::from_str_name(stage).unwrap_or(SeedStage::Unknown))
+                            .filled(),
                     )
                 }))
                 .map_err(chart_error)?;

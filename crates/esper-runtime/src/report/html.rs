@@ -297,7 +297,7 @@ pub(super) fn costs(page: &mut Page, run: &RunData) {
             3,
         ));
         for o in &s.seeds {
-            let stage = |x: &str| x.trim_start_matches("SEED_STAGE_").to_owned();
+            let stage = |x: &str| leyline::lifecycle::stage_label_of_name(x).to_owned();
             let images: Vec<String> = o
                 .images_by_stage
                 .iter()
@@ -327,6 +327,7 @@ pub(super) fn stage_legend(page: &mut Page) {
     let mut html = String::from("<p class=\"legend\">");
     for stage in super::charts::TIMELINE_STAGES {
         let c = super::charts::stage_colour(stage);
+        let stage = leyline::lifecycle::stage_label(stage);
         let _ = write!(
             html,
             "<span style=\"background: rgb({}, {}, {})\"></span>{}",

@@ -206,9 +206,10 @@ fn cohort_page(file: &CohortFile) -> Result<String, ReportError> {
     page.heading("Verdict");
     match command::judge(file) {
         Ok(v) => html::verdict(&mut page, &v),
-        Err(e @ CommandError::Verdict(_)) => page.error(&format!("no verdict: {e}")),
+        Err(e @ (CommandError::Verdict(_) | CommandError::Store(_))) => {
+            page.error(&format!("no verdict: {e}"));
+        }
         Err(CommandError::Cohort(e)) => return Err(e.into()),
-        Err(e @ CommandError::Store(_)) => page.error(&format!("no verdict: {e}")),
     }
     page.heading("Validation accuracy per epoch");
     let series: Vec<Series> = arms

@@ -441,6 +441,9 @@ fn compact(v: f64) -> String {
 fn lifecycle_event(event: &LifecycleEvent) -> TelemetryEvent {
     match event {
         LifecycleEvent::Transition(t) => {
+            use leyline::lifecycle::{gate_label_of, stage_label_of};
+            // An ungated edge (a cull, the embargo) names no gate.
+            let gate = (t.gate != 0).then(|| gate_label_of(t.gate));
             let mut builder = leyline::telemetry::event(
                 "seed_stage_transition",
                 TelemetryLevel::Info,
@@ -448,25 +451,19 @@ fn lifecycle_event(event: &LifecycleEvent) -> TelemetryEvent {
                     "seed {} at {}: {} -> {} ({}{})",
                     t.seed_id,
                     t.slot_id,
-                    leyline::lifecycle::stage_label_of(t.from_stage),
-                    leyline::lifecycle::stage_label_of(t.to_stage),
+                    stage_label_of(t.from_stage),
+                    stage_label_of(t.to_stage),
                     t.reason,
-                    match leyline::lifecycle::gate_label_of(t.gate) {
-                        "UNKNOWN" => String::new(),
-                        gate => format!(", {gate}"),
-                    }
+                    gate.map_or(String::new(), |g| format!(", {g}"))
                 ),
             )
             .attr("seed_id", &t.seed_id)
             .attr("slot_id", &t.slot_id)
-            .attr(
-                "from_stage",
-                leyline::lifecycle::stage_label_of(t.from_stage),
-            )
-            .attr("to_stage", leyline::lifecycle::stage_label_of(t.to_stage))
+            .attr("from_stage", stage_label_of(t.from_stage))
+            .attr("to_stage", stage_label_of(t.to_stage))
             .attr("global_step", t.global_step);
-            if t.gate != 0 {
-                builder = builder.attr("gate", leyline::lifecycle::gate_label_of(t.gate));
+            if let Some(gate) = gate {
+                builder = builder.attr("gate", gate);
             }
             builder.build()
         }
