@@ -97,6 +97,35 @@ pub enum SlotChoice {
     Gradient,
 }
 
+/// One seed the heuristic may germinate: a blueprint, the parameters it is
+/// built with (over the blueprint's defaults) and the validation-accuracy gain
+/// the heuristic expects of it on a host short of capacity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    /// Blueprint id (`conv.depthwise`, …); the slot kind follows from it.
+    pub blueprint: String,
+    /// Builder parameters over the blueprint's defaults.
+    #[serde(default)]
+    pub parameters: urza::Parameters,
+    /// Expected gain, validation-accuracy points, of germinating it at the
+    /// best slot of a host short of capacity (a prior: see the defaults).
+    pub expected_gain_points: f64,
+}
+
+impl Candidate {
+    fn new(blueprint: &str, parameters: &[(&str, f64)], expected_gain_points: f64) -> Self {
+        Self {
+            blueprint: blueprint.into(),
+            parameters: parameters
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), *v))
+                .collect(),
+            expected_gain_points,
+        }
+    }
+}
+
 /// The heuristic policy's thresholds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -108,30 +137,59 @@ pub struct HeuristicConfig {
     /// Relative validation-loss decrease per epoch below which learning has
     /// plateaued (default 0.3: less than 30 % better than the epoch before).
     pub plateau_min_improvement: f64,
+    /// Capacity shortage: the host grows only while it gets at least this
+    /// fraction of its own training images wrong over the last epoch
+    /// (`1 − train_accuracy`; default 0.10). A host that fits its training
+    /// data is not short of capacity, and more of it only adds cost: on
+    /// run seeds 9101–9105 the `mlp` and `cnn` hosts were below 8.5 % from
+    /// epoch 2 on, `cnn-impaired` above 15 % through epoch 8.
+    pub min_training_error: f64,
+    /// Overfitting guard: no growth while the validation loss exceeds the
+    /// training loss by more than this fraction of it (default 0.25); more
+    /// capacity would fit the training data tighter, not generalise better.
+    pub max_generalization_gap: f64,
     /// Seeds alive in the model at once, fossilized ones included (default 2).
     pub max_seeds: u32,
     /// Largest parameter count of one seed (default 50 000).
     pub seed_parameter_budget: u64,
+    /// Rent, validation-accuracy points, charged for a seed as large as the
+    /// host: a seed with `p` parameters pays `p / host parameters ×` this
+    /// (default 1.0).
+    pub rent_points_per_host_parameters: f64,
+    /// Rent, points, charged for a seed that costs each image as many
+    /// forward MACs as the host — about doubling the step time: a seed with
+    /// `m` MACs pays `m / host MACs ×` this (default 1.0). MACs, not measured
+    /// milliseconds, so the choice is the same on a busy machine.
+    pub rent_points_per_host_macs: f64,
+    /// Growth stops for good once this many seeds in a row, the newest
+    /// last, measured a contribution that did not cover their rent (default
+    /// 2: one noisy failure — a G4 cull at −0.6 points on `cnn-impaired` —
+    /// leaves room for one more try; 1 stops at the first).
+    pub stop_after_unpaid_seeds: u32,
     /// K: a seed is culled when validation accuracy has not improved on its
     /// germination-time value after this many epochs (default 3).
     pub cull_after_epochs: u32,
     /// D: a seed whose counterfactual contribution is below −D points is
     /// culled at once (default 2.0).
     pub cull_drop_points: f64,
-    /// Convolutional blueprints in order of preference (default
-    /// `conv.residual`, `conv.light`, `conv.depthwise`).
-    pub conv_blueprints: Vec<String>,
-    /// Dense blueprints in order of preference (default `dense.mlp_small`,
-    /// `dense.low_rank`).
-    pub dense_blueprints: Vec<String>,
+    /// The seeds the heuristic chooses among: the one with the largest
+    /// expected gain less rent wins, none when no gain covers its rent.
+    /// Defaults (gains are the mean lift over `controller = "off"` of one
+    /// scripted germination at r0 after epoch 3 on `cnn-impaired`, run seeds
+    /// 9101–9103, 2026-12-03, culled runs counted as no gain):
+    /// `conv.depthwise` k = 5 (+4.8), k = 3 (+3.4), k = 7 (+4.9),
+    /// `conv.grouped` (+4.2), `conv.light` at ratio 1 (+2.5), `conv.heavy`
+    /// at width 1 (+2.8), `conv.residual` (+1.0; 17 × the host's MACs);
+    /// `dense.low_rank` and `dense.mlp_small` at hidden ×0.25 (+1.0 each:
+    /// not measured — no reference dense host is short of capacity).
+    pub candidates: Vec<Candidate>,
     /// Optimizer steps of a new seed's linear α ramp (default 40).
     pub alpha_steps: u32,
     /// How a slot is picked (default `earliest`). `gradient` follows the
     /// largest measured slot gradient; on `cnn-impaired` it chose the deeper,
     /// 4× costlier slot r1 for one of three run seeds and the mean lift over
     /// `controller = "off"` fell from +6.6 to +4.7 points (the grow test's
-    /// runs, 2026-12-03), so it is not the default until the choice also
-    /// weighs cost.
+    /// runs, 2026-12-03), so it is not the default.
     pub slot_choice: SlotChoice,
 }
 
@@ -141,16 +199,26 @@ impl Default for HeuristicConfig {
             min_epoch: 1,
             plateau_epochs: 1,
             plateau_min_improvement: 0.3,
+            min_training_error: 0.10,
+            max_generalization_gap: 0.25,
             max_seeds: 2,
             seed_parameter_budget: 50_000,
+            rent_points_per_host_parameters: 1.0,
+            rent_points_per_host_macs: 1.0,
+            stop_after_unpaid_seeds: 2,
             cull_after_epochs: 3,
             cull_drop_points: 2.0,
-            conv_blueprints: vec![
-                "conv.residual".into(),
-                "conv.light".into(),
-                "conv.depthwise".into(),
+            candidates: vec![
+                Candidate::new("conv.depthwise", &[("kernel_size", 5.0)], 4.8),
+                Candidate::new("conv.depthwise", &[("kernel_size", 3.0)], 3.4),
+                Candidate::new("conv.depthwise", &[("kernel_size", 7.0)], 4.9),
+                Candidate::new("conv.grouped", &[("groups", 2.0)], 4.2),
+                Candidate::new("conv.light", &[("bottleneck_ratio", 1.0)], 2.5),
+                Candidate::new("conv.heavy", &[("width_multiplier", 1.0)], 2.8),
+                Candidate::new("conv.residual", &[], 1.0),
+                Candidate::new("dense.low_rank", &[], 1.0),
+                Candidate::new("dense.mlp_small", &[("hidden_multiple", 0.25)], 1.0),
             ],
-            dense_blueprints: vec!["dense.mlp_small".into(), "dense.low_rank".into()],
             alpha_steps: 40,
             slot_choice: SlotChoice::Earliest,
         }
@@ -218,7 +286,7 @@ use leyline::ConfigError;
 impl Config {
     /// Checks every value, naming the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, problem: &str| Err(ConfigError::new("tamiyo", key, problem));
+        let bad = |key: &str, problem: &str| Err(ConfigError::new("tamiyo", key, problem));
         if self.controller == Controller::Script && self.script.is_none() {
             return bad("script", "controller = \"script\" needs a schedule file");
         }
@@ -241,15 +309,35 @@ impl Config {
         if !(h.cull_drop_points.is_finite() && h.cull_drop_points >= 0.0) {
             return bad("heuristic.cull_drop_points", "must be finite and >= 0");
         }
+        if h.stop_after_unpaid_seeds == 0 {
+            return bad("heuristic.stop_after_unpaid_seeds", "must be at least 1");
+        }
         if h.alpha_steps == 0 {
             return bad("heuristic.alpha_steps", "must be at least 1");
         }
-        for (key, list) in [
-            ("heuristic.conv_blueprints", &h.conv_blueprints),
-            ("heuristic.dense_blueprints", &h.dense_blueprints),
+        for (key, v) in [
+            ("heuristic.min_training_error", h.min_training_error),
+            ("heuristic.max_generalization_gap", h.max_generalization_gap),
+            (
+                "heuristic.rent_points_per_host_parameters",
+                h.rent_points_per_host_parameters,
+            ),
+            (
+                "heuristic.rent_points_per_host_macs",
+                h.rent_points_per_host_macs,
+            ),
         ] {
-            if let Some(unknown) = list.iter().find(|id| urza::definition(id).is_none()) {
-                return bad(key, &format!("unknown blueprint {unknown:?}"));
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(key, "must be finite and >= 0");
+            }
+        }
+        for (i, c) in h.candidates.iter().enumerate() {
+            let key = format!("heuristic.candidates[{i}]");
+            if urza::definition(&c.blueprint).is_none() {
+                return bad(&key, &format!("unknown blueprint {:?}", c.blueprint));
+            }
+            if !(c.expected_gain_points.is_finite() && c.expected_gain_points >= 0.0) {
+                return bad(&key, "expected_gain_points must be finite and >= 0");
             }
         }
         if let Err(problem) = self.graph.validate() {

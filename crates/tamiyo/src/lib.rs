@@ -30,7 +30,9 @@ pub mod risk;
 mod service;
 
 pub use catalog::{BlueprintCache, CacheStats, Loader};
-pub use config::{Config, Controller, FieldReportConfig, HeuristicConfig, RiskConfig, SlotChoice};
+pub use config::{
+    Candidate, Config, Controller, FieldReportConfig, HeuristicConfig, RiskConfig, SlotChoice,
+};
 pub use decision::{Action, Decision, Diagnostics};
 pub use error::{Error, Result};
 pub use observation::{OPTIONAL_SIGNALS, Observation};

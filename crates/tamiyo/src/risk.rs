@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | 1 | `degraded_coverage` | fewer optional inputs than `min_coverage` | veto all but CULL |
 //! | 2 | `loss_spike` | training loss > ratio × its moving average | hazard |
-//! | 3 | `latency_spike` | mean step time > ratio × its moving average | hazard |
+//! | 3 | `latency_spike` | mean step time per budgeted unit of work (host + live seeds' MACs, in host-sized units) > ratio × its moving average | hazard |
 //! | 3b | `hook_latency` | the previous control-hook call took longer than the fence budget | hazard |
 //! | 4 | `isolation_violations` | live seeds' violations > the limit | hazard |
 //! | 5 | `device_pressure` | free memory fraction or utilization out of bounds | hazard |
@@ -137,19 +137,29 @@ impl RiskEngine {
             });
         }
         let ratio = c.latency_spike_ratio;
-        if let Some(&ms) = p.training_metrics.get("step_ms")
-            && let Some(mean) = spike(
+        if let Some(&ms) = p.training_metrics.get("step_ms") {
+            // Judge the step time per budgeted unit of work: a seed's own
+            // MACs are an expected, budgeted rise, not a spike.
+            let budget = budgeted_work(obs);
+            let per_unit = ms / budget;
+            if let Some(mean) = spike(
                 &mut self.step_ms_ewma,
                 &mut self.step_ms_above,
-                ms,
+                per_unit,
                 (ratio, alpha, c.rebase_after_fences),
-            )
-        {
-            hazard = true;
-            findings.push(Finding {
-                rule: "latency_spike",
-                detail: format!("step {ms:.2} ms > {ratio} x {mean:.2} ms"),
-            });
+            ) {
+                hazard = true;
+                findings.push(Finding {
+                    rule: "latency_spike",
+                    detail: if budget > 1.0 {
+                        format!(
+                            "step {ms:.2} ms for {budget:.2} x the host's MACs = {per_unit:.2} ms per host-sized unit > {ratio} x {mean:.2} ms"
+                        )
+                    } else {
+                        format!("step {ms:.2} ms > {ratio} x {mean:.2} ms")
+                    },
+                });
+            }
         }
         if let Some(&ms) = p.training_metrics.get("last_hook_ms")
             && ms > c.max_fence_ms
@@ -301,6 +311,28 @@ impl RiskEngine {
             conservative: self.conservative(),
         }
     }
+}
+
+/// The work a step is budgeted, in host-sized units: 1 for the host plus
+/// each live seed's forward MACs over the host's (from the packet's
+/// `host_forward_macs` and each seed's `forward_macs`). 1 when the host does
+/// not count its MACs: then every rise is judged as the host's.
+fn budgeted_work(obs: &Observation<'_>) -> f64 {
+    let Some(host) = obs
+        .packet
+        .training_metrics
+        .get("host_forward_macs")
+        .copied()
+        .filter(|m| *m > 0.0)
+    else {
+        return 1.0;
+    };
+    let seeds: f64 = obs
+        .live_seeds()
+        .filter_map(|s| s.metrics.get("forward_macs"))
+        .filter(|m| m.is_finite() && **m > 0.0)
+        .sum();
+    1.0 + seeds / host
 }
 
 /// Judges `value` against the moving average `ewma`: `Some(mean)` when it is

@@ -55,7 +55,7 @@ fn germination_waits_for_e0_a_plateau_and_an_epoch_end() {
         Case {
             name: "plateau (24%)",
             history: vec![(1.6, 0.64), (0.94, 0.73), (0.71, 0.78)],
-            rule: "germinate_plateau",
+            rule: "germinate_capacity",
         },
     ];
     for case in cases {
@@ -82,7 +82,7 @@ fn germination_waits_for_e0_a_plateau_and_an_epoch_end() {
 #[test]
 fn germination_picks_the_earliest_free_slot_and_a_fitting_blueprint() {
     let (rule, proposal) = run(&mut policy(), &epochs(&[(1.0, 0.5), (0.95, 0.52)]));
-    assert_eq!(rule, "germinate_plateau");
+    assert_eq!(rule, "germinate_capacity");
     let Proposal::Germinate {
         slot_id,
         blueprint_id,
@@ -93,17 +93,37 @@ fn germination_picks_the_earliest_free_slot_and_a_fitting_blueprint() {
     else {
         panic!("{proposal:?}");
     };
+    // At r0 [4,14,14] the best gain less rent is depthwise k = 5: 4.8 −
+    // (104 / 3978 + 19 600 / 13 328) = +3.30, ahead of grouped (+3.12),
+    // depthwise k = 3 (+2.86) and k = 7 (+1.97); conv.residual's 225 792
+    // MACs (17 × the host's) cost more than any gain.
     assert_eq!(
         (slot_id.as_str(), blueprint_id.as_str()),
-        ("r0", "conv.residual")
+        ("r0", "conv.depthwise")
     );
     assert_eq!(seed_id, "seed-r0-s126");
-    assert_eq!(parameters.get("depth"), Some(&1.0));
+    assert_eq!(parameters.get("kernel_size"), Some(&5.0));
+    // It outputs new features: it joins the host by addition.
+    let (_, proposal) = run(&mut policy(), &epochs(&[(1.0, 0.5), (0.95, 0.52)]));
+    assert!(matches!(
+        proposal,
+        Proposal::Germinate {
+            blend: leyline::v1::BlendMode::Residual,
+            ..
+        }
+    ));
 
     // r0 occupied: r1. Slot gradient norms, when reported, decide instead.
     let mut seq = epochs(&[(1.0, 0.5), (0.95, 0.52)]);
     let last = seq.pop().unwrap();
-    seq.push(with_seed(last, "r0", "s0", SeedStage::Training, 0, None));
+    seq.push(with_seed(
+        last,
+        "r0",
+        "s0",
+        SeedStage::Fossilized,
+        0,
+        Some(3.0),
+    ));
     let (_, proposal) = run(&mut policy(), &seq);
     assert!(matches!(proposal, Proposal::Germinate { ref slot_id, .. } if slot_id == "r1"));
     let mut seq = epochs(&[(1.0, 0.5), (0.95, 0.52)]);
@@ -114,7 +134,7 @@ fn germination_picks_the_earliest_free_slot_and_a_fitting_blueprint() {
     // By default the earliest slot, measured gradients or not…
     let (_, proposal) = run(&mut policy(), &seq);
     assert!(matches!(proposal, Proposal::Germinate { ref slot_id, .. } if slot_id == "r0"));
-    // …with `slot_choice = "gradient"`, the largest one.
+    // …with `slot_choice = "gradient"`, r1: r0's gains weigh 0.1 / 0.9.
     let mut by_gradient = HeuristicPolicy::new(
         HeuristicConfig {
             slot_choice: tamiyo::SlotChoice::Gradient,
@@ -363,4 +383,210 @@ seed = "seed-r0"
         let err = tamiyo::ScriptedPolicy::parse(bad).unwrap_err().to_string();
         assert!(err.contains(says), "{bad:?}: {err}");
     }
+}
+
+/// The two-epoch plateau the germination tests share, with `edit` applied
+/// to the last (deciding) packet.
+fn plateau_with(edit: impl FnOnce(&mut SystemStatePacket)) -> Vec<SystemStatePacket> {
+    let mut seq = epochs(&[(1.0, 0.5), (0.95, 0.52)]);
+    if let Some(last) = seq.last_mut() {
+        edit(last);
+    }
+    seq
+}
+
+#[test]
+fn growth_needs_evidence_that_the_host_is_short_of_capacity() {
+    struct Case {
+        name: &'static str,
+        edit: fn(&mut SystemStatePacket),
+        rule: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "20 % training error, losses close: short of capacity",
+            edit: |_| {},
+            rule: "germinate_capacity",
+        },
+        Case {
+            name: "saturated: the host fits its training data (5 % wrong)",
+            edit: |p| {
+                p.training_metrics.insert("train_accuracy".into(), 0.95);
+            },
+            rule: "wait_capacity_sufficient",
+        },
+        Case {
+            name: "no training accuracy reported: no growth on a guess",
+            edit: |p| {
+                p.training_metrics.remove("train_accuracy");
+            },
+            rule: "wait_no_capacity_evidence",
+        },
+        Case {
+            name: "overfitting: validation loss 0.95 vs training loss 0.5",
+            edit: |p| p.training_loss = Some(0.5),
+            rule: "wait_overfitting",
+        },
+        Case {
+            name: "host MACs not counted: the step-time rent cannot be weighed",
+            edit: |p| {
+                p.training_metrics.remove("host_forward_macs");
+            },
+            rule: "wait_no_cost_evidence",
+        },
+    ];
+    for case in cases {
+        let (rule, _) = run(&mut policy(), &plateau_with(case.edit));
+        assert_eq!(rule, case.rule, "{}", case.name);
+    }
+    // With the MAC rent off, uncounted MACs do not hold growth back.
+    let mut free_macs = HeuristicPolicy::new(
+        HeuristicConfig {
+            rent_points_per_host_macs: 0.0,
+            ..HeuristicConfig::default()
+        },
+        SelectionPolicy::default(),
+    );
+    let seq = plateau_with(|p| {
+        p.training_metrics.remove("host_forward_macs");
+    });
+    assert_eq!(run(&mut free_macs, &seq).0, "germinate_capacity");
+}
+
+#[test]
+fn no_seed_is_grown_whose_expected_gain_does_not_cover_its_rent() {
+    // MACs priced at 20 points per host-sized unit: depthwise k = 3 at r1
+    // (3 528 MACs) would pay 5.3 for an expected 3.4, every other candidate
+    // and slot more.
+    let mut dear = HeuristicPolicy::new(
+        HeuristicConfig {
+            rent_points_per_host_macs: 20.0,
+            ..HeuristicConfig::default()
+        },
+        SelectionPolicy::default(),
+    );
+    let validator = Validator::new(&leyline::LimitsConfig::default());
+    let catalog = catalog();
+    let seq = plateau_with(|_| {});
+    let mut last = None;
+    for p in &seq {
+        last = Some(
+            dear.decide(
+                &Observation::new(p, &validator).unwrap(),
+                &catalog,
+                &Cancel::new(),
+            )
+            .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    assert_eq!(last.rule, "wait_no_paying_seed");
+    assert!(last.detail.contains("rent"), "{}", last.detail);
+}
+
+/// Seed `id` at `slot` in `stage`, with the cost metrics Kasmina reports:
+/// depthwise k = 5 at r0 (104 parameters, 19 600 MACs: rent 1.50 points).
+fn with_priced_seed(
+    p: SystemStatePacket,
+    slot: &str,
+    id: &str,
+    stage: SeedStage,
+    contribution: Option<f64>,
+) -> SystemStatePacket {
+    let mut p = with_seed(p, slot, id, stage, 1, contribution);
+    if let Some(s) = p.seed_states.last_mut() {
+        s.blueprint_id = "conv.depthwise".into();
+        s.metrics.insert("parameter_count".into(), 104.0);
+        s.metrics.insert("forward_macs".into(), 19_600.0);
+    }
+    p
+}
+
+#[test]
+fn a_seed_must_pay_its_rent_to_fossilize_and_the_next_grows_only_if_the_last_paid() {
+    // PROBATIONARY, +1.0 point against a rent of 1.50: culled.
+    let p = with_priced_seed(
+        packet(4, 252, Some((0.6, 0.85))),
+        "r0",
+        "s",
+        SeedStage::Probationary,
+        Some(1.0),
+    );
+    let (rule, proposal) = run(&mut policy(), &[p]);
+    assert_eq!(rule, "cull_unpaid_rent");
+    assert_eq!(
+        proposal,
+        Proposal::Cull {
+            seed_id: "s".into()
+        }
+    );
+    // +3.0: fossilize.
+    let p = with_priced_seed(
+        packet(4, 252, Some((0.6, 0.85))),
+        "r0",
+        "s",
+        SeedStage::Probationary,
+        Some(3.0),
+    );
+    assert_eq!(run(&mut policy(), &[p]).0, "fossilize_contribution");
+
+    // The first seed, fossilized, paid (+3.0): the host is still short of
+    // capacity on a plateau, so a second seed grows at r1.
+    let second = |contribution: f64| {
+        let mut seq = epochs(&[(1.0, 0.5), (0.95, 0.52)]);
+        let last = seq.pop().unwrap();
+        seq.push(with_priced_seed(
+            last,
+            "r0",
+            "first",
+            SeedStage::Fossilized,
+            Some(contribution),
+        ));
+        seq
+    };
+    let (rule, proposal) = run(&mut policy(), &second(3.0));
+    assert_eq!(rule, "germinate_capacity");
+    assert!(matches!(proposal, Proposal::Germinate { ref slot_id, .. } if slot_id == "r1"));
+    // It did not pay (+1.0 < 1.50): with `stop_after_unpaid_seeds = 1`
+    // growth stops; by default (2) one more seed may try.
+    let mut strict = HeuristicPolicy::new(
+        HeuristicConfig {
+            stop_after_unpaid_seeds: 1,
+            ..HeuristicConfig::default()
+        },
+        SelectionPolicy::default(),
+    );
+    let (rule, _) = run(&mut strict, &second(1.0));
+    assert_eq!(rule, "wait_last_seed_unpaid");
+    assert_eq!(run(&mut policy(), &second(1.0)).0, "germinate_capacity");
+    // Two in a row did not pay: growth stops by default too.
+    let mut seq = second(1.0);
+    let last = seq.pop().unwrap();
+    let mut last = with_priced_seed(last, "r1", "second", SeedStage::Probationary, Some(0.5));
+    last.global_step += 1;
+    seq.push(last);
+    let mut pol = policy();
+    let (rule, _) = run(&mut pol, &seq[..seq.len() - 1]);
+    assert_eq!(rule, "wait_no_plateau");
+    // (The second seed is first seen after the first.)
+    let (rule, _) = run(&mut pol, &seq[seq.len() - 1..]);
+    assert_eq!(rule, "cull_unpaid_rent");
+    pol.issued(&Proposal::Cull {
+        seed_id: "second".into(),
+    });
+    // Culled and gone from the next packet: two in a row did not pay.
+    let mut after = second(1.0).pop().unwrap();
+    after.global_step += 2;
+    let (rule, detail) = {
+        let validator = Validator::new(&leyline::LimitsConfig::default());
+        let out = pol
+            .decide(
+                &Observation::new(&after, &validator).unwrap(),
+                &catalog(),
+                &Cancel::new(),
+            )
+            .unwrap();
+        (out.rule, out.detail)
+    };
+    assert_eq!(rule, "wait_last_seed_unpaid", "{detail}");
 }

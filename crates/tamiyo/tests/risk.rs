@@ -259,3 +259,56 @@ fn a_lasting_level_change_becomes_the_new_average() {
     );
     assert!(!rules(&a).contains(&"latency_spike"), "{:?}", a.findings);
 }
+
+#[test]
+fn a_seeds_budgeted_step_time_is_not_a_latency_spike_but_a_real_spike_still_is() {
+    // A live seed costing 2.5 × the host's MACs: work budgeted 3.5 units.
+    let seeded = |ms: f64| {
+        let mut p = with_seed(
+            packet(3, 200, None),
+            "r0",
+            "s",
+            SeedStage::Fossilized,
+            1,
+            None,
+        );
+        p.training_metrics.insert("step_ms".into(), ms);
+        if let Some(s) = p.seed_states.last_mut() {
+            s.metrics
+                .insert("forward_macs".into(), 2.5 * common::HOST_MACS);
+        }
+        p
+    };
+    let mut engine = RiskEngine::new(RiskConfig::default());
+    assess(
+        &mut engine,
+        &packet(2, 100, None),
+        germinate("conv.depthwise"),
+    );
+    // 10 ms → 32 ms is 3.2 × the average, but 9.1 ms per budgeted unit: the
+    // second seed is not vetoed for the first one's expected cost.
+    let a = assess(&mut engine, &seeded(32.0), germinate("conv.depthwise"));
+    assert_eq!((a.verdict.clone(), rules(&a)), (Verdict::Allow, vec![]));
+    // 120 ms is 34 ms per unit, 3.4 × the average: a spike.
+    let a = assess(&mut engine, &seeded(120.0), germinate("conv.depthwise"));
+    assert_eq!(
+        (a.verdict.clone(), rules(&a)),
+        (Verdict::Veto, vec!["latency_spike"])
+    );
+    assert!(
+        a.findings[0].detail.contains("per host-sized unit"),
+        "{:?}",
+        a.findings
+    );
+    // Without the host's MACs the same 32 ms is judged as the host's own.
+    let mut engine = RiskEngine::new(RiskConfig::default());
+    assess(
+        &mut engine,
+        &packet(2, 100, None),
+        germinate("conv.depthwise"),
+    );
+    let mut uncounted = seeded(32.0);
+    uncounted.training_metrics.remove("host_forward_macs");
+    let a = assess(&mut engine, &uncounted, germinate("conv.depthwise"));
+    assert_eq!(rules(&a), vec!["latency_spike"]);
+}

@@ -50,11 +50,11 @@ fn a_plateau_yields_a_signed_valid_germinate_command() {
     assert_eq!(first.diagnostics.rule, "wait_no_plateau");
     let decision = tamiyo.step(&packet(2, 126, Some((0.95, 0.52)))).unwrap();
     let command = decision.command().expect("a command");
-    assert_eq!(decision.diagnostics.rule, "germinate_plateau");
+    assert_eq!(decision.diagnostics.rule, "germinate_capacity");
     assert_eq!(command.generation, 126);
     assert_eq!(
         command.context.as_ref().unwrap().decided_by,
-        "germinate_plateau"
+        "germinate_capacity"
     );
     let report =
         leyline::validate::Validator::new(&leyline::LimitsConfig::default()).command(command);

@@ -93,6 +93,7 @@ struct Window {
     flush: tracing_chrome::FlushGuard,
     failed: Arc<AtomicBool>,
     path: PathBuf,
+    first_step: u64,
     last_step: u64,
 }
 
@@ -177,20 +178,26 @@ impl Profiler {
                 .build();
             let subscriber = tracing_subscriber::registry().with(layer);
             let dispatch = tracing::Dispatch::new(subscriber);
-            // Callsites first hit while no subscriber existed are cached as
-            // "never"; recompute now that one does.
-            tracing::callsite::rebuild_interest_cache();
             self.window = Some(Window {
                 dispatch,
                 flush,
                 failed,
                 path,
+                first_step: step,
                 last_step,
             });
         }
-        self.window
+        let guard = self
+            .window
             .as_ref()
-            .map(|w| tracing::dispatcher::set_default(&w.dispatch))
+            .map(|w| tracing::dispatcher::set_default(&w.dispatch));
+        if step == self.window.as_ref().map_or(0, |w| w.first_step) {
+            // Callsites hit while no subscriber existed (before the first
+            // window, or between windows) are cached as "never"; recompute
+            // with this window's subscriber in place, or it records nothing.
+            tracing::callsite::rebuild_interest_cache();
+        }
+        guard
     }
 
     /// Called after step `step`; closes the window after its last step.

@@ -45,18 +45,28 @@ fn windows_of_steps_become_chrome_traces() {
     let traces = t.profiler_traces().to_vec();
     assert_eq!(traces.len(), 2, "{traces:?}");
     assert!(traces[0].ends_with("trace-steps-000000003-000000006.json"));
-    let text = std::fs::read_to_string(&traces[0]).unwrap();
-    let events: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-    let names: std::collections::BTreeSet<&str> =
-        events.iter().filter_map(|e| e["name"].as_str()).collect();
-    for span in ["step", "data", "forward", "backward", "optimizer"] {
-        assert!(names.contains(span), "{span} missing from {names:?}");
+    assert!(traces[1].ends_with("trace-steps-000000011-000000014.json"));
+    // Every window, not only the first, holds its steps' spans.
+    for trace in &traces {
+        let text = std::fs::read_to_string(trace).unwrap();
+        let events: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let names: std::collections::BTreeSet<&str> =
+            events.iter().filter_map(|e| e["name"].as_str()).collect();
+        for span in ["step", "data", "forward", "backward", "optimizer"] {
+            assert!(
+                names.contains(span),
+                "{span} missing from {names:?} in {trace:?}"
+            );
+        }
+        let steps = events
+            .iter()
+            .filter(|e| e["name"] == "step" && e["ph"] == "B")
+            .count();
+        assert_eq!(
+            steps, 4,
+            "exactly the window's steps are traced in {trace:?}"
+        );
     }
-    let steps = events
-        .iter()
-        .filter(|e| e["name"] == "step" && e["ph"] == "B")
-        .count();
-    assert_eq!(steps, 4, "exactly the window's steps are traced");
     assert_eq!(t.profiler_failures(), 0);
 }
 

@@ -33,7 +33,7 @@ mod slot;
 pub mod store;
 
 pub use artifact::Artifact;
-pub use blueprint::{BlueprintDef, BlueprintModule, Weights, catalog, definition};
+pub use blueprint::{BlueprintDef, BlueprintModule, OutputForm, Weights, catalog, definition};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use library::{CatalogQuery, Library, LibraryConfig};

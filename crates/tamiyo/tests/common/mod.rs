@@ -8,6 +8,11 @@ use leyline::v1::{
     AlphaState, HardwareContext, SeedStage, SeedState, SlotKind, SlotState, SystemStatePacket,
 };
 
+/// `cnn-impaired`'s parameters.
+pub(crate) const HOST_PARAMETERS: f64 = 3978.0;
+/// `cnn-impaired`'s forward MACs per image.
+pub(crate) const HOST_MACS: f64 = 13328.0;
+
 /// A valid packet for a `cnn-impaired`-like host (slots r0 [4,14,14], r1
 /// [8,7,7]) at `step` of `epoch`; validation metrics when `validation` is set.
 pub(crate) fn packet(epoch: u32, step: u64, validation: Option<(f64, f64)>) -> SystemStatePacket {
@@ -30,7 +35,14 @@ pub(crate) fn packet(epoch: u32, step: u64, validation: Option<(f64, f64)>) -> S
             available_memory_gib: 8.0,
             ..HardwareContext::default()
         }),
-        training_metrics: BTreeMap::from([("step_ms".to_string(), 10.0)]),
+        // The host's size is `cnn-impaired`'s; it still gets 20 % of its
+        // training images wrong (short of capacity).
+        training_metrics: BTreeMap::from([
+            ("step_ms".to_string(), 10.0),
+            ("train_accuracy".to_string(), 0.8),
+            ("host_parameters".to_string(), HOST_PARAMETERS),
+            ("host_forward_macs".to_string(), HOST_MACS),
+        ]),
         seed_states: Vec::new(),
         slots: vec![slot("r0", &[4, 14, 14], 0), slot("r1", &[8, 7, 7], 1)],
         generation: step,

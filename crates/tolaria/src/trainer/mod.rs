@@ -552,7 +552,7 @@ impl Trainer {
             // On the epoch's last batch the epoch-end fence follows at the
             // same step: one fence, with the validation evidence, not two.
             if self.fence.due(self.global_step) && batch_index < batches_in_epoch {
-                self.at_fence(FenceKind::Step, last_loss, None, &mut fences)?;
+                self.at_fence(FenceKind::Step, last_loss, None, None, &mut fences)?;
                 if self.stop.is_some() {
                     break;
                 }
@@ -562,10 +562,12 @@ impl Trainer {
         let validation = self.validate()?;
         self.seeds_epoch_end(validation.accuracy)?;
         if self.stop.is_none() {
+            let train_accuracy = correct as f64 / seen.max(1) as f64;
             self.at_fence(
                 FenceKind::EpochEnd,
                 last_loss,
                 Some(&validation),
+                (seen > 0).then_some(train_accuracy),
                 &mut fences,
             )?;
         }
@@ -627,6 +629,7 @@ impl Trainer {
         kind: FenceKind,
         last_loss: f64,
         validation: Option<&Validation>,
+        train_accuracy: Option<f64>,
         stats: &mut FenceStats,
     ) -> Result<()> {
         stats.fences += 1;
@@ -647,6 +650,11 @@ impl Trainer {
         }
         if let Some(ms) = self.last_hook_ms {
             metrics.insert("last_hook_ms".to_owned(), ms);
+        }
+        if let Some(accuracy) = train_accuracy {
+            // The epoch's training accuracy: the controller's evidence of
+            // whether the host still fails to fit its own training data.
+            metrics.insert("train_accuracy".to_owned(), accuracy);
         }
         let state = self.assemble_state(state::Measured {
             validation,

@@ -83,6 +83,18 @@ impl Trainer {
         if let Some(v) = measured.validation {
             training_metrics.insert("validation_samples".into(), v.samples as f64);
         }
+        // What a seed's cost is weighed against: the host's own size and
+        // forward MACs per image (absent when the host does not count them).
+        let host_parameters: usize = self
+            .host
+            .parameters()
+            .iter()
+            .map(|p| p.var.elem_count())
+            .sum();
+        training_metrics.insert("host_parameters".into(), host_parameters as f64);
+        if let Some(macs) = self.host_forward_macs() {
+            training_metrics.insert("host_forward_macs".into(), macs as f64);
+        }
         let (device_type, memory) = match self.config.device {
             DeviceKind::Cpu => ("cpu", host_memory_gib()),
             DeviceKind::Cuda => ("cuda", None),

@@ -31,6 +31,17 @@ pub(crate) enum Kind {
     Dense(dense::DenseKind),
 }
 
+/// What a blueprint's output is relative to its input
+/// ([`BlueprintDef::output_form`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputForm {
+    /// The output carries the input (`x + f(x)`, a normalised or gated `x`,
+    /// the identity): it can stand in for the activation.
+    CarriesInput,
+    /// New features only (`f(x)`): they are added to the activation.
+    Features,
+}
+
 /// One blueprint of the built-in catalog.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlueprintDef {
@@ -136,6 +147,28 @@ impl BlueprintDef {
     pub fn forward_macs(&self, params: &Parameters, slot: &SlotShape) -> Result<u64> {
         self.check(params, slot)?;
         Ok(macs::formula(self.kind, params, slot.shape()))
+    }
+
+    /// What the blueprint's output is relative to its input: whether it
+    /// carries the input through (a skip inside, or a rescaling of it) or is
+    /// new features only. A seed learns in TRAINING as a correction added to
+    /// the host activation, so a [`OutputForm::Features`] blueprint must join
+    /// the host by adding (`RESIDUAL` blending): blended convexly at α = 1 it
+    /// would replace the activation with features trained to be added to it.
+    pub fn output_form(&self) -> OutputForm {
+        use conv::ConvKind as C;
+        use dense::DenseKind as D;
+        match self.kind {
+            Kind::Identity | Kind::Conv(C::Residual | C::ChannelNorm | C::SqueezeExcitation) => {
+                OutputForm::CarriesInput
+            }
+            Kind::Conv(
+                C::Depthwise | C::LightConv | C::HeavyConv | C::SpatialAttention | C::GroupedConv,
+            )
+            | Kind::Dense(D::MlpSmall | D::MlpLarge | D::LowRank | D::GatedFeedForward) => {
+                OutputForm::Features
+            }
+        }
     }
 
     /// Builds an instance for `slot` with weights from `weights`.
