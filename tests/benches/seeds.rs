@@ -8,7 +8,16 @@
 //!   one at `r1` vs the host alone, reported beside the seeds' share of the
 //!   forward FLOPs;
 //! * commands: a signed SET_BLEND command validated, verified and applied at a
-//!   fence (p50/p95).
+//!   fence (p50/p95);
+//! * seconds per MAC: the seed the heuristic grows on each conv host
+//!   (`conv.depthwise` k5 on `cnn-impaired`, k7 on `cnn`, at `r0`, RESIDUAL)
+//!   held in TRAINING, BLENDING and FOSSILIZED by a real `Kasmina`, its whole
+//!   step (Kasmina's before-step, forward, loss, backward, after-backward and
+//!   after-step bookkeeping; no optimizer on either side) against the host
+//!   alone. The seed's time is the difference; its seconds per forward MAC
+//!   over the host's is its efficiency (goal: FOSSILIZED <= 1.10, TRAINING
+//!   <= 1.25). Kasmina's own in-step measurement of the seed's forward share
+//!   is printed beside it.
 //!
 //! Run: `cargo bench -p esper-integration-tests --bench seeds` (part of
 //! `cargo xtask bench`).
@@ -23,12 +32,13 @@ use esper_ops::ParamInit;
 use kasmina::Blend;
 use kasmina::CommandIntake;
 use kasmina::{AlphaRamp, RampShape};
+use kasmina::{Counterfactual, GateConfig, StepEvidence, StepTimes};
 use kasmina::{DormantSlots, Host, Kasmina, LibrarySource, Seed, SeedSlots, SlotRunner};
-use kasmina::{GateConfig, StepEvidence};
 use leyline::security::{SigningKey, sign};
 use leyline::v1::adaptation_command::Payload;
 use leyline::v1::{
     AdaptationCommand, BlendConfig, BlendMode, CommandSeedOperation, CommandType, SeedOperation,
+    SeedStage,
 };
 
 #[global_allocator]
@@ -110,8 +120,199 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+fn signed(key: &SigningKey, id: String, seed: &str, op: CommandSeedOperation) -> AdaptationCommand {
+    let mut c = AdaptationCommand {
+        version: 1,
+        command_id: id,
+        command_type: CommandType::Seed as i32,
+        target_seed_id: seed.into(),
+        issued_at_ms: now_ms(),
+        deadline_at_ms: now_ms() + 60_000,
+        issued_by: "bench".into(),
+        training_run_id: "bench".into(),
+        payload: Some(Payload::SeedOperation(op)),
+        ..AdaptationCommand::default()
+    };
+    sign(key, &mut c);
+    c
+}
+
+/// A Kasmina for `host` whose `r0` holds a `conv.depthwise` seed of `kernel`
+/// (RESIDUAL) driven to `stage`, where it stays while the bench runs.
+fn kasmina_at(
+    host: &dyn Host,
+    library: &Arc<urza::Library>,
+    kernel: u32,
+    stage: SeedStage,
+) -> Kasmina {
+    let key = SigningKey::from_bytes(&[8u8; 32]).unwrap();
+    let hold = 1_000_000;
+    let gates = GateConfig {
+        window: 1,
+        // TRAINING is held by its dwell, BLENDING by its α ramp.
+        min_steps: [
+            if stage == SeedStage::Training {
+                hold
+            } else {
+                0
+            },
+            0,
+            0,
+            0,
+        ],
+        min_epochs: [0; 4],
+        ..GateConfig::default()
+    };
+    let intake = CommandIntake::new(key.clone(), &leyline::Config::default());
+    let mut kasmina = Kasmina::new(
+        host.slots(),
+        gates,
+        intake,
+        Box::new(LibrarySource::new(library.clone(), Device::Cpu)),
+        0,
+    );
+    let ramp = if stage == SeedStage::Blending {
+        hold
+    } else {
+        1
+    };
+    let germinate = signed(
+        &key,
+        "g".into(),
+        "s0",
+        CommandSeedOperation {
+            operation: SeedOperation::Germinate as i32,
+            blueprint_id: "conv.depthwise".into(),
+            slot_id: "r0".into(),
+            mesh_layers: vec!["r0".into()],
+            parameters: [("kernel_size".to_string(), f64::from(kernel))].into(),
+            blend: Some(BlendConfig {
+                mode: BlendMode::Residual as i32,
+                ..BlendConfig::default()
+            }),
+            alpha_schedule: Some(leyline::v1::AlphaSchedule {
+                kind: leyline::v1::AlphaScheduleKind::Linear as i32,
+                steps: ramp as u32,
+                temperature: 0.0,
+            }),
+            ..CommandSeedOperation::default()
+        },
+    );
+    kasmina.submit(germinate, now_ms()).unwrap();
+    let outcome = kasmina.fence(0, 0, now_ms());
+    assert!(outcome[0].result.is_ok(), "{outcome:?}");
+    let stage_now = |k: &Kasmina| k.slots().slot("r0").unwrap().stage();
+    for step in 1..=50u64 {
+        let now = stage_now(&kasmina);
+        if now == stage {
+            break;
+        }
+        kasmina.record_evidence(
+            "r0",
+            StepEvidence {
+                seed_grad_norm: 1.0,
+                loss: 1.0,
+                alpha: kasmina.slots().slot("r0").unwrap().seed().unwrap().alpha(),
+                isolation_checked: true,
+                isolation_ok: true,
+                step_ms: 1.0,
+            },
+        );
+        if matches!(now, SeedStage::Shadowing | SeedStage::Probationary) {
+            kasmina.record_counterfactual(
+                "r0",
+                Counterfactual {
+                    with_seed: 90.0,
+                    without_seed: 80.0,
+                },
+            );
+        }
+        if now == SeedStage::Blending {
+            // Advances the α ramp, as an optimizer step would.
+            kasmina.after_step("bench", step, 0, 1.0).unwrap();
+        } else {
+            kasmina.advance_all(step, 0).unwrap();
+        }
+    }
+    assert_eq!(
+        stage_now(&kasmina),
+        stage,
+        "the seed did not reach {stage:?}"
+    );
+    kasmina
+}
+
+/// One step of the seeded model as `Trainer` runs it, less the optimizer.
+fn kasmina_step(host: &dyn Host, kasmina: &mut Kasmina, x: &Tensor, y: &Tensor) {
+    std::hint::black_box(kasmina.before_step());
+    let started = Instant::now();
+    let logits = host.forward_with_slots(x, kasmina.runner()).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&logits, y).unwrap();
+    let forward_ms = started.elapsed().as_secs_f64() * 1e3;
+    let value = f64::from(loss.to_scalar::<f32>().unwrap());
+    let grads = loss.backward().unwrap();
+    let times = StepTimes {
+        forward_ms,
+        forward_backward_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    kasmina.after_backward(&grads, value, times).unwrap();
+    kasmina.after_step("bench", 1, 0, 1.0).unwrap();
+    std::hint::black_box(kasmina.drain_packets());
+    std::hint::black_box(kasmina.drain_events());
+}
+
+/// Seconds per MAC of the heuristic's seed on `host_name`, per stage.
+fn seconds_per_mac(host_name: &str, kernel: u32, x: &Tensor, y: &Tensor) {
+    let host = tolaria::hosts::build(host_name, 0, &Device::Cpu).unwrap();
+    let host_macs: u64 = host.layer_macs().unwrap().iter().map(|l| l.macs).sum();
+    let dir = tempfile::tempdir().unwrap();
+    let library = Arc::new(
+        urza::Library::open(urza::LibraryConfig::new(dir.path()))
+            .unwrap()
+            .0,
+    );
+    for stage in [
+        SeedStage::Training,
+        SeedStage::Blending,
+        SeedStage::Fossilized,
+    ] {
+        let mut kasmina = kasmina_at(host.as_ref(), &library, kernel, stage);
+        let seed_macs = kasmina.seed_forward_macs();
+        let (alone, seeded) = compare(
+            15,
+            6,
+            || step(host.as_ref(), &mut DormantSlots, x, y),
+            || kasmina_step(host.as_ref(), &mut kasmina, x, y),
+        );
+        let efficiency = ((seeded - alone) / seed_macs as f64) / (alone / host_macs as f64);
+        let goal = if stage == SeedStage::Training {
+            " (goal <= 1.25)"
+        } else if stage == SeedStage::Fossilized {
+            " (goal <= 1.10)"
+        } else {
+            ""
+        };
+        let share = kasmina
+            .summaries()
+            .first()
+            .and_then(|s| s.time)
+            .map_or("unmeasured".to_string(), |t| {
+                format!("{:.0} % ({:.2} ms)", t.forward_share * 100.0, t.forward_ms)
+            });
+        println!(
+            "{host_name} + conv.depthwise k{kernel} {}: step {seeded:.2} ms vs {alone:.2} ms alone; seed {:.2} MMAC/image = {:.2}x the host's MACs, {:.2}x its time; seconds per MAC {efficiency:.2}x the host's{goal}; measured forward share {share}",
+            leyline::lifecycle::stage_label(stage),
+            seed_macs as f64 / 1e6,
+            seed_macs as f64 / host_macs as f64,
+            (seeded - alone) / alone,
+        );
+    }
+}
+
 fn main() {
     let (x, y) = batch();
+    seconds_per_mac("cnn-impaired", 5, &x, &y);
+    seconds_per_mac("cnn", 7, &x, &y);
 
     // Dormant slots vs no slots, on `cnn`.
     let host = tolaria::hosts::build("cnn", 0, &Device::Cpu).unwrap();
@@ -165,6 +366,7 @@ fn main() {
                 seed_grad_norm: 1.0,
                 loss: 1.0,
                 alpha: 0.0,
+                isolation_checked: true,
                 isolation_ok: true,
                 step_ms: 1.0,
             },
@@ -257,6 +459,7 @@ fn main() {
                 seed_grad_norm: 1.0,
                 loss: 1.0,
                 alpha: 0.0,
+                isolation_checked: true,
                 isolation_ok: true,
                 step_ms: 1.0,
             },

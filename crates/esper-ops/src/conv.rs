@@ -18,6 +18,10 @@
 //!   tracked, so nothing of its gradient is computed (candle 0.11 computes it
 //!   through a loop-nest `conv_transpose2d`).
 //!
+//! A depthwise convolution (`groups == C == Cout`, a seed's usual kind) runs
+//! as direct per-tap row passes instead (`depthwise`): its GEMMs would have
+//! one row each.
+//!
 //! The GEMMs are the `gemm` crate's (candle's CPU matmul kernel), through
 //! `crate::gemm`; single-threaded inside the per-sample loop, on the rayon
 //! pool when the batch has fewer samples than threads. Hot-path allocations
@@ -29,10 +33,12 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use crate::cpu::contiguous_f32;
 
 mod block;
+mod depthwise;
 mod geometry;
 mod plan;
 
 pub use block::conv2d_bias_relu_max_pool2x2;
+use depthwise::DepthwiseForward;
 use geometry::Geometry;
 use plan::{OutputGrad, Plan};
 
@@ -107,6 +113,20 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
             spec.groups,
         );
     }
+    let geometry = geometry(x, kernel, spec, "conv2d")?;
+    if depthwise::applies(&geometry, kernel.dims4()?.0) {
+        return x
+            .contiguous()?
+            .apply_op2(&kernel.contiguous()?, DepthwiseForward { geometry });
+    }
+    x.contiguous()?
+        .apply_op2(&kernel.contiguous()?, Conv2dForward { geometry })
+}
+
+/// [`conv2d`] always through im2col + GEMM (the depthwise kernel's reference
+/// in tests).
+#[cfg(test)]
+fn conv2d_general(x: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     let geometry = geometry(x, kernel, spec, "conv2d")?;
     x.contiguous()?
         .apply_op2(&kernel.contiguous()?, Conv2dForward { geometry })

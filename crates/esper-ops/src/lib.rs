@@ -8,12 +8,16 @@
 //!   docs/DESIGN.md §12).
 //! * [`conv2d`] ([`Conv2dSpec`]): 2-D convolution as a parallel whole-batch im2col + one GEMM
 //!   per group (stride, padding, dilation, groups) whose backward computes
-//!   only the gradients that are needed.
+//!   only the gradients that are needed; a depthwise convolution runs as
+//!   direct per-tap passes instead.
 //! * [`bias_add`], [`bias_relu`]: per-channel bias add, and fused bias + ReLU, one pass each way
 //!   with exact gradients.
 //! * [`bias_relu_max_pool2x2`] and [`conv2d_bias_relu_max_pool2x2`]: bias + ReLU + 2×2 max pooling in one pass each way, without
 //!   the full-size activation in between (a conv block's epilogue; the second
 //!   with its convolution).
+//! * [`incubate`], [`residual_blend`], [`convex_blend`]: a seed's output
+//!   joining the host activation (Kasmina's incubator and blends), one pass
+//!   each way, bit for bit the candle composition.
 //! * [`threads`]: the compute pool a CPU training run executes on.
 //! * `alloc` (feature `mimalloc`): mimalloc as the global allocator, with
 //!   freed memory retained for the next step.
@@ -29,6 +33,7 @@ mod act;
 pub mod alloc;
 #[cfg(test)]
 mod alloc_count;
+mod blend;
 mod conv;
 mod cpu;
 mod fused;
@@ -38,6 +43,7 @@ mod pool;
 pub mod threads;
 
 pub use act::{bias_add, bias_relu};
+pub use blend::{convex_blend, incubate, residual_blend};
 pub use conv::{Conv2dSpec, conv2d, conv2d_bias_relu_max_pool2x2};
 pub use fused::bias_relu_max_pool2x2;
 pub use init::ParamInit;

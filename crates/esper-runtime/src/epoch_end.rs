@@ -97,9 +97,16 @@ impl ControlSummary {
                 || "no counterfactual measured".to_owned(),
                 |c| format!("contribution {c:+.2} points"),
             );
+            let time = match (s.forward_ms_per_step(), s.forward_share()) {
+                (Some(ms), Some(share)) => format!(
+                    " | forward {ms:.2} ms/step, {:.0} % of the model's",
+                    share * 100.0
+                ),
+                (Some(_), None) | (None, _) => " | forward not timed".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "  seed {} at {}: {} reached {}, ended {} | {} parameters | {:.3} MMAC/image{share} | {contribution}",
+                "  seed {} at {}: {} reached {}, ended {} | {} parameters | {:.3} MMAC/image{share}{time} | {contribution}",
                 s.seed,
                 s.slot,
                 s.blueprint,
@@ -111,6 +118,38 @@ impl ControlSummary {
         }
         out
     }
+}
+
+/// One seed's epoch line: where it is, its α, what it costs each image
+/// (beside the host's MACs when known) and its measured forward time and
+/// share at this stage.
+pub fn seed_line(s: &kasmina::SeedSummary, host_macs: Option<u64>) -> String {
+    let macs = match host_macs {
+        Some(host) if host > 0 => format!(
+            "{:.3} MMAC/image ({:.2} x the host's)",
+            s.forward_macs as f64 / 1e6,
+            s.forward_macs as f64 / host as f64
+        ),
+        Some(_) | None => format!("{:.3} MMAC/image", s.forward_macs as f64 / 1e6),
+    };
+    let time = s.time.map_or_else(
+        || "forward not timed yet".to_owned(),
+        |t| {
+            format!(
+                "forward {:.2} ms/step, {:.0} % of the model's",
+                t.forward_ms,
+                t.forward_share * 100.0
+            )
+        },
+    );
+    format!(
+        "seed {} at {}: {} {} α {:.2} | {macs} | {time}",
+        s.seed,
+        s.slot,
+        s.blueprint,
+        leyline::lifecycle::stage_label(s.stage),
+        s.alpha
+    )
 }
 
 /// Publishes what epoch `report` produced: the state packet (NORMAL), the

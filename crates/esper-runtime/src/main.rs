@@ -477,12 +477,8 @@ fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<E
         );
         for s in trainer.seed_summaries() {
             println!(
-                "          seed {} at {}: {} {} α {:.2}",
-                s.seed,
-                s.slot,
-                s.blueprint,
-                leyline::lifecycle::stage_label(s.stage),
-                s.alpha
+                "          {}",
+                esper_runtime::epoch_end::seed_line(&s, trainer.host_forward_macs())
             );
         }
         say(esper_runtime::epoch_end::publish_epoch(

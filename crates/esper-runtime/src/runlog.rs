@@ -77,6 +77,15 @@ pub struct EpochSeed {
     pub stage: String,
     /// Blend α in effect.
     pub alpha: f64,
+    /// Forward MACs per image the seed costs at its stage.
+    #[serde(default)]
+    pub forward_macs: u64,
+    /// Its measured forward time per step at this stage, ms (moving average).
+    #[serde(default)]
+    pub forward_ms: Option<f64>,
+    /// Its measured share of the model's forward time (0–1).
+    #[serde(default)]
+    pub forward_share: Option<f64>,
 }
 
 impl EpochLine {
@@ -115,6 +124,9 @@ impl EpochLine {
                     blueprint: s.blueprint.clone(),
                     stage: s.stage.as_str_name().to_owned(),
                     alpha: s.alpha,
+                    forward_macs: s.forward_macs,
+                    forward_ms: s.time.map(|t| t.forward_ms),
+                    forward_share: s.time.map(|t| t.forward_share),
                 })
                 .collect(),
         }

@@ -165,8 +165,9 @@ impl Blend {
     ) -> Result<Tensor> {
         let alpha = clamp_unit(alpha);
         Ok(match self {
-            Self::Convex => convex(h, s, &scalar(alpha, h)?)?,
-            Self::Residual => (h + (s * alpha)?)?,
+            // One fused pass each way (esper-ops): these run on every step.
+            Self::Convex => esper_ops::convex_blend(h, s, alpha as f32)?,
+            Self::Residual => esper_ops::residual_blend(h, s, alpha as f32)?,
             Self::Channel(a) => {
                 let shape = channel_shape(h.rank(), a.len());
                 let weights: Vec<f32> = a.iter().map(|v| v * alpha as f32).collect();
@@ -194,7 +195,7 @@ impl Blend {
 
 /// The incubator: forward value exactly `h`, seed gradient intact.
 pub(crate) fn incubate(h: &Tensor, s: &Tensor) -> Result<Tensor> {
-    Ok((h + (s - s.detach())?)?)
+    Ok(esper_ops::incubate(h, s)?)
 }
 
 fn clamp_unit(alpha: f64) -> f64 {
@@ -203,10 +204,6 @@ fn clamp_unit(alpha: f64) -> f64 {
     } else {
         alpha.clamp(0.0, 1.0)
     }
-}
-
-fn scalar(value: f64, like: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::new(value as f32, like.device())?.to_dtype(like.dtype())?)
 }
 
 /// `w·s + (1−w)·h` with `w` broadcast against `h`.

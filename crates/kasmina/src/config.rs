@@ -40,6 +40,10 @@ pub struct Config {
     pub isolation_max_relative_error: f64,
     /// Smallest gradient cosine of the invariant (default 0.99999).
     pub isolation_min_cosine: f64,
+    /// Every how many of a TRAINING seed's steps the isolation monitor checks
+    /// the incubator invariant (default 10: its first step, then every 10th;
+    /// 1 checks every step). G1 waits for at least one check.
+    pub isolation_check_every_steps: u64,
     /// Violations in a row that open the isolation breaker (default 3).
     pub breaker_failures: u32,
     /// Seconds the breaker stays open before a half-open trial (default 30).
@@ -75,6 +79,7 @@ impl Default for Config {
             isolation_samples: isolation.samples,
             isolation_max_relative_error: isolation.max_relative_error,
             isolation_min_cosine: isolation.min_cosine,
+            isolation_check_every_steps: isolation.check_every_steps,
             breaker_failures: breaker.failures_to_open,
             breaker_open_s: breaker.open_for.as_secs(),
             breaker_successes: breaker.successes_to_close,
@@ -118,6 +123,9 @@ impl Config {
         if self.isolation_samples == 0 {
             return bad("isolation_samples", "must be at least 1");
         }
+        if self.isolation_check_every_steps == 0 {
+            return bad("isolation_check_every_steps", "must be at least 1");
+        }
         if self.breaker_failures == 0 || self.breaker_successes == 0 {
             return bad("breaker_failures", "breaker counts must be at least 1");
         }
@@ -151,6 +159,7 @@ impl Config {
                 successes_to_close: self.breaker_successes,
             },
             seed,
+            check_every_steps: self.isolation_check_every_steps,
         }
     }
 }

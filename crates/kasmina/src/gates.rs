@@ -64,7 +64,10 @@ pub struct StepEvidence {
     pub loss: f64,
     /// α the seed ran with.
     pub alpha: f64,
-    /// Whether the isolation monitor saw the incubator invariant hold.
+    /// Whether the isolation monitor checked the incubator invariant this
+    /// step (it samples steps; see `kasmina.isolation_check_every_steps`).
+    pub isolation_checked: bool,
+    /// Whether the invariant held (true on a step that was not checked).
     pub isolation_ok: bool,
     /// Forward + backward time of the step, milliseconds.
     pub step_ms: f64,
@@ -100,6 +103,8 @@ pub struct Evidence {
     pub counterfactual: Option<Counterfactual>,
     /// Isolation violations seen in the stage.
     pub isolation_violations: u64,
+    /// Isolation checks made in the stage.
+    pub isolation_checks: u64,
 }
 
 impl Evidence {
@@ -116,6 +121,9 @@ impl Evidence {
         }
         self.steps.push_back(e);
         self.steps_in_stage += 1;
+        if e.isolation_checked {
+            self.isolation_checks += 1;
+        }
         if !e.isolation_ok {
             self.isolation_violations += 1;
         }
@@ -167,6 +175,9 @@ pub(crate) fn g1(config: &GateConfig, e: &Evidence, from: SeedStage, to: SeedSta
             e.steps.len(),
             e.window
         ));
+    }
+    if e.isolation_checks == 0 && e.isolation_violations == 0 {
+        return Verdict::Wait("no isolation check yet".into());
     }
     let norms: Vec<f64> = e.steps.iter().map(|s| s.seed_grad_norm).collect();
     let finite = norms.iter().all(|n| n.is_finite());

@@ -38,10 +38,17 @@ pub struct IsolationConfig {
     pub breaker: BreakerConfig,
     /// Seed of the coordinate sampler.
     pub seed: u64,
+    /// Every how many of a session's steps are checked (its first step, then
+    /// every `check_every_steps`-th; at least 1). The invariant is structural
+    /// — the same incubator arithmetic runs on every step — so sampled checks
+    /// catch a leak without paying two activation-sized probe variables and
+    /// their gradients on every step.
+    pub check_every_steps: u64,
 }
 
 impl Default for IsolationConfig {
-    /// 64 samples, relative error ≤ 1e-5, cosine ≥ 0.99999, breaker 3/30 s/2.
+    /// 64 samples, relative error ≤ 1e-5, cosine ≥ 0.99999, breaker 3/30 s/2,
+    /// one step in 10 checked.
     fn default() -> Self {
         Self {
             samples: 64,
@@ -49,6 +56,7 @@ impl Default for IsolationConfig {
             min_cosine: 0.999_99,
             breaker: BreakerConfig::default(),
             seed: 0,
+            check_every_steps: 10,
         }
     }
 }
@@ -99,6 +107,8 @@ struct Session {
     /// (row offset hint, feature index) pairs, fixed at open.
     features: Vec<u32>,
     breaker: Breaker,
+    /// Steps the session has seen (checked or not).
+    steps: u64,
 }
 
 /// Isolation sessions by slot.
@@ -139,6 +149,7 @@ impl IsolationMonitor {
             Session {
                 features: picks,
                 breaker: Breaker::new(self.config.breaker),
+                steps: 0,
             },
         );
     }
@@ -146,6 +157,20 @@ impl IsolationMonitor {
     /// Closes the session of `slot_id`.
     pub(crate) fn close(&mut self, slot_id: &str) {
         self.sessions.remove(slot_id);
+    }
+
+    /// Counts a step of `slot_id`'s session; whether it is to be checked
+    /// (the session's first step, then every `check_every_steps`-th). False
+    /// without a session.
+    pub(crate) fn due(&mut self, slot_id: &str) -> bool {
+        let every = self.config.check_every_steps.max(1);
+        match self.sessions.get_mut(slot_id) {
+            Some(session) => {
+                session.steps += 1;
+                (session.steps - 1).is_multiple_of(every)
+            }
+            None => false,
+        }
     }
 
     /// Whether `slot_id` has a session.
@@ -258,6 +283,21 @@ mod tests {
         let (probes, y) = Probes::leave(at_h, h, y).unwrap();
         let grads = (&y * &y).unwrap().sum_all().unwrap().backward().unwrap();
         (probes, grads)
+    }
+
+    #[test]
+    fn a_session_checks_its_first_step_then_every_nth() {
+        let mut monitor = IsolationMonitor::new(IsolationConfig {
+            check_every_steps: 3,
+            ..IsolationConfig::default()
+        });
+        assert!(!monitor.due("r0"), "no session, no check");
+        monitor.open("r0", 4);
+        let due: Vec<bool> = (0..7).map(|_| monitor.due("r0")).collect();
+        assert_eq!(due, [true, false, false, true, false, false, true]);
+        monitor.close("r0");
+        monitor.open("r0", 4);
+        assert!(monitor.due("r0"), "a new session checks its first step");
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub use config::Config;
 pub use distill::{DistillConfig, check_budget, kd_loss};
 pub use engine::{
     CommandOutcome, CommandRefusal, IsolationViolation, Kasmina, KasminaState, KernelSource,
-    LibrarySource, SeedGroup, SeedOutcome, SeedRecord, SeedSummary, StepReport,
+    LibrarySource, SeedGroup, SeedOutcome, SeedRecord, SeedSummary, SeedTime, StepReport,
+    StepTimes,
 };
 pub use error::{Error, Result};
 pub use gates::{Counterfactual, GateConfig, StepEvidence};

@@ -3,6 +3,7 @@
 //! no tensor operation.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use leyline::v1::SeedStage;
@@ -19,6 +20,12 @@ pub struct Slot {
     seed: Option<Seed>,
     /// Epoch before which the slot may not germinate again.
     embargo_until_epoch: u64,
+    /// Wall time the seed's forward (module and blend) took since
+    /// [`SeedSlots::reset_forward_times`]: measured in place, so no
+    /// allocation per step.
+    forward_time: Duration,
+    /// Whether the next forwards route this slot through isolation probes.
+    probe: bool,
 }
 
 impl Slot {
@@ -53,7 +60,6 @@ pub struct SeedSlots {
     off_switch: bool,
     /// Forces α = 0 in this slot only (a seed's own counterfactual).
     counterfactual_slot: Option<String>,
-    probe: bool,
     probes: BTreeMap<String, Probes>,
     /// Whether this forward taps every slot (slot evidence).
     tap: bool,
@@ -76,6 +82,8 @@ impl SeedSlots {
                             spec: s.clone(),
                             seed: None,
                             embargo_until_epoch: 0,
+                            forward_time: Duration::ZERO,
+                            probe: false,
                         },
                     )
                 })
@@ -84,7 +92,6 @@ impl SeedSlots {
             counterfactual: false,
             off_switch: false,
             counterfactual_slot: None,
-            probe: false,
             probes: BTreeMap::new(),
             tap: false,
             taps: BTreeMap::new(),
@@ -217,13 +224,25 @@ impl SeedSlots {
         self.counterfactual_slot = slot_id.map(str::to_string);
     }
 
-    /// Routes TRAINING slots through isolation probes on the following
-    /// forwards (the isolation monitor's); collect them with
+    /// Routes every TRAINING slot through isolation probes on the following
+    /// forwards (the isolation monitor's), or none; collect them with
     /// `take_probes` after the backward pass.
     pub fn set_isolation_probes(&mut self, on: bool) {
-        self.probe = on;
+        for slot in self.slots.values_mut() {
+            slot.probe = on;
+        }
         if !on {
             self.probes.clear();
+        }
+    }
+
+    /// Decides for every slot, from its spec and stage, whether the
+    /// following forwards route it through isolation probes (only a
+    /// TRAINING seed's slot is probed).
+    pub(crate) fn choose_probes(&mut self, mut probe: impl FnMut(&SlotSpec, SeedStage) -> bool) {
+        for slot in self.slots.values_mut() {
+            let stage = slot.seed.as_ref().map_or(SeedStage::Dormant, Seed::stage);
+            slot.probe = probe(&slot.spec, stage);
         }
     }
 
@@ -247,6 +266,24 @@ impl SeedSlots {
     /// The probes of the last probed forward, by slot id.
     pub(crate) fn take_probes(&mut self) -> BTreeMap<String, Probes> {
         std::mem::take(&mut self.probes)
+    }
+
+    /// Forgets the forward times measured so far (before a training step's
+    /// forward, so that validation forwards are not counted).
+    pub(crate) fn reset_forward_times(&mut self) {
+        for slot in self.slots.values_mut() {
+            slot.forward_time = Duration::ZERO;
+        }
+    }
+
+    /// Calls `f(slot id, seed, forward time)` for every occupied slot with
+    /// the time its seed's forward took since the last reset.
+    pub(crate) fn forward_times(&self, mut f: impl FnMut(&str, &Seed, Duration)) {
+        for slot in self.slots.values() {
+            if let Some(seed) = &slot.seed {
+                f(&slot.spec.id, seed, slot.forward_time);
+            }
+        }
     }
 
     /// Advances every blending seed's α ramp (call after each optimizer step).
@@ -290,19 +327,32 @@ impl SeedSlots {
                 slot: spec.id.clone(),
             });
         };
+        let Some(seed) = &slot.seed else {
+            return Ok(h);
+        };
+        // The seed's own span in step profiles (`forward` › `seed`), and its
+        // measured forward time: the module, the blend or incubator
+        // arithmetic and, on checked steps, the isolation probes.
+        let _span =
+            tracing::info_span!("seed", slot = %spec.id, stage = seed.stage().as_str_name())
+                .entered();
+        let started = Instant::now();
         let counterfactual =
             self.counterfactual || self.counterfactual_slot.as_deref() == Some(spec.id.as_str());
-        match &slot.seed {
-            None => Ok(h),
-            Some(seed) if self.probe && !counterfactual && seed.stage() == SeedStage::Training => {
-                let (at_h, probed_h) = Probes::enter(&h)?;
-                let y = seed.forward(probed_h.clone(), self.margins.as_ref(), false)?;
-                let (probes, probed_y) = Probes::leave(at_h, probed_h, y)?;
-                self.probes.insert(spec.id.clone(), probes);
-                Ok(probed_y)
-            }
-            Some(seed) if self.off_switch => seed.forward_held_off(h, counterfactual),
-            Some(seed) => seed.forward(h, self.margins.as_ref(), counterfactual),
+        let y = if slot.probe && !counterfactual && seed.stage() == SeedStage::Training {
+            let (at_h, probed_h) = Probes::enter(&h)?;
+            let y = seed.forward(probed_h.clone(), self.margins.as_ref(), false)?;
+            let (probes, probed_y) = Probes::leave(at_h, probed_h, y)?;
+            self.probes.insert(spec.id.clone(), probes);
+            probed_y
+        } else if self.off_switch {
+            seed.forward_held_off(h, counterfactual)?
+        } else {
+            seed.forward(h, self.margins.as_ref(), counterfactual)?
+        };
+        if let Some(slot) = self.slots.get_mut(&spec.id) {
+            slot.forward_time += started.elapsed();
         }
+        Ok(y)
     }
 }

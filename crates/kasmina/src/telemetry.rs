@@ -247,6 +247,7 @@ mod tests {
                     seed_grad_norm: 1.0,
                     loss: 1.0,
                     alpha: 0.0,
+                    isolation_checked: true,
                     isolation_ok: true,
                     step_ms: 1.0,
                 },

@@ -1,5 +1,7 @@
 //! The step profiler: bounded windows of training steps traced as `tracing`
-//! spans (`step` › `data`, `forward`, `backward`, `optimizer`) into Chrome trace
+//! spans (`step` › `data`, `seeds_before_step`, `forward` › `seed` (one per
+//! live seed, with its slot and stage), `backward`, `seeds_after_backward`,
+//! `optimizer`, `seeds_after_step`) into Chrome trace
 //! files (open them in `chrome://tracing` or Perfetto).
 //!
 //! Off unless `[tolaria.profiler] dir` names a directory. The directory is

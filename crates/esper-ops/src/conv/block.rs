@@ -255,6 +255,11 @@ pub fn conv2d_bias_relu_max_pool2x2(
             format!("{} biases for {c_out} channels", bias.elem_count()),
         ));
     }
+    if super::depthwise::applies(&geometry, c_out) {
+        // The direct depthwise kernel beats the fused GEMM path's one-row
+        // GEMMs; the pooling then runs as its own fused op.
+        return bias_relu_max_pool2x2(&conv2d(x, kernel, spec)?, bias);
+    }
     let block = ConvBlock {
         geometry,
         z: OnceLock::new(),

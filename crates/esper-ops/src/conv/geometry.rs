@@ -52,7 +52,7 @@ impl Geometry {
     /// the image, where output columns `x0..x1` read the input run that
     /// starts at `src` (index into one sample's `[C, H, W]` image) and steps
     /// by the stride. Columns outside `x0..x1` fall in the padding.
-    fn runs(&self, row: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    pub(super) fn runs(&self, row: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
         let s = self.spec;
         let (oh, ow) = self.out_hw();
         let (c, rest) = (row / (self.kh * self.kw), row % (self.kh * self.kw));

@@ -375,3 +375,83 @@ fn allocates_results_scratch_and_gemm_packing_only() {
         "kernel gradient: {kernel:?}, needed {needed}"
     );
 }
+
+fn depthwise_case() -> impl Strategy<Value = Case> {
+    (
+        // Up to 19 samples: several rayon tasks of at least 4 samples each.
+        1usize..20,
+        2usize..6,
+        4usize..12,
+        4usize..12,
+        prop_oneof![Just(1usize), Just(3), Just(5), Just(7)],
+        0usize..4,
+        1usize..3,
+        1usize..3,
+    )
+        .prop_filter_map("kernel must fit", |(n, c, h, w, k, p, s, d)| {
+            let span = d * (k - 1) + 1;
+            (h + 2 * p >= span && w + 2 * p >= span).then_some(Case {
+                n,
+                groups: c,
+                c_per_group: 1,
+                out_per_group: 1,
+                h,
+                w,
+                k,
+                spec: Conv2dSpec {
+                    padding: p,
+                    stride: s,
+                    dilation: d,
+                    groups: c,
+                },
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The direct depthwise kernel equals the general im2col + GEMM path
+    /// (itself checked against candle and finite differences above) in the
+    /// forward value and both gradients, for every geometry.
+    #[test]
+    fn depthwise_equals_the_general_path(c in depthwise_case(), seed in 0u64..1000) {
+        let (x, k) = tensors(&c, seed);
+        let direct = conv2d(x.as_tensor(), k.as_tensor(), c.spec).unwrap();
+        let general = conv2d_general(x.as_tensor(), k.as_tensor(), c.spec).unwrap();
+        prop_assert_eq!(direct.dims(), general.dims());
+        close(&direct, &general, "forward")?;
+        let weights = Tensor::from_vec(
+            values(direct.elem_count(), seed + 7),
+            direct.dims(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let grads = |y: Tensor| y.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let ours = grads(direct);
+        let theirs = grads(general);
+        close(ours.get(&k).unwrap(), theirs.get(&k).unwrap(), "kernel gradient")?;
+        close(ours.get(&x).unwrap(), theirs.get(&x).unwrap(), "input gradient")?;
+    }
+}
+
+/// A depthwise convolution of an untracked input computes only the kernel's
+/// gradient.
+#[test]
+fn a_depthwise_untracked_input_gets_no_gradient() {
+    let x = Tensor::from_vec(values(2 * 3 * 6 * 6, 3), (2, 3, 6, 6), &Device::Cpu).unwrap();
+    let k = Var::from_vec(values(3 * 25, 4), (3, 1, 5, 5), &Device::Cpu).unwrap();
+    let spec = Conv2dSpec {
+        padding: 2,
+        groups: 3,
+        ..Conv2dSpec::default()
+    };
+    let grads = conv2d(&x, k.as_tensor(), spec)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&x).is_none());
+    assert_eq!(grads.get(&k).unwrap().dims(), &[3, 1, 5, 5]);
+}

@@ -147,6 +147,8 @@ CREATE TABLE IF NOT EXISTS seeds (
     run_id TEXT NOT NULL, seed TEXT NOT NULL, slot TEXT NOT NULL, blueprint TEXT NOT NULL,
     parameters INTEGER NOT NULL, furthest TEXT NOT NULL, last TEXT NOT NULL,
     forward_macs INTEGER NOT NULL, images_by_stage TEXT NOT NULL, contribution REAL,
+    forward_seconds REAL NOT NULL, model_forward_seconds REAL NOT NULL,
+    timed_steps INTEGER NOT NULL,
     PRIMARY KEY (run_id, seed)
 );
 CREATE TABLE IF NOT EXISTS decisions (
@@ -159,7 +161,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 /// derived from the run directories, so a store of another layout is
 /// dropped and rebuilt empty, and [`RunStore::rebuilt`] says so: the
 /// caller re-imports.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const TABLES: [&str; 4] = ["runs", "epochs", "seeds", "decisions"];
 
@@ -351,7 +353,7 @@ impl RunStore {
         }
         for s in summary.iter().flat_map(|s| &s.seeds) {
             tx.execute(
-                "INSERT INTO seeds VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO seeds VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     run_id,
                     s.seed,
@@ -363,6 +365,9 @@ impl RunStore {
                     s.forward_macs as i64,
                     to_json(dir, &s.images_by_stage)?,
                     s.contribution,
+                    s.forward_seconds,
+                    s.model_forward_seconds,
+                    s.timed_steps as i64,
                 ],
             )
             .map_err(sql)?;
@@ -457,7 +462,8 @@ impl RunStore {
             .conn
             .prepare(
                 "SELECT seed, slot, blueprint, parameters, furthest, last, forward_macs,
-                        images_by_stage, contribution FROM seeds
+                        images_by_stage, contribution, forward_seconds,
+                        model_forward_seconds, timed_steps FROM seeds
                  WHERE run_id = ?1 ORDER BY seed",
             )
             .map_err(|e| self.sql(e))?;
@@ -481,6 +487,9 @@ impl RunStore {
                         },
                     )?,
                     contribution: r.get(8)?,
+                    forward_seconds: r.get(9)?,
+                    model_forward_seconds: r.get(10)?,
+                    timed_steps: r.get::<_, i64>(11)? as u64,
                 })
             })
             .map_err(|e| self.sql(e))?;

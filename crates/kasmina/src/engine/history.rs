@@ -42,9 +42,32 @@ pub struct SeedOutcome {
     /// measurement (with the seed − with α forced to 0), if it had one.
     #[serde(default)]
     pub contribution: Option<f64>,
+    /// Measured wall time of the seed's forward over the training steps it
+    /// ran in, seconds (see `engine::timing`).
+    #[serde(default)]
+    pub forward_seconds: f64,
+    /// The whole model's forward time over the same steps, seconds.
+    #[serde(default)]
+    pub model_forward_seconds: f64,
+    /// Training steps in which the seed's forward was timed.
+    #[serde(default)]
+    pub timed_steps: u64,
 }
 
 impl SeedOutcome {
+    /// Mean measured forward time of the seed per training step it ran in,
+    /// milliseconds; none before it ran.
+    pub fn forward_ms_per_step(&self) -> Option<f64> {
+        (self.timed_steps > 0).then(|| self.forward_seconds * 1e3 / self.timed_steps as f64)
+    }
+
+    /// The seed's share of the model's forward time over the steps it ran
+    /// in (0–1); none before it ran.
+    pub fn forward_share(&self) -> Option<f64> {
+        (self.timed_steps > 0 && self.model_forward_seconds > 0.0)
+            .then(|| self.forward_seconds / self.model_forward_seconds)
+    }
+
     /// Whether the seed is part of the host at the end (FOSSILIZED).
     pub fn fossilized(&self) -> bool {
         self.last == SeedStage::Fossilized.as_str_name()
@@ -142,6 +165,9 @@ pub(crate) fn note(history: &mut Vec<SeedOutcome>, slots: &SeedSlots) {
                     forward_macs: seed.module().forward_macs(),
                     images_by_stage: BTreeMap::new(),
                     contribution: None,
+                    forward_seconds: 0.0,
+                    model_forward_seconds: 0.0,
+                    timed_steps: 0,
                 });
                 history.len() - 1
             }

@@ -92,6 +92,7 @@ pub struct Kasmina {
     step: StepState,
     history: Vec<SeedOutcome>,
     evidence: evidence::SlotEvidence,
+    timing: timing::SeedTiming,
 }
 
 impl std::fmt::Debug for Kasmina {
@@ -138,6 +139,7 @@ impl Kasmina {
             step: StepState::new(IsolationMonitor::new(IsolationConfig::default())),
             history: Vec::new(),
             evidence: evidence::SlotEvidence::new(10),
+            timing: timing::SeedTiming::default(),
         }
     }
 
@@ -468,11 +470,13 @@ mod history;
 mod persist;
 mod state;
 mod step;
+mod timing;
 
 pub use history::SeedOutcome;
 pub use persist::{KasminaState, SeedRecord};
 use step::StepState;
-pub use step::{CommandRefusal, IsolationViolation, SeedGroup, SeedSummary, StepReport};
+pub use step::{CommandRefusal, IsolationViolation, SeedGroup, SeedSummary, StepReport, StepTimes};
+pub use timing::SeedTime;
 
 #[cfg(test)]
 mod tests;

@@ -51,6 +51,12 @@ impl Kasmina {
                     // What it costs each image now (0 where it does not run).
                     ("forward_macs".to_string(), seed.forward_macs() as f64),
                 ]);
+                // Measured (engine::timing): its forward time per step and
+                // share of the model's forward, at this stage.
+                if let Some(t) = self.timing.of(slot_id, seed.id(), stage) {
+                    metrics.insert("forward_ms".into(), t.forward_ms);
+                    metrics.insert("forward_share".into(), t.forward_share);
+                }
                 if let Some(e) = evidence {
                     metrics.insert("steps_in_stage".into(), e.steps_in_stage as f64);
                     metrics.insert("epochs_in_stage".into(), e.epochs_in_stage as f64);

@@ -62,6 +62,16 @@ pub struct SeedGroup {
     pub params: Vec<NamedParameter>,
 }
 
+/// How long a training step's phases took, measured by the loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTimes {
+    /// The forward pass through the loss, milliseconds.
+    pub forward_ms: f64,
+    /// Forward and backward pass, milliseconds (every seed's G2 baseline and
+    /// latency evidence).
+    pub forward_backward_ms: f64,
+}
+
 /// A seed whose incubator leaked gradient into the host this step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IsolationViolation {
@@ -94,6 +104,11 @@ pub struct SeedSummary {
     pub stage: SeedStage,
     /// Blend α in effect.
     pub alpha: f64,
+    /// Forward MACs per sample the seed costs at its stage (0 where its
+    /// module does not run).
+    pub forward_macs: u64,
+    /// Its measured forward time and share at this stage, once measured.
+    pub time: Option<crate::SeedTime>,
 }
 
 impl Kasmina {
@@ -117,34 +132,28 @@ impl Kasmina {
     }
 
     /// Before a training step: isolation sessions open for TRAINING seeds and
-    /// close for the others, probes on while any seed trains in isolation.
-    /// Returns the optimizer groups the step must have: one per seed that
+    /// close for the others; a TRAINING seed's slot is probed on its
+    /// session's sampled steps (`IsolationConfig::check_every_steps`). The
+    /// seeds' forward clocks restart. Returns the optimizer groups the step must have: one per seed that
     /// trains.
     pub fn before_step(&mut self) -> Vec<SeedGroup> {
-        let mut incubating = false;
-        let slots: Vec<(String, usize, SeedStage)> = self
-            .slots
-            .slots()
-            .map(|s| {
-                (
-                    s.spec().id.clone(),
-                    s.spec().feature_shape.iter().product(),
-                    s.stage(),
-                )
-            })
-            .collect();
         let monitor = &mut self.step.monitor;
-        for (id, features, stage) in slots {
+        self.slots.choose_probes(|spec, stage| {
             if stage == SeedStage::Training {
-                incubating = true;
-                if !monitor.is_open(&id) {
-                    monitor.open(&id, features);
+                if !monitor.is_open(&spec.id) {
+                    monitor.open(&spec.id, spec.feature_shape.iter().product());
                 }
-            } else if monitor.is_open(&id) {
-                monitor.close(&id);
+                // Sampled steps only: the probes cost two activation-sized
+                // variables and their gradients.
+                monitor.due(&spec.id)
+            } else {
+                if monitor.is_open(&spec.id) {
+                    monitor.close(&spec.id);
+                }
+                false
             }
-        }
-        self.slots.set_isolation_probes(incubating);
+        });
+        self.slots.reset_forward_times();
         let tap = self.evidence.begin_step();
         self.slots.set_taps(tap);
         self.slots
@@ -176,9 +185,11 @@ impl Kasmina {
         &mut self,
         grads: &GradStore,
         loss: f64,
-        step_ms: f64,
+        times: StepTimes,
     ) -> Result<StepReport> {
+        let step_ms = times.forward_backward_ms;
         self.lifecycle.record_step_time(step_ms);
+        self.timing.record(&self.slots, &mut self.history, times);
         let taps = self.slots.take_taps();
         self.slots.set_taps(false);
         self.evidence.record(taps, grads)?;
@@ -212,7 +223,8 @@ impl Kasmina {
             isolation_violations: Vec::new(),
         };
         for (slot, grad_norm, alpha) in evidence {
-            let isolation_ok = match probes.get(&slot) {
+            let probe = probes.get(&slot);
+            let isolation_ok = match probe {
                 Some(p) => {
                     let check = state.monitor.check(&slot, p, grads, Instant::now())?;
                     if !check.ok {
@@ -244,6 +256,7 @@ impl Kasmina {
                     seed_grad_norm: grad_norm,
                     loss,
                     alpha,
+                    isolation_checked: probe.is_some(),
                     isolation_ok,
                     step_ms,
                 },
@@ -388,6 +401,8 @@ impl Kasmina {
                     blueprint: seed.module().blueprint_id().to_string(),
                     stage: seed.stage(),
                     alpha: seed.alpha(),
+                    forward_macs: seed.forward_macs(),
+                    time: self.timing.of(&slot.spec().id, seed.id(), seed.stage()),
                 })
             })
             .collect()

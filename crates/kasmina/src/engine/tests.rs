@@ -127,6 +127,7 @@ fn evidence(k: &mut Kasmina, n: usize) {
                 seed_grad_norm: 0.3,
                 loss: 1.0,
                 alpha,
+                isolation_checked: true,
                 isolation_ok: true,
                 step_ms: 1.0,
             },
@@ -474,7 +475,15 @@ fn slot_evidence_matches_a_hand_computation_on_sampled_steps() {
         let y = k.runner().run(&spec(), h.as_tensor().clone()).unwrap();
         let loss = (y * c).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
-        k.after_backward(&grads, 0.0, 1.0).unwrap();
+        k.after_backward(
+            &grads,
+            0.0,
+            StepTimes {
+                forward_ms: 0.5,
+                forward_backward_ms: 1.0,
+            },
+        )
+        .unwrap();
     };
     assert_eq!(
         k.slot_states()[0].activation_norm,
@@ -499,4 +508,129 @@ fn slot_evidence_matches_a_hand_computation_on_sampled_steps() {
     let mut off = fixture().kasmina.with_slot_evidence_every(0);
     step(&mut off, 2.0);
     assert_eq!(off.slot_states()[0].gradient_norm, None);
+}
+
+/// Drives one training step of a seeded slot: before_step, the slot's
+/// forward (the host activation is a variable), a backward, after_backward
+/// with `forward_ms` as the model's forward time, after_step.
+fn seeded_step(k: &mut Kasmina, h: &candle_core::Var, step: u64, forward_ms: f64) {
+    k.before_step();
+    let y = k.runner().run(&spec(), h.as_tensor().clone()).unwrap();
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    k.after_backward(
+        &grads,
+        1.0,
+        StepTimes {
+            forward_ms,
+            forward_backward_ms: 2.0 * forward_ms,
+        },
+    )
+    .unwrap();
+    k.after_step("run", step, 0, 1.0).unwrap();
+}
+
+#[test]
+fn a_training_seed_is_probed_on_sampled_steps_and_its_forward_is_timed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (library, _) = urza::Library::open(urza::LibraryConfig::new(dir.path())).unwrap();
+    let source = LibrarySource::new(Arc::new(library), Device::Cpu);
+    // TRAINING lasts: the test watches its steps.
+    let gates = GateConfig {
+        min_steps: [100, 2, 1, 1],
+        ..GateConfig::default()
+    };
+    let intake = CommandIntake::new(key(), &leyline::Config::default());
+    let k = Kasmina::new(&[spec()], gates, intake, Box::new(source), 7);
+    let mut k = k.with_isolation(IsolationConfig {
+        check_every_steps: 3,
+        ..IsolationConfig::default()
+    });
+    k.intake_mut()
+        .submit(germinate("c1", "s1", "conv.residual"), now())
+        .unwrap();
+    ok(&k.fence(0, 0, now()));
+    k.intake_mut()
+        .submit(
+            simple("c2", "s1", SeedOperation::Advance, SeedStage::Training),
+            now(),
+        )
+        .unwrap();
+    ok(&k.fence(0, 0, now()));
+    let h = candle_core::Var::randn(0f32, 1.0, (2, 4, 6, 6), &Device::Cpu).unwrap();
+    let mut checks = Vec::new();
+    for step in 1..=7 {
+        let before = k
+            .lifecycle()
+            .evidence("r0")
+            .map_or(0, |e| e.isolation_checks);
+        // A forward time far above the seed's own: its share is below 1.
+        seeded_step(&mut k, &h, step, 1_000.0);
+        let after = k
+            .lifecycle()
+            .evidence("r0")
+            .map_or(0, |e| e.isolation_checks);
+        checks.push(after > before);
+    }
+    assert_eq!(
+        checks,
+        [true, false, false, true, false, false, true],
+        "the first step of the session, then every third"
+    );
+    let e = k.lifecycle().evidence("r0").unwrap();
+    assert_eq!((e.isolation_checks, e.isolation_violations), (3, 0));
+
+    // The seed's forward was timed in place: a positive time, a share of
+    // the stated 1 s forward well below 1, in the summary, the state packet
+    // and the run's history.
+    let time = k.summaries()[0].time.expect("timed");
+    assert!(
+        time.forward_ms > 0.0 && time.forward_ms < 1_000.0,
+        "{time:?}"
+    );
+    assert!(
+        time.forward_share > 0.0 && time.forward_share < 1.0,
+        "{time:?}"
+    );
+    let state = &k.seed_states(7, 0)[0];
+    assert_eq!(state.metrics["forward_ms"], time.forward_ms);
+    assert_eq!(state.metrics["forward_share"], time.forward_share);
+    let outcome = &k.seed_outcomes()[0];
+    assert_eq!(outcome.timed_steps, 7);
+    let mean = outcome.forward_ms_per_step().unwrap();
+    assert!(mean > 0.0 && (outcome.forward_share().unwrap() - mean / 1_000.0).abs() < 1e-12);
+}
+
+#[test]
+fn g1_waits_for_an_isolation_check() {
+    use crate::gates::Verdict;
+    let config = GateConfig {
+        window: 2,
+        ..GateConfig::default()
+    };
+    let mut e = crate::gates::Evidence::new(2);
+    for _ in 0..2 {
+        e.record(StepEvidence {
+            seed_grad_norm: 1.0,
+            loss: 1.0,
+            alpha: 0.0,
+            isolation_checked: false,
+            isolation_ok: true,
+            step_ms: 1.0,
+        });
+    }
+    let verdict = crate::gates::g1(&config, &e, SeedStage::Training, SeedStage::Blending);
+    assert_eq!(verdict, Verdict::Wait("no isolation check yet".into()));
+    e.record(StepEvidence {
+        seed_grad_norm: 1.0,
+        loss: 1.0,
+        alpha: 0.0,
+        isolation_checked: true,
+        isolation_ok: true,
+        step_ms: 1.0,
+    });
+    let verdict = crate::gates::g1(&config, &e, SeedStage::Training, SeedStage::Blending);
+    assert!(
+        matches!(verdict, Verdict::Decided(ref g) if g.passed),
+        "{verdict:?}"
+    );
 }

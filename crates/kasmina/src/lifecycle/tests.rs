@@ -40,6 +40,7 @@ fn good(alpha: f64) -> StepEvidence {
         seed_grad_norm: 0.5,
         loss: 1.0,
         alpha,
+        isolation_checked: true,
         isolation_ok: true,
         step_ms: 1.0,
     }
@@ -274,6 +275,7 @@ fn isolation_violations_and_missing_contribution_cull() {
     lc.record_step(
         "r0",
         StepEvidence {
+            isolation_checked: true,
             isolation_ok: false,
             ..good(0.0)
         },

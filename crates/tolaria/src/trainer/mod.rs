@@ -482,8 +482,12 @@ impl Trainer {
             batch_index += 1;
             self.optimizer
                 .scale_lr(self.config.lr.factor(self.global_step));
-            self.seeds_before_step()?;
+            {
+                let _seeds = tracing::info_span!("seeds_before_step").entered();
+                self.seeds_before_step()?;
+            }
             let forward = tracing::info_span!("forward").entered();
+            let forward_started = Instant::now();
             let logits = match self.seeds.as_mut() {
                 Some(control) => self
                     .host
@@ -506,6 +510,7 @@ impl Trainer {
                 self.rollback(format!("{reason} at step {}", self.global_step))?;
                 continue;
             }
+            let forward_ms = forward_started.elapsed().as_secs_f64() * 1e3;
             drop(forward);
             let images = batch.labels.dims1()?;
             macs_sum += u128::from(self.count_forward(images as u64)) * images as u128;
@@ -513,8 +518,14 @@ impl Trainer {
                 let _backward = tracing::info_span!("backward").entered();
                 loss.backward()?
             };
-            let forward_backward_ms = step_started.elapsed().as_secs_f64() * 1e3;
-            self.seeds_after_backward(&grads, f64::from(value), forward_backward_ms)?;
+            let times = kasmina::StepTimes {
+                forward_ms,
+                forward_backward_ms: step_started.elapsed().as_secs_f64() * 1e3,
+            };
+            {
+                let _seeds = tracing::info_span!("seeds_after_backward").entered();
+                self.seeds_after_backward(&grads, f64::from(value), times)?;
+            }
             let host_grad_norm = {
                 let _optimizer = tracing::info_span!("optimizer").entered();
                 let norm = global_grad_norm(&self.host.parameters(), &grads)?;
@@ -525,7 +536,10 @@ impl Trainer {
             step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
             self.consecutive_rollbacks = 0;
             self.global_step += 1;
-            self.seeds_after_step(host_grad_norm)?;
+            {
+                let _seeds = tracing::info_span!("seeds_after_step").entered();
+                self.seeds_after_step(host_grad_norm)?;
+            }
             last_loss = f64::from(value);
             loss_sum += last_loss;
             self.since_fence.loss_sum += last_loss;

@@ -264,12 +264,12 @@ impl Trainer {
         &mut self,
         grads: &GradStore,
         loss: f64,
-        step_ms: f64,
+        times: kasmina::StepTimes,
     ) -> Result<()> {
         let Some(control) = self.seeds.as_mut() else {
             return Ok(());
         };
-        let report = control.kasmina.after_backward(grads, loss, step_ms)?;
+        let report = control.kasmina.after_backward(grads, loss, times)?;
         for violation in &report.isolation_violations {
             // CRITICAL: the sink sends it after this step.
             self.events.extend(
