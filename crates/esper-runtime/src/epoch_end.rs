@@ -133,7 +133,7 @@ pub fn seed_line(s: &kasmina::SeedSummary, host_macs: Option<u64>) -> String {
         Some(_) | None => format!("{:.3} MMAC/image", s.forward_macs as f64 / 1e6),
     };
     let time = s.time.map_or_else(
-        || "forward not timed yet".to_owned(),
+        || "forward not timed yet at this stage".to_owned(),
         |t| {
             format!(
                 "forward {:.2} ms/step, {:.0} % of the model's",
@@ -246,4 +246,58 @@ pub fn flush_events(
             })
     });
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leyline::v1::SeedStage;
+
+    #[test]
+    fn a_seeds_lines_show_its_cost_beside_the_hosts_and_its_measured_time() {
+        let summary = kasmina::SeedSummary {
+            slot: "r0".into(),
+            seed: "s1".into(),
+            blueprint: "conv.depthwise".into(),
+            stage: SeedStage::Fossilized,
+            alpha: 1.0,
+            forward_macs: 19_600,
+            time: Some(kasmina::SeedTime {
+                forward_ms: 0.64,
+                forward_share: 0.415,
+            }),
+        };
+        assert_eq!(
+            seed_line(&summary, Some(13_328)),
+            "seed s1 at r0: conv.depthwise FOSSILIZED α 1.00 | 0.020 MMAC/image (1.47 x the host's) | forward 0.64 ms/step, 42 % of the model's"
+        );
+        let untimed = kasmina::SeedSummary {
+            time: None,
+            ..summary
+        };
+        assert!(
+            seed_line(&untimed, None)
+                .ends_with("0.020 MMAC/image | forward not timed yet at this stage")
+        );
+
+        let outcome = kasmina::SeedOutcome {
+            seed: "s1".into(),
+            slot: "r0".into(),
+            blueprint: "conv.depthwise".into(),
+            parameters: 104,
+            furthest: "SEED_STAGE_FOSSILIZED".into(),
+            last: "SEED_STAGE_FOSSILIZED".into(),
+            forward_macs: 19_600,
+            images_by_stage: BTreeMap::new(),
+            contribution: Some(8.0),
+            forward_seconds: 0.2,
+            model_forward_seconds: 0.5,
+            timed_steps: 250,
+        };
+        let text = ControlSummary::default().render(&[outcome], Some(13_328));
+        assert!(
+            text.contains("104 parameters | 0.020 MMAC/image (1.5 x the host's) | forward 0.80 ms/step, 40 % of the model's | contribution +8.00 points"),
+            "{text}"
+        );
+    }
 }
