@@ -34,6 +34,12 @@ fn run(seed: u64, grow: bool, library: &Arc<urza::Library>) -> (f64, Option<Seed
             window: 10,
             min_steps: [20, 40, 10, 10],
             min_epochs: [0, 0, 0, 1],
+            // G2's latency bound judges wall-clock step time against the
+            // seedless steps before germination; in CI the other test
+            // binaries share the cores, and a seed culled
+            // `latency_over_budget` there failed this test once. Growth is
+            // what this test is about, not latency.
+            max_slowdown: 1e6,
             ..GateConfig::default()
         };
         let kasmina = support::kasmina(&slots, gates, library, seed);
