@@ -144,6 +144,7 @@ impl DepthwiseForward {
                 );
             return y;
         }
+        // Stride > 1: row by row, a strided gather per run.
         y.par_chunks_mut(g.c * l)
             .zip(x.par_chunks(g.image()))
             .with_min_len(MIN_SAMPLES_PER_TASK)
@@ -152,14 +153,8 @@ impl DepthwiseForward {
                     let w = kernel[tap];
                     let c = tap / kk;
                     let dst = &mut out[c * l + row * ow + x0..c * l + row * ow + x1];
-                    if stride == 1 {
-                        for (d, v) in dst.iter_mut().zip(&img[src..src + (x1 - x0)]) {
-                            *d += w * v;
-                        }
-                    } else {
-                        for (k, d) in dst.iter_mut().enumerate() {
-                            *d += w * img[src + k * stride];
-                        }
+                    for (k, d) in dst.iter_mut().enumerate() {
+                        *d += w * img[src + k * stride];
                     }
                 });
             });
@@ -276,14 +271,8 @@ impl CustomOp2 for DepthwiseGradInput {
                     let w = kernel[tap];
                     let c = tap / kk;
                     let run = &gs[c * l + row * ow + x0..c * l + row * ow + x1];
-                    if stride == 1 {
-                        for (d, v) in img[src..src + run.len()].iter_mut().zip(run) {
-                            *d += w * v;
-                        }
-                    } else {
-                        for (k, v) in run.iter().enumerate() {
-                            img[src + k * stride] += w * v;
-                        }
+                    for (k, v) in run.iter().enumerate() {
+                        img[src + k * stride] += w * v;
                     }
                 });
             });
@@ -353,14 +342,11 @@ impl CustomOp2 for DepthwiseGradKernel {
                     taps(&g, |tap, row, x0, x1, src| {
                         let c = tap / kk;
                         let run = &gs[c * l + row * ow + x0..c * l + row * ow + x1];
-                        let dot: f32 = if stride == 1 {
-                            dot(run, &img[src..src + run.len()])
-                        } else {
-                            run.iter()
-                                .enumerate()
-                                .map(|(k, v)| v * img[src + k * stride])
-                                .sum()
-                        };
+                        let dot: f32 = run
+                            .iter()
+                            .enumerate()
+                            .map(|(k, v)| v * img[src + k * stride])
+                            .sum();
                         partial[tap] += dot;
                     });
                     partial

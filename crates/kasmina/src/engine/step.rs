@@ -194,6 +194,10 @@ impl Kasmina {
         self.slots.set_taps(false);
         self.evidence.record(taps, grads)?;
         let probes = self.slots.take_probes();
+        // Probes belong to the training forward just taken: the forwards
+        // until the next step (validation) run unprobed, leaving nothing
+        // for a step that is not checked.
+        self.slots.set_isolation_probes(false);
         let mut evidence = Vec::new();
         for slot in self.slots.slots() {
             let Some(seed) = slot.seed() else { continue };

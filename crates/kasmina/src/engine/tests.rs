@@ -565,6 +565,9 @@ fn a_training_seed_is_probed_on_sampled_steps_and_its_forward_is_timed() {
             .map_or(0, |e| e.isolation_checks);
         // A forward time far above the seed's own: its share is below 1.
         seeded_step(&mut k, &h, step, 1_000.0);
+        // A validation forward between steps (no backward) must leave no
+        // probe behind for the next, unprobed step.
+        std::hint::black_box(k.runner().run(&spec(), h.as_tensor().clone()).unwrap());
         let after = k
             .lifecycle()
             .evidence("r0")
