@@ -207,6 +207,28 @@ pub fn instantiate(bytes: &[u8], device: &Device) -> Result<(ArtifactHeader, Blu
     Ok((header, module))
 }
 
+/// Verifies artifact bytes as [`instantiate`] does, then builds the same
+/// blueprint, parameters and slot with fresh weights drawn from `init_seed`.
+///
+/// A germination uses this: the library caches one forged artifact per
+/// (blueprint, slot, parameters), whose weights are those of whichever run
+/// forged it first. Drawing each seed's weights from its own `init_seed`
+/// keeps a run deterministic by its seed, whatever the library already held
+/// and in whatever order parallel runs forged.
+pub fn instantiate_with_init(
+    bytes: &[u8],
+    device: &Device,
+    init_seed: u64,
+) -> Result<(ArtifactHeader, BlueprintModule)> {
+    let (header, _) = instantiate(bytes, &Device::Cpu)?;
+    let def = definition(&header.blueprint_id).ok_or_else(|| Error::UnknownBlueprint {
+        blueprint_id: header.blueprint_id.clone(),
+    })?;
+    let mut init = esper_ops::ParamInit::new(init_seed, device.clone());
+    let module = def.build(&header.parameters, &header.slot, Weights::Init(&mut init))?;
+    Ok((header, module))
+}
+
 /// An artifact's verified bytes and its catalog record.
 #[derive(Debug, Clone)]
 pub struct Artifact {
@@ -220,6 +242,16 @@ impl Artifact {
     /// Rebuilds the module on `device` (see [`instantiate`]).
     pub fn instantiate(&self, device: &Device) -> Result<BlueprintModule> {
         instantiate(&self.bytes, device).map(|(_, m)| m)
+    }
+
+    /// Verifies it and builds its blueprint with fresh weights from
+    /// `init_seed` (see [`instantiate_with_init`]).
+    pub fn instantiate_with_init(
+        &self,
+        device: &Device,
+        init_seed: u64,
+    ) -> Result<BlueprintModule> {
+        instantiate_with_init(&self.bytes, device, init_seed).map(|(_, m)| m)
     }
 }
 
@@ -289,6 +321,28 @@ mod tests {
                 b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
             );
         }
+    }
+
+    fn weights(m: &BlueprintModule) -> Vec<Vec<f32>> {
+        m.tensors()
+            .iter()
+            .map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_module_with_fresh_weights_is_verified_and_drawn_from_its_seed() {
+        let m = module();
+        let bytes = encode(&m, None).unwrap();
+        let (_, a) = instantiate_with_init(&bytes, &Device::Cpu, 1).unwrap();
+        let (_, b) = instantiate_with_init(&bytes, &Device::Cpu, 1).unwrap();
+        let (_, c) = instantiate_with_init(&bytes, &Device::Cpu, 2).unwrap();
+        assert_eq!(weights(&a), weights(&b));
+        assert_ne!(weights(&a), weights(&c));
+        assert_ne!(weights(&a), weights(&m), "the stored weights are not used");
+        assert_eq!(a.parameter_count(), m.parameter_count());
+        // The stored module is still verified first.
+        assert!(instantiate_with_init(&bytes[..bytes.len() / 2], &Device::Cpu, 1).is_err());
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //!
 //! Work is split over samples on the rayon pool. The allocations are the
 //! results, two scratch planes per task and one partial kernel gradient per
-//! task.
+//! task. The kernel gradient's tasks are fixed by the batch and the pool size
+//! and summed in order, so a run repeats bit for bit.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -33,6 +34,14 @@ use crate::cpu::contiguous_f32;
 /// Samples per rayon task at least: a sample of a small seed is a few
 /// microseconds of work.
 const MIN_SAMPLES_PER_TASK: usize = 4;
+
+/// Samples per kernel-gradient task: the batch split evenly over the pool's
+/// threads, at least `MIN_SAMPLES_PER_TASK`. Depends only on the batch and
+/// the pool size, so the partial sums are grouped the same way every run.
+fn samples_per_task(n: usize) -> usize {
+    n.div_ceil(rayon::current_num_threads().max(1))
+        .max(MIN_SAMPLES_PER_TASK)
+}
 
 /// Whether `x`'s convolution with a `[c_out, …]` kernel is depthwise.
 pub(super) fn applies(geometry: &Geometry, c_out: usize) -> bool {
@@ -300,59 +309,62 @@ impl CustomOp2 for DepthwiseGradKernel {
         check(x.len(), g.n * g.image(), "the input", op)?;
         check(grad.len(), g.n * g.c * l, "the output gradient", op)?;
         let taps_total = g.rows();
-        if stride == 1 {
+        // Fixed tasks of whole samples, their partials summed in task order:
+        // a rayon `fold`/`reduce` groups the partial sums as the scheduler
+        // happens to split the work, so the same step could round
+        // differently from run to run and a seeded run would not repeat.
+        let per_task = samples_per_task(g.n);
+        let tasks = g.n.div_ceil(per_task);
+        let partials: Vec<Vec<f32>> = if stride == 1 {
             let grid = Grid::of(&g);
             let plane = g.h * g.w;
-            let dk = x
-                .par_chunks(plane)
-                .zip(grad.par_chunks(l))
-                .enumerate()
-                .with_min_len(MIN_SAMPLES_PER_TASK * g.c)
-                .fold(
-                    || {
-                        (
-                            vec![0f32; taps_total],
-                            vec![0f32; grid.padded],
-                            vec![0f32; grid.out],
-                        )
-                    },
-                    |(mut partial, mut padded, mut gp), (index, (src, gs))| {
+            (0..tasks)
+                .into_par_iter()
+                .map(|task| {
+                    let mut partial = vec![0f32; taps_total];
+                    let mut padded = vec![0f32; grid.padded];
+                    let mut gp = vec![0f32; grid.out];
+                    let samples = task * per_task..((task + 1) * per_task).min(g.n);
+                    for index in samples.start * g.c..samples.end * g.c {
                         let c = index % g.c;
-                        grid.pad(&g, src, &mut padded);
-                        spread(&grid, ow, gs, &mut gp);
+                        grid.pad(&g, &x[index * plane..][..plane], &mut padded);
+                        spread(&grid, ow, &grad[index * l..][..l], &mut gp);
                         for i in 0..g.kh {
                             let sums = &mut partial[c * kk + i * g.kw..][..g.kw];
                             let row = &padded[grid.shift(&g, i, 0)..];
                             dots_of_row(sums, &gp, row, g.spec.dilation);
                         }
-                        (partial, padded, gp)
-                    },
-                )
-                .map(|(partial, _, _)| partial)
-                .reduce(|| vec![0f32; taps_total], sum_into);
-            return Ok((CpuStorage::F32(dk), Shape::from((g.c, 1, g.kh, g.kw))));
-        }
-        let dk = x
-            .par_chunks(g.image())
-            .zip(grad.par_chunks(g.c * l))
-            .with_min_len(MIN_SAMPLES_PER_TASK)
-            .fold(
-                || vec![0f32; taps_total],
-                |mut partial, (img, gs)| {
-                    taps(&g, |tap, row, x0, x1, src| {
-                        let c = tap / kk;
-                        let run = &gs[c * l + row * ow + x0..c * l + row * ow + x1];
-                        let dot: f32 = run
-                            .iter()
-                            .enumerate()
-                            .map(|(k, v)| v * img[src + k * stride])
-                            .sum();
-                        partial[tap] += dot;
-                    });
+                    }
                     partial
-                },
-            )
-            .reduce(|| vec![0f32; taps_total], sum_into);
+                })
+                .collect()
+        } else {
+            (0..tasks)
+                .into_par_iter()
+                .map(|task| {
+                    let mut partial = vec![0f32; taps_total];
+                    for sample in task * per_task..((task + 1) * per_task).min(g.n) {
+                        let img = &x[sample * g.image()..][..g.image()];
+                        let gs = &grad[sample * g.c * l..][..g.c * l];
+                        taps(&g, |tap, row, x0, x1, src| {
+                            let c = tap / kk;
+                            let run = &gs[c * l + row * ow + x0..c * l + row * ow + x1];
+                            let dot: f32 = run
+                                .iter()
+                                .enumerate()
+                                .map(|(k, v)| v * img[src + k * stride])
+                                .sum();
+                            partial[tap] += dot;
+                        });
+                    }
+                    partial
+                })
+                .collect()
+        };
+        let dk = partials
+            .into_iter()
+            .reduce(sum_into)
+            .unwrap_or_else(|| vec![0f32; taps_total]);
         Ok((CpuStorage::F32(dk), Shape::from((g.c, 1, g.kh, g.kw))))
     }
 }

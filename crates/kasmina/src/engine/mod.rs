@@ -26,8 +26,9 @@ use crate::slots::SeedSlots;
 /// Where seed modules come from.
 pub trait KernelSource: Send {
     /// The module of `blueprint_id` for `slot` with `params` (defaults when
-    /// empty), its initial weights drawn from `init_seed` when it has to be
-    /// forged; returns the artifact reference with it.
+    /// empty), its initial weights drawn from `init_seed` (not the cached
+    /// artifact's, so a run repeats by its seed); returns the artifact
+    /// reference with it.
     fn load(
         &mut self,
         blueprint_id: &str,
@@ -38,7 +39,8 @@ pub trait KernelSource: Send {
 }
 
 /// Loads from a local Urza library: find or forge the artifact, fetch it
-/// (SHA-256 verified), rebuild the module on `device` (guard digest checked).
+/// (SHA-256 verified), verify its module (guard digest checked) and build it
+/// on `device` with weights from `init_seed`.
 #[derive(Debug, Clone)]
 pub struct LibrarySource {
     library: Arc<urza::Library>,
@@ -66,7 +68,7 @@ impl KernelSource for LibrarySource {
         let module = self
             .library
             .fetch(&record.artifact_ref)?
-            .instantiate(&self.device)?;
+            .instantiate_with_init(&self.device, init_seed)?;
         Ok((record.artifact_ref, module))
     }
 }
@@ -442,7 +444,9 @@ impl Kasmina {
             operation: "GERMINATE",
             missing: "an alpha schedule",
         })?)?;
-        let init_seed = self.run_seed ^ fnv(&command.command_id);
+        // From the seed's id (slot and step), not the command's random id:
+        // the same run seed grows the same seed weights.
+        let init_seed = self.run_seed ^ fnv(&command.target_seed_id);
         let (artifact_ref, module) = self
             .source
             .load(&op.blueprint_id, &op.parameters, &slot, init_seed)

@@ -395,7 +395,8 @@ impl crate::KernelSource for ManagedSource {
             .runtime
             .block_on(self.manager.load(&request, &CancellationToken::new()))
             .map_err(|e| urza::Error::Transport(e.to_string()))?;
-        let module = urza::artifact::instantiate(&loaded.bytes, &self.device)?.1;
+        let module =
+            urza::artifact::instantiate_with_init(&loaded.bytes, &self.device, init_seed)?.1;
         Ok((loaded.record.artifact_ref, module))
     }
 }
