@@ -65,9 +65,12 @@ pub(crate) struct Allocated {
     pub(crate) calls: usize,
 }
 
-/// Runs `job` on the counting pool (two threads) and returns its result and
-/// what it allocated.
-pub(crate) fn counted<R: Send>(job: impl FnOnce() -> R + Send) -> (R, Allocated) {
+/// Runs `job` on the counting pool (two threads) twice and returns the second
+/// run's result and what it allocated: the steady state of an op a training
+/// step repeats. (Measured on a first run, what the pool's threads kept from
+/// earlier tests — their scratch buffers, the `gemm` crate's packing caches —
+/// changed the count, and the same test passed or failed by test order.)
+pub(crate) fn counted<R: Send>(job: impl Fn() -> R + Send + Sync) -> (R, Allocated) {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     static TURN: Mutex<()> = Mutex::new(());
     #[allow(clippy::expect_used)] // a test helper that cannot start should fail the test
@@ -82,6 +85,7 @@ pub(crate) fn counted<R: Send>(job: impl FnOnce() -> R + Send) -> (R, Allocated)
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     pool.install(|| {
+        drop(job());
         BYTES.store(0, Ordering::SeqCst);
         CALLS.store(0, Ordering::SeqCst);
         let result = job();

@@ -38,9 +38,14 @@ pub struct Config {
     pub optimizer: OptimizerConfig,
     /// Learning-rate schedule.
     pub lr: LrConfig,
-    /// Consecutive rollbacks (non-finite losses) tolerated before the run stops
-    /// with an error (default 3).
+    /// Rollbacks (loss explosions or divergence) tolerated within
+    /// `rollback_window_batches` batches before the run halts with an error
+    /// (default 3).
     pub max_rollbacks: u32,
+    /// Batches over which rollbacks are counted (default 100): a run that
+    /// explodes again soon after each rollback halts, even with healthy steps
+    /// between the explosions.
+    pub rollback_window_batches: u64,
     /// Durable checkpoints.
     pub checkpoint: CheckpointConfig,
     /// Loss-explosion detection.
@@ -91,6 +96,7 @@ impl Default for Config {
             optimizer: OptimizerConfig::default(),
             lr: LrConfig::default(),
             max_rollbacks: 3,
+            rollback_window_batches: 100,
             checkpoint: CheckpointConfig::default(),
             governor: GovernorConfig::default(),
             emergency_outbox: 64,
@@ -163,6 +169,9 @@ impl Config {
         }
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1".into());
+        }
+        if self.rollback_window_batches == 0 {
+            return bad("rollback_window_batches", "must be at least 1".into());
         }
         if self.emergency_outbox < 5 {
             return bad(

@@ -42,12 +42,14 @@ pub enum Error {
     /// An emergency-level change that the controller does not allow.
     #[error("emergency controller: {0}")]
     Emergency(String),
-    /// The run halted: the governor saw more consecutive loss explosions than
-    /// `max_rollbacks` allows. The last known-good state was checkpointed when a
-    /// checkpoint directory is configured.
+    /// The run halted: more loss explosions (or divergences) within
+    /// `rollback_window_batches` than `max_rollbacks` allows, or validation at
+    /// chance for `governor.chance_epochs` epoch ends in a row. The last
+    /// known-good state was checkpointed when a checkpoint directory is
+    /// configured.
     #[error("run halted at global step {step}: {reason}{}", .checkpoint.as_ref().map(|p| format!(" (known-good state saved to {})", p.display())).unwrap_or_default())]
     Halted {
-        /// The last explosion's description.
+        /// Why: the last explosion's description, or the accuracy at chance.
         reason: String,
         /// Global optimizer step.
         step: u64,

@@ -6,6 +6,13 @@
 //! times that mean. Requiring both keeps ordinary minibatch noise (many sigmas
 //! once the loss is small and steady, but not several times the mean) from
 //! triggering rollbacks. Only healthy losses update the statistics.
+//!
+//! A loss can also climb without ever spiking (a learning rate far too high
+//! makes each step a little worse than the last, and the moving mean follows):
+//! once warm, a moving mean above `divergence_ratio` times the mean of the
+//! warmup losses is a divergence, judged like an explosion. The trainer keeps
+//! a copy of the governor with its known-good state and restores it with the
+//! weights, so a rolled-back model is judged by the statistics it had then.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +30,13 @@ pub struct GovernorConfig {
     pub ratio: f64,
     /// Healthy steps observed before spikes are judged (default 20).
     pub warmup_steps: u64,
+    /// Moving mean, as a multiple of the warmup losses' mean, that counts as a
+    /// divergence (default 10).
+    pub divergence_ratio: f64,
+    /// Epoch ends in a row with validation accuracy below 1.5 × chance
+    /// (1 / classes) after which the run halts as not learning (default 2;
+    /// 0 turns the rule off).
+    pub chance_epochs: u32,
 }
 
 impl Default for GovernorConfig {
@@ -32,6 +46,8 @@ impl Default for GovernorConfig {
             sigma: 6.0,
             ratio: 3.0,
             warmup_steps: 20,
+            divergence_ratio: 10.0,
+            chance_epochs: 2,
         }
     }
 }
@@ -57,6 +73,12 @@ impl GovernorConfig {
         if !(self.ratio.is_finite() && self.ratio > 1.0) {
             return bad("ratio", format!("{} must be > 1", self.ratio));
         }
+        if !(self.divergence_ratio.is_finite() && self.divergence_ratio > 1.0) {
+            return bad(
+                "divergence_ratio",
+                format!("{} must be > 1", self.divergence_ratio),
+            );
+        }
         Ok(())
     }
 }
@@ -77,6 +99,8 @@ pub(crate) struct Governor {
     mean: f64,
     variance: f64,
     seen: u64,
+    /// Sum of the warmup losses, then (once warm) their mean.
+    warmup: f64,
 }
 
 impl Governor {
@@ -87,6 +111,7 @@ impl Governor {
             mean: 0.0,
             variance: 0.0,
             seen: 0,
+            warmup: 0.0,
         }
     }
 
@@ -108,15 +133,33 @@ impl Governor {
                 ));
             }
         }
-        if self.seen == 0 {
-            self.mean = loss;
+        let warm = self.seen >= self.config.warmup_steps;
+        let (mean, variance) = if self.seen == 0 {
+            (loss, 0.0)
         } else {
             let a = self.config.ewma_alpha;
             let delta = loss - self.mean;
-            self.mean += a * delta;
-            self.variance = (1.0 - a) * (self.variance + a * delta * delta);
+            (
+                self.mean + a * delta,
+                (1.0 - a) * (self.variance + a * delta * delta),
+            )
+        };
+        if warm && self.warmup > 0.0 && mean > self.config.divergence_ratio * self.warmup {
+            // Not learned from: the statistics stay those of a healthy run.
+            return Verdict::Explosion(format!(
+                "diverged: the moving mean loss {mean:.4} is {:.1}x its warmup mean {:.4}",
+                mean / self.warmup,
+                self.warmup
+            ));
+        }
+        (self.mean, self.variance) = (mean, variance);
+        if !warm {
+            self.warmup += loss;
         }
         self.seen += 1;
+        if self.seen == self.config.warmup_steps {
+            self.warmup /= self.seen as f64;
+        }
         Verdict::Healthy
     }
 }
@@ -158,6 +201,27 @@ mod tests {
     #[test]
     fn a_falling_loss_never_trips_the_governor() {
         warmed((0..500).map(|i| 2.3 * (-(i as f64) / 100.0).exp() + 0.05));
+    }
+
+    #[test]
+    fn a_loss_that_climbs_without_spiking_is_a_divergence() {
+        // Warm around 2.3 (an untrained 10-class loss), then each step 4 %
+        // worse than the last: never 3x the moving mean at once.
+        let mut g = warmed([2.3; 20]);
+        let mut loss = 2.3;
+        let verdict = (0..400).find_map(|_| {
+            loss *= 1.04;
+            match g.observe(loss) {
+                Verdict::Healthy => None,
+                Verdict::Explosion(why) => Some((loss, why)),
+            }
+        });
+        let (at, why) = verdict.expect("a tenfold climb must be caught");
+        assert!(why.contains("diverged"), "{why}");
+        // The moving mean lags the climb: caught soon after it passes 23.
+        assert!(at > 23.0 && at < 60.0, "caught at loss {at}");
+        // Judged again from the same statistics, not from the climb.
+        assert_eq!(g.observe(2.3), Verdict::Healthy);
     }
 
     #[test]

@@ -336,3 +336,55 @@ fn an_emergency_signal_leaves_through_the_sink_within_the_step_that_raised_it() 
     t.run_epoch().unwrap();
     assert_eq!(t.emergency().outbox().len(), 1);
 }
+
+/// The halt reason of a run with learning rate `lr`, or its epoch accuracies
+/// when it never halted.
+fn halt_reason(host: &str, lr: f64) -> Result<String, Vec<f64>> {
+    let mut c = config(4, None);
+    c.host = host.into();
+    c.optimizer.lr = lr;
+    let mut t = Trainer::new(c, 3, "diverge-drill").unwrap();
+    let mut accuracies = Vec::new();
+    for _ in 0..4 {
+        match t.run_epoch() {
+            Ok(r) => accuracies.push(r.validation.accuracy),
+            Err(Error::Halted { reason, .. }) => {
+                assert!(t.emergency().halted());
+                return Ok(reason);
+            }
+            Err(other) => panic!("lr {lr}: expected Halted, got {other:?}"),
+        }
+    }
+    Err(accuracies)
+}
+
+/// A learning rate that explodes the loss again after every rollback halts
+/// the run (rollbacks are counted within a window, not only in a row: the
+/// healthy steps between explosions used to reset the count forever).
+#[test]
+fn a_run_that_explodes_after_every_rollback_halts() {
+    for lr in [1e4, 1e8, 1e30] {
+        let why =
+            halt_reason("mlp", lr).unwrap_or_else(|acc| panic!("lr {lr} never halted: {acc:?}"));
+        assert!(
+            why.contains("within the last 100 batches"),
+            "lr {lr}: {why}"
+        );
+    }
+}
+
+/// A loss that climbs without a NaN or a spike, or a model stuck at chance,
+/// halts the run instead of ending it as if it had trained.
+#[test]
+fn a_run_that_diverges_or_stays_at_chance_halts() {
+    // On `cnn-impaired` the first steps at lr 50 reach a loss of ~10⁵, then
+    // it settles near 6 with the model at chance.
+    let why = halt_reason("cnn-impaired", 50.0)
+        .unwrap_or_else(|acc| panic!("lr 50 never halted: {acc:?}"));
+    assert!(
+        why.contains("diverged") || why.contains("at chance"),
+        "lr 50: {why}"
+    );
+    // A slow start is not at chance: a healthy run is not halted.
+    assert!(halt_reason("cnn-impaired", 1e-3).is_err());
+}

@@ -80,6 +80,10 @@ impl Scratch {
     fn take(cols: usize, stage: usize) -> Self {
         let grab = |cell: &'static std::thread::LocalKey<Cell<Vec<f32>>>, len: usize| {
             let mut v = cell.with(Cell::take);
+            // Grown to exactly what is needed: `resize` alone would double a
+            // smaller kept buffer's capacity (amortised growth), allocating
+            // up to twice the scratch depending on what ran before.
+            v.reserve_exact(len.saturating_sub(v.len()));
             v.resize(len, 0.0);
             v
         };

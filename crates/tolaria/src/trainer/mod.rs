@@ -137,7 +137,7 @@ pub struct Trainer {
     epoch: u32,
     known_good: Snapshot,
     rollbacks: Vec<RollbackReport>,
-    consecutive_rollbacks: u32,
+    health: recovery::Health,
     pending_fault: Option<Fault>,
     checkpoints: Option<CheckpointWriter>,
     written: Vec<Written>,
@@ -196,6 +196,7 @@ mod helpers;
 mod recovery;
 mod seeds;
 mod state;
+mod validation;
 
 use helpers::{checkpoint_meta, count_correct, global_grad_norm, quantile, training_config_sha256};
 
@@ -290,7 +291,7 @@ impl Trainer {
             epoch,
             known_good,
             rollbacks: Vec::new(),
-            consecutive_rollbacks: 0,
+            health: recovery::Health::new(&config_governor),
             pending_fault: None,
             checkpoints,
             written: Vec::new(),
@@ -460,7 +461,7 @@ impl Trainer {
         let (mut loss_sum, mut batches, mut correct, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
         let (mut grad_norm_sum, mut step_ms, mut fences) =
             (0.0f64, Vec::new(), FenceStats::default());
-        let mut last_loss = f64::NAN;
+        let (mut last_loss, mut classes) = (f64::NAN, 0usize);
         let rollbacks_before = self.rollbacks.len();
         let host_macs = self.host_forward_macs();
         let mut macs_sum = 0u128;
@@ -480,6 +481,7 @@ impl Trainer {
             };
             let step_started = Instant::now();
             batch_index += 1;
+            self.health.attempts += 1;
             self.optimizer
                 .scale_lr(self.config.lr.factor(self.global_step));
             {
@@ -496,6 +498,7 @@ impl Trainer {
                     .host
                     .forward_with_slots(&batch.images, &mut DormantSlots)?,
             };
+            classes = logits.dim(1)?;
             let mut loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
             if let Some(kd) = self.distillation_loss(&batch.images, &logits)? {
                 loss = (loss + kd)?;
@@ -534,7 +537,6 @@ impl Trainer {
                 norm
             };
             step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
-            self.consecutive_rollbacks = 0;
             self.global_step += 1;
             {
                 let _seeds = tracing::info_span!("seeds_after_step").entered();
@@ -594,6 +596,7 @@ impl Trainer {
                 .downgrade(EmergencyLevel::Notice, "an epoch without rollbacks")?;
             self.events.extend(event);
         }
+        self.judge_learning(validation.accuracy, classes)?;
         let mut checkpoint = None;
         if validation.loss.is_finite() {
             // A boundary that passed its health check becomes the known-good state.
@@ -604,6 +607,7 @@ impl Trainer {
                 self.epoch,
             )?
             .with_kasmina(self.seeds.as_ref().map(|c| c.kasmina.export_state()));
+            self.health.known_good_governor = self.governor.clone();
             // A failed earlier write surfaces here, before the next is queued.
             self.collect_writes(false)?;
             if let Some(writer) = &mut self.checkpoints {
@@ -741,60 +745,5 @@ impl Trainer {
             reports.push(report);
         }
         Ok(reports)
-    }
-
-    /// One pass over the validation set with the current weights (and seeds).
-    pub fn validate(&self) -> Result<Validation> {
-        self.validate_with(false)
-    }
-
-    /// A validation pass; `counterfactual` forces every seed's α to 0 (the
-    /// host as it would be without its seeds).
-    pub fn validate_with(&self, counterfactual: bool) -> Result<Validation> {
-        self.validate_slots(|s| s.set_counterfactual(counterfactual))
-    }
-
-    /// A validation pass with the seed in `slot_id` at α = 0 and every other
-    /// seed as it is: that seed's own counterfactual.
-    pub fn validate_without(&self, slot_id: &str) -> Result<Validation> {
-        self.validate_slots(|s| s.set_counterfactual_slot(Some(slot_id)))
-    }
-
-    fn validate_slots(&self, mode: impl FnOnce(&mut kasmina::SeedSlots)) -> Result<Validation> {
-        // Validation runs on a copy of the slots (shared weights, no probes), so
-        // that it needs no mutable access to the trainer.
-        let mut slots = self.seeds.as_ref().map(|c| {
-            let mut s = c.kasmina.slots().clone();
-            s.set_isolation_probes(false);
-            mode(&mut s);
-            s
-        });
-        let mut loader = BatchLoader::new(
-            self.validation.clone(),
-            self.config.batch_size,
-            None,
-            self.config.prefetch_batches,
-        )?;
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        while let Some(batch) = loader.next_batch(&self.device)? {
-            let logits = match slots.as_mut() {
-                Some(slots) => self.host.forward_with_slots(&batch.images, slots)?,
-                None => self
-                    .host
-                    .forward_with_slots(&batch.images, &mut DormantSlots)?,
-            }
-            .detach();
-            let n = batch.labels.dims1()?;
-            let loss =
-                candle_nn::loss::cross_entropy(&logits, &batch.labels)?.to_scalar::<f32>()?;
-            loss_sum += f64::from(loss) * n as f64;
-            correct += count_correct(&logits, &batch.labels)?;
-            seen += n;
-        }
-        Ok(Validation {
-            loss: loss_sum / seen.max(1) as f64,
-            accuracy: correct as f64 / seen.max(1) as f64,
-            samples: seen,
-        })
     }
 }

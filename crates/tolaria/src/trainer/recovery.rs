@@ -2,7 +2,7 @@
 //! checkpoint), rollback deadlines and SLA counters, and the collection of
 //! background checkpoint writes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use leyline::v1::EmergencyLevel;
@@ -10,6 +10,7 @@ use leyline::v1::EmergencyLevel;
 use super::{Trainer, checkpoint_meta};
 use crate::checkpoints::{RollbackReport, RollbackStats, Written};
 use crate::error::{Error, Result};
+use crate::governor::{Governor, GovernorConfig};
 
 /// The store a rollback restores from.
 #[derive(Debug, Clone, Copy)]
@@ -29,37 +30,52 @@ impl Tier {
     }
 }
 
+/// What judges whether the run can still learn: the rollbacks within the
+/// recent window, the governor as it was at the known-good state, and how many
+/// epoch ends in a row validated at chance.
+#[derive(Debug, Clone)]
+pub(super) struct Health {
+    /// Batches drawn so far (never rewound by a rollback, unlike the step).
+    pub(super) attempts: u64,
+    /// The `attempts` at which each recent rollback happened.
+    recent: VecDeque<u64>,
+    /// The governor's statistics when the known-good state was taken.
+    pub(super) known_good_governor: Governor,
+    at_chance: u32,
+}
+
+impl Health {
+    pub(super) fn new(governor: &GovernorConfig) -> Self {
+        Self {
+            attempts: 0,
+            recent: VecDeque::new(),
+            known_good_governor: Governor::new(governor.clone()),
+            at_chance: 0,
+        }
+    }
+}
+
 impl Trainer {
-    /// Restores the last known-good snapshot after a loss explosion, raising the
-    /// emergency level; more than `max_rollbacks` in a row halt the run.
+    /// Restores the last known-good snapshot (and the governor's statistics
+    /// of then) after a loss explosion, raising the emergency level; more than
+    /// `max_rollbacks` within `rollback_window_batches` batches halt the run.
     pub(super) fn rollback(&mut self, reason: String) -> Result<()> {
-        self.consecutive_rollbacks += 1;
-        if self.consecutive_rollbacks > self.config.max_rollbacks {
-            let why = format!(
-                "{} consecutive loss explosions, the last: {reason}",
-                self.consecutive_rollbacks
-            );
-            let event = self.emergency.escalate(EmergencyLevel::Halt, &why)?;
-            self.events.extend(event);
-            let checkpoint = match &mut self.checkpoints {
-                Some(writer) => {
-                    let meta = checkpoint_meta(
-                        &self.config,
-                        self.seed,
-                        &self.config_sha256,
-                        self.known_good.global_step,
-                    );
-                    let path = writer.submit(self.known_good.clone(), meta)?;
-                    self.collect_writes(true)?;
-                    Some(path)
-                }
-                None => None,
-            };
-            return Err(Error::Halted {
-                reason: why,
-                step: self.global_step,
-                checkpoint,
-            });
+        let now = self.health.attempts;
+        let window = self.config.rollback_window_batches;
+        self.health.recent.push_back(now);
+        while self
+            .health
+            .recent
+            .front()
+            .is_some_and(|at| now.saturating_sub(*at) >= window)
+        {
+            self.health.recent.pop_front();
+        }
+        let within = self.health.recent.len();
+        if within > self.config.max_rollbacks as usize {
+            return self.halt(format!(
+                "{within} loss explosions within the last {window} batches, the last: {reason}"
+            ));
         }
         if self.emergency.level() < EmergencyLevel::Elevated {
             let event = self
@@ -80,6 +96,7 @@ impl Trainer {
                     self.rollback_report(Tier::Fast, reason, self.known_good.global_step, started);
                 self.rollbacks.push(report);
                 self.global_step = self.known_good.global_step;
+                self.governor = self.health.known_good_governor.clone();
                 Ok(())
             }
             // The in-RAM state could not be restored: fall back to the disk.
@@ -122,9 +139,64 @@ impl Trainer {
         self.global_step = loaded.manifest.global_step;
         self.epoch = loaded.manifest.epoch;
         self.known_good = loaded.snapshot;
+        // The checkpoint does not hold the governor's statistics: judge the
+        // restored model afresh (a warmup) rather than by the later run's.
+        self.governor = Governor::new(self.config.governor.clone());
+        self.health.known_good_governor = self.governor.clone();
         let report = self.rollback_report(Tier::Full, reason.to_owned(), self.global_step, started);
         self.rollbacks.push(report.clone());
         Ok(report)
+    }
+
+    /// Halts the run: a HALT signal, the known-good state checkpointed, and
+    /// [`Error::Halted`] with `why`.
+    fn halt(&mut self, why: String) -> Result<()> {
+        let event = self.emergency.escalate(EmergencyLevel::Halt, &why)?;
+        self.events.extend(event);
+        let checkpoint = match &mut self.checkpoints {
+            Some(writer) => {
+                let meta = checkpoint_meta(
+                    &self.config,
+                    self.seed,
+                    &self.config_sha256,
+                    self.known_good.global_step,
+                );
+                let path = writer.submit(self.known_good.clone(), meta)?;
+                self.collect_writes(true)?;
+                Some(path)
+            }
+            None => None,
+        };
+        Err(Error::Halted {
+            reason: why,
+            step: self.global_step,
+            checkpoint,
+        })
+    }
+
+    /// Halts a run whose validation accuracy stayed below 1.5 × chance
+    /// (1 / `classes`) for `governor.chance_epochs` epoch ends in a row.
+    pub(super) fn judge_learning(&mut self, accuracy: f64, classes: usize) -> Result<()> {
+        let epochs = self.config.governor.chance_epochs;
+        if epochs == 0 || classes < 2 {
+            return Ok(());
+        }
+        let chance = 1.0 / classes as f64;
+        if accuracy >= 1.5 * chance {
+            self.health.at_chance = 0;
+            return Ok(());
+        }
+        self.health.at_chance += 1;
+        if self.health.at_chance < epochs {
+            return Ok(());
+        }
+        self.halt(format!(
+            "validation accuracy {:.2} % is at chance ({:.2} % for {classes} classes) at {} epoch \
+             end(s) in a row: the run is not learning",
+            100.0 * accuracy,
+            100.0 * chance,
+            self.health.at_chance
+        ))
     }
 
     fn rollback_report(
