@@ -83,6 +83,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another process holds the run directory's lock.
+    #[error(
+        "run directory {path} is in use by another esper process (it holds {path}/lock); \
+         wait for it to end or choose another run id"
+    )]
+    RunLocked {
+        /// The run directory.
+        path: PathBuf,
+    },
     /// The async runtime could not be started or a task failed.
     #[error("{0}")]
     Runtime(String),

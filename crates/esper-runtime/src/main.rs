@@ -42,6 +42,10 @@ enum Command {
         /// controller (sets tamiyo.controller = "script").
         #[arg(long, value_name = "SEEDS_TOML")]
         script: Option<PathBuf>,
+        /// With --resume: continue even though the training settings differ
+        /// from the run's recorded ones (the change is recorded).
+        #[arg(long, requires = "resume")]
+        allow_config_change: bool,
         /// Exit (as if killed) when standard input closes: cohort workers
         /// use it so that no run outlives its cohort process.
         #[arg(long, hide = true)]
@@ -186,15 +190,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train {
             resume,
             script,
+            allow_config_change,
             exit_with_stdin,
         } => {
             if exit_with_stdin {
                 exit_when_stdin_closes();
             }
             let mut resolved = resolved;
+            let resuming = resume.is_some();
             if let Some(run_id) = resume {
                 resolved.resume(&run_id).context("--resume")?;
             }
+            resolved.config.tolaria.checkpoint.allow_config_change |= allow_config_change;
             if let Some(path) = script {
                 resolved.config.tamiyo.controller = tamiyo::Controller::Script;
                 resolved.config.tamiyo.script = Some(path);
@@ -202,7 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The whole run executes on the compute pool (esper_ops::threads).
             let pool = esper_ops::ComputePool::new(resolved.config.tolaria.cpu_threads)
                 .context("starting the compute pool (tolaria.cpu_threads)")?;
-            pool.run(|| train(&resolved, pool.threads()))
+            pool.run(|| train(&resolved, pool.threads(), resuming))
         }
         Command::Urza { command } => urza(&resolved, command),
         Command::Cohort { action, file, jobs } => {
@@ -312,17 +319,89 @@ fn urza(resolved: &esper_runtime::Resolved, command: UrzaCommand) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-fn train(resolved: &esper_runtime::Resolved, threads: usize) -> anyhow::Result<ExitCode> {
+/// `resuming`: the user asked for `--resume` (a run that finds no valid
+/// checkpoint is then an error, not a fresh start).
+fn train(
+    resolved: &esper_runtime::Resolved,
+    threads: usize,
+    resuming: bool,
+) -> anyhow::Result<ExitCode> {
     let mut config = resolved.config.tolaria.clone();
     if config.checkpoint.dir.is_none() {
         config.checkpoint.dir = Some(resolved.run_dir().join("checkpoints"));
     }
-    let mut log =
-        esper_runtime::runlog::RunLog::open(resolved).context("opening the run directory")?;
+    // One writer per run; nothing is written until the run is known to start.
+    let log =
+        esper_runtime::runlog::RunLog::claim(resolved).context("opening the run directory")?;
+    let changed = log.changed_training_keys(resolved)?;
+    if !changed.is_empty() {
+        if !config.checkpoint.allow_config_change {
+            anyhow::bail!(
+                "run {} was recorded with other training settings: {} differ from {}; \
+                 resume with --allow-config-change to accept the change, or use another run id",
+                resolved.run_id,
+                changed.join(", "),
+                log.dir().join("config.toml").display()
+            );
+        }
+        eprintln!(
+            "esper train: warning: training settings changed since the run was recorded: {}",
+            changed.join(", ")
+        );
+    }
     let seed = resolved.config.run.seed;
     let budgets = &resolved.config.leyline.budgets.performance;
-    let trainer = tolaria::Trainer::new(config.clone(), seed, &resolved.run_id)
-        .context("setting up training")?
+    let trainer = match tolaria::Trainer::new(config.clone(), seed, &resolved.run_id) {
+        Ok(trainer) => trainer,
+        Err(e) => {
+            log.abandon();
+            return Err(anyhow::Error::new(e).context("setting up training"));
+        }
+    };
+    if resuming && trainer.resumed_from().is_none() {
+        let why: Vec<String> = trainer
+            .skipped_checkpoints()
+            .iter()
+            .map(|c| format!("{}: {}", c.path.display(), c.reason))
+            .collect();
+        anyhow::bail!(
+            "--resume {}: no valid checkpoint remains in {}{}",
+            resolved.run_id,
+            config
+                .checkpoint
+                .dir
+                .as_deref()
+                .unwrap_or(log.dir())
+                .display(),
+            if why.is_empty() {
+                " (there are none)".to_owned()
+            } else {
+                format!("; skipped: {}", why.join("; "))
+            }
+        );
+    }
+    let mut log = log;
+    let rewound = log
+        .rewind(trainer.epoch(), trainer.global_step())
+        .context("rewinding the run's logs to its checkpoint")?;
+    if rewound != esper_runtime::runlog::Rewound::default() {
+        eprintln!(
+            "esper train: dropped {} epoch line(s) and {} decision line(s) past epoch {} (step {}), the state resumed from",
+            rewound.epochs,
+            rewound.decisions,
+            trainer.epoch(),
+            trainer.global_step()
+        );
+    }
+    let (_, damaged) = esper_runtime::runlog::read_metrics(log.dir())?;
+    for (line, why) in damaged {
+        eprintln!(
+            "esper train: warning: {} line {line} is not an epoch record (kept): {why}",
+            log.dir().join("metrics.jsonl").display()
+        );
+    }
+    log.start(resolved).context("opening the run directory")?;
+    let trainer = trainer
         .with_experiment(resolved.config.run.experiment.clone())
         .with_rollback_deadlines(
             Duration::from_secs_f64(budgets.fast_rollback_ms / 1e3),

@@ -271,12 +271,30 @@ pub fn read_metrics(dir: &Path) -> Result<(Vec<EpochLine>, Vec<Skipped>)> {
     Ok((epochs, skipped))
 }
 
-/// The open run directory.
+/// The open run directory, held under an exclusive lock on `<dir>/lock` for
+/// the life of this value: one writer per run.
 #[derive(Debug)]
 pub struct RunLog {
     dir: PathBuf,
-    metrics: File,
+    metrics: Option<File>,
+    /// Held for the lock; released when the log is dropped (or the process
+    /// ends, however it ends).
+    _lock: File,
+    /// Whether this log created the directory (a failed start removes it).
+    created: bool,
 }
+
+/// What [`RunLog::rewind`] dropped: records past the state being resumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewound {
+    /// `metrics.jsonl` lines of later epochs.
+    pub epochs: usize,
+    /// `decisions.jsonl` lines of later steps.
+    pub decisions: usize,
+}
+
+/// The file a run's writer locks.
+pub const LOCK: &str = "lock";
 
 fn io(path: &Path, source: std::io::Error) -> Error {
     Error::RunDir {
@@ -286,25 +304,152 @@ fn io(path: &Path, source: std::io::Error) -> Error {
 }
 
 impl RunLog {
-    /// Creates (or, when resuming, reopens) the run's directory, writes its
-    /// resolved config and opens the metrics log for appending.
-    pub fn open(resolved: &Resolved) -> Result<Self> {
+    /// Claims the run's directory: creates it when missing and takes the
+    /// exclusive lock, writing nothing else. A second process on the same run
+    /// gets [`Error::RunLocked`].
+    pub fn claim(resolved: &Resolved) -> Result<Self> {
         let dir = resolved.run_dir();
+        let created = !dir.exists();
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        let config_path = dir.join("config.toml");
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::RunLocked { path: dir });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path, e)),
+        }
+        Ok(Self {
+            dir,
+            metrics: None,
+            _lock: lock,
+            created,
+        })
+    }
+
+    /// The `[tolaria]` keys (dotted) whose values differ between the run's
+    /// recorded `config.toml` and `resolved`, leaving out what may change
+    /// between a run and its resume (`epochs`, `checkpoint`, `profiler`: what
+    /// the checkpoint's training-config hash leaves out too). Empty when the
+    /// run has no recorded config.
+    pub fn changed_training_keys(&self, resolved: &Resolved) -> Result<Vec<String>> {
+        let path = self.dir.join("config.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&path, e)),
+        };
+        let invalid = |e: String| {
+            io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        };
+        let old: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let new: toml::Table =
+            toml::from_str(&resolved.config.to_toml()?).map_err(|e| invalid(e.to_string()))?;
+        let section = |t: &toml::Table| {
+            t.get("tolaria")
+                .cloned()
+                .unwrap_or(toml::Value::Table(toml::Table::new()))
+        };
+        let mut changed = Vec::new();
+        diff_keys("tolaria", &section(&old), &section(&new), &mut changed);
+        changed.retain(|key| {
+            !["tolaria.epochs", "tolaria.checkpoint", "tolaria.profiler"]
+                .iter()
+                .any(|free| key == free || key.starts_with(&format!("{free}.")))
+        });
+        Ok(changed)
+    }
+
+    /// Drops the records past the state being resumed (epoch `epoch`, global
+    /// step `step`; 0 and 0 when starting over): `metrics.jsonl` lines of
+    /// later epochs and `decisions.jsonl` lines of later steps, so that each
+    /// epoch and decision appears once. Lines that are not records are kept
+    /// (and reported by their readers). Each file is rewritten through a
+    /// synced temporary file and a rename.
+    pub fn rewind(&mut self, epoch: u32, step: u64) -> Result<Rewound> {
+        let keep = |name: &str, field: &str, limit: u64| -> Result<usize> {
+            let path = self.dir.join(name);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(io(&path, e)),
+            };
+            let mut kept = String::with_capacity(text.len());
+            let mut dropped = 0;
+            for line in text.lines() {
+                let at = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get(field).and_then(serde_json::Value::as_u64));
+                if at.is_some_and(|at| at > limit) {
+                    dropped += 1;
+                } else if !line.is_empty() {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+            if dropped > 0 || (!text.is_empty() && !text.ends_with('\n')) {
+                let tmp = self.dir.join(format!(".{name}.tmp"));
+                let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+                file.write_all(kept.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| io(&tmp, e))?;
+                std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+            }
+            Ok(dropped)
+        };
+        Ok(Rewound {
+            epochs: keep("metrics.jsonl", "epoch", u64::from(epoch))?,
+            decisions: keep("decisions.jsonl", "global_step", step)?,
+        })
+    }
+
+    /// Writes the resolved config (`config.toml`) and opens the metrics log
+    /// for appending: the run has started.
+    pub fn start(&mut self, resolved: &Resolved) -> Result<()> {
+        let config_path = self.dir.join("config.toml");
         let text = format!(
             "# resolved configuration of run {} (secrets are never written)\n{}",
             resolved.run_id,
             resolved.config.to_toml()?
         );
         std::fs::write(&config_path, text).map_err(|e| io(&config_path, e))?;
-        let metrics_path = dir.join("metrics.jsonl");
-        let metrics = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| io(&metrics_path, e))?;
-        Ok(Self { dir, metrics })
+        let metrics_path = self.dir.join("metrics.jsonl");
+        self.metrics = Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| io(&metrics_path, e))?,
+        );
+        Ok(())
+    }
+
+    /// Creates (or, when resuming, reopens) the run's directory under its
+    /// lock, writes its resolved config and opens the metrics log for
+    /// appending ([`RunLog::claim`] then [`RunLog::start`]).
+    pub fn open(resolved: &Resolved) -> Result<Self> {
+        let mut log = Self::claim(resolved)?;
+        log.start(resolved)?;
+        Ok(log)
+    }
+
+    /// Gives the run up before it started: removes the directory when this
+    /// log created it (a failed precondition leaves no orphan run behind).
+    pub fn abandon(self) {
+        if self.created && self.metrics.is_none() {
+            let dir = self.dir.clone();
+            drop(self);
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     /// The run directory.
@@ -312,9 +457,17 @@ impl RunLog {
         &self.dir
     }
 
-    /// Appends one epoch and syncs it to disk.
+    /// Appends one epoch and syncs it to disk, on a line of its own: when
+    /// something else left the file without a final newline, one is written
+    /// first (a record is never glued onto a damaged line).
     pub fn append(&mut self, line: &EpochLine) -> Result<()> {
         let path = self.dir.join("metrics.jsonl");
+        let Some(metrics) = self.metrics.as_mut() else {
+            return Err(io(
+                &path,
+                std::io::Error::other("the run has not started (RunLog::start)"),
+            ));
+        };
         let mut text = serde_json::to_string(line).map_err(|e| {
             io(
                 &path,
@@ -322,10 +475,45 @@ impl RunLog {
             )
         })?;
         text.push('\n');
-        self.metrics
+        if !ends_on_line_boundary(&path).map_err(|e| io(&path, e))? {
+            text.insert(0, '\n');
+        }
+        metrics
             .write_all(text.as_bytes())
-            .and_then(|()| self.metrics.sync_data())
+            .and_then(|()| metrics.sync_data())
             .map_err(|e| io(&path, e))
+    }
+}
+
+/// Whether the file is empty or ends with a newline.
+fn ends_on_line_boundary(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
+/// Appends to `out` the dotted keys under `prefix` whose values differ
+/// between `old` and `new` (a key present in one only differs).
+fn diff_keys(prefix: &str, old: &toml::Value, new: &toml::Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let path = format!("{prefix}.{key}");
+                match (a.get(key), b.get(key)) {
+                    (Some(x), Some(y)) => diff_keys(&path, x, y, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        (a, b) if a != b => out.push(prefix.to_owned()),
+        _ => {}
     }
 }
 

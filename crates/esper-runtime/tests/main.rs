@@ -9,4 +9,5 @@ mod cohort;
 mod control;
 mod grow;
 mod report;
+mod run_dir;
 mod script;

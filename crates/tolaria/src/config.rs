@@ -69,6 +69,11 @@ pub struct CheckpointConfig {
     pub keep: usize,
     /// Resume from the newest valid checkpoint in `dir` at start (default true).
     pub resume: bool,
+    /// Resume a checkpoint written under a different training configuration
+    /// (the settings other than `epochs`, `checkpoint` and `profiler`); the
+    /// change is recorded as a `checkpoint_config_changed` event. Off by
+    /// default: such a resume is refused (`esper train --allow-config-change`).
+    pub allow_config_change: bool,
 }
 
 impl Default for CheckpointConfig {
@@ -77,6 +82,7 @@ impl Default for CheckpointConfig {
             dir: None,
             keep: 3,
             resume: true,
+            allow_config_change: false,
         }
     }
 }

@@ -173,6 +173,7 @@ fn the_store_rotates_and_cleans_up_after_a_crash() {
             dir: Some(dir.path().to_path_buf()),
             keep: 2,
             resume: true,
+            allow_config_change: false,
         },
         ..config(3, None)
     };
@@ -290,6 +291,8 @@ fn the_manifest_records_lr_rng_and_config_and_a_changed_config_is_reported() {
     // Another learning rate: resumed, and reported.
     let mut other = config(2, Some(dir.path()));
     other.optimizer.lr = 5e-4;
+    // Allowed (refused otherwise: see the test below), and reported.
+    other.checkpoint.allow_config_change = true;
     let mut changed = Trainer::new(other, 4, "test-run").unwrap();
     assert!(changed.resumed_from().is_some());
     assert!(
@@ -387,4 +390,32 @@ fn a_run_that_diverges_or_stays_at_chance_halts() {
     );
     // A slow start is not at chance: a healthy run is not halted.
     assert!(halt_reason("cnn-impaired", 1e-3).is_err());
+}
+
+/// A checkpoint written under other training settings is not resumed unless
+/// the change is allowed; then the change is recorded as an event.
+#[test]
+fn a_changed_training_config_is_refused_on_resume_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(config(1, Some(dir.path())), 4, "cfg")
+        .unwrap()
+        .run(|_| {})
+        .unwrap();
+    let mut changed = config(2, Some(dir.path()));
+    changed.optimizer.lr = 0.01;
+    match Trainer::new(changed.clone(), 4, "cfg") {
+        Err(Error::Config(e)) => assert!(e.to_string().contains("allow_config_change"), "{e}"),
+        Err(other) => panic!("expected a config error, got {other:?}"),
+        Ok(_) => panic!("a changed config was resumed"),
+    }
+    // More epochs alone are no change.
+    assert!(Trainer::new(config(2, Some(dir.path())), 4, "cfg").is_ok());
+    changed.checkpoint.allow_config_change = true;
+    let mut t = Trainer::new(changed, 4, "cfg").unwrap();
+    assert_eq!(t.epoch(), 1);
+    assert!(
+        t.drain_events()
+            .iter()
+            .any(|e| e.name == "checkpoint_config_changed")
+    );
 }

@@ -250,6 +250,16 @@ impl Trainer {
                     if let Some(theirs) = &loaded.manifest.config_sha256
                         && *theirs != config_sha256
                     {
+                        if !config.checkpoint.allow_config_change {
+                            return Err(Error::Config(leyline::ConfigError::at(
+                                "tolaria.checkpoint.allow_config_change",
+                                format!(
+                                    "{} was written under a different training configuration; \
+                                     set it to resume anyway",
+                                    loaded.path.display()
+                                ),
+                            )));
+                        }
                         resume_events.push(
                             leyline::telemetry::event(
                                 "checkpoint_config_changed",
