@@ -27,6 +27,7 @@ pub mod narrate;
 pub mod report;
 pub mod runlog;
 pub mod selfcheck;
+pub mod signals;
 pub mod store;
 pub mod urza_cmd;
 

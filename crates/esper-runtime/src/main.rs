@@ -445,6 +445,11 @@ fn train(
         );
     }
     let bus = esper_runtime::RunBus::start(resolved, "tolaria").context("connecting to Oona")?;
+    let signals = esper_runtime::signals::StopSignals::install(
+        &bus.handle(),
+        "stopping after the epoch in progress (its checkpoint is written); signal again to stop now"
+            .to_owned(),
+    )?;
     // Emergency signals leave the moment they are raised.
     let trainer = trainer.with_emergency_sink(bus.emergency_sink());
     let slots = trainer.host().slots().to_vec();
@@ -478,7 +483,10 @@ fn train(
         }
     };
     println!("esper train: writing {}", log.dir().display());
-    while trainer.epoch() < config.epochs && trainer.stop_requested().is_none() {
+    while trainer.epoch() < config.epochs
+        && trainer.stop_requested().is_none()
+        && signals.received().is_none()
+    {
         let progress = epoch_progress(trainer.epoch() + 1, config.epochs);
         let r = match trainer.run_epoch_with_progress(&mut |p| {
             progress.set_length(p.batches as u64);
@@ -571,6 +579,18 @@ fn train(
         .context("publishing the epoch")?);
     }
     trainer.finish().context("writing the last checkpoints")?;
+    if let Some(signal) = signals.received() {
+        // Not finished: no summary, so `--resume` (or the cohort) continues it.
+        println!(
+            "esper train: interrupted by {} after epoch {} (step {}), its checkpoint written; continue with `esper train --resume {}`",
+            signal.name(),
+            trainer.epoch(),
+            trainer.global_step(),
+            resolved.run_id
+        );
+        bus.finish().context("closing the bus")?;
+        return Ok(ExitCode::from(signal.exit_code()));
+    }
     let status = match trainer.stop_requested() {
         Some(reason) => format!("stopped: {reason}"),
         None => "completed".to_owned(),

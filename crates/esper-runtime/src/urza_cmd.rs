@@ -90,16 +90,24 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn open_library(resolved: &Resolved) -> Result<Arc<Library>> {
     let (library, report) = Library::open(resolved.config.urza.library())?;
-    if report.temp_files_removed + report.orphan_files_removed > 0
+    if report.temp_files_removed + report.orphans_recovered > 0
         || !report.missing_files.is_empty()
+        || !report.orphans_quarantined.is_empty()
     {
         eprintln!(
-            "urza: recovered interrupted saves: {} temp file(s) and {} orphan file(s) removed, \
+            "urza: recovered the library: {} temp file(s) of interrupted saves removed, \
+             {} uncatalogued artifact(s) verified and catalogued again, \
              {} missing file(s) quarantined",
             report.temp_files_removed,
-            report.orphan_files_removed,
+            report.orphans_recovered,
             report.missing_files.len()
         );
+        for (reference, why) in &report.orphans_quarantined {
+            eprintln!(
+                "urza: uncatalogued artifact {reference} did not verify ({why}): moved to {}",
+                resolved.config.urza.root.join("quarantine").display()
+            );
+        }
     }
     Ok(Arc::new(library))
 }

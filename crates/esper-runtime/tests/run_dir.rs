@@ -197,3 +197,81 @@ fn a_failed_precondition_leaves_no_run_directory() {
     assert!(!out.status.success(), "{}", text(&out));
     assert!(!runs.path().join("doomed").exists(), "{}", text(&out));
 }
+
+/// SIGINT and SIGTERM stop a run at the end of the epoch in progress: its
+/// checkpoint and metrics line written, no summary (the run is unfinished),
+/// exit 128 + the signal; `--resume` then finishes it.
+#[test]
+fn a_signal_stops_the_run_on_an_epoch_boundary_and_resume_finishes_it() {
+    use std::io::BufRead;
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let runs = tempfile::tempdir().unwrap();
+        let dir = runs.path().to_str().unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_esper"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("ESPER_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
+            .current_dir(runs.path())
+            .arg("train")
+            .envs([
+                ("ESPER_TOLARIA__HOST", "mlp"),
+                ("ESPER_TOLARIA__TRAIN_SIZE", "1024"),
+                ("ESPER_TOLARIA__EPOCHS", "200"),
+                ("ESPER_TAMIYO__CONTROLLER", "off"),
+                ("ESPER_RUN__DIR", dir),
+                ("ESPER_RUN__RUN_ID", "sig"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut seen = String::new();
+        // Wait for the first epoch line: the handlers are installed by then.
+        loop {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "ended early: {seen}"
+            );
+            seen.push_str(&line);
+            if line.starts_with("epoch   1") {
+                break;
+            }
+        }
+        let killed = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}: {seen}{rest}");
+        assert!(rest.contains("interrupted by SIG"), "{rest}");
+        let run = runs.path().join("sig");
+        assert!(!run.join("summary.json").exists());
+        let done = epochs(runs.path(), "sig");
+        let last = *done.last().unwrap();
+        assert!(last < 200, "{signal} did not stop the run");
+        assert_eq!(done, (1..=last).collect::<Vec<_>>());
+        let checkpoint = run.join(format!("checkpoints/ckpt-{:012}", last * 8));
+        assert!(checkpoint.is_dir(), "no checkpoint of epoch {last}");
+        // The resume continues from there to the end, with its summary.
+        let total = (last + 1).to_string();
+        let out = esper(
+            runs.path(),
+            &["train", "--resume", "sig"],
+            &[("ESPER_TOLARIA__EPOCHS", total.as_str())],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(run.join("summary.json").exists());
+        assert_eq!(
+            epochs(runs.path(), "sig"),
+            (1..=last + 1).collect::<Vec<_>>()
+        );
+    }
+}

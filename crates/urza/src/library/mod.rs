@@ -72,8 +72,12 @@ pub struct RecoveryReport {
     /// Temp files of interrupted saves, removed.
     pub temp_files_removed: u64,
     /// Artifact files without a catalog row (a save interrupted before its
-    /// commit), removed.
-    pub orphan_files_removed: u64,
+    /// commit, or a lost catalog) that verified and were catalogued again
+    /// (an artifact describes itself: blueprint, slot, parameters, digest).
+    pub orphans_recovered: u64,
+    /// Artifact files without a catalog row that did not verify, moved to
+    /// `<root>/quarantine/` (never deleted), with the reason.
+    pub orphans_quarantined: Vec<(String, String)>,
     /// Rows whose file is missing, quarantined.
     pub missing_files: Vec<String>,
     /// Built-in blueprints added or updated in the catalog.
@@ -102,6 +106,34 @@ pub enum SaveStep {
     Renamed,
     /// The catalog row is committed: the artifact is visible.
     Committed,
+}
+
+/// The catalog row of verified artifact bytes (and their header back).
+fn record_of(
+    bytes: &[u8],
+    artifact_ref: String,
+    header: &artifact::ArtifactHeader,
+    module: &BlueprintModule,
+    measured: Measured,
+) -> (ArtifactRecord, artifact::ArtifactHeader) {
+    let record = ArtifactRecord {
+        artifact_ref,
+        blueprint_id: header.blueprint_id.clone(),
+        slot_kind: header.slot.kind() as i32,
+        slot_shape: header.slot.wire_shape(),
+        parameters: header.parameters.clone(),
+        guard_digest: header.guard_digest.clone(),
+        size_bytes: bytes.len() as u64,
+        created_at_ms: now_ms(),
+        build_ms: measured.build_ms,
+        forward_p50_ms: measured.forward_p50_ms,
+        forward_p95_ms: measured.forward_p95_ms,
+        parameter_count: module.parameter_count(),
+        provenance: header.provenance.clone(),
+        quarantined: false,
+        quarantine_reason: String::new(),
+    };
+    (record, header.clone())
 }
 
 /// The local library. Thread-safe; each call is short local I/O.
@@ -142,8 +174,16 @@ impl Library {
             changes,
             config,
         };
-        let mut report = library.recover()?;
+        let (mut report, orphans) = library.recover()?;
         report.blueprints_changed = library.sync_builtin_catalog()?;
+        // After the blueprints: an orphan is adopted only under a known one.
+        library.adopt_orphans(orphans, &mut report)?;
+        if report.temp_files_removed + report.orphans_recovered > 0
+            || !report.orphans_quarantined.is_empty()
+            || !report.missing_files.is_empty()
+        {
+            tracing::warn!(target: "urza", ?report, "recovered the library");
+        }
         Ok((library, report))
     }
 
@@ -162,7 +202,9 @@ impl Library {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn recover(&self) -> Result<RecoveryReport> {
+    /// Removes interrupted saves' temp files, quarantines rows whose file is
+    /// missing, and returns the artifact files that have no row.
+    fn recover(&self) -> Result<(RecoveryReport, Vec<(String, PathBuf)>)> {
         let mut report = RecoveryReport {
             temp_files_removed: files::remove_temps(&self.layout)?,
             ..RecoveryReport::default()
@@ -170,24 +212,82 @@ impl Library {
         let known: std::collections::BTreeSet<String> =
             db::artifact_refs(&self.conn())?.into_iter().collect();
         let mut on_disk = std::collections::BTreeSet::new();
+        let mut orphans = Vec::new();
         for (reference, path) in files::artifact_files(&self.layout)? {
             if known.contains(&reference) {
                 on_disk.insert(reference);
             } else {
-                std::fs::remove_file(&path).map_err(Error::io("removing orphan", &path))?;
-                report.orphan_files_removed += 1;
+                orphans.push((reference, path));
             }
         }
         for reference in known.difference(&on_disk) {
             db::quarantine_artifact(&self.conn(), reference, "artifact file missing")?;
             report.missing_files.push(reference.clone());
         }
-        if report.temp_files_removed + report.orphan_files_removed > 0
-            || !report.missing_files.is_empty()
-        {
-            tracing::warn!(target: "urza", ?report, "recovered interrupted saves");
+        Ok((report, orphans))
+    }
+
+    /// Catalogues again each orphan file that verifies (its bytes hash to its
+    /// name, its module rebuilds with the header's digest, its blueprint is
+    /// known); moves the others to `<root>/quarantine/`.
+    fn adopt_orphans(
+        &self,
+        orphans: Vec<(String, PathBuf)>,
+        report: &mut RecoveryReport,
+    ) -> Result<()> {
+        for (reference, path) in orphans {
+            let verified = std::fs::read(&path)
+                .map_err(|e| format!("cannot read it: {e}"))
+                .and_then(|bytes| {
+                    let actual = artifact::sha256_hex(&bytes);
+                    if actual != reference {
+                        return Err(format!("its bytes hash to {actual}"));
+                    }
+                    let (header, module) = artifact::instantiate(&bytes, &candle_core::Device::Cpu)
+                        .map_err(|e| e.to_string())?;
+                    match self.blueprint(&header.blueprint_id) {
+                        Ok(entry) if !entry.quarantined => {}
+                        Ok(entry) => {
+                            return Err(format!(
+                                "blueprint quarantined: {}",
+                                entry.quarantine_reason
+                            ));
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                    Ok(record_of(
+                        &bytes,
+                        reference.clone(),
+                        &header,
+                        &module,
+                        Measured::default(),
+                    ))
+                });
+            match verified {
+                Ok((record, header)) => {
+                    db::insert_artifact(
+                        &mut self.conn(),
+                        &record,
+                        &db::slot_key(&header.slot),
+                        &db::parameters_key(&header.parameters),
+                    )?;
+                    report.orphans_recovered += 1;
+                }
+                Err(reason) => {
+                    let dir = self.config.root.join("quarantine");
+                    std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+                    let name = path.file_name().map_or_else(
+                        || std::ffi::OsString::from(&reference),
+                        std::ffi::OsStr::to_os_string,
+                    );
+                    let target = dir.join(name);
+                    std::fs::rename(&path, &target)
+                        .map_err(Error::io("moving an unverified orphan to", &target))?;
+                    report.orphans_quarantined.push((reference, reason));
+                }
+            }
         }
-        Ok(report)
+        Ok(())
     }
 
     fn announce(&self, update: KernelCatalogUpdate) {
@@ -424,23 +524,7 @@ impl Library {
         if let Some(existing) = db::get_artifact(&self.conn(), &artifact_ref)? {
             return Ok((existing, false));
         }
-        let record = ArtifactRecord {
-            artifact_ref: artifact_ref.clone(),
-            blueprint_id: header.blueprint_id.clone(),
-            slot_kind: header.slot.kind() as i32,
-            slot_shape: header.slot.wire_shape(),
-            parameters: header.parameters.clone(),
-            guard_digest: header.guard_digest.clone(),
-            size_bytes: bytes.len() as u64,
-            created_at_ms: now_ms(),
-            build_ms: measured.build_ms,
-            forward_p50_ms: measured.forward_p50_ms,
-            forward_p95_ms: measured.forward_p95_ms,
-            parameter_count: module.parameter_count(),
-            provenance: header.provenance.clone(),
-            quarantined: false,
-            quarantine_reason: String::new(),
-        };
+        let (record, header) = record_of(bytes, artifact_ref.clone(), &header, &module, measured);
 
         let temp = files::write_temp(&self.layout, bytes)?;
         observe(SaveStep::TempWritten);
