@@ -41,6 +41,35 @@ pub struct ControlPlane {
     pub catalog: Arc<BlueprintCache>,
 }
 
+/// Loads `tamiyo.script` and checks it against the host's `slots` (each
+/// germination names one of them, its blueprint fits it): `esper train` calls
+/// it before the run directory is written, so a bad schedule leaves nothing.
+pub fn load_script(
+    resolved: &Resolved,
+    slots: &[kasmina::SlotSpec],
+) -> Result<tamiyo::ScriptedPolicy> {
+    let path = resolved.config.tamiyo.script.as_deref().ok_or_else(|| {
+        Error::Config(leyline::ConfigError::at(
+            "tamiyo.script",
+            "controller = \"script\" needs a schedule file",
+        ))
+    })?;
+    let script = tamiyo::ScriptedPolicy::load(path).map_err(tamiyo_error)?;
+    let shapes = slots
+        .iter()
+        .map(|s| {
+            urza::SlotShape::new(s.kind, s.feature_shape.clone()).map(|shape| (s.id.clone(), shape))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    script.check_slots(&shapes).map_err(|problem| {
+        tamiyo_error(tamiyo::Error::Script {
+            path: path.display().to_string(),
+            problem,
+        })
+    })?;
+    Ok(script)
+}
+
 /// Builds the control plane for a host with `slots` on `device`.
 pub fn build(
     resolved: &Resolved,
@@ -55,15 +84,7 @@ pub fn build(
             config.tamiyo.heuristic.clone(),
             urza::select::SelectionPolicy::default(),
         )),
-        Controller::Script => {
-            let path = config.tamiyo.script.as_deref().ok_or_else(|| {
-                Error::Config(leyline::ConfigError::at(
-                    "tamiyo.script",
-                    "controller = \"script\" needs a schedule file",
-                ))
-            })?;
-            Box::new(tamiyo::ScriptedPolicy::load(path).map_err(tamiyo_error)?)
-        }
+        Controller::Script => Box::new(load_script(resolved, slots)?),
     };
     // One component loads seed modules: Kasmina's kernel manager (verified
     // byte cache, concurrency limit, timeout), over the local library or the

@@ -26,9 +26,22 @@ pub struct ControlSummary {
     pub waits: BTreeMap<String, u64>,
     /// Field reports by outcome (`SUCCESS`, `NEUTRAL`, …).
     pub outcomes: BTreeMap<String, u64>,
+    /// Commands Kasmina refused (issued, never applied), with the reason.
+    pub refused: Vec<String>,
 }
 
 impl ControlSummary {
+    /// Notes the refused commands among `events` (`command_rejected`), so
+    /// that the summary does not list an issued command as if it had acted.
+    pub fn note_events(&mut self, events: &[leyline::v1::TelemetryEvent]) {
+        self.refused.extend(
+            events
+                .iter()
+                .filter(|e| e.name == "command_rejected")
+                .map(|e| e.description.clone()),
+        );
+    }
+
     /// Takes the trainer's decisions since the last call: WAITs counted by
     /// rule, everything else kept with its evidence.
     pub fn absorb(&mut self, decisions: Vec<DecisionRecord>) {
@@ -69,6 +82,9 @@ impl ControlSummary {
                 "  epoch {:>3} step {:>6} | {} | {} | {}",
                 d.epoch, d.global_step, d.action, d.rule, d.evidence
             );
+        }
+        for refused in &self.refused {
+            let _ = writeln!(out, "  REFUSED: {refused}");
         }
         let counts = |map: &BTreeMap<String, u64>, lower: bool| {
             map.iter()
@@ -228,6 +244,7 @@ pub fn flush_events(
 ) -> Vec<String> {
     summary.absorb(trainer.drain_decisions());
     let events = trainer.drain_events();
+    summary.note_events(&events);
     // Lines only for the events the progress display has not shown.
     let mut notes = narrator.drained(&events);
     for event in events {
@@ -299,5 +316,29 @@ mod tests {
             text.contains("104 parameters | 0.020 MMAC/image (1.5 x the host's) | forward 0.80 ms/step, 40 % of the model's | contribution +8.00 points"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_refused_command_is_listed_as_refused() {
+        let mut summary = ControlSummary::default();
+        let refused = leyline::telemetry::event(
+            "command_rejected",
+            leyline::v1::TelemetryLevel::Warning,
+            "command c-1 refused: slot r0 is embargoed",
+        )
+        .build();
+        let other = leyline::telemetry::event(
+            "seed_culled",
+            leyline::v1::TelemetryLevel::Info,
+            "not a refusal",
+        )
+        .build();
+        summary.note_events(&[refused, other]);
+        let text = summary.render(&[], None);
+        assert!(
+            text.contains("  REFUSED: command c-1 refused: slot r0 is embargoed\n"),
+            "{text}"
+        );
+        assert!(!text.contains("not a refusal"), "{text}");
     }
 }

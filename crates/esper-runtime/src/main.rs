@@ -358,6 +358,12 @@ fn train(
             return Err(anyhow::Error::new(e).context("setting up training"));
         }
     };
+    if resolved.config.tamiyo.controller == tamiyo::Controller::Script
+        && let Err(e) = control::load_script(resolved, trainer.host().slots())
+    {
+        log.abandon();
+        return Err(anyhow::Error::new(e).context("checking the schedule"));
+    }
     if resuming && trainer.resumed_from().is_none() {
         let why: Vec<String> = trainer
             .skipped_checkpoints()

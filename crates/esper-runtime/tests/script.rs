@@ -23,6 +23,11 @@ seed = "scripted"
 at_epoch = 1
 op = "cull"
 seed = "scripted"
+
+[[action]]
+at_epoch = 2
+op = "fossilize"
+seed = "ghost"
 "#,
     )
     .unwrap();
@@ -45,9 +50,44 @@ seed = "scripted"
     // Culled at the end of epoch 1: embargoed, not part of the model.
     assert!(t.contains("seed_culled"), "{t}");
     assert!(!t.contains("ended FOSSILIZED"), "{t}");
+    // A proposal naming no live seed is an error in the summary, and says
+    // which command it was.
+    assert!(
+        t.contains("the proposed command failed validation: seed ghost is not in the state packet"),
+        "{t}"
+    );
 
     std::fs::write(&script, "[[action]]\nat_step = 1\nop = \"explode\"\n").unwrap();
     let out = esper(&["train", "--script", "seeds.toml"], cwd.path(), &env);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("schedule"), "{}", text(&out));
+
+    // A slot the host lacks, or a dense blueprint on a conv slot: refused at
+    // load, naming the action, and no run directory is left behind.
+    for (n, (slot, blueprint, why)) in [
+        ("r9", "conv.residual", "the host has no slot \"r9\""),
+        ("r0", "dense.mlp_small", "does not fit slot r0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(
+            &script,
+            format!(
+                "[[action]]\nat_step = 5\nop = \"germinate\"\nslot = \"{slot}\"\nblueprint = \"{blueprint}\"\n"
+            ),
+        )
+        .unwrap();
+        let id = format!("bad-{n}");
+        let env: Vec<_> = env[..4]
+            .iter()
+            .copied()
+            .chain([("ESPER_RUN__RUN_ID", id.as_str())])
+            .collect();
+        let out = esper(&["train", "--script", "seeds.toml"], cwd.path(), &env);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(t.contains("action 1") && t.contains(why), "{t}");
+        assert!(!cwd.path().join("runs").join(&id).exists(), "{t}");
+    }
 }

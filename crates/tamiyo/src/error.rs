@@ -76,9 +76,9 @@ pub enum Error {
     #[error("the policy worker stopped: {0}")]
     WorkerGone(String),
     /// The command Tamiyo built failed Leyline validation (a bug, reported).
-    #[error("command {command_id} failed validation: {detail}")]
+    #[error("{} failed validation: {detail}", named_command(command_id))]
     InvalidCommand {
-        /// The command.
+        /// The command (empty when it failed before it had an id).
         command_id: String,
         /// Every violation.
         detail: String,
@@ -126,5 +126,14 @@ impl Error {
         )
         .attr("reason", self.label())
         .build()
+    }
+}
+
+/// `command <id>`, or `the proposed command` before it had one.
+fn named_command(command_id: &str) -> String {
+    if command_id.is_empty() {
+        "the proposed command".to_owned()
+    } else {
+        format!("command {command_id}")
     }
 }

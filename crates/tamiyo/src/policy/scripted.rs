@@ -179,6 +179,48 @@ impl ScriptedPolicy {
         })
     }
 
+    /// Checks the schedule against the host's slots (id and shape): every
+    /// germination must name one of them, and its blueprint, with its
+    /// parameters (the blueprint's defaults when none are given), must fit
+    /// that slot. Errors name the action, so a bad schedule is refused
+    /// before the run starts rather than at its fence.
+    pub fn check_slots(
+        &self,
+        slots: &[(String, urza::SlotShape)],
+    ) -> std::result::Result<(), ScriptProblem> {
+        for (i, a) in self.pending.iter().enumerate() {
+            let (Op::Germinate, Some(slot), Some(blueprint)) = (a.op, &a.slot, &a.blueprint) else {
+                continue;
+            };
+            let n = i + 1;
+            let Some((_, shape)) = slots.iter().find(|(id, _)| id == slot) else {
+                let ids: Vec<&str> = slots.iter().map(|(id, _)| id.as_str()).collect();
+                return Err(ScriptProblem::action(
+                    n,
+                    format!(
+                        "the host has no slot {slot:?} (its slots: {})",
+                        ids.join(", ")
+                    ),
+                ));
+            };
+            let Some(def) = urza::definition(blueprint) else {
+                return Err(ScriptProblem::action(
+                    n,
+                    format!("unknown blueprint {blueprint:?}"),
+                ));
+            };
+            let params = if a.parameters.is_empty() {
+                def.default_parameters()
+            } else {
+                a.parameters.clone()
+            };
+            def.check(&params, shape).map_err(|e| {
+                ScriptProblem::action(n, format!("{blueprint} does not fit slot {slot}: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Actions not yet issued.
     pub fn remaining(&self) -> usize {
         self.pending.len()
