@@ -87,6 +87,10 @@ pub enum Error {
     /// normalisers are wrong.
     #[error("observation graph: {0}")]
     Graph(String),
+    /// A checkpoint's controller state cannot be taken or restored (another
+    /// policy's, another schedule's, or a worker that did not answer).
+    #[error("controller state: {0}")]
+    State(String),
     /// A schedule file is malformed.
     #[error("schedule {path}: {problem}")]
     Script {
@@ -114,6 +118,7 @@ impl Error {
             Error::InvalidCommand { .. } => "invalid_command",
             Error::Script { .. } => "script",
             Error::Graph(_) => "graph",
+            Error::State(_) => "state",
         }
     }
 

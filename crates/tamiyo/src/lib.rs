@@ -39,4 +39,4 @@ pub use observation::{OPTIONAL_SIGNALS, Observation};
 pub use policy::{
     Cancel, HeuristicPolicy, Policy, Proposal, Proposed, ScriptProblem, ScriptedPolicy,
 };
-pub use service::{ServiceStats, TamiyoService};
+pub use service::{ControllerState, ServiceStats, TamiyoService};

@@ -24,6 +24,7 @@
 //! only by low coverage.
 
 use leyline::v1::{BlueprintTier, CatalogEntry};
+use serde::{Deserialize, Serialize};
 
 use crate::config::RiskConfig;
 use crate::observation::Observation;
@@ -62,6 +63,24 @@ pub struct Assessment {
     pub conservative: bool,
 }
 
+/// The risk engine's moving state as a checkpoint holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskState {
+    /// Moving average of the training loss.
+    pub loss_ewma: Option<f64>,
+    /// Moving average of the step time per budgeted unit of work.
+    pub step_ms_ewma: Option<f64>,
+    /// Fences in a row with the loss above its spike ratio.
+    pub loss_above: u32,
+    /// Fences in a row with the step time above its spike ratio.
+    pub step_ms_above: u32,
+    /// Fences since conservative mode was entered; `None` when off.
+    pub conservative_for: Option<u32>,
+    /// Hazard-free fences in a row.
+    pub healthy_in_a_row: u32,
+}
+
 /// The engine and its moving state.
 #[derive(Debug, Clone)]
 pub struct RiskEngine {
@@ -89,6 +108,37 @@ impl RiskEngine {
             conservative_for: None,
             healthy_in_a_row: 0,
         }
+    }
+
+    /// The moving state (averages, hysteresis counters), for a checkpoint;
+    /// the configuration is not part of it.
+    pub fn state(&self) -> RiskState {
+        RiskState {
+            loss_ewma: self.loss_ewma,
+            step_ms_ewma: self.step_ms_ewma,
+            loss_above: self.loss_above,
+            step_ms_above: self.step_ms_above,
+            conservative_for: self.conservative_for,
+            healthy_in_a_row: self.healthy_in_a_row,
+        }
+    }
+
+    /// Continues from a state [`RiskEngine::state`] took.
+    pub fn restore(&mut self, state: RiskState) {
+        let RiskState {
+            loss_ewma,
+            step_ms_ewma,
+            loss_above,
+            step_ms_above,
+            conservative_for,
+            healthy_in_a_row,
+        } = state;
+        self.loss_ewma = loss_ewma;
+        self.step_ms_ewma = step_ms_ewma;
+        self.loss_above = loss_above;
+        self.step_ms_above = step_ms_above;
+        self.conservative_for = conservative_for;
+        self.healthy_in_a_row = healthy_in_a_row;
     }
 
     /// Whether conservative mode is on.

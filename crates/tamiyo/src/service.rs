@@ -30,12 +30,13 @@ use crate::config::Config;
 use crate::decision::{Action, Decision, Diagnostics};
 use crate::error::{Error, Result};
 use crate::field_reports::OutcomeTracker;
+use crate::field_reports::outcome::TrackerState;
 use crate::observation::Observation;
 use crate::policy::{Cancel, Policy, Proposal, Proposed};
-use crate::risk::{RiskEngine, Verdict};
+use crate::risk::{RiskEngine, RiskState, Verdict};
 
 /// Counters of the service.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceStats {
     /// Steps taken.
     pub steps: u64,
@@ -49,12 +50,39 @@ pub struct ServiceStats {
     pub errors: u64,
 }
 
+/// Everything the controller decides from besides the packet and its
+/// configuration — the policy's memory, the risk engine's averages and
+/// hysteresis, the open field reports, the counters — as a checkpoint holds
+/// it, so that a resumed run decides exactly as the uninterrupted one.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerState {
+    /// The policy that wrote it.
+    pub policy: String,
+    /// Its state ([`Policy::export_state`]).
+    pub policy_state: serde_json::Value,
+    /// The risk engine's.
+    pub risk: RiskState,
+    /// The field-report tracker's.
+    pub field_reports: TrackerState,
+    /// The counters.
+    pub stats: ServiceStats,
+}
+
+/// How long taking or restoring the state waits for the policy worker (it
+/// may still be finishing an abandoned decision).
+const STATE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the worker is asked to do.
 enum Job {
     /// Decide on a packet.
     Decide(Box<Request>),
     /// A proposal became a command.
     Issued(Proposal),
+    /// Export the policy's state.
+    Export(Sender<Result<serde_json::Value>>),
+    /// Import the policy's state.
+    Import(serde_json::Value, Sender<Result<()>>),
 }
 
 struct Request {
@@ -150,6 +178,57 @@ impl TamiyoService {
     /// Whether the risk engine is in conservative mode.
     pub fn conservative(&self) -> bool {
         self.risk.conservative()
+    }
+
+    fn ask_worker<T>(&self, job: impl FnOnce(Sender<Result<T>>) -> Job, what: &str) -> Result<T> {
+        let (tx, rx) = mpsc::channel();
+        self.requests
+            .as_ref()
+            .ok_or_else(|| Error::WorkerGone("shut down".into()))?
+            .send(job(tx))
+            .map_err(|_| Error::WorkerGone("its request channel is closed".into()))?;
+        match rx.recv_timeout(STATE_TIMEOUT) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(Error::State(format!(
+                "the policy worker did not {what} within {} s",
+                STATE_TIMEOUT.as_secs()
+            ))),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::WorkerGone("it exited".into())),
+        }
+    }
+
+    /// The controller's state, for a checkpoint (waits for the policy
+    /// worker to finish what it is doing).
+    pub fn export_state(&self) -> Result<ControllerState> {
+        let policy_state = self.ask_worker(Job::Export, "export its state")?;
+        Ok(ControllerState {
+            policy: self.policy_name.to_owned(),
+            policy_state,
+            risk: self.risk.state(),
+            field_reports: self.reports.state(),
+            stats: self.stats,
+        })
+    }
+
+    /// Continues from a checkpoint's state. An error when it is another
+    /// policy's or does not fit this one (another schedule); the policy is
+    /// then unchanged, and so is the rest.
+    pub fn import_state(&mut self, state: ControllerState) -> Result<()> {
+        if state.policy != self.policy_name {
+            return Err(Error::State(format!(
+                "the checkpoint's controller ran the {} policy, this run runs {}",
+                state.policy, self.policy_name
+            )));
+        }
+        // Check the tracker's part before the worker changes anything.
+        let mut reports = self.reports.clone();
+        reports.restore(state.field_reports)?;
+        let policy_state = state.policy_state;
+        self.ask_worker(|tx| Job::Import(policy_state, tx), "import its state")?;
+        self.reports = reports;
+        self.risk.restore(state.risk);
+        self.stats = state.stats;
+        Ok(())
     }
 
     /// Decides on one state packet: WAIT or a signed command, or a typed error
@@ -427,6 +506,13 @@ fn worker(
                 }
             }
             Job::Issued(proposal) => policy.issued(&proposal),
+            // A caller that gave up waiting has gone; nothing to tell it.
+            Job::Export(reply) => {
+                let _ = reply.send(policy.export_state());
+            }
+            Job::Import(state, reply) => {
+                let _ = reply.send(policy.import_state(state));
+            }
         }
     }
 }

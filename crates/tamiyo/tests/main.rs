@@ -8,3 +8,4 @@ mod field_reports;
 mod heuristic;
 mod risk;
 mod service;
+mod state;

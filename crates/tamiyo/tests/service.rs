@@ -104,6 +104,14 @@ impl Policy for Sleepy {
         "sleepy"
     }
 
+    fn export_state(&self) -> tamiyo::Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn import_state(&mut self, _: serde_json::Value) -> tamiyo::Result<()> {
+        Ok(())
+    }
+
     fn decide(
         &mut self,
         _: &Observation<'_>,
@@ -170,6 +178,14 @@ struct Culler(&'static str);
 impl Policy for Culler {
     fn name(&self) -> &'static str {
         "culler"
+    }
+
+    fn export_state(&self) -> tamiyo::Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn import_state(&mut self, _: serde_json::Value) -> tamiyo::Result<()> {
+        Ok(())
     }
 
     fn decide(

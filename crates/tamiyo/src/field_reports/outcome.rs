@@ -16,7 +16,11 @@ use leyline::v1::{
     AdaptationCommand, FieldReport, FieldReportOutcome, SeedOperation, SeedStage, SystemStatePacket,
 };
 
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
 use crate::config::FieldReportConfig;
+use crate::error::{Error, Result};
 use crate::observation::stage_of;
 
 /// A report waiting for its window to close.
@@ -30,6 +34,57 @@ struct Open {
     epochs: u32,
     /// Whether the seed has shown up in a packet.
     seen: bool,
+}
+
+/// The tracker's state as a checkpoint holds it: every open report (its
+/// protobuf encoding, hex) with its window, the latest epoch end's accuracy
+/// and the reports decided but not yet taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackerState {
+    /// Reports inside their window, by command id.
+    pub open: BTreeMap<String, OpenState>,
+    /// Validation accuracy of the latest epoch end.
+    pub last_accuracy: Option<f64>,
+    /// Decided reports not yet taken (hex protobuf).
+    pub done: Vec<String>,
+}
+
+/// One open report in a [`TrackerState`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenState {
+    /// The report so far (hex protobuf).
+    pub report: String,
+    /// The command's seed operation (the Leyline enum value).
+    pub operation: i32,
+    /// Validation accuracy before the command.
+    pub baseline: Option<f64>,
+    /// Epoch ends seen since the command.
+    pub epochs: u32,
+    /// Whether the seed has shown up in a packet.
+    pub seen: bool,
+}
+
+fn to_hex(report: &FieldReport) -> String {
+    report
+        .encode_to_vec()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn from_hex(text: &str) -> Result<FieldReport> {
+    let bad = |why: &str| Error::State(format!("an open field report is not valid: {why}"));
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return Err(bad("odd or non-ASCII hex"));
+    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|e| bad(&e.to_string()))?;
+    FieldReport::decode(bytes.as_slice()).map_err(|e| bad(&e.to_string()))
 }
 
 /// Opens a report per command and closes it on evidence.
@@ -52,6 +107,59 @@ impl OutcomeTracker {
             last_accuracy: None,
             done: Vec::new(),
         }
+    }
+
+    /// The open reports and what they wait for, for a checkpoint.
+    pub fn state(&self) -> TrackerState {
+        TrackerState {
+            open: self
+                .open
+                .iter()
+                .map(|(id, o)| {
+                    let state = OpenState {
+                        report: to_hex(&o.report),
+                        operation: o.operation as i32,
+                        baseline: o.baseline,
+                        epochs: o.epochs,
+                        seen: o.seen,
+                    };
+                    (id.clone(), state)
+                })
+                .collect(),
+            last_accuracy: self.last_accuracy,
+            done: self.done.iter().map(to_hex).collect(),
+        }
+    }
+
+    /// Continues from a state [`OutcomeTracker::state`] took; nothing
+    /// changes when any part of it is invalid.
+    pub fn restore(&mut self, state: TrackerState) -> Result<()> {
+        let mut open = BTreeMap::new();
+        for (id, o) in state.open {
+            let operation = SeedOperation::try_from(o.operation).map_err(|_| {
+                Error::State(format!(
+                    "open field report of command {id}: unknown operation {}",
+                    o.operation
+                ))
+            })?;
+            let entry = Open {
+                report: from_hex(&o.report)?,
+                operation,
+                baseline: o.baseline,
+                epochs: o.epochs,
+                seen: o.seen,
+            };
+            open.insert(id, entry);
+        }
+        let done = state
+            .done
+            .iter()
+            .map(|t| from_hex(t))
+            .collect::<Result<Vec<_>>>()?;
+        self.open = open;
+        self.last_accuracy = state.last_accuracy;
+        self.done = done;
+        Ok(())
     }
 
     /// Reports still open.

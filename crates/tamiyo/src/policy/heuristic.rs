@@ -46,7 +46,8 @@ use crate::error::{Error, Result};
 use crate::observation::{Observation, stage_of};
 
 /// What the policy remembers of one seed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SeedMemory {
     /// Validation accuracy when the seed was first seen.
     accuracy_at_birth: Option<f64>,
@@ -60,6 +61,16 @@ struct SeedMemory {
     rent: Option<f64>,
     /// Global step at which it was first seen (orders seeds by age).
     first_seen_step: u64,
+}
+
+/// The heuristic's memory as a checkpoint holds it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeuristicState {
+    history: Vec<(u32, f64, f64)>,
+    seeds: BTreeMap<String, SeedMemory>,
+    proposed_rents: BTreeMap<String, f64>,
+    present: std::collections::BTreeSet<String>,
 }
 
 /// The plateau heuristic.
@@ -549,6 +560,30 @@ impl Policy for HeuristicPolicy {
             }
             Proposal::Wait { .. } | Proposal::Germinate { .. } => {}
         }
+    }
+
+    fn export_state(&self) -> Result<serde_json::Value> {
+        let state = HeuristicState {
+            history: self.history.clone(),
+            seeds: self.seeds.clone(),
+            proposed_rents: self.proposed_rents.clone(),
+            present: self.present.clone(),
+        };
+        super::encode_state(self.name(), &state)
+    }
+
+    fn import_state(&mut self, state: serde_json::Value) -> Result<()> {
+        let HeuristicState {
+            history,
+            seeds,
+            proposed_rents,
+            present,
+        } = super::decode_state(self.name(), state)?;
+        self.history = history;
+        self.seeds = seeds;
+        self.proposed_rents = proposed_rents;
+        self.present = present;
+        Ok(())
     }
 
     fn decide(

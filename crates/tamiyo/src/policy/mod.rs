@@ -131,4 +131,33 @@ pub trait Policy: Send {
     /// keeps state about what it asked for updates it here, so that a lost
     /// proposal is made again.
     fn issued(&mut self, _proposal: &Proposal) {}
+
+    /// Everything the policy decides from besides the packet and its
+    /// configuration (history, memory of its seeds, schedule position), for
+    /// a checkpoint: a resumed run given it decides exactly as the
+    /// uninterrupted one would. Required, so that no policy forgets it.
+    fn export_state(&self) -> Result<serde_json::Value>;
+
+    /// Continues from what [`Policy::export_state`] returned; an error (and
+    /// no change) when the state is not this policy's or does not fit its
+    /// configuration.
+    fn import_state(&mut self, state: serde_json::Value) -> Result<()>;
+}
+
+/// Encodes a policy's state.
+pub(crate) fn encode_state<T: serde::Serialize>(
+    policy: &str,
+    state: &T,
+) -> Result<serde_json::Value> {
+    serde_json::to_value(state)
+        .map_err(|e| crate::Error::State(format!("the {policy} policy's state: {e}")))
+}
+
+/// Decodes a policy's state, naming the policy when it does not fit.
+pub(crate) fn decode_state<T: serde::de::DeserializeOwned>(
+    policy: &str,
+    state: serde_json::Value,
+) -> Result<T> {
+    serde_json::from_value(state)
+        .map_err(|e| crate::Error::State(format!("not a state of the {policy} policy: {e}")))
 }

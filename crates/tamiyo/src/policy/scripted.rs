@@ -74,7 +74,10 @@ struct Action {
 /// A fixed schedule.
 #[derive(Debug, Clone)]
 pub struct ScriptedPolicy {
-    pending: VecDeque<Action>,
+    /// Actions not yet issued, each with its place in the file (from 0).
+    pending: VecDeque<(usize, Action)>,
+    /// Actions in the file.
+    total: usize,
     /// The action of the last proposal, removed once it is issued.
     proposed: Option<usize>,
 }
@@ -174,7 +177,8 @@ impl ScriptedPolicy {
             }
         }
         Ok(Self {
-            pending: file.action.into(),
+            total: file.action.len(),
+            pending: file.action.into_iter().enumerate().collect(),
             proposed: None,
         })
     }
@@ -188,7 +192,7 @@ impl ScriptedPolicy {
         &self,
         slots: &[(String, urza::SlotShape)],
     ) -> std::result::Result<(), ScriptProblem> {
-        for (i, a) in self.pending.iter().enumerate() {
+        for (i, a) in &self.pending {
             let (Op::Germinate, Some(slot), Some(blueprint)) = (a.op, &a.slot, &a.blueprint) else {
                 continue;
             };
@@ -238,6 +242,41 @@ impl Policy for ScriptedPolicy {
         }
     }
 
+    fn export_state(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "actions": self.total,
+            "pending": self.pending.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        }))
+    }
+
+    fn import_state(&mut self, state: serde_json::Value) -> Result<()> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct State {
+            actions: usize,
+            pending: Vec<usize>,
+        }
+        let State { actions, pending } = super::decode_state(self.name(), state)?;
+        if actions != self.total {
+            return Err(Error::State(format!(
+                "the checkpoint's schedule had {actions} action(s), this one has {}",
+                self.total
+            )));
+        }
+        if let Some(gone) = pending
+            .iter()
+            .find(|i| !self.pending.iter().any(|(j, _)| j == *i))
+        {
+            return Err(Error::State(format!(
+                "the checkpoint has action {} still to do, which this run already did",
+                gone + 1
+            )));
+        }
+        self.pending.retain(|(i, _)| pending.contains(i));
+        self.proposed = None;
+        Ok(())
+    }
+
     fn decide(
         &mut self,
         observation: &Observation<'_>,
@@ -252,7 +291,7 @@ impl Policy for ScriptedPolicy {
             (None, Some(epoch)) => observation.epoch_end() && p.current_epoch >= epoch,
             (None, None) => false,
         };
-        let Some(index) = self.pending.iter().position(due) else {
+        let Some(index) = self.pending.iter().position(|(_, a)| due(a)) else {
             return Ok(Proposed::wait(
                 "script_nothing_due",
                 format!("{} action(s) scheduled later", self.pending.len()),
@@ -261,7 +300,7 @@ impl Policy for ScriptedPolicy {
         // The action stays scheduled until it is issued: one vetoed or lost
         // to a missed deadline is proposed again at the next fence.
         self.proposed = Some(index);
-        let Some(a) = self.pending.get(index).cloned() else {
+        let Some((_, a)) = self.pending.get(index).cloned() else {
             return Ok(Proposed::wait("script_nothing_due", "schedule empty"));
         };
         let when = match (a.at_step, a.at_epoch) {
