@@ -43,10 +43,14 @@ fn run(seed: u64, grow: bool, library: &Arc<urza::Library>) -> (f64, Option<Seed
             ..GateConfig::default()
         };
         let kasmina = support::kasmina(&slots, gates, library, seed);
-        trainer.with_kasmina(kasmina).unwrap().with_control_hook(
-            Box::new(Script::new(vec![(5, "r0", "seed-r0")])),
-            Duration::from_secs(5),
-        )
+        trainer
+            .with_kasmina(kasmina)
+            .unwrap()
+            .with_control_hook(
+                Box::new(Script::new(vec![(5, "r0", "seed-r0")])),
+                Duration::from_secs(5),
+            )
+            .unwrap()
     } else {
         trainer
     };

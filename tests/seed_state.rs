@@ -55,7 +55,8 @@ fn seeds_are_checkpointed_restored_and_culled_when_newer_than_the_state() {
         .with_control_hook(
             Box::new(Script::new(vec![(5, "r0", "old"), (25, "r1", "new")])),
             Duration::from_secs(5),
-        );
+        )
+        .unwrap();
 
     trainer.run_epoch().unwrap(); // "old" germinates at step 5; checkpoint at step 20
     let old_params = trainer.kasmina().unwrap().slots().trainable_parameters();
@@ -140,7 +141,8 @@ fn a_resumed_run_continues_its_seeds_from_the_checkpoint() {
         .with_control_hook(
             Box::new(Script::new(vec![(5, "r0", "kept")])),
             Duration::from_secs(5),
-        );
+        )
+        .unwrap();
     first.run_epoch().unwrap();
     first.finish().unwrap();
     let before = first.kasmina().unwrap().export_state();

@@ -55,7 +55,8 @@ fn bench() {
     let mut trainer = trainer
         .with_kasmina(plane.kasmina)
         .unwrap()
-        .with_control_hook(Box::new(plane.hook), Duration::from_secs_f64(budget / 1e3));
+        .with_control_hook(Box::new(plane.hook), Duration::from_secs_f64(budget / 1e3))
+        .unwrap();
     let reports = trainer.run(|_| {}).unwrap();
     let (train, _) = trainer.dataset_sizes();
     let (mut fences, mut fence_ms, mut slowest, mut train_ms, mut misses) =

@@ -402,4 +402,29 @@ impl ControlHook for TamiyoHook {
             diagnostics: out,
         })
     }
+
+    fn export_state(&mut self) -> std::result::Result<Option<serde_json::Value>, FenceError> {
+        let state = self.service.export_state().map_err(|e| FenceError {
+            reason: format!("taking Tamiyo's state for the checkpoint: {e}"),
+            source: Some(Box::new(e)),
+        })?;
+        serde_json::to_value(state)
+            .map(Some)
+            .map_err(|e| FenceError {
+                reason: format!("encoding Tamiyo's state for the checkpoint: {e}"),
+                source: Some(Box::new(e)),
+            })
+    }
+
+    fn import_state(&mut self, state: serde_json::Value) -> std::result::Result<(), FenceError> {
+        let state: tamiyo::ControllerState =
+            serde_json::from_value(state).map_err(|e| FenceError {
+                reason: format!("the checkpoint's controller state is not Tamiyo's: {e}"),
+                source: Some(Box::new(e)),
+            })?;
+        self.service.import_state(state).map_err(|e| FenceError {
+            reason: format!("resuming Tamiyo from the checkpoint: {e}"),
+            source: Some(Box::new(e)),
+        })
+    }
 }

@@ -473,7 +473,8 @@ fn train(
             let trainer = trainer
                 .with_kasmina(plane.kasmina)
                 .context("attaching Kasmina")?
-                .with_control_hook(Box::new(plane.hook), fence_deadline);
+                .with_control_hook(Box::new(plane.hook), fence_deadline)
+                .context("resuming the controller")?;
             (trainer, true)
         }
         None => {

@@ -177,3 +177,102 @@ fn a_grown_run_repeats_bit_for_bit_by_its_seed() {
     let again = run(used.path(), "5", "again");
     assert_eq!(first, again, "the same seed took another path");
 }
+
+/// Copies a run directory (files and folders), for resuming one run from
+/// several of its checkpoints.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The decisions of a run: fence, action and rule (ids and timings aside).
+fn decisions(runs: &Path, id: &str) -> Vec<String> {
+    let lines = std::fs::read_to_string(runs.join(id).join("decisions.jsonl")).unwrap();
+    lines
+        .lines()
+        .map(|l| {
+            let d: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!(
+                "{} {} {} {} {}",
+                d["global_step"], d["generation"], d["fence"], d["action"], d["rule"]
+            )
+        })
+        .collect()
+}
+
+/// Exact resume (issue #19 item 3, DESIGN invariant 9): a growing run
+/// resumed from the checkpoint of every epoch but the last — with seeds
+/// GERMINATED, TRAINING, BLENDING or FOSSILIZED in it, Tamiyo's memory,
+/// risk averages and open field reports, the trainer's generation and
+/// governor — ends bit for bit as the uninterrupted run, with the same
+/// decisions at the same fences.
+#[test]
+fn a_grown_run_resumed_from_every_epoch_ends_bit_for_bit_as_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let env = [
+        ("ESPER_TOLARIA__HOST", "cnn-impaired"),
+        ("ESPER_TOLARIA__EPOCHS", "5"),
+        ("ESPER_TOLARIA__CHECKPOINT__KEEP", "10"),
+        ("ESPER_RUN__SEED", "5"),
+        // No wall-clock guard may change the run's path.
+        (
+            "ESPER_LEYLINE__BUDGETS__PERFORMANCE__TAMIYO_STEP_DEADLINE_MS",
+            "10000",
+        ),
+        ("ESPER_TAMIYO__RISK__MAX_FENCE_MS", "1e9"),
+        ("ESPER_TAMIYO__RISK__LATENCY_SPIKE_RATIO", "1e9"),
+        ("ESPER_KASMINA__MAX_SLOWDOWN", "1e9"),
+    ];
+    let with_id = |id: &'static str| {
+        let mut e = env.to_vec();
+        e.push(("ESPER_RUN__RUN_ID", id));
+        e
+    };
+    let out = esper(&["train"], dir.path(), &with_id("whole"));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("GERMINATE seed-r0"), "the run must grow: {t}");
+    let whole = trajectory(&runs, "whole");
+    let whole_decisions = decisions(&runs, "whole");
+    let mut checkpoints: Vec<_> = std::fs::read_dir(runs.join("whole/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    checkpoints.sort();
+    assert_eq!(checkpoints.len(), 5, "one checkpoint per epoch");
+    let ids = ["from-1", "from-2", "from-3", "from-4"];
+    for (epoch, id) in ids.iter().enumerate() {
+        let copy = runs.join(id);
+        copy_dir(&runs.join("whole"), &copy);
+        for later in &checkpoints[epoch + 1..] {
+            std::fs::remove_dir_all(copy.join("checkpoints").join(later.file_name().unwrap()))
+                .unwrap();
+        }
+        let out = esper(&["train", "--resume", id], dir.path(), &with_id(id));
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        assert!(t.contains(&format!("(epoch {}", epoch + 1)), "{t}");
+        assert_eq!(
+            trajectory(&runs, id),
+            whole,
+            "resumed after epoch {}: {t}",
+            epoch + 1
+        );
+        assert_eq!(
+            decisions(&runs, id),
+            whole_decisions,
+            "resumed after epoch {}",
+            epoch + 1
+        );
+    }
+}

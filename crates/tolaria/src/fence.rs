@@ -153,6 +153,23 @@ pub trait ControlHook: Send {
     /// Called at every fence; `Err` stops training with
     /// [`crate::Error::ControlHook`].
     fn at_fence(&mut self, context: &FenceContext<'_>) -> Result<FenceDecision, FenceError>;
+
+    /// The hook's own state for a checkpoint, taken at the epoch boundary the
+    /// checkpoint is of: everything it decides from besides the state packet
+    /// and its configuration. `None` (the default) for a hook that keeps none.
+    fn export_state(&mut self) -> Result<Option<serde_json::Value>, FenceError> {
+        Ok(None)
+    }
+
+    /// Continues from what [`ControlHook::export_state`] returned, when a
+    /// resumed run installs the hook (before its first fence). The default
+    /// refuses: a hook that keeps no state cannot continue one.
+    fn import_state(&mut self, state: serde_json::Value) -> Result<(), FenceError> {
+        let _ = state;
+        Err(FenceError::new(
+            "the checkpoint holds controller state, and this control hook keeps none",
+        ))
+    }
 }
 
 /// Counters of the fences of one epoch.

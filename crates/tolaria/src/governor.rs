@@ -115,6 +115,36 @@ impl Governor {
         }
     }
 
+    /// Its moving statistics, for a checkpoint.
+    pub(crate) fn state(&self) -> crate::checkpoints::GovernorState {
+        crate::checkpoints::GovernorState {
+            mean: self.mean,
+            variance: self.variance,
+            seen: self.seen,
+            warmup: self.warmup,
+        }
+    }
+
+    /// A governor with `config` continuing from a checkpoint's statistics.
+    pub(crate) fn from_state(
+        config: GovernorConfig,
+        state: crate::checkpoints::GovernorState,
+    ) -> Self {
+        let crate::checkpoints::GovernorState {
+            mean,
+            variance,
+            seen,
+            warmup,
+        } = state;
+        Self {
+            config,
+            mean,
+            variance,
+            seen,
+            warmup,
+        }
+    }
+
     /// Judges `loss`, learning from it when it is healthy.
     pub(crate) fn observe(&mut self, loss: f64) -> Verdict {
         if !loss.is_finite() {

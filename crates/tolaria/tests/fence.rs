@@ -68,7 +68,8 @@ fn fences_come_every_n_steps_and_at_each_epoch_end() {
     let (hook, seen) = recorder(Duration::ZERO, None, None);
     let mut t = Trainer::new(config(2), 3, "test-run")
         .unwrap()
-        .with_control_hook(hook, Duration::from_secs(5));
+        .with_control_hook(hook, Duration::from_secs(5))
+        .unwrap();
     let reports = t.run(|_| {}).unwrap();
     let seen = seen.lock().unwrap().clone();
     let kinds: Vec<(FenceKind, u32, u64)> = seen.iter().map(|s| (s.0, s.1, s.2)).collect();
@@ -97,7 +98,8 @@ fn a_slow_hook_is_counted_and_reported_not_hidden() {
     let (hook, _) = recorder(Duration::from_millis(20), None, None);
     let mut t = Trainer::new(config(1), 3, "test-run")
         .unwrap()
-        .with_control_hook(hook, Duration::from_millis(1));
+        .with_control_hook(hook, Duration::from_millis(1))
+        .unwrap();
     let r = t.run_epoch().unwrap();
     assert_eq!(r.fences.deadline_misses, 2);
     assert!(r.fences.slowest_ms >= 20.0);
@@ -115,7 +117,8 @@ fn the_hook_can_stop_the_run_cleanly() {
     let (hook, seen) = recorder(Duration::ZERO, Some(30), None);
     let mut t = Trainer::new(config(3), 3, "test-run")
         .unwrap()
-        .with_control_hook(hook, Duration::from_secs(5));
+        .with_control_hook(hook, Duration::from_secs(5))
+        .unwrap();
     let reports = t.run(|_| {}).unwrap();
     assert_eq!(reports.len(), 2, "stopped during epoch 2");
     assert_eq!(reports[1].global_step, 30);
@@ -133,7 +136,8 @@ fn a_failing_hook_stops_training_with_a_typed_error() {
     let (hook, _) = recorder(Duration::ZERO, None, Some(10));
     let mut t = Trainer::new(config(1), 3, "test-run")
         .unwrap()
-        .with_control_hook(hook, Duration::from_secs(5));
+        .with_control_hook(hook, Duration::from_secs(5))
+        .unwrap();
     match t.run_epoch() {
         Err(Error::ControlHook {
             global_step,
@@ -143,5 +147,82 @@ fn a_failing_hook_stops_training_with_a_typed_error() {
             assert_eq!(source.reason, "controller crashed");
         }
         other => panic!("expected a control-hook error, got {other:?}"),
+    }
+}
+
+/// A hook that remembers the fences it saw and the generations of their
+/// packets, and keeps that count as its state.
+struct Counting {
+    fences: u64,
+    generations: Arc<Mutex<Vec<u64>>>,
+}
+
+impl ControlHook for Counting {
+    fn at_fence(&mut self, c: &FenceContext<'_>) -> Result<FenceDecision, FenceError> {
+        self.fences += 1;
+        self.generations.lock().unwrap().push(c.state.generation);
+        assert_eq!(c.state.generation, self.fences, "generation = fences seen");
+        Ok(FenceDecision::proceed())
+    }
+
+    fn export_state(&mut self) -> Result<Option<serde_json::Value>, FenceError> {
+        Ok(Some(serde_json::json!({ "fences": self.fences })))
+    }
+
+    fn import_state(&mut self, state: serde_json::Value) -> Result<(), FenceError> {
+        self.fences = state["fences"]
+            .as_u64()
+            .ok_or_else(|| FenceError::new("no fence count"))?;
+        Ok(())
+    }
+}
+
+/// Issue #19 item 3: the checkpoint holds the hook's state and the trainer's
+/// generation; a resumed trainer gives the state back to the new hook, whose
+/// packets continue the generations; a hook that keeps no state refuses one.
+#[test]
+fn a_checkpoint_holds_the_hooks_state_and_a_resumed_run_gives_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut with_checkpoints = config(1);
+    with_checkpoints.checkpoint.dir = Some(dir.path().to_path_buf());
+    let generations = Arc::new(Mutex::new(Vec::new()));
+    let hook = |generations: &Arc<Mutex<Vec<u64>>>| {
+        Box::new(Counting {
+            fences: 0,
+            generations: Arc::clone(generations),
+        })
+    };
+    let mut first = Trainer::new(with_checkpoints.clone(), 3, "run")
+        .unwrap()
+        .with_control_hook(hook(&generations), Duration::from_secs(5))
+        .unwrap();
+    first.run(|_| {}).unwrap();
+    first.finish().unwrap();
+    drop(first);
+    assert_eq!(*generations.lock().unwrap(), [1, 2]);
+
+    let mut more = with_checkpoints.clone();
+    more.epochs = 2;
+    let mut resumed = Trainer::new(more.clone(), 3, "run")
+        .unwrap()
+        .with_control_hook(hook(&generations), Duration::from_secs(5))
+        .unwrap();
+    assert!(resumed.resumed_from().is_some());
+    resumed.run(|_| {}).unwrap();
+    resumed.finish().unwrap();
+    drop(resumed);
+    assert_eq!(*generations.lock().unwrap(), [1, 2, 3, 4]);
+
+    // The recorder keeps no state: it cannot continue this run's.
+    let (stateless, _) = recorder(Duration::ZERO, None, None);
+    match Trainer::new(more, 3, "run")
+        .unwrap()
+        .with_control_hook(stateless, Duration::from_secs(5))
+    {
+        Err(Error::ControlHook { source, .. }) => {
+            assert!(source.to_string().contains("keeps none"), "{source}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a stateless hook took a checkpoint's controller state"),
     }
 }

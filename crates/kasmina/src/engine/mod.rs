@@ -122,6 +122,13 @@ fn fnv(text: &str) -> u64 {
 }
 
 impl Kasmina {
+    /// The seed of a germinated module's initial weights: the run seed and
+    /// the seed's id, so that a rebuilt module (a resumed run) starts from the
+    /// same weights as the germinated one.
+    fn init_seed(&self, seed_id: &str) -> u64 {
+        self.run_seed ^ fnv(seed_id)
+    }
+
     /// Kasmina for a host with `slots`.
     pub fn new(
         slots: &[SlotSpec],
@@ -446,7 +453,7 @@ impl Kasmina {
         })?)?;
         // From the seed's id (slot and step), not the command's random id:
         // the same run seed grows the same seed weights.
-        let init_seed = self.run_seed ^ fnv(&command.target_seed_id);
+        let init_seed = self.init_seed(&command.target_seed_id);
         let (artifact_ref, module) = self
             .source
             .load(&op.blueprint_id, &op.parameters, &slot, init_seed)

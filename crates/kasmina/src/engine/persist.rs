@@ -186,9 +186,13 @@ impl Kasmina {
                 steps: record.ramp_steps,
                 temperature: record.ramp_temperature,
             })?;
+            // A seed that does not train yet (GERMINATED) has no saved
+            // weights: it is rebuilt with the initial weights it was
+            // germinated with, or the resumed run would differ.
+            let init_seed = self.init_seed(&record.seed_id);
             let (_, module) = self
                 .source
-                .load(&record.blueprint_id, &record.parameters, &slot, 0)
+                .load(&record.blueprint_id, &record.parameters, &slot, init_seed)
                 .map_err(|e| bad(format!("loading {}: {e}", record.blueprint_id)))?;
             let mut seed = Seed::new(
                 &record.seed_id,

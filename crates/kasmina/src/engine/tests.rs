@@ -637,3 +637,36 @@ fn g1_waits_for_an_isolation_check() {
         "{verdict:?}"
     );
 }
+
+/// A seed checkpointed before it trains (GERMINATED) has no saved weights; a
+/// resumed run rebuilds it with the weights it was germinated with (from the
+/// run seed and its id), not those of another draw. Found by the
+/// kill9-resume-grown drill: runs resumed over a GERMINATED seed diverged.
+#[test]
+fn a_germinated_seed_is_rebuilt_with_the_weights_it_was_germinated_with() {
+    let weights = |k: &Kasmina| -> Vec<Vec<f32>> {
+        let seed = k.slots().slot("r0").unwrap().seed().unwrap();
+        seed.parameters()
+            .iter()
+            .map(|p| p.var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    let mut f = fixture();
+    f.kasmina
+        .intake_mut()
+        .submit(germinate("c1", "s1", "conv.residual"), now())
+        .unwrap();
+    ok(&f.kasmina.fence(0, 0, now()));
+    let seed = f.kasmina.slots().slot("r0").unwrap().seed().unwrap();
+    assert_eq!(seed.stage(), SeedStage::Germinated);
+    assert!(!seed.trains(), "the case is a seed without saved weights");
+    let state = f.kasmina.export_state();
+    let mut resumed = fixture();
+    resumed
+        .kasmina
+        .restore_state(&state, &std::collections::BTreeMap::new())
+        .unwrap();
+    let (before, after) = (weights(&f.kasmina), weights(&resumed.kasmina));
+    assert!(!before.is_empty());
+    assert_eq!(before, after, "the rebuilt seed drew other weights");
+}

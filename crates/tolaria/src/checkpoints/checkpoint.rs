@@ -51,6 +51,10 @@ pub struct Manifest {
     /// model file), for a resumed run to continue them.
     #[serde(default)]
     pub kasmina: Option<kasmina::KasminaState>,
+    /// The trainer's counters and the control hook's state, for an exact
+    /// resume (absent in checkpoints written before it existed).
+    #[serde(default)]
+    pub resume: Option<super::ResumeState>,
 }
 
 /// The random state a resumed run needs.
@@ -217,6 +221,7 @@ impl CheckpointStore {
                 next_epoch: snapshot.epoch + 1,
             }),
             kasmina: snapshot.kasmina.clone(),
+            resume: snapshot.resume.clone(),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Data {
             path: tmp.clone(),
@@ -296,6 +301,7 @@ impl CheckpointStore {
             params,
             optimizer,
             kasmina: manifest.kasmina.clone(),
+            resume: manifest.resume.clone(),
         };
         Ok(Loaded {
             path: path.to_path_buf(),

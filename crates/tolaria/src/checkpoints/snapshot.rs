@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub(crate) optimizer: BTreeMap<String, StateEntry>,
     /// Kasmina's seeds at that step (a growing host only).
     pub(crate) kasmina: Option<kasmina::KasminaState>,
+    /// The trainer's counters and the control hook's state at that step.
+    pub(crate) resume: Option<super::ResumeState>,
 }
 
 /// One rollback: why, from where to where, and how long the restore took.
@@ -81,12 +83,20 @@ impl Snapshot {
             params,
             optimizer: optimizer.export_state(),
             kasmina: None,
+            resume: None,
         })
     }
 
     /// The snapshot with Kasmina's state at the same step.
     pub(crate) fn with_kasmina(mut self, state: Option<kasmina::KasminaState>) -> Self {
         self.kasmina = state;
+        self
+    }
+
+    /// The snapshot with the trainer's and the controller's state at the
+    /// same step.
+    pub(crate) fn with_resume(mut self, state: super::ResumeState) -> Self {
+        self.resume = Some(state);
         self
     }
 

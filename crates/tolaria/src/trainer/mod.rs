@@ -9,15 +9,14 @@ use candle_core::Device;
 use kasmina::{DormantSlots, Host};
 
 use crate::checkpoints::{
-    CheckpointStore, CheckpointWriter, Corrupt, RollbackReport, RollbackStats, Snapshot, Written,
+    CheckpointStore, CheckpointWriter, Corrupt, ResumeState, RollbackReport, RollbackStats,
+    Snapshot, Written,
 };
 use crate::config::{Config, DeviceKind};
 use crate::data::{BatchLoader, Dataset, bundled_mnist_dir, load_mnist};
 use crate::emergency::EmergencyController;
 use crate::error::{Error, Result};
-use crate::fence::{
-    ControlHook, DecisionRecord, Fence, FenceContext, FenceDecision, FenceKind, FenceStats,
-};
+use crate::fence::{ControlHook, DecisionRecord, Fence, FenceKind, FenceStats};
 use crate::governor::{Governor, Verdict};
 use crate::optim::{Optimizer, ParamGroup};
 use crate::profiler::Profiler;
@@ -164,6 +163,9 @@ pub struct Trainer {
     last_hook_ms: Option<f64>,
     /// Seeds of the checkpoint this run resumed from, until Kasmina takes them.
     resumed_seeds: Option<seeds::ResumedSeeds>,
+    /// The control hook's state of the checkpoint this run resumed from,
+    /// until the hook is installed.
+    resumed_controller: Option<serde_json::Value>,
     /// Where emergency signals go the moment they are raised (the runtime's
     /// bus); without one they wait in the outbox for the caller.
     emergency_sink: Option<EmergencySink>,
@@ -191,6 +193,7 @@ fn device(kind: DeviceKind) -> Result<Device> {
     }
 }
 
+mod control;
 mod distill;
 mod helpers;
 mod recovery;
@@ -229,6 +232,7 @@ impl Trainer {
         let (mut epoch, mut global_step) = (0, 0);
         let (mut checkpoints, mut skipped_checkpoints, mut resumed_from) = (None, Vec::new(), None);
         let mut resumed_seeds = None;
+        let mut resumed = None;
         if let Some(dir) = &config.checkpoint.dir {
             let (store, _stale_tmp) = CheckpointStore::open(dir, config.checkpoint.keep)?;
             if config.checkpoint.resume {
@@ -279,6 +283,21 @@ impl Trainer {
                         seeds::ResumedSeeds::from_snapshot(&loaded.snapshot, &loaded.path);
                     epoch = loaded.manifest.epoch;
                     global_step = loaded.manifest.global_step;
+                    if loaded.manifest.resume.is_none() {
+                        resume_events.push(
+                            leyline::telemetry::event(
+                                "checkpoint_without_resume_state",
+                                leyline::v1::TelemetryLevel::Warning,
+                                format!(
+                                    "{} predates the resume state: the controller and the \
+                                     governor start afresh, so the run may not continue exactly",
+                                    loaded.path.display()
+                                ),
+                            )
+                            .build(),
+                        );
+                    }
+                    resumed.clone_from(&loaded.manifest.resume);
                     known_good = loaded.snapshot;
                     resumed_from = Some(loaded.path);
                 }
@@ -289,6 +308,17 @@ impl Trainer {
         let fence_every_steps = config.fence_every_steps;
         let mut events = resume_events;
         let profiler = Profiler::new(config.profiler.clone(), &mut events);
+        let mut health = recovery::Health::new(&config_governor);
+        let mut governor = Governor::new(config_governor.clone());
+        let (mut generation, mut last_hook_ms, mut resumed_controller) = (0, None, None);
+        if let Some(state) = resumed {
+            let state: ResumeState = state;
+            governor = Governor::from_state(config_governor, state.governor);
+            health.restore(&state, governor.clone());
+            generation = state.generation;
+            last_hook_ms = state.last_hook_ms;
+            resumed_controller = state.controller;
+        }
         Ok(Self {
             config,
             host,
@@ -301,7 +331,7 @@ impl Trainer {
             epoch,
             known_good,
             rollbacks: Vec::new(),
-            health: recovery::Health::new(&config_governor),
+            health,
             pending_fault: None,
             checkpoints,
             written: Vec::new(),
@@ -310,7 +340,7 @@ impl Trainer {
             rollback_stats: RollbackStats::default(),
             skipped_checkpoints,
             resumed_from,
-            governor: Governor::new(config_governor),
+            governor,
             emergency: EmergencyController::new(run_id, config_outbox),
             events,
             fence: Fence {
@@ -325,13 +355,14 @@ impl Trainer {
             teacher: None,
             run_id: run_id.to_owned(),
             experiment: "default".to_owned(),
-            generation: 0,
+            generation,
             since_fence: SinceFence::default(),
             decisions: Vec::new(),
             field_reports: Vec::new(),
             fence_seeds: Vec::new(),
-            last_hook_ms: None,
+            last_hook_ms,
             resumed_seeds,
+            resumed_controller,
             emergency_sink: None,
             pending_seed_optimizer: std::collections::BTreeMap::new(),
         })
@@ -339,10 +370,23 @@ impl Trainer {
 
     /// Installs the control plane's hook, called at every fence with `deadline`
     /// (the runtime passes `leyline.budgets.performance.control_fence_ms`).
-    pub fn with_control_hook(mut self, hook: Box<dyn ControlHook>, deadline: Duration) -> Self {
+    /// A resumed run gives the hook the state its checkpoint holds; a hook
+    /// that cannot take it is an error (the run would not continue exactly).
+    pub fn with_control_hook(
+        mut self,
+        mut hook: Box<dyn ControlHook>,
+        deadline: Duration,
+    ) -> Result<Self> {
+        if let Some(state) = self.resumed_controller.take() {
+            hook.import_state(state)
+                .map_err(|source| Error::ControlHook {
+                    global_step: self.global_step,
+                    source,
+                })?;
+        }
         self.fence.hook = Some(hook);
         self.fence.deadline = deadline;
-        self
+        Ok(self)
     }
 
     /// Why the control hook stopped the run, if it did.
@@ -616,7 +660,8 @@ impl Trainer {
                 self.global_step,
                 self.epoch,
             )?
-            .with_kasmina(self.seeds.as_ref().map(|c| c.kasmina.export_state()));
+            .with_kasmina(self.seeds.as_ref().map(|c| c.kasmina.export_state()))
+            .with_resume(self.resume_state()?);
             self.health.known_good_governor = self.governor.clone();
             // A failed earlier write surfaces here, before the next is queued.
             self.collect_writes(false)?;
@@ -649,101 +694,6 @@ impl Trainer {
             fences,
             stop: self.stop.clone(),
         })
-    }
-
-    /// Calls the hook (if any), timing it against the deadline.
-    fn at_fence(
-        &mut self,
-        kind: FenceKind,
-        last_loss: f64,
-        validation: Option<&Validation>,
-        train_accuracy: Option<f64>,
-        stats: &mut FenceStats,
-    ) -> Result<()> {
-        stats.fences += 1;
-        let SinceFence {
-            loss_sum,
-            steps,
-            step_ms_sum: ms_sum,
-        } = std::mem::take(&mut self.since_fence);
-        if self.fence.hook.is_none() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        self.generation += 1;
-        let mut metrics: std::collections::BTreeMap<String, f64> =
-            [("fence_steps".to_owned(), steps as f64)].into();
-        if steps > 0 {
-            metrics.insert("step_ms".to_owned(), ms_sum / steps as f64);
-        }
-        if let Some(ms) = self.last_hook_ms {
-            metrics.insert("last_hook_ms".to_owned(), ms);
-        }
-        if let Some(accuracy) = train_accuracy {
-            // The epoch's training accuracy: the controller's evidence of
-            // whether the host still fails to fit its own training data.
-            metrics.insert("train_accuracy".to_owned(), accuracy);
-        }
-        let state = self.assemble_state(state::Measured {
-            validation,
-            training_loss: (steps > 0).then(|| loss_sum / steps as f64),
-            metrics,
-        });
-        let Some(hook) = self.fence.hook.as_mut() else {
-            return Ok(());
-        };
-        let context = FenceContext {
-            kind,
-            epoch: self.epoch,
-            global_step: self.global_step,
-            last_loss,
-            validation_accuracy: validation.map(|v| v.accuracy),
-            state: &state,
-            host: self.host.as_ref(),
-            deadline: started + self.fence.deadline,
-        };
-        let decision = hook
-            .at_fence(&context)
-            .map_err(|source| Error::ControlHook {
-                global_step: self.global_step,
-                source,
-            })?;
-        let FenceDecision {
-            commands,
-            stop,
-            diagnostics,
-        } = decision;
-        self.events.extend(diagnostics.events);
-        self.decisions.extend(diagnostics.decisions);
-        self.field_reports.extend(diagnostics.field_reports);
-        let took = started.elapsed();
-        stats.slowest_ms = stats.slowest_ms.max(took.as_secs_f64() * 1e3);
-        self.last_hook_ms = Some(took.as_secs_f64() * 1e3);
-        if took > self.fence.deadline {
-            stats.deadline_misses += 1;
-            self.events.push(
-                leyline::telemetry::event(
-                    "control_fence_deadline_missed",
-                    leyline::v1::TelemetryLevel::Warning,
-                    format!(
-                        "control hook took {:.1} ms at step {} (deadline {} ms)",
-                        took.as_secs_f64() * 1e3,
-                        self.global_step,
-                        self.fence.deadline.as_millis()
-                    ),
-                )
-                .attr("global_step", self.global_step)
-                .build(),
-            );
-        }
-        self.seeds_apply(commands)?;
-        self.fence_seeds = self.seed_summaries();
-        stats.total_ms += started.elapsed().as_secs_f64() * 1e3;
-        self.flush_emergencies();
-        if let Some(reason) = stop {
-            self.stop = Some(reason);
-        }
-        Ok(())
     }
 
     /// Runs every configured epoch, reporting each as it ends.

@@ -53,6 +53,24 @@ impl Health {
             at_chance: 0,
         }
     }
+
+    /// Batches drawn, the rollbacks within the window, the epoch ends at
+    /// chance in a row: for a checkpoint.
+    pub(super) fn state(&self) -> (u64, Vec<u64>, u32) {
+        (
+            self.attempts,
+            self.recent.iter().copied().collect(),
+            self.at_chance,
+        )
+    }
+
+    /// Continues from a checkpoint's counters, with the governor of then.
+    pub(super) fn restore(&mut self, state: &crate::checkpoints::ResumeState, governor: Governor) {
+        self.attempts = state.batches_drawn;
+        self.recent = state.recent_rollbacks.iter().copied().collect();
+        self.at_chance = state.at_chance_epochs;
+        self.known_good_governor = governor;
+    }
 }
 
 impl Trainer {
