@@ -522,14 +522,12 @@ fn kill9_resume_grown(ctx: &Ctx) -> Result<Finding> {
         "kill9-resume-grown",
         &[
             ("ESPER_TOLARIA__HOST", "cnn-impaired"),
-            // Wall-clock guards lifted: load must not change the path.
+            // Tamiyo's step deadline lifted (the one wall-clock guard on by
+            // default): load must not change the path.
             (
                 "ESPER_LEYLINE__BUDGETS__PERFORMANCE__TAMIYO_STEP_DEADLINE_MS",
                 "10000",
             ),
-            ("ESPER_TAMIYO__RISK__MAX_FENCE_MS", "1e9"),
-            ("ESPER_TAMIYO__RISK__LATENCY_SPIKE_RATIO", "1e9"),
-            ("ESPER_KASMINA__MAX_SLOWDOWN", "1e9"),
         ],
         "6",
     )

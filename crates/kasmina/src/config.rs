@@ -32,8 +32,18 @@ pub struct Config {
     /// a seed is judged on at least one counterfactual validation pass).
     pub min_epochs: [u64; 4],
     /// Largest step slowdown (forward + backward over the G2 window vs the
-    /// host's mean before the seed germinated) a seed may cause (G2; default 10).
+    /// host's mean before the seed germinated) a seed may cause (G2). A
+    /// wall-clock rule and therefore opt-in: 0 (the default) turns it off —
+    /// measured time depends on what else the machine runs, so with it on a
+    /// run's path can change with load (three runs sharing two cores culled
+    /// seeds `latency_over_budget` that an idle machine kept).
     pub max_slowdown: f64,
+    /// Largest forward MACs per image a seed may cost, as a multiple of the
+    /// host's (default 20 — `conv.residual` at expansion 4 on `cnn-impaired`
+    /// costs 17×; 0 turns it off). A counted budget, the same on
+    /// every machine: a GERMINATE over it is refused when applied, naming
+    /// both counts.
+    pub max_seed_mac_ratio: f64,
     /// Coordinates the isolation monitor samples per session (default 64).
     pub isolation_samples: usize,
     /// Largest relative error of the incubator invariant (default 1e-5).
@@ -76,6 +86,7 @@ impl Default for Config {
             min_steps: gates.min_steps,
             min_epochs: gates.min_epochs,
             max_slowdown: gates.max_slowdown,
+            max_seed_mac_ratio: gates.max_seed_mac_ratio,
             isolation_samples: isolation.samples,
             isolation_max_relative_error: isolation.max_relative_error,
             isolation_min_cosine: isolation.min_cosine,
@@ -111,8 +122,13 @@ impl Config {
                 return bad(key, "must be finite and >= 0");
             }
         }
-        if !(self.max_slowdown.is_finite() && self.max_slowdown >= 1.0) {
-            return bad("max_slowdown", "must be finite and >= 1");
+        if !(self.max_slowdown.is_finite()
+            && (self.max_slowdown == 0.0 || self.max_slowdown >= 1.0))
+        {
+            return bad("max_slowdown", "must be 0 (off) or finite and >= 1");
+        }
+        if !(self.max_seed_mac_ratio.is_finite() && self.max_seed_mac_ratio >= 0.0) {
+            return bad("max_seed_mac_ratio", "must be finite and >= 0 (0 is off)");
         }
         if !self.min_contribution.is_finite() {
             return bad("min_contribution", "must be finite");
@@ -144,6 +160,7 @@ impl Config {
             min_epochs: self.min_epochs,
             embargo_epochs,
             max_slowdown: self.max_slowdown,
+            max_seed_mac_ratio: self.max_seed_mac_ratio,
         }
     }
 

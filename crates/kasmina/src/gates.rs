@@ -28,8 +28,14 @@ pub struct GateConfig {
     /// Epochs a slot stays EMBARGOED after a cull.
     pub embargo_epochs: u64,
     /// Largest slowdown of the step (forward + backward) over the window,
-    /// relative to the host's before the seed germinated (G2).
+    /// relative to the host's before the seed germinated (G2). A wall-clock
+    /// rule, so opt-in: 0 (the default) turns it off, since under machine
+    /// load it culls a seed that an idle machine keeps.
     pub max_slowdown: f64,
+    /// Largest forward MACs per image a seed may cost, as a multiple of the
+    /// host's: a counted budget, checked when the GERMINATE command is
+    /// applied (0 turns it off; unjudged when the host does not count MACs).
+    pub max_seed_mac_ratio: f64,
 }
 
 impl Default for GateConfig {
@@ -39,7 +45,8 @@ impl Default for GateConfig {
     /// regression ≤ 0.5 points; contribution > 0; dwell 20/40/10/10 steps
     /// and 0/0/0/1 epochs (a seed is judged on at least one counterfactual
     /// validation pass); the shared embargo (`leyline.limits.embargo_epochs`);
-    /// step slowdown ≤ 10×.
+    /// a seed's forward MACs ≤ 20× the host's (counted); the wall-clock
+    /// step-slowdown rule off.
     fn default() -> Self {
         Self {
             window: 10,
@@ -50,7 +57,8 @@ impl Default for GateConfig {
             min_steps: [20, 40, 10, 10],
             min_epochs: [0, 0, 0, 1],
             embargo_epochs: u64::from(leyline::Config::default().limits.embargo_epochs),
-            max_slowdown: 10.0,
+            max_slowdown: 0.0,
+            max_seed_mac_ratio: 20.0,
         }
     }
 }
@@ -272,7 +280,7 @@ pub(crate) fn g2(
         Some("unstable_loss".to_string())
     } else if !monotone {
         Some("alpha_oscillation".to_string())
-    } else if slowdown.is_some_and(|s| s > config.max_slowdown) {
+    } else if config.max_slowdown > 0.0 && slowdown.is_some_and(|s| s > config.max_slowdown) {
         Some("latency_over_budget".to_string())
     } else {
         None

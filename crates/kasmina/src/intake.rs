@@ -103,6 +103,21 @@ pub enum Failure {
         #[source]
         source: std::sync::Arc<urza::Error>,
     },
+    /// The seed would cost more forward MACs than the counted budget allows
+    /// (`kasmina.max_seed_mac_ratio` × the host's).
+    #[error(
+        "{blueprint} costs {seed_macs} forward MACs per image, over the budget of {ratio} x the host's {host_macs}"
+    )]
+    OverBudget {
+        /// The blueprint.
+        blueprint: String,
+        /// Its module's forward MACs per image at the slot.
+        seed_macs: u64,
+        /// The host's.
+        host_macs: u64,
+        /// The budget's multiple.
+        ratio: f64,
+    },
     /// Kasmina refused the change (unknown slot, busy slot, illegal move,
     /// bad blend, tensor failure).
     #[error(transparent)]

@@ -232,8 +232,15 @@ pub struct RiskConfig {
     /// A training loss above this multiple of its moving average is a spike
     /// (default 3.0).
     pub loss_spike_ratio: f64,
+    /// Whether the wall-clock rules judge (default false): `latency_spike`
+    /// (step time) and `hook_latency` (the last fence's duration). They
+    /// measure time, which depends on what else the machine runs, so with
+    /// them on a run's decisions can change with load and a cohort's results
+    /// with `--jobs`; off, every decision follows from counted evidence
+    /// (losses, accuracies, MACs, parameters) and the run repeats by seed.
+    pub wall_clock_rules: bool,
     /// Mean step time above this multiple of its moving average is a latency
-    /// spike (default 3.0).
+    /// spike (default 3.0; judged only with `wall_clock_rules`).
     pub latency_spike_ratio: f64,
     /// Smoothing of both moving averages (default 0.2).
     pub ewma_alpha: f64,
@@ -242,7 +249,8 @@ pub struct RiskConfig {
     pub rebase_after_fences: u32,
     /// Longest the previous control-hook call (Tamiyo deciding, the fence
     /// around it excluded) may have taken, ms (default 18, the fence budget
-    /// `leyline.budgets.performance.control_fence_ms`).
+    /// `leyline.budgets.performance.control_fence_ms`; judged only with
+    /// `wall_clock_rules`).
     pub max_fence_ms: f64,
     /// Isolation violations tolerated across live seeds (default 0).
     pub max_isolation_violations: u64,
@@ -266,6 +274,7 @@ impl Default for RiskConfig {
     fn default() -> Self {
         Self {
             loss_spike_ratio: 3.0,
+            wall_clock_rules: false,
             latency_spike_ratio: 3.0,
             ewma_alpha: 0.2,
             rebase_after_fences: 3,

@@ -6,14 +6,20 @@
 //! |---|---|---|---|
 //! | 1 | `degraded_coverage` | fewer optional inputs than `min_coverage` | veto all but CULL |
 //! | 2 | `loss_spike` | training loss > ratio × its moving average | hazard |
-//! | 3 | `latency_spike` | mean step time per budgeted unit of work (host + live seeds' MACs, in host-sized units) > ratio × its moving average | hazard |
-//! | 3b | `hook_latency` | the previous control-hook call took longer than the fence budget | hazard |
+//! | 3 | `latency_spike` (wall clock) | mean step time per budgeted unit of work (host + live seeds' MACs, in host-sized units) > ratio × its moving average | hazard |
+//! | 3b | `hook_latency` (wall clock) | the previous control-hook call took longer than the fence budget | hazard |
 //! | 4 | `isolation_violations` | live seeds' violations > the limit | hazard |
 //! | 5 | `device_pressure` | free memory fraction or utilization out of bounds | hazard |
 //! | 6 | `blueprint_quarantined` | the blueprint is quarantined or unknown | veto GERMINATE |
 //! | 7 | `blueprint_risk` | the blueprint's risk above the cap | veto GERMINATE |
 //! | 8 | `blueprint_experimental` | an EXPERIMENTAL blueprint | downgrade: twice the α ramp |
 //! | 9 | `conservative_mode` | conservative mode is on | veto GERMINATE |
+//!
+//! Rules 3 and 3b measure time, so they judge only with `wall_clock_rules`
+//! (off by default): with them a run's decisions depend on machine load.
+//! Rule 5 reads the machine's free memory: a safety rule that stays on, and
+//! the one input besides Tamiyo's step deadline that the machine, not the
+//! run, decides.
 //!
 //! A spike is judged against a moving average it does not move; a level that
 //! stays high for more than `rebase_after_fences` fences becomes the new
@@ -187,7 +193,9 @@ impl RiskEngine {
             });
         }
         let ratio = c.latency_spike_ratio;
-        if let Some(&ms) = p.training_metrics.get("step_ms") {
+        if c.wall_clock_rules
+            && let Some(&ms) = p.training_metrics.get("step_ms")
+        {
             // Judge the step time per budgeted unit of work: a seed's own
             // MACs are an expected, budgeted rise, not a spike.
             let budget = budgeted_work(obs);
@@ -211,7 +219,8 @@ impl RiskEngine {
                 });
             }
         }
-        if let Some(&ms) = p.training_metrics.get("last_hook_ms")
+        if c.wall_clock_rules
+            && let Some(&ms) = p.training_metrics.get("last_hook_ms")
             && ms > c.max_fence_ms
         {
             hazard = true;

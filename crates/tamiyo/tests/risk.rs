@@ -19,6 +19,14 @@ fn germinate(blueprint: &str) -> Proposal {
     }
 }
 
+/// The defaults with the wall-clock rules on (they are opt-in).
+fn clocked() -> RiskConfig {
+    RiskConfig {
+        wall_clock_rules: true,
+        ..RiskConfig::default()
+    }
+}
+
 fn assess(
     engine: &mut RiskEngine,
     p: &SystemStatePacket,
@@ -107,7 +115,7 @@ fn each_rule_fires_on_its_condition_alone() {
         Some("blueprint_experimental"),
     ];
     for ((name, mutate, blueprint, verdict), rule) in cases.into_iter().zip(expected_rule) {
-        let mut engine = RiskEngine::new(RiskConfig::default());
+        let mut engine = RiskEngine::new(clocked());
         let mut p = packet(2, 100, None);
         mutate(&mut p);
         let a = assess(&mut engine, &p, germinate(blueprint));
@@ -119,7 +127,7 @@ fn each_rule_fires_on_its_condition_alone() {
     }
     // The downgrade doubles the ramp.
     let a = assess(
-        &mut RiskEngine::new(RiskConfig::default()),
+        &mut RiskEngine::new(clocked()),
         &packet(2, 100, None),
         germinate("conv.heavy"),
     );
@@ -132,7 +140,7 @@ fn each_rule_fires_on_its_condition_alone() {
     ));
     // An unknown or quarantined blueprint is vetoed.
     let a = assess(
-        &mut RiskEngine::new(RiskConfig::default()),
+        &mut RiskEngine::new(clocked()),
         &packet(2, 100, None),
         germinate("conv.nonexistent"),
     );
@@ -144,7 +152,7 @@ fn each_rule_fires_on_its_condition_alone() {
 
 #[test]
 fn spikes_are_judged_against_moving_averages_and_culls_are_never_vetoed() {
-    let mut engine = RiskEngine::new(RiskConfig::default());
+    let mut engine = RiskEngine::new(clocked());
     let calm = packet(2, 100, None);
     for _ in 0..5 {
         assert_eq!(
@@ -168,7 +176,7 @@ fn spikes_are_judged_against_moving_averages_and_culls_are_never_vetoed() {
     );
     assert_eq!(a.verdict, Verdict::Allow);
 
-    let mut engine = RiskEngine::new(RiskConfig::default());
+    let mut engine = RiskEngine::new(clocked());
     assess(&mut engine, &calm, germinate("conv.residual"));
     let mut slow = calm.clone();
     slow.training_metrics.insert("step_ms".into(), 45.0);
@@ -184,7 +192,7 @@ fn conservative_mode_needs_a_cool_down_and_healthy_fences_to_end() {
     let config = RiskConfig {
         cool_down_fences: 2,
         healthy_fences: 3,
-        ..RiskConfig::default()
+        ..clocked()
     };
     let mut engine = RiskEngine::new(config);
     let calm = packet(2, 100, None);
@@ -217,7 +225,7 @@ fn conservative_mode_needs_a_cool_down_and_healthy_fences_to_end() {
 fn a_lasting_level_change_becomes_the_new_average() {
     let config = RiskConfig {
         rebase_after_fences: 3,
-        ..RiskConfig::default()
+        ..clocked()
     };
     let mut engine = RiskEngine::new(config);
     let calm = packet(2, 100, None);
@@ -279,7 +287,7 @@ fn a_seeds_budgeted_step_time_is_not_a_latency_spike_but_a_real_spike_still_is()
         }
         p
     };
-    let mut engine = RiskEngine::new(RiskConfig::default());
+    let mut engine = RiskEngine::new(clocked());
     assess(
         &mut engine,
         &packet(2, 100, None),
@@ -301,7 +309,7 @@ fn a_seeds_budgeted_step_time_is_not_a_latency_spike_but_a_real_spike_still_is()
         a.findings
     );
     // Without the host's MACs the same 32 ms is judged as the host's own.
-    let mut engine = RiskEngine::new(RiskConfig::default());
+    let mut engine = RiskEngine::new(clocked());
     assess(
         &mut engine,
         &packet(2, 100, None),
@@ -311,4 +319,40 @@ fn a_seeds_budgeted_step_time_is_not_a_latency_spike_but_a_real_spike_still_is()
     uncounted.training_metrics.remove("host_forward_macs");
     let a = assess(&mut engine, &uncounted, germinate("conv.depthwise"));
     assert_eq!(rules(&a), vec!["latency_spike"]);
+}
+
+/// Issue #19 item 4: by default no rule reads the clock, so a step ten
+/// times slower than its average and a fence far over its budget (a loaded
+/// machine) change no decision.
+#[test]
+fn by_default_no_decision_depends_on_measured_time() {
+    let mut engine = RiskEngine::new(RiskConfig::default());
+    for step in 1..=5 {
+        assess(
+            &mut engine,
+            &packet(2, 100 * step, None),
+            germinate("conv.residual"),
+        );
+    }
+    let mut slow = packet(2, 600, None);
+    slow.training_metrics.insert("step_ms".into(), 100.0);
+    slow.training_metrics.insert("last_hook_ms".into(), 1e6);
+    let a = assess(&mut engine, &slow, germinate("conv.residual"));
+    assert_eq!(a.verdict, Verdict::Allow, "{:?}", a.findings);
+    // The same packet with the wall-clock rules on: both fire.
+    let mut clocked_engine = RiskEngine::new(clocked());
+    for step in 1..=5 {
+        assess(
+            &mut clocked_engine,
+            &packet(2, 100 * step, None),
+            germinate("conv.residual"),
+        );
+    }
+    let a = assess(&mut clocked_engine, &slow, germinate("conv.residual"));
+    assert_eq!(
+        rules(&a),
+        vec!["latency_spike", "hook_latency"],
+        "{:?}",
+        a.findings
+    );
 }

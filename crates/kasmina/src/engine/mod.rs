@@ -95,6 +95,8 @@ pub struct Kasmina {
     history: Vec<SeedOutcome>,
     evidence: evidence::SlotEvidence,
     timing: timing::SeedTiming,
+    /// The host's forward MACs per image, for the seeds' counted budget.
+    host_macs: Option<u64>,
 }
 
 impl std::fmt::Debug for Kasmina {
@@ -129,6 +131,13 @@ impl Kasmina {
         self.run_seed ^ fnv(seed_id)
     }
 
+    /// The host's forward MACs per image (the trainer sets it when it
+    /// attaches Kasmina): a germination whose module costs more than
+    /// `max_seed_mac_ratio` × this is refused. `None` leaves it unjudged.
+    pub fn set_host_forward_macs(&mut self, macs: Option<u64>) {
+        self.host_macs = macs;
+    }
+
     /// Kasmina for a host with `slots`.
     pub fn new(
         slots: &[SlotSpec],
@@ -149,6 +158,7 @@ impl Kasmina {
             history: Vec::new(),
             evidence: evidence::SlotEvidence::new(10),
             timing: timing::SeedTiming::default(),
+            host_macs: None,
         }
     }
 
@@ -461,6 +471,18 @@ impl Kasmina {
                 blueprint: op.blueprint_id.clone(),
                 source: Arc::new(e),
             })?;
+        let ratio = self.lifecycle.config().max_seed_mac_ratio;
+        if let Some(host_macs) = self.host_macs
+            && ratio > 0.0
+            && module.forward_macs() as f64 > ratio * host_macs as f64
+        {
+            return Err(Failure::OverBudget {
+                blueprint: op.blueprint_id.clone(),
+                seed_macs: module.forward_macs(),
+                host_macs,
+                ratio,
+            });
+        }
         let seed = Seed::new(
             &command.target_seed_id,
             &op.slot_id,

@@ -670,3 +670,32 @@ fn a_germinated_seed_is_rebuilt_with_the_weights_it_was_germinated_with() {
     assert!(!before.is_empty());
     assert_eq!(before, after, "the rebuilt seed drew other weights");
 }
+
+/// The counted budget: a GERMINATE whose module costs more forward MACs
+/// than `max_seed_mac_ratio` × the host's is refused when applied, naming
+/// both counts; within it, or with the host's MACs unknown, it germinates.
+#[test]
+fn a_seed_over_the_counted_mac_budget_is_refused_at_germination() {
+    let mut f = fixture();
+    let k = &mut f.kasmina;
+    // conv.residual on [4, 6, 6] costs far more than a 100-MAC host.
+    k.set_host_forward_macs(Some(100));
+    k.intake_mut()
+        .submit(germinate("c1", "s1", "conv.residual"), now())
+        .unwrap();
+    let outcomes = k.fence(0, 0, now());
+    match &outcomes[0].result {
+        Err(Rejection::Failed(f @ Failure::OverBudget { host_macs, .. })) => {
+            assert_eq!(*host_macs, 100);
+            assert!(f.to_string().contains("over the budget of 20 x"), "{f}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(k.slots().slot("r0").unwrap().seed().is_none());
+    // A host big enough for it: germinated.
+    k.set_host_forward_macs(Some(100_000_000));
+    k.intake_mut()
+        .submit(germinate("c2", "s1", "conv.residual"), now())
+        .unwrap();
+    assert_eq!(ok(&k.fence(1, 0, now())), vec!["germinated at r0"]);
+}

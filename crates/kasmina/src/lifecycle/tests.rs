@@ -173,10 +173,14 @@ fn a_contributing_seed_walks_every_gate_to_fossilized() {
 }
 
 /// A seed blended in over steps that take `slow_ms` against a host that
-/// stepped in 10 ms: what G2 decides.
-fn g2_with_step_time(slow_ms: f64) -> Progress {
+/// stepped in 10 ms, with the wall-clock slowdown rule at `max_slowdown`
+/// (0: off): what G2 decides.
+fn g2_with_step_time(slow_ms: f64, max_slowdown: f64) -> Progress {
     let mut slots = SeedSlots::new(&[spec()]);
-    let mut lc = Lifecycle::new(small_config());
+    let mut lc = Lifecycle::new(GateConfig {
+        max_slowdown,
+        ..small_config()
+    });
     for _ in 0..4 {
         lc.record_step_time(10.0);
     }
@@ -201,15 +205,22 @@ fn g2_with_step_time(slow_ms: f64) -> Progress {
 }
 
 #[test]
-fn g2_culls_a_seed_that_slows_the_step_beyond_its_budget() {
-    // 3× the host's step time is within the default 10×; 12× is not.
+fn g2_culls_a_seed_that_slows_the_step_beyond_its_budget_only_when_asked() {
+    // With the rule at 10×: 3× the host's step time passes, 12× does not.
     assert_eq!(
-        g2_with_step_time(30.0),
+        g2_with_step_time(30.0, 10.0),
         Progress::Moved(SeedStage::Shadowing)
     );
     assert_eq!(
-        g2_with_step_time(120.0),
+        g2_with_step_time(120.0, 10.0),
         Progress::Culled("latency_over_budget".into())
+    );
+    // By default the wall-clock rule is off (its figure depends on machine
+    // load): the same 12× passes.
+    assert_eq!(GateConfig::default().max_slowdown, 0.0);
+    assert_eq!(
+        g2_with_step_time(120.0, 0.0),
+        Progress::Moved(SeedStage::Shadowing)
     );
 }
 

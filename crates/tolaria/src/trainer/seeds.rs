@@ -74,6 +74,7 @@ impl Trainer {
     /// registry, which checks every group before each optimizer step.
     pub fn with_kasmina(mut self, mut kasmina: Kasmina) -> Result<Self> {
         kasmina.register_host(&self.host.parameters())?;
+        kasmina.set_host_forward_macs(self.host_forward_macs());
         if let Some(resumed) = self.resumed_seeds.take() {
             match &resumed.state {
                 Some(state) => {
