@@ -35,11 +35,12 @@ use crate::cpu::contiguous_f32;
 /// microseconds of work.
 const MIN_SAMPLES_PER_TASK: usize = 4;
 
-/// Samples per kernel-gradient task: the batch split evenly over the pool's
-/// threads, at least `MIN_SAMPLES_PER_TASK`. Depends only on the batch and
-/// the pool size, so the partial sums are grouped the same way every run.
+/// Samples per kernel-gradient task: the batch split into
+/// [`super::plan::BATCH_TASKS`] tasks, at least `MIN_SAMPLES_PER_TASK`.
+/// Depends only on the batch, never on the pool size, so the partial sums
+/// are grouped the same way every run and with any thread count.
 fn samples_per_task(n: usize) -> usize {
-    n.div_ceil(rayon::current_num_threads().max(1))
+    n.div_ceil(super::plan::BATCH_TASKS)
         .max(MIN_SAMPLES_PER_TASK)
 }
 

@@ -23,6 +23,13 @@ use crate::gemm::{MatMut, MatRef, matmul};
 /// Columns a block's GEMM aims for: enough to amortise a call's packing.
 const BLOCK_COLUMNS: usize = 1024;
 
+/// Tasks a batch is split into, whatever the pool's size: the kernel
+/// gradient's partial sums are grouped by task, so a split that followed the
+/// thread count would round differently with 1 thread than with 2, and a
+/// cohort's results would depend on `--jobs` (issue #19 item 4). Eight
+/// tasks keep two to eight cores busy.
+pub(crate) const BATCH_TASKS: usize = 8;
+
 /// A convolution's GEMM shapes and how it runs.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Plan {
@@ -118,7 +125,7 @@ impl Plan {
         let groups = g.spec.groups.max(1);
         let threads = rayon::current_num_threads().max(1);
         let l = g.positions().max(1);
-        let per_task = g.n.div_ceil(threads).max(1);
+        let per_task = g.n.div_ceil(BATCH_TASKS).max(1);
         Self {
             g,
             c_out,

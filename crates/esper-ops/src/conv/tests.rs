@@ -495,3 +495,90 @@ fn the_depthwise_kernel_gradient_repeats_bit_for_bit() {
         }
     }
 }
+
+/// Dense, grouped and depthwise convolutions give the same gradients bit for
+/// bit with 1, 2 or 3 threads: the batch is split into a fixed number of
+/// tasks, not by the pool's size (a cohort's `--jobs` sets the threads per
+/// run, and with a thread-dependent split `--jobs 1` and `--jobs 2` ended
+/// every run a few ulps apart).
+#[test]
+fn gradients_do_not_depend_on_the_thread_count() {
+    let cases = [
+        (
+            Conv2dSpec {
+                padding: 1,
+                ..Conv2dSpec::default()
+            },
+            6,
+            3,
+        ),
+        (
+            Conv2dSpec {
+                padding: 1,
+                groups: 2,
+                ..Conv2dSpec::default()
+            },
+            6,
+            3,
+        ),
+        (
+            Conv2dSpec {
+                padding: 2,
+                groups: 6,
+                ..Conv2dSpec::default()
+            },
+            6,
+            5,
+        ),
+    ];
+    for (spec, c_out, kk) in cases {
+        let c_in = 6;
+        let x = Var::from_vec(
+            values(37 * c_in * 9 * 9, 21),
+            (37, c_in, 9, 9),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let per_group = c_in / spec.groups.max(1);
+        let k = Var::from_vec(
+            values(c_out * per_group * kk * kk, 22),
+            (c_out, per_group, kk, kk),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let grads_with = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let y = conv2d(x.as_tensor(), k.as_tensor(), spec).unwrap();
+                let w =
+                    Tensor::from_vec(values(y.elem_count(), 23), y.dims(), &Device::Cpu).unwrap();
+                let grads = y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                (
+                    bits(&y),
+                    bits(grads.get(&k).unwrap()),
+                    bits(grads.get(&x).unwrap()),
+                )
+            })
+        };
+        let one = grads_with(1);
+        for threads in [2, 3] {
+            assert!(
+                grads_with(threads) == one,
+                "groups {}: {threads} threads differ from 1",
+                spec.groups
+            );
+        }
+    }
+}

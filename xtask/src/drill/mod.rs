@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+mod budgets;
+mod urza;
+
 /// What one drill found.
 struct Finding {
     passed: bool,
@@ -79,22 +82,22 @@ const DRILLS: &[(&str, &str, Option<DrillFn>)] = &[
     (
         "tamiyo-timeout",
         "a slow policy: deadlines missed, counted, no command late",
-        None,
+        Some(budgets::tamiyo_timeout),
     ),
     (
         "prefetch-failure",
         "Urza unreachable or corrupt: germination refused",
-        None,
+        Some(urza::prefetch_failure),
     ),
     (
         "emergency-flood",
         "10k telemetry burst, emergency p99 < 100 ms",
-        None,
+        Some(budgets::emergency_flood),
     ),
     (
         "rollback-sla",
         "fast and full rollback times at 10M parameters",
-        None,
+        Some(budgets::rollback_sla),
     ),
 ];
 
@@ -107,6 +110,7 @@ const QUICK: &[&str] = &[
 ];
 
 struct Ctx {
+    root: PathBuf,
     esper: PathBuf,
     scratch: PathBuf,
     quick: bool,
@@ -152,6 +156,7 @@ pub(crate) fn run(root: &Path, args: &[&str]) -> Result<()> {
         ],
     )?;
     let ctx = Ctx {
+        root: root.to_path_buf(),
         esper: root.join("target/release/esper"),
         scratch: root.join("target/drills"),
         quick,
