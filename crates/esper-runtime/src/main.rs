@@ -460,9 +460,15 @@ fn train(
     let trainer = trainer.with_emergency_sink(bus.emergency_sink());
     let slots = trainer.host().slots().to_vec();
     let device = trainer.device().clone();
-    let (mut trainer, grows) = match control::build(resolved, &slots, &device, &bus)
-        .context("setting up the controller")?
-    {
+    let plane = match control::build(resolved, &slots, &device, &bus) {
+        Ok(plane) => plane,
+        Err(e) => {
+            // Nothing trained: a run this command created is removed.
+            log.abandon();
+            return Err(anyhow::Error::new(e).context("setting up the controller"));
+        }
+    };
+    let (mut trainer, grows) = match plane {
         Some(plane) => {
             println!(
                 "esper train: controller {} (decisions in {})",

@@ -282,6 +282,8 @@ pub struct RunLog {
     _lock: File,
     /// Whether this log created the directory (a failed start removes it).
     created: bool,
+    /// Epoch records appended by this log.
+    appended: u64,
 }
 
 /// What [`RunLog::rewind`] dropped: records past the state being resumed.
@@ -330,6 +332,7 @@ impl RunLog {
             metrics: None,
             _lock: lock,
             created,
+            appended: 0,
         })
     }
 
@@ -442,10 +445,11 @@ impl RunLog {
         Ok(log)
     }
 
-    /// Gives the run up before it started: removes the directory when this
-    /// log created it (a failed precondition leaves no orphan run behind).
+    /// Gives the run up before it trained: removes the directory when this
+    /// log created it and no epoch was recorded (a failed precondition —
+    /// bad data, an unreachable Urza service — leaves no orphan run behind).
     pub fn abandon(self) {
-        if self.created && self.metrics.is_none() {
+        if self.created && self.appended == 0 {
             let dir = self.dir.clone();
             drop(self);
             let _ = std::fs::remove_dir_all(dir);
@@ -481,7 +485,9 @@ impl RunLog {
         metrics
             .write_all(text.as_bytes())
             .and_then(|()| metrics.sync_data())
-            .map_err(|e| io(&path, e))
+            .map_err(|e| io(&path, e))?;
+        self.appended += 1;
+        Ok(())
     }
 }
 

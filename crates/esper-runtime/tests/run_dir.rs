@@ -196,6 +196,22 @@ fn a_failed_precondition_leaves_no_run_directory() {
     );
     assert!(!out.status.success(), "{}", text(&out));
     assert!(!runs.path().join("doomed").exists(), "{}", text(&out));
+    // The shared Urza service unreachable: the error names it, and the run
+    // directory (created before the controller is set up) is removed.
+    let out = esper(
+        runs.path(),
+        &["train"],
+        &[
+            ("ESPER_RUN__RUN_ID", "no-urza"),
+            ("ESPER_URZA__REMOTE", "http://127.0.0.1:9"),
+            ("ESPER_URZA__CONNECT_TIMEOUT_MS", "500"),
+            ("ESPER_TAMIYO__CONTROLLER", "heuristic"),
+        ],
+    );
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("127.0.0.1:9"), "{t}");
+    assert!(!runs.path().join("no-urza").exists(), "{t}");
 }
 
 /// SIGINT and SIGTERM stop a run at the end of the epoch in progress: its

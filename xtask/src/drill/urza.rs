@@ -61,8 +61,12 @@ pub(super) fn prefetch_failure(ctx: &Ctx) -> Result<Finding> {
         &with(&base, &[("ESPER_RUN__RUN_ID", "corrupt")]),
     )?;
     let t = text(&corrupt);
-    let trained = seeds_that_trained(&dir.join("runs/corrupt")).unwrap_or(usize::MAX);
+    // Each germination on a corrupt artifact is refused naming it, and the
+    // artifact is quarantined; a later one forges the blueprint afresh
+    // (verified bytes of its definition), never runs unverified ones.
     let refused = t.matches("REFUSED").count();
+    let detected = t.matches("is corrupt").count();
+    let trained = seeds_that_trained(&dir.join("runs/corrupt")).unwrap_or(0);
     // The shared service unreachable: refused before any work, naming it.
     let remote = "http://127.0.0.1:9";
     let away = ctx.esper(
@@ -82,8 +86,8 @@ pub(super) fn prefetch_failure(ctx: &Ctx) -> Result<Finding> {
     let passed = grew > 0
         && !files.is_empty()
         && corrupt.status.success()
-        && trained == 0
         && refused > 0
+        && detected > 0
         && !away.status.success()
         && named
         && !left;
@@ -91,7 +95,8 @@ pub(super) fn prefetch_failure(ctx: &Ctx) -> Result<Finding> {
         passed,
         format!(
             "{} artifact(s) corrupted after a run that grew {grew} seed(s): the next run exit {}, \
-             {refused} germination(s) REFUSED, {trained} seed(s) built; Urza at {remote} \
+             {refused} germination(s) REFUSED ({detected} naming the corrupt artifact, \
+             quarantined), {trained} seed(s) trained later from a fresh forge; Urza at {remote} \
              unreachable: exit {}, address named: {named}, run directory left: {left}{}",
             files.len(),
             corrupt.status.code().unwrap_or(-1),
