@@ -168,7 +168,9 @@ pub fn seed_line(s: &kasmina::SeedSummary, host_macs: Option<u64>) -> String {
     )
 }
 
-/// Publishes what epoch `report` produced: the state packet (NORMAL), the
+/// Publishes what epoch `report` produced — a publication the bus refuses
+/// (Redis down) is a note for the operator, never the end of the run: the
+/// state packet (NORMAL), the
 /// validation metrics, the seed telemetry packets (LOW), the controller's
 /// field reports (with retries; an unpublished one stays in
 /// `field_reports.wal`), then every event and signal ([`flush_events`]).
@@ -183,11 +185,20 @@ pub fn publish_epoch(
 ) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     let packet = tolaria::packet::state_packet(trainer, report);
-    if let oona::Published::Shed { stream, reason } = bus.publish_state(&packet)? {
-        notes.push(format!(
+    // The bus carries the epoch to observers; the run's record is
+    // metrics.jsonl. A bus that is down (Redis restarting) costs observers
+    // this epoch's packets, said here, and never stops training.
+    match bus.publish_state(&packet) {
+        Ok(oona::Published::Shed { stream, reason }) => notes.push(format!(
             "state packet shed from {stream} ({})",
             reason.as_str()
-        ));
+        )),
+        Ok(_) => {}
+        Err(e) => notes.push(format!(
+            "state packet of epoch {} not published ({e}); training continues, \
+             metrics.jsonl holds the epoch",
+            report.epoch
+        )),
     }
     bus.metric(leyline::telemetry::metric(
         "validation_accuracy",
@@ -205,11 +216,20 @@ pub fn publish_epoch(
             "{dropped} seed telemetry packet(s) dropped (buffer full)"
         ));
     }
-    let shed = bus
-        .publish_telemetry(&packets)?
-        .iter()
-        .filter(|p| matches!(p, oona::Published::Shed { .. }))
-        .count();
+    let shed = match bus.publish_telemetry(&packets) {
+        Ok(published) => published
+            .iter()
+            .filter(|p| matches!(p, oona::Published::Shed { .. }))
+            .count(),
+        Err(e) => {
+            notes.push(format!(
+                "{} seed telemetry packet(s) of epoch {} not published ({e})",
+                packets.len(),
+                report.epoch
+            ));
+            0
+        }
+    };
     if shed > 0 {
         notes.push(format!(
             "{shed} seed telemetry packet(s) shed under backpressure"

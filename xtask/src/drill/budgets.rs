@@ -133,7 +133,7 @@ pub(super) fn emergency_flood(ctx: &Ctx) -> Result<Finding> {
         let ok = out.status.success() && p99 < 100_000;
         passed &= ok;
         figures.push(format!(
-            "{backend}: 200 signals behind 10 000 telemetry messages, p50 {:.1} ms, p99 {:.1} ms{}",
+            "{backend}: 200 signals behind 10 000 telemetry messages, p50 {:.2} ms, p99 {:.2} ms{}",
             p50 as f64 / 1e3,
             p99 as f64 / 1e3,
             if ok {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 mod budgets;
+mod redis;
 mod urza;
 
 /// What one drill found.
@@ -77,7 +78,7 @@ const DRILLS: &[(&str, &str, Option<DrillFn>)] = &[
     (
         "redis-outage",
         "kill and restart redis-server during a run",
-        None,
+        Some(redis::redis_outage),
     ),
     (
         "tamiyo-timeout",
