@@ -37,6 +37,12 @@ pub struct GovernorConfig {
     /// (1 / classes) after which the run halts as not learning (default 2;
     /// 0 turns the rule off).
     pub chance_epochs: u32,
+    /// Batch size `sigma` and `ratio` are set for (default 128). A mean loss
+    /// over fewer images is noisier and heavy-tailed (one misclassified
+    /// digit in a batch of 8 lifts it several-fold), so at a smaller batch
+    /// both thresholds widen by √(reference_batch / batch_size): batch 8
+    /// judges at 24 sigma and 9 × the mean. 0 turns the scaling off.
+    pub reference_batch: usize,
 }
 
 impl Default for GovernorConfig {
@@ -48,6 +54,7 @@ impl Default for GovernorConfig {
             warmup_steps: 20,
             divergence_ratio: 10.0,
             chance_epochs: 2,
+            reference_batch: 128,
         }
     }
 }
@@ -101,12 +108,25 @@ pub(crate) struct Governor {
     seen: u64,
     /// Sum of the warmup losses, then (once warm) their mean.
     warmup: f64,
+    /// How much wider the spike thresholds are at this batch size (≥ 1).
+    noise_scale: f64,
+}
+
+/// √(reference / batch), at least 1 (no narrowing at bigger batches).
+fn noise_scale(config: &GovernorConfig, batch_size: usize) -> f64 {
+    if config.reference_batch == 0 || batch_size == 0 {
+        return 1.0;
+    }
+    (config.reference_batch as f64 / batch_size as f64)
+        .sqrt()
+        .max(1.0)
 }
 
 impl Governor {
-    /// A governor with no history.
-    pub(crate) fn new(config: GovernorConfig) -> Self {
+    /// A governor with no history, for batches of `batch_size`.
+    pub(crate) fn new(config: GovernorConfig, batch_size: usize) -> Self {
         Self {
+            noise_scale: noise_scale(&config, batch_size),
             config,
             mean: 0.0,
             variance: 0.0,
@@ -128,6 +148,7 @@ impl Governor {
     /// A governor with `config` continuing from a checkpoint's statistics.
     pub(crate) fn from_state(
         config: GovernorConfig,
+        batch_size: usize,
         state: crate::checkpoints::GovernorState,
     ) -> Self {
         let crate::checkpoints::GovernorState {
@@ -137,6 +158,7 @@ impl Governor {
             warmup,
         } = state;
         Self {
+            noise_scale: noise_scale(&config, batch_size),
             config,
             mean,
             variance,
@@ -152,8 +174,9 @@ impl Governor {
         }
         if self.seen >= self.config.warmup_steps {
             let std = self.variance.sqrt();
-            let over_sigma = loss > self.mean + self.config.sigma * std;
-            let over_ratio = loss > self.config.ratio * self.mean;
+            let k = self.noise_scale;
+            let over_sigma = loss > self.mean + self.config.sigma * k * std;
+            let over_ratio = loss > (1.0 + (self.config.ratio - 1.0) * k) * self.mean;
             if over_sigma && over_ratio {
                 return Verdict::Explosion(format!(
                     "loss {loss:.4} is {:.1} sigma above its moving mean {:.4} and {:.1}x it",
@@ -199,7 +222,7 @@ mod tests {
     use super::*;
 
     fn warmed(losses: impl IntoIterator<Item = f64>) -> Governor {
-        let mut g = Governor::new(GovernorConfig::default());
+        let mut g = Governor::new(GovernorConfig::default(), 128);
         for l in losses {
             assert_eq!(g.observe(l), Verdict::Healthy);
         }
@@ -208,7 +231,7 @@ mod tests {
 
     #[test]
     fn non_finite_losses_are_explosions_from_the_first_step() {
-        let mut g = Governor::new(GovernorConfig::default());
+        let mut g = Governor::new(GovernorConfig::default(), 128);
         assert!(matches!(g.observe(f64::NAN), Verdict::Explosion(r) if r.contains("NaN")));
         assert!(matches!(g.observe(f64::INFINITY), Verdict::Explosion(_)));
     }
@@ -272,5 +295,37 @@ mod tests {
                 .to_string()
                 .contains("tolaria.governor.ratio")
         );
+    }
+
+    /// Issue #21 item 9: a batch of 8 whose mean loss is 8.7 × the moving
+    /// mean (one misclassified digit) is noise there, not at batch 128; an
+    /// exploding loss is one at every batch size.
+    #[test]
+    fn the_spike_thresholds_widen_at_small_batches() {
+        let steady = |batch| {
+            let mut g = Governor::new(GovernorConfig::default(), batch);
+            let noisy = (0..200).map(|i| 0.16 + 0.02 * ((i * 7 % 11) as f64 / 11.0 - 0.5));
+            for l in noisy {
+                assert_eq!(g.observe(l), Verdict::Healthy);
+            }
+            g
+        };
+        assert_eq!(steady(8).observe(1.37), Verdict::Healthy);
+        assert_eq!(steady(16).observe(0.88), Verdict::Healthy);
+        assert!(matches!(steady(128).observe(1.37), Verdict::Explosion(_)));
+        for batch in [8, 16, 128] {
+            assert!(
+                matches!(steady(batch).observe(50.0), Verdict::Explosion(_)),
+                "batch {batch}"
+            );
+        }
+        // Bigger batches are not judged more strictly than the reference.
+        assert_eq!(noise_scale(&GovernorConfig::default(), 512), 1.0);
+        assert_eq!(noise_scale(&GovernorConfig::default(), 8), 4.0);
+        let off = GovernorConfig {
+            reference_batch: 0,
+            ..GovernorConfig::default()
+        };
+        assert_eq!(noise_scale(&off, 8), 1.0);
     }
 }

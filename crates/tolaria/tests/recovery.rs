@@ -419,3 +419,34 @@ fn a_changed_training_config_is_refused_on_resume_unless_allowed() {
             .any(|e| e.name == "checkpoint_config_changed")
     );
 }
+
+/// Issue #21 item 9: healthy training rolls nothing back at batch 8, 16 or
+/// 128. The control arm proves the setup can fail: with the batch-size
+/// scaling off (`reference_batch = 0`) the same runs at batch 8 judge the
+/// noise of a small batch's mean loss as explosions and roll back.
+#[test]
+fn healthy_training_at_batch_8_16_and_128_rolls_nothing_back() {
+    let run = |batch_size: usize, reference_batch: usize| {
+        let mut cfg = Config {
+            batch_size,
+            train_size: 8_000,
+            ..config(2, None)
+        };
+        cfg.governor.reference_batch = reference_batch;
+        let mut t = Trainer::new(cfg, 0, "batches").unwrap();
+        let reports = t.run(|_| {}).unwrap();
+        let rollbacks: usize = reports.iter().map(|r| r.rollbacks).sum();
+        let accuracy = reports.last().unwrap().validation.accuracy;
+        (rollbacks, accuracy)
+    };
+    let (unscaled, _) = run(8, 0);
+    assert!(
+        unscaled > 0,
+        "the control arm must show false rollbacks at batch 8"
+    );
+    for batch_size in [8, 16, 128] {
+        let (rollbacks, accuracy) = run(batch_size, 128);
+        assert_eq!(rollbacks, 0, "batch {batch_size}");
+        assert!(accuracy > 0.8, "batch {batch_size}: accuracy {accuracy}");
+    }
+}

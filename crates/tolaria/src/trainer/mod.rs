@@ -308,12 +308,13 @@ impl Trainer {
         let fence_every_steps = config.fence_every_steps;
         let mut events = resume_events;
         let profiler = Profiler::new(config.profiler.clone(), &mut events);
-        let mut health = recovery::Health::new(&config_governor);
-        let mut governor = Governor::new(config_governor.clone());
+        let batch = config.batch_size;
+        let mut health = recovery::Health::new(&config_governor, batch);
+        let mut governor = Governor::new(config_governor.clone(), batch);
         let (mut generation, mut last_hook_ms, mut resumed_controller) = (0, None, None);
         if let Some(state) = resumed {
             let state: ResumeState = state;
-            governor = Governor::from_state(config_governor, state.governor);
+            governor = Governor::from_state(config_governor, batch, state.governor);
             health.restore(&state, governor.clone());
             generation = state.generation;
             last_hook_ms = state.last_hook_ms;

@@ -45,11 +45,11 @@ pub(super) struct Health {
 }
 
 impl Health {
-    pub(super) fn new(governor: &GovernorConfig) -> Self {
+    pub(super) fn new(governor: &GovernorConfig, batch_size: usize) -> Self {
         Self {
             attempts: 0,
             recent: VecDeque::new(),
-            known_good_governor: Governor::new(governor.clone()),
+            known_good_governor: Governor::new(governor.clone(), batch_size),
             at_chance: 0,
         }
     }
@@ -159,7 +159,7 @@ impl Trainer {
         self.known_good = loaded.snapshot;
         // The checkpoint does not hold the governor's statistics: judge the
         // restored model afresh (a warmup) rather than by the later run's.
-        self.governor = Governor::new(self.config.governor.clone());
+        self.governor = Governor::new(self.config.governor.clone(), self.config.batch_size);
         self.health.known_good_governor = self.governor.clone();
         let report = self.rollback_report(Tier::Full, reason.to_owned(), self.global_step, started);
         self.rollbacks.push(report.clone());
