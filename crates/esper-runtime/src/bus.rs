@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use leyline::v1::{
     EmergencySignal, FieldReport, MessagePriority, MetricPoint, SystemStatePacket, TelemetryEvent,
-    TelemetryPacket,
+    TelemetryLevel, TelemetryPacket,
 };
 use oona::{AnyBus, EmitterHandle, EmitterStats, Identity, Oona, Published, StatsSnapshot};
 use tokio::runtime::Runtime;
@@ -26,6 +26,53 @@ pub struct BusSummary {
     pub emitter: EmitterStats,
 }
 
+impl BusSummary {
+    /// The line saying what the bus lost or set aside: quarantined and
+    /// dead-lettered entries, and every interruption of the backend.
+    pub fn trouble(&self) -> Option<String> {
+        let s = &self.stats;
+        let o = &s.outage;
+        let mut parts = Vec::new();
+        if o.interruptions > 0 {
+            parts.push(format!(
+                "the bus was interrupted {} time(s), {:.1} s in all ({}); {} publication(s) held, \
+                 {} delivered after reconnect, {} dropped, {} undelivered at exit",
+                o.interruptions,
+                o.down_ms as f64 / 1e3,
+                o.last_error.as_deref().unwrap_or("no cause recorded"),
+                o.held,
+                o.delivered_late,
+                o.dropped,
+                o.pending
+            ));
+        }
+        if s.groups_recreated > 0 {
+            parts.push(format!(
+                "{} consumer group(s) found missing and created again",
+                s.groups_recreated
+            ));
+        }
+        if s.quarantined_total() > 0 || s.dead_lettered > 0 {
+            let reasons: Vec<String> = s
+                .quarantined
+                .iter()
+                .map(|(r, n)| format!("{n} {r}"))
+                .collect();
+            parts.push(format!(
+                "{} entr(ies) quarantined{}, {} dead-lettered",
+                s.quarantined_total(),
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", reasons.join(", "))
+                },
+                s.dead_lettered
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
 /// A bus connection for one subsystem of this process.
 #[derive(Debug)]
 pub struct RunBus {
@@ -34,6 +81,18 @@ pub struct RunBus {
     emitter: EmitterHandle,
     emitter_task: JoinHandle<EmitterStats>,
     cancel: CancellationToken,
+    /// The outage figures last told to the operator.
+    told: std::sync::Mutex<oona::OutageStats>,
+    /// Consumers whose group only this run reads: stopped, then their
+    /// groups removed, at [`RunBus::finish`].
+    own_groups: std::sync::Mutex<Vec<OwnGroup>>,
+}
+
+#[derive(Debug)]
+struct OwnGroup {
+    stream: oona::Stream,
+    group: String,
+    consumer: JoinHandle<oona::Result<oona::RunReport>>,
 }
 
 impl RunBus {
@@ -82,7 +141,66 @@ impl RunBus {
             emitter,
             emitter_task,
             cancel,
+            told: std::sync::Mutex::default(),
+            own_groups: std::sync::Mutex::default(),
         })
+    }
+
+    /// Runs `subscription` with `handler` on the bus runtime until the bus
+    /// finishes, then deletes its group: for a group only this run reads,
+    /// so that groups do not pile up on a shared server.
+    pub fn run_own_group<H: oona::Handler + 'static>(
+        &self,
+        subscription: oona::Subscription<AnyBus>,
+        group: &str,
+        handler: H,
+    ) {
+        let stream = subscription.stream();
+        let consumer = self
+            .runtime
+            .spawn(subscription.run(handler, self.cancel.child_token()));
+        self.own_groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(OwnGroup {
+                stream,
+                group: group.to_owned(),
+                consumer,
+            });
+    }
+
+    /// Lines for the operator when the backend went down or came back since
+    /// the last call (once per change, not per held publication), also sent
+    /// as telemetry events (held until the bus is back).
+    pub fn outage_notes(&self) -> Vec<String> {
+        let now = self.oona.outage();
+        let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+        let mut notes = Vec::new();
+        let cause = now.last_error.clone().unwrap_or_default();
+        if now.interruptions > told.interruptions || (now.down_now && !told.down_now) {
+            let line = format!(
+                "bus down ({cause}): publications are held (up to {}) and sent when it \
+                 answers; training continues",
+                self.oona.config().outage.buffer
+            );
+            self.emitter.emit(
+                leyline::telemetry::event("oona_bus_interrupted", TelemetryLevel::Warning, &line)
+                    .build(),
+            );
+            notes.push(line);
+        }
+        if !now.down_now && (told.down_now || now.interruptions > told.interruptions) {
+            let line = format!(
+                "bus back: {} held publication(s) delivered, {} dropped; down {:.1} s in all",
+                now.delivered_late, now.dropped, now.down_ms as f64 / 1e3
+            );
+            self.emitter.emit(
+                leyline::telemetry::event("oona_bus_restored", TelemetryLevel::Info, &line).build(),
+            );
+            notes.push(line);
+        }
+        *told = now;
+        notes
     }
 
     /// Publishes a state packet (NORMAL priority; may be shed under backpressure,
@@ -112,8 +230,9 @@ impl RunBus {
         })
     }
 
-    /// Publishes an emergency signal on the emergency stream (never shed).
-    pub fn publish_signal(&self, signal: EmergencySignal) -> Result<oona::EntryId> {
+    /// Publishes an emergency signal on the emergency stream (never shed;
+    /// held, never dropped, while the backend is down).
+    pub fn publish_signal(&self, signal: EmergencySignal) -> Result<Published> {
         Ok(self.runtime.block_on(self.oona.publish_signal(signal))?)
     }
 
@@ -147,7 +266,7 @@ impl RunBus {
                     .runtime
                     .block_on(self.oona.publish(&report, MessagePriority::Normal))
                 {
-                    Ok(Published::Stored { .. }) => {
+                    Ok(Published::Stored { .. } | Published::Held { .. }) => {
                         sent = true;
                         break;
                     }
@@ -200,8 +319,23 @@ impl RunBus {
     }
 
     /// Flushes the emitter and reports what the bus did.
+    /// Publications still held (the backend is down) get
+    /// `oona.outage.exit_drain_ms` to go out; what is left is counted.
     pub fn finish(self) -> Result<BusSummary> {
+        let within =
+            std::time::Duration::from_millis(self.oona.config().outage.exit_drain_ms);
+        self.runtime.block_on(self.oona.drain_held(within));
         self.cancel.cancel();
+        let own = std::mem::take(&mut *self.own_groups.lock().unwrap_or_else(|p| p.into_inner()));
+        for g in own {
+            // Stopped first (within `block_ms`), so that no read recreates it.
+            let _ = self.runtime.block_on(g.consumer);
+            // Best effort: a server that is down keeps it until it restarts
+            // (and a volatile one loses it anyway).
+            let _ = self
+                .runtime
+                .block_on(self.oona.remove_group(g.stream, &g.group));
+        }
         let emitter = self
             .runtime
             .block_on(self.emitter_task)

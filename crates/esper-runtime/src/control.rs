@@ -107,25 +107,29 @@ pub fn build(
     ));
     // Load the catalog now, so that the first fence's deadline measures the
     // decision and not the first SQLite read.
+    let loaded_from = oona::EntryId {
+        ms: leyline::unix_now_ms().saturating_sub(1),
+        seq: u64::MAX,
+    };
     cache.get(Instant::now()).map_err(tamiyo_error)?;
     // Every catalog change announced on Oona (by an `esper urza serve`
     // anywhere in the fleet) invalidates the cache ...
     let announced = Arc::clone(&cache);
+    // The group is this run's own (every run must see every change: a shared
+    // group would split them between runs); it starts where the cache was
+    // loaded, not at the stream's beginning, and is removed when the run ends.
+    let group = format!("tamiyo-catalog-{}", resolved.run_id);
     let subscription = bus.block_on(bus.oona().subscribe(
         oona::Stream::KernelReady,
-        &format!("tamiyo-catalog-{}", resolved.run_id),
+        &group,
         "tamiyo",
-        oona::StartFrom::Beginning,
+        oona::StartFrom::After(loaded_from),
     ))?;
-    let cancel = bus.cancellation();
-    bus.handle().spawn(async move {
-        let handler = move |delivery: &oona::Delivery| {
-            if let leyline::codec::BusPayload::KernelCatalogUpdate(update) = &delivery.payload {
-                announced.apply(update);
-            }
-            Ok(())
-        };
-        subscription.run(handler, cancel).await
+    bus.run_own_group(subscription, &group, move |delivery: &oona::Delivery| {
+        if let leyline::codec::BusPayload::KernelCatalogUpdate(update) = &delivery.payload {
+            announced.apply(update);
+        }
+        Ok(())
     });
     // ... and so does every change of the store this run reads.
     let watched = Arc::clone(&cache);

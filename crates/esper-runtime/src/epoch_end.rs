@@ -248,6 +248,7 @@ pub fn publish_epoch(
         ));
     }
     notes.extend(flush_events(bus, trainer, summary, narrator));
+    notes.extend(bus.outage_notes());
     Ok(notes)
 }
 

@@ -167,7 +167,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("esper: error: {err:#}");
+            // Each cause once: a wrapped OS error often repeats its cause.
+            eprintln!("esper: error: {}", leyline::error_chain(err.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -544,6 +545,8 @@ fn train(
                     &mut summary,
                     &mut narrator,
                 ));
+                say(bus.outage_notes());
+                close_bus(bus, resolved)?;
                 return Err(e).context("training");
             }
         };
@@ -677,6 +680,14 @@ fn train(
         millions(run_summary.training_flops_per_image),
         run_summary.train_seconds
     );
+    close_bus(bus, resolved)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Gives held publications their last chance ([`esper_runtime::bus::RunBus::finish`])
+/// and prints what the bus did: the end of every run, a failed one included,
+/// so that an emergency signal raised while the bus was down still goes out.
+fn close_bus(bus: esper_runtime::bus::RunBus, resolved: &esper_runtime::Resolved) -> anyhow::Result<()> {
     let summary = bus.finish().context("closing the bus")?;
     let published: u64 = summary.stats.published.values().sum();
     println!(
@@ -695,7 +706,10 @@ fn train(
         summary.stats.shed_total(),
         summary.emitter.dropped_queue_full + summary.emitter.dropped_budget,
     );
-    Ok(ExitCode::SUCCESS)
+    if let Some(trouble) = summary.trouble() {
+        println!("esper train: oona — {trouble}");
+    }
+    Ok(())
 }
 
 /// `x / 10⁶` with three decimals, or "not counted" (the host does not

@@ -302,7 +302,9 @@ fn bus_round_trip(resolved: &Resolved) -> Result<String, String> {
         oona::config::BackendConfig::Redis { url } => format!("redis {url}"),
     };
     runtime.block_on(async {
-        let fail = |what: &str, e: oona::Error| format!("{backend}: {what}: {e}");
+        let fail = |what: &str, e: oona::Error| {
+            format!("{backend}: {what}: {}", leyline::error_chain(&e))
+        };
         let identity = oona::Identity {
             source: "esper-check".into(),
             run_id: resolved.run_id.clone(),

@@ -112,3 +112,40 @@ impl ConfigError {
         }
     }
 }
+
+/// `error` and its causes on one line, each said once: a cause whose text
+/// is already part of the line is not repeated (a wrapped I/O error often
+/// prints its cause in its own message too).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !line.is_empty() && !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("connect to redis://h:1 failed")]
+    struct Outer(#[source] Middle);
+    #[derive(Debug, thiserror::Error)]
+    #[error("Connection refused (os error 111)")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let e = Outer(Middle(io));
+        assert_eq!(
+            super::error_chain(&e),
+            "connect to redis://h:1 failed: Connection refused (os error 111)"
+        );
+    }
+}

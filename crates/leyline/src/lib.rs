@@ -41,7 +41,7 @@ pub use config::{
     BudgetsConfig, Config, LimitsConfig, MemoryBudgetsConfig, PerformanceBudgetsConfig,
     SecretSource, SecurityConfig,
 };
-pub use error::{ConfigError, Error, Result};
+pub use error::{ConfigError, Error, Result, error_chain};
 
 /// The contract version carried in `version` fields; bumped on breaking changes.
 pub const CONTRACT_VERSION: u32 = 1;

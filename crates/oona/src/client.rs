@@ -20,6 +20,7 @@ use crate::backend::{AnyBus, Bus, MemoryBus, Record, RedisBus, StreamDepth};
 use crate::config::{BackendConfig, Config};
 use crate::emitter::EmitterHandle;
 use crate::metrics::{Stats, StatsSnapshot};
+use crate::outage::{HELD_SINCE_ATTRIBUTE, Held, Outage, OutageStats};
 use crate::routing::{ModeTracker, Route, ShedReason, route};
 use crate::subscription::Subscription;
 use crate::{EntryId, Error, Result, StartFrom, Stream};
@@ -68,6 +69,12 @@ pub enum Published {
         /// Its entry id.
         entry: EntryId,
     },
+    /// Not stored yet: the backend is down, so it is held locally and sent
+    /// after it answers again ([`Oona::outage`] counts it).
+    Held {
+        /// Stream it will take.
+        stream: Stream,
+    },
     /// Not stored: shed by backpressure (counted).
     Shed {
         /// Stream it would have taken.
@@ -101,6 +108,7 @@ pub(crate) struct Shared<B> {
     pub(crate) stats: Stats,
     mode: Mutex<ModeTracker>,
     depths: Mutex<[Option<(Instant, u64)>; Stream::ALL.len()]>,
+    outage: Mutex<Outage>,
     pub(crate) rejections: OnceLock<EmitterHandle>,
 }
 
@@ -149,6 +157,7 @@ impl<B: Bus> Oona<B> {
                 stats: Stats::default(),
                 mode: Mutex::new(ModeTracker::new(config.backpressure.clone())),
                 depths: Mutex::new([None; Stream::ALL.len()]),
+                outage: Mutex::new(Outage::default()),
                 rejections: OnceLock::new(),
             }),
         })
@@ -202,8 +211,9 @@ impl<B: Bus> Oona<B> {
     }
 
     /// Signs `signal` (if unsigned) with this handle's key and publishes it on
-    /// the emergency stream: never rate-limited, never shed.
-    pub async fn publish_signal(&self, mut signal: EmergencySignal) -> Result<EntryId> {
+    /// the emergency stream: never rate-limited, never shed, and never dropped
+    /// while the backend is down (then it is [`Published::Held`]).
+    pub async fn publish_signal(&self, mut signal: EmergencySignal) -> Result<Published> {
         if signal.signature.is_empty() {
             sign(&self.shared.key, &mut signal);
         }
@@ -216,7 +226,7 @@ impl<B: Bus> Oona<B> {
             )
             .await?
         {
-            Published::Stored { entry, .. } => Ok(entry),
+            stored @ (Published::Stored { .. } | Published::Held { .. }) => Ok(stored),
             // `route` never sheds an emergency signal; if that ever changed, fail loudly.
             Published::Shed { stream, reason } => Err(Error::Invariant(format!(
                 "emergency signal shed from {stream} ({})",
@@ -238,24 +248,42 @@ impl<B: Bus> Oona<B> {
             Ok(routed) => routed,
             Err(shed) => return Ok(vec![shed; messages.len()]),
         };
-        let records = messages
+        let held: Vec<Held> = messages
             .iter()
-            .map(|m| self.record(M::TYPE, m.encode_to_vec(), priority, BTreeMap::new()))
+            .map(|m| self.held(stream, M::TYPE, m.encode_to_vec(), priority, BTreeMap::new()))
             .collect();
-        match self.shared.bus.publish_many(stream, records).await {
-            Ok(ids) => {
-                let per = started.elapsed().as_micros() as u64 / ids.len().max(1) as u64;
-                for _ in &ids {
-                    self.shared.stats.published(stream, per);
+        if self.hold_first().await {
+            return Ok(self.hold_all(held));
+        }
+        let mut pause = Duration::from_millis(self.shared.config.outage.retry_ms);
+        let mut attempt = 0;
+        loop {
+            let records = held.iter().map(|h| self.sign(h)).collect();
+            match self.shared.bus.publish_many(stream, records).await {
+                Ok(ids) => {
+                    let per = started.elapsed().as_micros() as u64 / ids.len().max(1) as u64;
+                    for _ in &ids {
+                        self.shared.stats.published(stream, per);
+                    }
+                    self.backend_answered();
+                    return Ok(ids
+                        .into_iter()
+                        .map(|entry| Published::Stored { stream, entry })
+                        .collect());
                 }
-                Ok(ids
-                    .into_iter()
-                    .map(|entry| Published::Stored { stream, entry })
-                    .collect())
-            }
-            Err(e) => {
-                self.shared.stats.publish_error(stream);
-                Err(e)
+                Err(e) if e.is_transient() && attempt < self.shared.config.outage.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    self.shared.stats.publish_error(stream);
+                    if e.is_transient() && self.holding() {
+                        self.went_down(&e);
+                        return Ok(self.hold_all(held));
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -273,19 +301,155 @@ impl<B: Bus> Oona<B> {
             Ok(routed) => routed,
             Err(shed) => return Ok(shed),
         };
-        let record = self.record(message_type, payload, priority, attributes);
-        match self.shared.bus.publish(stream, record).await {
-            Ok(entry) => {
-                self.shared
-                    .stats
-                    .published(stream, started.elapsed().as_micros() as u64);
-                Ok(Published::Stored { stream, entry })
-            }
-            Err(e) => {
-                self.shared.stats.publish_error(stream);
-                Err(e)
+        let held = self.held(stream, message_type, payload, priority, attributes);
+        if self.hold_first().await {
+            return Ok(self.hold_all(vec![held]).remove(0));
+        }
+        let mut pause = Duration::from_millis(self.shared.config.outage.retry_ms);
+        let mut attempt = 0;
+        loop {
+            match self.shared.bus.publish(stream, self.sign(&held)).await {
+                Ok(entry) => {
+                    self.shared
+                        .stats
+                        .published(stream, started.elapsed().as_micros() as u64);
+                    self.backend_answered();
+                    return Ok(Published::Stored { stream, entry });
+                }
+                Err(e) if e.is_transient() && attempt < self.shared.config.outage.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    self.shared.stats.publish_error(stream);
+                    if e.is_transient() && self.holding() {
+                        self.went_down(&e);
+                        return Ok(self.hold_all(vec![held]).remove(0));
+                    }
+                    return Err(e);
+                }
             }
         }
+    }
+
+    /// Whether refused publications are held (`oona.outage.buffer` > 0).
+    fn holding(&self) -> bool {
+        self.shared.config.outage.buffer > 0
+    }
+
+    fn lock_outage(&self) -> std::sync::MutexGuard<'_, Outage> {
+        self.shared.outage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a new publication must be held behind earlier ones: true while
+    /// the backend is down or held publications remain after a flush attempt
+    /// (made at most every `probe_ms`).
+    async fn hold_first(&self) -> bool {
+        if !self.holding() || !self.lock_outage().must_hold() {
+            return false;
+        }
+        let probe = Duration::from_millis(self.shared.config.outage.probe_ms);
+        if self.lock_outage().probe_due(Instant::now(), probe) {
+            self.flush_held().await;
+        }
+        self.lock_outage().must_hold()
+    }
+
+    fn hold_all(&self, held: Vec<Held>) -> Vec<Published> {
+        let capacity = self.shared.config.outage.buffer as usize;
+        let mut outage = self.lock_outage();
+        held.into_iter()
+            .map(|h| {
+                let stream = h.stream;
+                metrics::counter!("oona_outage_held_total", "stream" => stream.name()).increment(1);
+                if let Some(dropped) = outage.hold(h, capacity) {
+                    metrics::counter!("oona_outage_dropped_total", "stream" => dropped.stream.name())
+                        .increment(1);
+                }
+                Published::Held { stream }
+            })
+            .collect()
+    }
+
+    fn went_down(&self, error: &Error) {
+        if self.lock_outage().down(Instant::now(), leyline::error_chain(error)) {
+            metrics::counter!("oona_outage_interruptions_total").increment(1);
+        }
+    }
+
+    fn backend_answered(&self) {
+        let mut outage = self.lock_outage();
+        if outage.pending() == 0
+            && let Some(lasted) = outage.up(Instant::now())
+        {
+            metrics::histogram!("oona_outage_seconds").record(lasted.as_secs_f64());
+        }
+    }
+
+    /// Sends held publications, oldest first, until none is left or the
+    /// backend refuses again; returns how many were sent. Called by publishes
+    /// (at most every `probe_ms`) and by [`Oona::run_housekeeping`].
+    pub async fn flush_held(&self) -> u64 {
+        let mut sent = 0;
+        loop {
+            let Some(mut batch) = self.lock_outage().take() else {
+                break;
+            };
+            while let Some(held) = batch.pop_front() {
+                let started = Instant::now();
+                match self.shared.bus.publish(held.stream, self.sign(&held)).await {
+                    Ok(_) => {
+                        self.shared
+                            .stats
+                            .published(held.stream, started.elapsed().as_micros() as u64);
+                        self.lock_outage().delivered();
+                        metrics::counter!("oona_outage_delivered_total", "stream" => held.stream.name())
+                            .increment(1);
+                        sent += 1;
+                    }
+                    Err(e) if e.is_transient() => {
+                        batch.push_front(held);
+                        self.lock_outage().give_back(batch);
+                        self.went_down(&e);
+                        return sent;
+                    }
+                    Err(_) => {
+                        // Refused for good (the bus was closed, a reply we do
+                        // not understand): counted, not retried forever.
+                        self.shared.stats.publish_error(held.stream);
+                        self.lock_outage().lost();
+                        metrics::counter!("oona_outage_dropped_total", "stream" => held.stream.name())
+                            .increment(1);
+                    }
+                }
+            }
+            self.lock_outage().give_back(std::collections::VecDeque::new());
+        }
+        self.backend_answered();
+        sent
+    }
+
+    /// Tries [`Oona::flush_held`] every `probe_ms` until nothing is held or
+    /// `within` has passed (at exit); returns what is still held.
+    pub async fn drain_held(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        let probe = Duration::from_millis(self.shared.config.outage.probe_ms);
+        loop {
+            self.flush_held().await;
+            let pending = self.lock_outage().pending() as u64;
+            if pending == 0 || Instant::now() >= deadline {
+                return pending;
+            }
+            tokio::time::sleep(probe.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
+    }
+
+    /// Interruptions of the backend so far and the publications held
+    /// through them.
+    pub fn outage(&self) -> OutageStats {
+        self.lock_outage().stats(Instant::now())
     }
 
     /// The stream and effective priority of a message, or the shed outcome
@@ -331,22 +495,47 @@ impl<B: Bus> Oona<B> {
         }
     }
 
-    /// A signed envelope, encoded as a stored record.
-    fn record(
+    /// A publication, not signed yet.
+    fn held(
         &self,
+        stream: Stream,
         message_type: BusMessageType,
         payload: Vec<u8>,
         priority: MessagePriority,
         attributes: BTreeMap<String, String>,
-    ) -> Record {
-        let mut envelope = BusEnvelope {
-            message_type: message_type as i32,
+    ) -> Held {
+        Held {
+            stream,
+            message_type,
             payload,
+            priority,
+            attributes,
             message_id: leyline::new_id(),
-            source: self.shared.identity.source.clone(),
             issued_at_ms: leyline::unix_now_ms(),
+        }
+    }
+
+    /// `held` as a signed envelope, encoded as a stored record. Signed now, so
+    /// that a publication held through an outage is fresh when it arrives; it
+    /// then says when it was first issued.
+    fn sign(&self, held: &Held) -> Record {
+        let now = leyline::unix_now_ms();
+        let mut attributes = held.attributes.clone();
+        // A second or more in the buffer: say so (quick retries do not count).
+        if now.saturating_sub(held.issued_at_ms) >= 1_000 {
+            attributes.insert(
+                HELD_SINCE_ATTRIBUTE.to_owned(),
+                held.issued_at_ms.to_string(),
+            );
+        }
+        let mut envelope = BusEnvelope {
+            message_type: held.message_type as i32,
+            payload: held.payload.clone(),
+            message_id: held.message_id.clone(),
+            source: self.shared.identity.source.clone(),
+            issued_at_ms: now,
             training_run_id: self.shared.identity.run_id.clone(),
-            priority: priority as i32,
+            priority: held.priority as i32,
             attributes,
             signature: Vec::new(),
         };
@@ -362,7 +551,9 @@ impl<B: Bus> Oona<B> {
         self.shared.mode.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The depth of `stream`, sampled at most every `depth_refresh_ms`.
+    /// The depth of `stream`, sampled at most every `depth_refresh_ms`. While
+    /// the backend is down (and refused publications are held) the last
+    /// sample stands, so that routing costs no round trip.
     async fn sampled_depth(&self, stream: Stream) -> Result<u64> {
         let refresh = Duration::from_millis(self.shared.config.depth_refresh_ms);
         let cached = self.shared.depths.lock().unwrap_or_else(|p| p.into_inner())[stream.index()];
@@ -371,7 +562,18 @@ impl<B: Bus> Oona<B> {
         {
             return Ok(depth);
         }
-        Ok(self.depth(stream).await?.depth)
+        let last = cached.map_or(0, |(_, d)| d);
+        if self.holding() && self.lock_outage().is_down() {
+            return Ok(last);
+        }
+        match self.depth(stream).await {
+            Ok(d) => Ok(d.depth),
+            Err(e) if e.is_transient() && self.holding() => {
+                self.went_down(&e);
+                Ok(last)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Samples `stream`'s depth now (also feeds routing and conservative mode).
@@ -418,7 +620,15 @@ impl<B: Bus> Oona<B> {
             stream,
             group,
             consumer,
+            start,
         ))
+    }
+
+    /// Deletes `group` on `stream` with its pending list — a group only one
+    /// run reads, at the end of that run, so that groups do not pile up.
+    /// Returns whether it existed.
+    pub async fn remove_group(&self, stream: Stream, group: &str) -> Result<bool> {
+        self.shared.bus.remove_group(stream, group).await
     }
 
     /// Trims, on every stream, entries older than the retention that every
@@ -434,16 +644,27 @@ impl<B: Bus> Oona<B> {
     }
 
     /// Runs [`Oona::housekeep`] and samples every stream's depth each
-    /// `housekeeping_s` until `cancel` fires. Backend errors are counted and
-    /// retried at the next round, never fatal. Returns the entries trimmed.
+    /// `housekeeping_s`, and sends held publications every
+    /// `outage.probe_ms` while there are any, until `cancel` fires. Backend
+    /// errors are counted and retried at the next round, never fatal.
+    /// Returns the entries trimmed.
     pub async fn run_housekeeping(&self, cancel: tokio_util::sync::CancellationToken) -> u64 {
         let every = Duration::from_secs(self.shared.config.housekeeping_s);
+        let probe = Duration::from_millis(self.shared.config.outage.probe_ms);
         let mut trimmed = 0;
+        let mut next = Instant::now() + every;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return trimmed,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(probe.min(every)) => {}
             }
+            if self.lock_outage().pending() > 0 {
+                self.flush_held().await;
+            }
+            if Instant::now() < next {
+                continue;
+            }
+            next = Instant::now() + every;
             match self.housekeep().await {
                 Ok(n) => trimmed += n,
                 Err(_) => metrics::counter!("oona_housekeeping_errors_total").increment(1),
@@ -456,7 +677,9 @@ impl<B: Bus> Oona<B> {
 
     /// A copy of every counter.
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats.snapshot(self.lock_mode().times_entered())
+        let mut s = self.shared.stats.snapshot(self.lock_mode().times_entered());
+        s.outage = self.outage();
+        s
     }
 
     /// Closes the backend (for every clone); blocked consumers return promptly.
@@ -464,3 +687,4 @@ impl<B: Bus> Oona<B> {
         self.shared.bus.close().await;
     }
 }
+

@@ -45,6 +45,8 @@ pub struct Config {
     pub backpressure: BackpressureConfig,
     /// The telemetry emitter.
     pub telemetry: TelemetryConfig,
+    /// Riding out a backend outage.
+    pub outage: OutageConfig,
 }
 
 impl Default for Config {
@@ -62,6 +64,42 @@ impl Default for Config {
             depth_refresh_ms: 50,
             backpressure: BackpressureConfig::default(),
             telemetry: TelemetryConfig::default(),
+            outage: OutageConfig::default(),
+        }
+    }
+}
+
+/// What a publish does when the backend refuses it with a transient error
+/// (Redis restarting, a dropped connection): retry briefly, then hold it in
+/// a bounded local buffer and send it after the backend answers again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutageConfig {
+    /// Publications held at most (default 10 000; emergency signals are never
+    /// dropped and may exceed it). 0 turns holding off: a refused publish is
+    /// an error for the caller, after the retries.
+    pub buffer: u32,
+    /// Quick retries of a refused publish before it is held (default 2).
+    pub retries: u32,
+    /// Pause before the first quick retry, doubling after each, ms (default 25).
+    pub retry_ms: u64,
+    /// While publications are held, how often a publish (or the background
+    /// flusher) tries the backend again, ms (default 500); the others are
+    /// held without a round trip, so an outage costs the caller little time.
+    pub probe_ms: u64,
+    /// At the end of a run, how long held publications may still wait for
+    /// the backend before the rest is reported undelivered, ms (default 5 000).
+    pub exit_drain_ms: u64,
+}
+
+impl Default for OutageConfig {
+    fn default() -> Self {
+        Self {
+            buffer: 10_000,
+            retries: 2,
+            retry_ms: 25,
+            probe_ms: 500,
+            exit_drain_ms: 5_000,
         }
     }
 }
@@ -161,6 +199,16 @@ impl Config {
             return err(
                 "telemetry",
                 "queue, batch, packets_per_s and burst must be at least 1",
+            );
+        }
+        let o = &self.outage;
+        if o.probe_ms == 0 {
+            return err("outage.probe_ms", "must be at least 1");
+        }
+        if o.retries > 10 || o.retry_ms > 5_000 {
+            return err(
+                "outage.retries",
+                "at most 10 retries of at most 5 000 ms (a publish must not stall for minutes)",
             );
         }
         Ok(())

@@ -264,7 +264,8 @@ impl<B: Bus> Task<B> {
         let mut pause = Duration::from_millis(10);
         for _ in 0..CRITICAL_TRIES {
             match self.oona.publish(&packet, packet.priority()).await {
-                Ok(Published::Stored { .. }) => return,
+                // Held through an outage: sent after reconnect, never dropped.
+                Ok(Published::Stored { .. } | Published::Held { .. }) => return,
                 Ok(Published::Shed { .. }) | Err(_) => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
@@ -297,7 +298,7 @@ impl<B: Bus> Task<B> {
     async fn send(&self, packet: TelemetryPacket) {
         let priority = packet.priority();
         match self.oona.publish(&packet, priority).await {
-            Ok(Published::Stored { .. }) => {}
+            Ok(Published::Stored { .. } | Published::Held { .. }) => {}
             Ok(Published::Shed { .. }) | Err(_) => {
                 self.counters
                     .publish_failures

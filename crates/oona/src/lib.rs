@@ -11,6 +11,10 @@
 //!   routed by a pure function of (type, priority, depth,
 //!   mode) — and shed with a counter under backpressure. Emergency signals are
 //!   never shed or rate-limited.
+//! * A publication the backend refuses with a transient error (Redis
+//!   restarting) is retried briefly, then held in a bounded local buffer and
+//!   sent after reconnect ([`Published::Held`], [`OutageStats`]); emergency
+//!   signals are never dropped.
 //! * [`Subscription`] consumes: decodes, verifies (signature, replay, freshness)
 //!   and quarantines what fails, then acknowledges, retries or dead-letters.
 //!   [`Subscription::run`] stops within `block_ms` of a cancellation token.
@@ -43,6 +47,7 @@ mod client;
 pub mod config;
 pub mod emitter;
 mod metrics;
+mod outage;
 mod routing;
 mod stream;
 mod subscription;
@@ -54,6 +59,7 @@ pub use client::{BusMessage, Identity, Oona, Published, connect};
 pub use config::Config;
 pub use emitter::{EmitterHandle, EmitterStats};
 pub use metrics::{Percentiles, StatsSnapshot};
+pub use outage::{HELD_SINCE_ATTRIBUTE, OutageStats};
 pub use routing::ShedReason;
 pub use stream::{BadEntryId, EntryId, StartFrom, Stream};
 pub use subscription::{Delivery, FailOutcome, Handler, HandlerResult, RunReport, Subscription};

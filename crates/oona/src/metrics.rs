@@ -56,6 +56,11 @@ pub struct StatsSnapshot {
     pub delivery_latency: Percentiles,
     /// Times conservative mode was entered.
     pub conservative_entries: u64,
+    /// Backend interruptions and the publications held through them.
+    pub outage: crate::OutageStats,
+    /// Consumer groups found missing (a restarted server without
+    /// persistence) and created again.
+    pub groups_recreated: u64,
 }
 
 impl StatsSnapshot {
@@ -80,6 +85,7 @@ pub(crate) struct Stats {
     retries: AtomicU64,
     dead_lettered: AtomicU64,
     trimmed: AtomicU64,
+    groups_recreated: AtomicU64,
     depth: [AtomicU64; STREAMS],
     quarantined: Mutex<BTreeMap<String, u64>>,
     publish_latency: Mutex<Histogram<u64>>,
@@ -121,6 +127,7 @@ impl Default for Stats {
             retries: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
+            groups_recreated: AtomicU64::new(0),
             depth: Default::default(),
             quarantined: Mutex::new(BTreeMap::new()),
             publish_latency: Mutex::new(histogram()),
@@ -182,6 +189,11 @@ impl Stats {
             .increment(n);
     }
 
+    pub(crate) fn group_recreated(&self, stream: Stream) {
+        self.groups_recreated.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("oona_groups_recreated_total", "stream" => stream.name()).increment(1);
+    }
+
     pub(crate) fn depth(&self, stream: Stream, depth: u64) {
         self.depth[stream.index()].store(depth, Ordering::Relaxed);
         metrics::gauge!("oona_depth", "stream" => stream.name()).set(depth as f64);
@@ -195,6 +207,7 @@ impl Stats {
             retries: self.retries.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             trimmed: self.trimmed.load(Ordering::Relaxed),
+            groups_recreated: self.groups_recreated.load(Ordering::Relaxed),
             quarantined: self
                 .quarantined
                 .lock()

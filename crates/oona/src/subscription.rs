@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Bus, Origin, RawDelivery, ReadOptions, Record};
 use crate::client::Oona;
-use crate::{EntryId, Error, Result, Stream};
+use crate::{EntryId, Error, Result, StartFrom, Stream};
 
 /// A verified, decoded message handed to a consumer.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +83,9 @@ pub struct RunReport {
     pub duplicates_skipped: u64,
     /// Backend errors survived (retried after a pause).
     pub backend_errors: u64,
+    /// Times the group was found missing (a restarted server without
+    /// persistence, a deleted group) and created again.
+    pub groups_recreated: u64,
 }
 
 /// Most entry ids remembered as verified or handled.
@@ -96,6 +99,12 @@ pub struct Subscription<B: Bus> {
     stream: Stream,
     group: String,
     consumer: String,
+    /// Where the group started; a group found missing before anything was
+    /// read is created there again.
+    start: StartFrom,
+    /// The newest entry read: a group found missing is created again after
+    /// it, so that nothing handled is handed over twice.
+    last_read: Option<EntryId>,
     verifier: Verifier,
     /// Entries verified here and not yet acknowledged: their redelivery is not a replay.
     verified: BTreeSet<EntryId>,
@@ -112,7 +121,14 @@ fn remember(set: &mut BTreeSet<EntryId>, id: EntryId) {
 }
 
 impl<B: Bus> Subscription<B> {
-    pub(crate) fn new(oona: Oona<B>, bus: B, stream: Stream, group: &str, consumer: &str) -> Self {
+    pub(crate) fn new(
+        oona: Oona<B>,
+        bus: B,
+        stream: Stream,
+        group: &str,
+        consumer: &str,
+        start: StartFrom,
+    ) -> Self {
         let shared = oona.shared();
         let verifier = Verifier::new(shared.key.clone(), &shared.leyline.security);
         Self {
@@ -120,6 +136,8 @@ impl<B: Bus> Subscription<B> {
             stream,
             group: group.to_owned(),
             consumer: consumer.to_owned(),
+            start,
+            last_read: None,
             verifier,
             verified: BTreeSet::new(),
             handled: BTreeSet::new(),
@@ -149,11 +167,24 @@ impl<B: Bus> Subscription<B> {
 
     /// Reads once (blocking at most `block_ms`) and returns the deliveries that
     /// passed verification; the rest are dead-lettered or quarantined here.
+    /// A group found missing is created again (after the newest entry read
+    /// here, or where it first started), with a WARNING event and a counter;
+    /// that read returns nothing.
     pub async fn next_batch(&mut self) -> Result<Vec<Delivery>> {
-        let batch = self
+        let batch = match self
             .bus
             .read(self.stream, &self.group, &self.consumer, self.options())
-            .await?;
+            .await
+        {
+            Err(Error::NoGroup { .. }) => {
+                self.recreate_group().await?;
+                return Ok(Vec::new());
+            }
+            other => other?,
+        };
+        if let Some(last) = batch.deliveries.iter().map(|d| d.entry).max() {
+            self.last_read = Some(self.last_read.map_or(last, |l| l.max(last)));
+        }
         if !batch.trimmed.is_empty() {
             self.oona
                 .shared()
@@ -167,6 +198,37 @@ impl<B: Bus> Subscription<B> {
             }
         }
         Ok(out)
+    }
+
+    async fn recreate_group(&mut self) -> Result<()> {
+        let start = self.last_read.map_or(self.start, StartFrom::After);
+        self.bus.ensure_group(self.stream, &self.group, start).await?;
+        // Whatever was pending went with the group.
+        self.verified.clear();
+        self.handled.clear();
+        self.report.groups_recreated += 1;
+        self.oona.shared().stats.group_recreated(self.stream);
+        if let Some(emitter) = self.oona.shared().rejections.get() {
+            let from = match start {
+                StartFrom::Beginning => "the beginning".to_owned(),
+                StartFrom::After(id) => format!("after {id}"),
+            };
+            emitter.emit(
+                event(
+                    "oona_group_recreated",
+                    TelemetryLevel::Warning,
+                    format!(
+                        "consumer group {} on {} was missing (server restarted without \
+                         persistence, or the group was deleted); created again from {from}",
+                        self.group, self.stream
+                    ),
+                )
+                .attr("stream", self.stream.name())
+                .attr("group", self.group.as_str())
+                .build(),
+            );
+        }
+        Ok(())
     }
 
     /// Dead-letters, quarantines, skips or admits one raw delivery.
@@ -367,8 +429,11 @@ impl<B: Bus> Subscription<B> {
                     Ok(()) => {}
                     Err(Error::Closed) => return Ok(self.report),
                     // The entry stays pending and comes back; `handled` keeps it
-                    // from being handled twice.
-                    Err(e) if e.is_transient() => self.report.backend_errors += 1,
+                    // from being handled twice. A missing group is created
+                    // again by the next read.
+                    Err(e) if e.is_transient() || matches!(e, Error::NoGroup { .. }) => {
+                        self.report.backend_errors += 1;
+                    }
                     Err(e) => return Err(e),
                 }
             }

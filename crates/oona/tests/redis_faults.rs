@@ -1,6 +1,10 @@
 //! Redis killed (SIGKILL) and restarted while a consumer loop runs: every
-//! message whose publish was acknowledged reaches the handler exactly once or
-//! sits in the dead-letter stream; consumers reconnect and reclaim on their own.
+//! message whose publish was accepted — stored, or held through the outage
+//! and sent after reconnect — reaches the handler exactly once or sits in the
+//! dead-letter stream; consumers reconnect and reclaim on their own. Without
+//! persistence the restarted server has lost the streams and groups: held
+//! publications, emergency signals first among them, still arrive, and the
+//! consumers' groups are created again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use leyline::codec::BusPayload;
-use leyline::v1::{MessagePriority, SystemStatePacket};
+use leyline::v1::{EmergencyLevel, EmergencySignal, MessagePriority, SystemStatePacket};
 use oona::{Bus, Delivery, Published, StartFrom, Stream};
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +48,7 @@ async fn redis_restart_loses_nothing_acknowledged_and_duplicates_nothing() {
     ));
 
     let publishing = tokio::spawn(async move {
-        let (mut acknowledged, mut failed) = (Vec::new(), 0u64);
+        let (mut acknowledged, mut held, mut failed) = (Vec::new(), 0u64, 0u64);
         for i in 0..MESSAGES {
             let packet = SystemStatePacket {
                 global_step: i,
@@ -52,6 +56,10 @@ async fn redis_restart_loses_nothing_acknowledged_and_duplicates_nothing() {
             };
             match publisher.publish(&packet, MessagePriority::High).await {
                 Ok(Published::Stored { .. }) => acknowledged.push(i),
+                Ok(Published::Held { .. }) => {
+                    held += 1;
+                    acknowledged.push(i);
+                }
                 Ok(Published::Shed { .. }) => panic!("HIGH is never shed"),
                 Err(e) => {
                     assert!(e.is_transient(), "unexpected error {e}");
@@ -63,7 +71,7 @@ async fn redis_restart_loses_nothing_acknowledged_and_duplicates_nothing() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        (acknowledged, failed, publisher)
+        (acknowledged, held, failed, publisher)
     });
 
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -71,7 +79,8 @@ async fn redis_restart_loses_nothing_acknowledged_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart();
 
-    let (acknowledged, failed, publisher) = publishing.await.unwrap();
+    let (acknowledged, held, failed, publisher) = publishing.await.unwrap();
+    assert_eq!(publisher.drain_held(Duration::from_secs(10)).await, 0);
     // Wait until every acknowledged message is handled or dead-lettered.
     let deadline = Instant::now() + Duration::from_secs(20);
     let dead_steps = || async {
@@ -104,16 +113,22 @@ async fn redis_restart_loses_nothing_acknowledged_and_duplicates_nothing() {
     let dead = dead_steps().await;
     let h = handled.lock().unwrap().clone();
     eprintln!(
-        "published ok {}, publish errors {failed}, handled {}, dead {}, consumer {report:?}",
+        "accepted {} ({held} held), publish errors {failed}, handled {}, dead {}, consumer {report:?}, outage {:?}",
         acknowledged.len(),
         h.len(),
-        dead.len()
+        dead.len(),
+        publisher.outage()
     );
     // The outage really happened and was survived.
     assert!(
-        failed + report.backend_errors > 0,
+        held + failed + report.backend_errors > 0,
         "the restart was not noticed"
     );
+    // Holding is on by default: no publish failed outright.
+    assert_eq!(failed, 0);
+    let outage = publisher.outage();
+    assert_eq!(outage.held, outage.delivered_late);
+    assert_eq!((outage.dropped, outage.pending), (0, 0));
     assert!(acknowledged.len() as u64 > MESSAGES / 2);
     for i in &acknowledged {
         let times = h.get(i).copied().unwrap_or(0);
@@ -125,4 +140,134 @@ async fn redis_restart_loses_nothing_acknowledged_and_duplicates_nothing() {
     }
     // Nothing at all (acknowledged or not) was handled twice.
     assert!(h.values().all(|&n| n == 1), "duplicate handling");
+}
+
+fn signal(i: u64) -> EmergencySignal {
+    EmergencySignal {
+        level: EmergencyLevel::Halt as i32,
+        reason: format!("drill signal {i}"),
+        ..Default::default()
+    }
+}
+
+/// Issue #21 items 6 and 7: `redis-server` without persistence SIGKILLed
+/// and restarted under a publisher and two consumers. Publishing during the
+/// outage costs at most one quick probe per `probe_ms` (no error reaches the
+/// caller), every emergency signal raised while it was down arrives after
+/// the restart, the lost groups are created again, and the outage is counted
+/// and timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volatile_restart_loses_no_signal_and_the_groups_come_back() {
+    let mut config = common::config();
+    config.oona.outage.probe_ms = 100;
+    let mut server = common::RedisServer::start_volatile();
+    let publisher = common::handle(server.bus(&config).await, &config);
+    let consumer = common::handle(server.bus(&config).await, &config);
+
+    let signals: Arc<Mutex<Vec<String>>> = Arc::default();
+    let states: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let cancel = CancellationToken::new();
+    let emergency = consumer
+        .subscribe(Stream::Emergency, "watch", "w0", StartFrom::Beginning)
+        .await
+        .unwrap();
+    let normal = consumer
+        .subscribe(Stream::Normal, "tamiyo", "t0", StartFrom::Beginning)
+        .await
+        .unwrap();
+    let seen = Arc::clone(&signals);
+    let watching = tokio::spawn(emergency.run(
+        move |d: &Delivery| {
+            if let BusPayload::EmergencySignal(s) = &d.payload {
+                seen.lock().unwrap().push(s.reason.clone());
+            }
+            Ok(())
+        },
+        cancel.clone(),
+    ));
+    let seen = Arc::clone(&states);
+    let reading = tokio::spawn(normal.run(
+        move |d: &Delivery| {
+            if let BusPayload::SystemState(s) = &d.payload {
+                seen.lock().unwrap().push(s.global_step);
+            }
+            Ok(())
+        },
+        cancel.clone(),
+    ));
+    let state = |step| SystemStatePacket {
+        global_step: step,
+        ..Default::default()
+    };
+    for step in 0..5 {
+        let p = publisher.publish(&state(step), MessagePriority::Normal).await;
+        assert!(matches!(p, Ok(Published::Stored { .. })), "{p:?}");
+    }
+    publisher.publish_signal(signal(0)).await.unwrap();
+    // Both consumers have read what was there before the outage.
+    let before = Instant::now() + Duration::from_secs(5);
+    while (states.lock().unwrap().len() < 5 || signals.lock().unwrap().is_empty())
+        && Instant::now() < before
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    server.kill();
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    for i in 1..=3 {
+        outcomes.push(publisher.publish_signal(signal(i)).await.unwrap());
+        for step in (i * 10)..(i * 10 + 5) {
+            outcomes.push(
+                publisher
+                    .publish(&state(step), MessagePriority::Normal)
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    let publishing_took = started.elapsed();
+    assert!(
+        outcomes.iter().all(|p| matches!(p, Published::Held { .. })),
+        "{outcomes:?}"
+    );
+    let down = publisher.outage();
+    assert!(down.down_now);
+    assert_eq!((down.interruptions, down.held, down.pending), (1, 18, 18));
+    assert!(down.last_error.is_some());
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    assert_eq!(publisher.drain_held(Duration::from_secs(10)).await, 0);
+    let after = Instant::now() + Duration::from_secs(10);
+    while (signals.lock().unwrap().len() < 4 || states.lock().unwrap().len() < 20)
+        && Instant::now() < after
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    let watch = watching.await.unwrap().unwrap();
+    let read = reading.await.unwrap().unwrap();
+    let up = publisher.outage();
+    eprintln!(
+        "publishing 18 messages into the outage took {publishing_took:?}; outage {up:?}; \
+         watch {watch:?}; read {read:?}"
+    );
+    let got = signals.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        (0..=3).map(|i| format!("drill signal {i}")).collect::<Vec<_>>(),
+        "every emergency signal, in order, once"
+    );
+    let mut steps = states.lock().unwrap().clone();
+    steps.sort_unstable();
+    let expected: Vec<u64> = (0..5)
+        .chain((1..=3).flat_map(|i| (i * 10)..(i * 10 + 5)))
+        .collect();
+    assert_eq!(steps, expected);
+    assert!(watch.groups_recreated >= 1 && read.groups_recreated >= 1);
+    assert_eq!(consumer.stats().groups_recreated, watch.groups_recreated + read.groups_recreated);
+    assert!(!up.down_now);
+    assert_eq!((up.interruptions, up.delivered_late, up.dropped, up.pending), (1, 18, 0, 0));
+    assert!(up.down_ms >= 300, "the outage lasted at least the 300 ms it was down");
 }

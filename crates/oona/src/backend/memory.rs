@@ -279,6 +279,10 @@ impl Bus for MemoryBus {
         Ok(true)
     }
 
+    async fn remove_group(&self, stream: Stream, group: &str) -> Result<bool> {
+        Ok(self.lock(stream)?.groups.remove(group).is_some())
+    }
+
     async fn read(
         &self,
         stream: Stream,

@@ -125,6 +125,11 @@ pub trait Bus: Clone + Send + Sync + 'static {
         start: StartFrom,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Deletes `group` and its pending list (a run's own group at exit).
+    /// Returns whether it existed.
+    fn remove_group(&self, stream: Stream, group: &str)
+    -> impl Future<Output = Result<bool>> + Send;
+
     /// Reclaims idle pending entries for `consumer`, then reads new ones; blocks
     /// up to `options.block` only when there is nothing to return.
     fn read(
@@ -223,6 +228,9 @@ impl Bus for AnyBus {
     }
     async fn ensure_group(&self, stream: Stream, group: &str, start: StartFrom) -> Result<bool> {
         delegate!(self, b => b.ensure_group(stream, group, start).await)
+    }
+    async fn remove_group(&self, stream: Stream, group: &str) -> Result<bool> {
+        delegate!(self, b => b.remove_group(stream, group).await)
     }
     async fn read(
         &self,

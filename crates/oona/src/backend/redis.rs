@@ -210,6 +210,73 @@ impl RedisBus {
         }
         Ok(())
     }
+
+    async fn read_group(
+        &self,
+        stream: Stream,
+        group: &str,
+        consumer: &str,
+        options: ReadOptions,
+    ) -> Result<ReadBatch> {
+        let mut batch = ReadBatch::default();
+        self.reclaim(stream, group, consumer, options, &mut batch)
+            .await?;
+        let room = options.count.saturating_sub(batch.deliveries.len());
+        if room == 0 {
+            return Ok(batch);
+        }
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(room);
+        if batch.deliveries.is_empty() && batch.trimmed.is_empty() {
+            cmd.arg("BLOCK")
+                .arg(options.block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(self.key(stream)).arg(">");
+        let v = self.query("XREADGROUP", stream, &cmd).await?;
+        for (id, record) in reply::read_group(&v)? {
+            // `>` never returns deleted entries; tolerate it anyway.
+            if let Some(record) = record {
+                batch.deliveries.push(RawDelivery {
+                    stream,
+                    entry: id,
+                    attempt: 1,
+                    record,
+                });
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn xack(&self, stream: Stream, group: &str, entries: &[EntryId]) -> Result<u64> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(self.key(stream)).arg(group);
+        for id in entries {
+            cmd.arg(id.to_string());
+        }
+        let v = self.query("XACK", stream, &cmd).await?;
+        reply::int(&v)
+            .map(|n| n.max(0) as u64)
+            .ok_or_else(|| reply::shape("XACK", "reply is not a number"))
+    }
+}
+
+/// A missing group (`NOGROUP`: a restarted server without persistence, a
+/// deleted group) is its own error, so that a consumer can create it again.
+fn no_group(e: Error, stream: Stream, group: &str) -> Error {
+    match e {
+        Error::Redis { ref source, .. } if source.code() == Some("NOGROUP") => Error::NoGroup {
+            stream: stream.name().to_owned(),
+            group: group.to_owned(),
+        },
+        e => e,
+    }
 }
 
 impl Bus for RedisBus {
@@ -267,6 +334,19 @@ impl Bus for RedisBus {
         }
     }
 
+    async fn remove_group(&self, stream: Stream, group: &str) -> Result<bool> {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("DESTROY").arg(self.key(stream)).arg(group);
+        match self.query("XGROUP DESTROY", stream, &cmd).await {
+            Ok(v) => Ok(reply::int(&v).unwrap_or(0) > 0),
+            // The stream itself is gone (a restarted server): so is the group.
+            Err(Error::Redis { source, .. }) if source.to_string().contains("no such key") => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn read(
         &self,
         stream: Stream,
@@ -274,60 +354,15 @@ impl Bus for RedisBus {
         consumer: &str,
         options: ReadOptions,
     ) -> Result<ReadBatch> {
-        let mut batch = ReadBatch::default();
-        self.reclaim(stream, group, consumer, options, &mut batch)
-            .await?;
-        let room = options.count.saturating_sub(batch.deliveries.len());
-        if room == 0 {
-            return Ok(batch);
-        }
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(group)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(room);
-        if batch.deliveries.is_empty() && batch.trimmed.is_empty() {
-            cmd.arg("BLOCK")
-                .arg(options.block.as_millis().max(1) as u64);
-        }
-        cmd.arg("STREAMS").arg(self.key(stream)).arg(">");
-        let v = match self.query("XREADGROUP", stream, &cmd).await {
-            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => {
-                return Err(Error::NoGroup {
-                    stream: stream.name().to_owned(),
-                    group: group.to_owned(),
-                });
-            }
-            other => other?,
-        };
-        for (id, record) in reply::read_group(&v)? {
-            // `>` never returns deleted entries; tolerate it anyway.
-            if let Some(record) = record {
-                batch.deliveries.push(RawDelivery {
-                    stream,
-                    entry: id,
-                    attempt: 1,
-                    record,
-                });
-            }
-        }
-        Ok(batch)
+        self.read_group(stream, group, consumer, options)
+            .await
+            .map_err(|e| no_group(e, stream, group))
     }
 
     async fn ack(&self, stream: Stream, group: &str, entries: &[EntryId]) -> Result<u64> {
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(self.key(stream)).arg(group);
-        for id in entries {
-            cmd.arg(id.to_string());
-        }
-        let v = self.query("XACK", stream, &cmd).await?;
-        reply::int(&v)
-            .map(|n| n.max(0) as u64)
-            .ok_or_else(|| reply::shape("XACK", "reply is not a number"))
+        self.xack(stream, group, entries)
+            .await
+            .map_err(|e| no_group(e, stream, group))
     }
 
     async fn retry_later(
@@ -353,7 +388,10 @@ impl Bus for RedisBus {
             .arg("RETRYCOUNT")
             .arg(delivery.attempt)
             .arg("JUSTID");
-        self.query("XCLAIM", stream, &cmd).await.map(|_| ())
+        self.query("XCLAIM", stream, &cmd)
+            .await
+            .map(|_| ())
+            .map_err(|e| no_group(e, stream, group))
     }
 
     async fn divert(
