@@ -35,9 +35,12 @@ fuzz_target!(|data: &[u8]| {
     if let Some(m) = stable::<TelemetryPacket>(data) {
         let _ = validator.telemetry_packet(&m);
     }
+    // The signed bytes are read from the raw input, decodable or not.
+    let _ = leyline::security::signature_valid_encoded::<BusEnvelope>(verifier.key(), data);
     if let Some(m) = stable::<BusEnvelope>(data) {
         let _ = validator.envelope(&m);
         let _ = verifier.verify(&m, now);
+        let _ = verifier.verify_encoded(&m, data, now);
         let _ = decode_payload(&m);
     }
     if let Some(m) = stable::<EmergencySignal>(data) {

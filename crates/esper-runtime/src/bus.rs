@@ -192,7 +192,9 @@ impl RunBus {
         if !now.down_now && (told.down_now || now.interruptions > told.interruptions) {
             let line = format!(
                 "bus back: {} held publication(s) delivered, {} dropped; down {:.1} s in all",
-                now.delivered_late, now.dropped, now.down_ms as f64 / 1e3
+                now.delivered_late,
+                now.dropped,
+                now.down_ms as f64 / 1e3
             );
             self.emitter.emit(
                 leyline::telemetry::event("oona_bus_restored", TelemetryLevel::Info, &line).build(),
@@ -322,8 +324,7 @@ impl RunBus {
     /// Publications still held (the backend is down) get
     /// `oona.outage.exit_drain_ms` to go out; what is left is counted.
     pub fn finish(self) -> Result<BusSummary> {
-        let within =
-            std::time::Duration::from_millis(self.oona.config().outage.exit_drain_ms);
+        let within = std::time::Duration::from_millis(self.oona.config().outage.exit_drain_ms);
         self.runtime.block_on(self.oona.drain_held(within));
         self.cancel.cancel();
         let own = std::mem::take(&mut *self.own_groups.lock().unwrap_or_else(|p| p.into_inner()));

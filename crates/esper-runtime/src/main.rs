@@ -687,7 +687,10 @@ fn train(
 /// Gives held publications their last chance ([`esper_runtime::bus::RunBus::finish`])
 /// and prints what the bus did: the end of every run, a failed one included,
 /// so that an emergency signal raised while the bus was down still goes out.
-fn close_bus(bus: esper_runtime::bus::RunBus, resolved: &esper_runtime::Resolved) -> anyhow::Result<()> {
+fn close_bus(
+    bus: esper_runtime::bus::RunBus,
+    resolved: &esper_runtime::Resolved,
+) -> anyhow::Result<()> {
     let summary = bus.finish().context("closing the bus")?;
     let published: u64 = summary.stats.published.values().sum();
     println!(

@@ -89,6 +89,7 @@ pub fn run(resolved: &Resolved) -> Report {
         check("signing and verification", security(resolved)),
         check("verification latency", latency(resolved)),
         check("oona round trip", bus_round_trip(resolved)),
+        check("oona quarantine", bus_quarantine(resolved)),
     ];
     Report { checks }
 }
@@ -342,6 +343,17 @@ fn bus_round_trip(resolved: &Resolved) -> Result<String, String> {
                         .trim_acknowledged(oona::Stream::Normal, leyline::unix_now_ms() + 1)
                         .await
                         .map_err(|e| fail("trim", e))?;
+                    // Entries that failed verification on the way are news
+                    // for the operator, not a pass.
+                    let hostile = sub.report().quarantined;
+                    if hostile > 0 {
+                        return Err(format!(
+                            "{backend}: the round trip worked, but {hostile} other entr(ies) on \
+                             {} failed verification and were quarantined ({})",
+                            config.stream_key(oona::Stream::Normal),
+                            reasons(&bus.stats().quarantined)
+                        ));
+                    }
                     return Ok(format!(
                         "{backend}: signed, published, delivered, verified and acknowledged in {:.2} ms ({trimmed} acknowledged entries trimmed)",
                         took.as_secs_f64() * 1e3
@@ -350,6 +362,76 @@ fn bus_round_trip(resolved: &Resolved) -> Result<String, String> {
             }
         }
         Err(format!("{backend}: the published packet was not delivered within 2 s"))
+    })
+}
+
+fn reasons(counts: &std::collections::BTreeMap<String, u64>) -> String {
+    counts
+        .iter()
+        .map(|(r, n)| format!("{n} {r}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the real streams set aside: entries in the quarantine and
+/// dead-letter streams (they age out after `oona.retention_s`). Any is a
+/// failure to look into — hostile or broken traffic reached the bus.
+fn bus_quarantine(resolved: &Resolved) -> Result<String, String> {
+    use oona::Bus as _;
+    let config = &resolved.config.oona;
+    let url = match &config.backend {
+        oona::config::BackendConfig::InProcess => {
+            return Ok(
+                "in-process: each process has a fresh bus, nothing stored to inspect".into(),
+            );
+        }
+        oona::config::BackendConfig::Redis { url } => url.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async {
+        let fail = |e: oona::Error| format!("redis {url}: {}", leyline::error_chain(&e));
+        let bus = oona::RedisBus::connect(&url, &config.namespace, config.max_len)
+            .await
+            .map_err(fail)?;
+        let mut found = Vec::new();
+        for stream in [oona::Stream::Quarantine, oona::Stream::DeadLetter] {
+            let entries = bus.range(stream, None, 1_000).await.map_err(fail)?;
+            if entries.is_empty() {
+                continue;
+            }
+            let mut counts = std::collections::BTreeMap::new();
+            for (_, record) in &entries {
+                let reason = record.origin.as_ref().map_or("no reason recorded", |o| {
+                    // "INVALID_SIGNATURE: detail" → "INVALID_SIGNATURE"
+                    o.reason.split(':').next().unwrap_or(&o.reason)
+                });
+                *counts.entry(reason.to_owned()).or_insert(0u64) += 1;
+            }
+            let len = bus.depth(stream).await.map_err(fail)?.len;
+            found.push(format!(
+                "{} holds {len} entr(ies) ({})",
+                config.stream_key(stream),
+                reasons(&counts)
+            ));
+        }
+        bus.close().await;
+        if found.is_empty() {
+            Ok(format!(
+                "redis {url}: {} and {} are empty",
+                config.stream_key(oona::Stream::Quarantine),
+                config.stream_key(oona::Stream::DeadLetter)
+            ))
+        } else {
+            Err(format!(
+                "redis {url}: {}; inspect them (redis-cli XRANGE), they age out after \
+                 oona.retention_s = {} s",
+                found.join("; "),
+                config.retention_s
+            ))
+        }
     })
 }
 
@@ -363,7 +445,7 @@ mod tests {
         let resolved = crate::config::load(None, &BTreeMap::new()).unwrap();
         let report = run(&resolved);
         assert!(report.passed(), "{report}");
-        assert_eq!(report.checks.len(), 6);
+        assert_eq!(report.checks.len(), 7);
     }
 
     #[test]
@@ -374,9 +456,13 @@ mod tests {
         };
         let report = run(&resolved);
         let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
-        assert_eq!(failed.len(), 1, "{report}");
+        assert_eq!(failed.len(), 2, "{report}");
         assert_eq!(failed[0].name, "oona round trip");
-        assert!(failed[0].detail.contains("connect"), "{}", failed[0].detail);
+        assert_eq!(failed[1].name, "oona quarantine");
+        for f in failed {
+            // The cause, not only "connect failed" (issue #21 item 8).
+            assert!(f.detail.contains("refused"), "{}", f.detail);
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ fn check_passes_with_defaults() {
     let out = esper(&["check"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("6 checks, 6 passed, 0 failed"), "{t}");
+    assert!(t.contains("7 checks, 7 passed, 0 failed"), "{t}");
     assert!(
         t.contains("oona round trip") && t.contains("in-process"),
         "{t}"
@@ -251,4 +251,72 @@ fn urza_subcommands_list_forge_show_and_verify_the_library() {
         &root_env,
     );
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Issue #21 items 2 and 8: hostile entries are news in `esper check` — in its
+/// own round-trip stream (quarantined there, reported once) and in the real
+/// quarantine stream (reported until they age out) — and a bus that is down
+/// is reported with its cause, said once.
+#[test]
+fn check_reports_quarantined_entries_and_a_dead_bus_with_its_cause() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let key = "5e".repeat(32);
+    let env = [
+        ("ESPER_OONA__BACKEND__KIND", "redis"),
+        ("ESPER_OONA__BACKEND__URL", url.as_str()),
+        ("ESPER_LEYLINE__SECURITY__SECRET__SOURCE", "env"),
+        ("ESPER_LEYLINE__SECURITY__SECRET__VAR", "ESPER_SECRET"),
+        ("ESPER_SECRET", key.as_str()),
+    ];
+    let clean = esper(&["check"], &env);
+    assert!(clean.status.success(), "{}", text(&clean));
+    assert!(text(&clean).contains("oona.quarantine and oona.dead_letter are empty"));
+
+    // Garbage in the check's own stream: quarantined by this check, and said.
+    redis.cli(&["XADD", "oona.selfcheck.normal", "*", "e", "garbage"]);
+    let hostile = esper(&["check"], &env);
+    let t = text(&hostile);
+    assert!(!hostile.status.success(), "{t}");
+    assert!(
+        t.contains("1 other entr(ies) on oona.selfcheck.normal failed verification")
+            && t.contains("malformed_envelope"),
+        "{t}"
+    );
+    // A quarantined entry on the real streams fails the check until it ages out.
+    redis.cli(&[
+        "XADD",
+        "oona.quarantine",
+        "*",
+        "e",
+        "x",
+        "os",
+        "normal",
+        "oi",
+        "1-0",
+        "oa",
+        "1",
+        "or",
+        "INVALID_SIGNATURE: forged",
+    ]);
+    let set_aside = esper(&["check"], &env);
+    let t = text(&set_aside);
+    assert!(!set_aside.status.success(), "{t}");
+    assert!(
+        t.contains("oona.quarantine holds 1 entr(ies) (1 INVALID_SIGNATURE)"),
+        "{t}"
+    );
+    assert!(t.contains("6 passed, 1 failed"), "{t}");
+
+    drop(redis);
+    let down = esper(&["check"], &env);
+    let t = text(&down);
+    assert!(!down.status.success(), "{t}");
+    assert!(t.contains("Connection refused"), "the cause is named: {t}");
+    for line in t.lines() {
+        assert!(
+            line.matches("Connection refused").count() <= 1,
+            "said once: {line}"
+        );
+    }
 }

@@ -36,6 +36,18 @@ pub enum Error {
         #[source]
         source: prost::DecodeError,
     },
+    /// Outside bytes whose protobuf records cannot even be scanned (for the
+    /// signed bytes, before any decoding).
+    #[error("cannot scan {message} from {len} bytes: {source}")]
+    Wire {
+        /// Full proto name of the expected message.
+        message: String,
+        /// Length of the input.
+        len: usize,
+        /// Where the scan stopped.
+        #[source]
+        source: crate::security::wire::WireError,
+    },
     /// A signing secret that cannot be used.
     #[error("invalid signing secret: {0}")]
     InvalidSecret(String),
@@ -141,7 +153,10 @@ mod chain_tests {
 
     #[test]
     fn each_cause_is_said_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
         let e = Outer(Middle(io));
         assert_eq!(
             super::error_chain(&e),

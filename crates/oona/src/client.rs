@@ -250,7 +250,15 @@ impl<B: Bus> Oona<B> {
         };
         let held: Vec<Held> = messages
             .iter()
-            .map(|m| self.held(stream, M::TYPE, m.encode_to_vec(), priority, BTreeMap::new()))
+            .map(|m| {
+                self.held(
+                    stream,
+                    M::TYPE,
+                    m.encode_to_vec(),
+                    priority,
+                    BTreeMap::new(),
+                )
+            })
             .collect();
         if self.hold_first().await {
             return Ok(self.hold_all(held));
@@ -373,7 +381,10 @@ impl<B: Bus> Oona<B> {
     }
 
     fn went_down(&self, error: &Error) {
-        if self.lock_outage().down(Instant::now(), leyline::error_chain(error)) {
+        if self
+            .lock_outage()
+            .down(Instant::now(), leyline::error_chain(error))
+        {
             metrics::counter!("oona_outage_interruptions_total").increment(1);
         }
     }
@@ -424,7 +435,8 @@ impl<B: Bus> Oona<B> {
                     }
                 }
             }
-            self.lock_outage().give_back(std::collections::VecDeque::new());
+            self.lock_outage()
+                .give_back(std::collections::VecDeque::new());
         }
         self.backend_answered();
         sent
@@ -441,8 +453,7 @@ impl<B: Bus> Oona<B> {
             if pending == 0 || Instant::now() >= deadline {
                 return pending;
             }
-            tokio::time::sleep(probe.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
+            tokio::time::sleep(probe.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     }
 
@@ -544,6 +555,7 @@ impl<B: Bus> Oona<B> {
             payload: Bytes::from(envelope.encode_to_vec()),
             published_us: crate::now_us(),
             origin: None,
+            extra: Vec::new(),
         }
     }
 
@@ -687,4 +699,3 @@ impl<B: Bus> Oona<B> {
         self.shared.bus.close().await;
     }
 }
-

@@ -121,7 +121,10 @@ impl Outage {
         self.held += 1;
         let mut dropped = None;
         if self.queue.len() >= capacity
-            && let Some(i) = self.queue.iter().position(|h| h.stream != Stream::Emergency)
+            && let Some(i) = self
+                .queue
+                .iter()
+                .position(|h| h.stream != Stream::Emergency)
         {
             dropped = self.queue.remove(i);
             self.dropped += 1;

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use leyline::codec::{BusPayload, decode, decode_payload};
-use leyline::security::{Verifier, signature_valid};
+use leyline::security::{Verifier, signature_valid_encoded};
 use leyline::telemetry::event;
 use leyline::v1::{BusEnvelope, TelemetryLevel, VerificationFailure};
 use tokio_util::sync::CancellationToken;
@@ -202,7 +202,9 @@ impl<B: Bus> Subscription<B> {
 
     async fn recreate_group(&mut self) -> Result<()> {
         let start = self.last_read.map_or(self.start, StartFrom::After);
-        self.bus.ensure_group(self.stream, &self.group, start).await?;
+        self.bus
+            .ensure_group(self.stream, &self.group, start)
+            .await?;
         // Whatever was pending went with the group.
         self.verified.clear();
         self.handled.clear();
@@ -257,7 +259,8 @@ impl<B: Bus> Subscription<B> {
         let verdict = if self.verified.contains(&raw.entry) {
             // A redelivery of an entry verified here: its id is burned already,
             // so only the signature is checked again.
-            if signature_valid(&self.oona.shared().key, &envelope) {
+            if signature_valid_encoded::<BusEnvelope>(&self.oona.shared().key, &raw.record.payload)
+            {
                 Ok(())
             } else {
                 Err((
@@ -270,7 +273,7 @@ impl<B: Bus> Subscription<B> {
             // so that a legitimate retry much later is not called stale, while a
             // replayed old envelope — a new entry — still is.
             self.verifier
-                .verify(&envelope, raw.entry.ms)
+                .verify_encoded(&envelope, &raw.record.payload, raw.entry.ms)
                 .map_err(|r| (r.reason.as_str_name(), r.detail))
         };
         if let Err((reason, detail)) = verdict {
@@ -317,6 +320,7 @@ impl<B: Bus> Subscription<B> {
                 attempts: raw.attempt,
                 reason,
             }),
+            extra: raw.record.extra.clone(),
         };
         self.bus
             .divert(self.stream, &self.group, raw.entry, to, record)

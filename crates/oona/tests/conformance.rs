@@ -281,6 +281,7 @@ fn raw(e: &BusEnvelope) -> Record {
         payload: Bytes::from(e.encode_to_vec()),
         published_us: 0,
         origin: None,
+        extra: Vec::new(),
     }
 }
 
@@ -303,6 +304,11 @@ async fn bad_messages_go_to_quarantine<B: Bus>(oona: Oona<B>) {
             payload: Bytes::from_static(b"\xff\xff\xff not protobuf"),
             published_us: 0,
             origin: None,
+            // A field another producer wrote: the quarantined copy keeps it.
+            extra: vec![(
+                Bytes::from_static(b"sender"),
+                Bytes::from_static(b"mallory"),
+            )],
         },
     ] {
         bus.publish(Stream::Normal, record).await.unwrap();
@@ -336,6 +342,13 @@ async fn bad_messages_go_to_quarantine<B: Bus>(oona: Oona<B>) {
     }
     // Quarantined entries keep their bytes, and are acknowledged in their stream.
     assert_eq!(quarantined[1].1.payload, raw(&good).payload);
+    assert_eq!(
+        quarantined[4].1.extra,
+        [(
+            Bytes::from_static(b"sender"),
+            Bytes::from_static(b"mallory")
+        )]
+    );
     assert_eq!(oona.depth(Stream::Normal).await.unwrap().depth, 0);
     assert_eq!(oona.stats().quarantined_total(), 5);
 }

@@ -43,6 +43,7 @@ fn counters_histograms_and_gauges_are_exported() {
                         payload: bytes::Bytes::from_static(b"junk"),
                         published_us: 0,
                         origin: None,
+                        extra: Vec::new(),
                     },
                 )
                 .await

@@ -200,7 +200,9 @@ async fn a_volatile_restart_loses_no_signal_and_the_groups_come_back() {
         ..Default::default()
     };
     for step in 0..5 {
-        let p = publisher.publish(&state(step), MessagePriority::Normal).await;
+        let p = publisher
+            .publish(&state(step), MessagePriority::Normal)
+            .await;
         assert!(matches!(p, Ok(Published::Stored { .. })), "{p:?}");
     }
     publisher.publish_signal(signal(0)).await.unwrap();
@@ -256,7 +258,9 @@ async fn a_volatile_restart_loses_no_signal_and_the_groups_come_back() {
     let got = signals.lock().unwrap().clone();
     assert_eq!(
         got,
-        (0..=3).map(|i| format!("drill signal {i}")).collect::<Vec<_>>(),
+        (0..=3)
+            .map(|i| format!("drill signal {i}"))
+            .collect::<Vec<_>>(),
         "every emergency signal, in order, once"
     );
     let mut steps = states.lock().unwrap().clone();
@@ -266,8 +270,17 @@ async fn a_volatile_restart_loses_no_signal_and_the_groups_come_back() {
         .collect();
     assert_eq!(steps, expected);
     assert!(watch.groups_recreated >= 1 && read.groups_recreated >= 1);
-    assert_eq!(consumer.stats().groups_recreated, watch.groups_recreated + read.groups_recreated);
+    assert_eq!(
+        consumer.stats().groups_recreated,
+        watch.groups_recreated + read.groups_recreated
+    );
     assert!(!up.down_now);
-    assert_eq!((up.interruptions, up.delivered_late, up.dropped, up.pending), (1, 18, 0, 0));
-    assert!(up.down_ms >= 300, "the outage lasted at least the 300 ms it was down");
+    assert_eq!(
+        (up.interruptions, up.delivered_late, up.dropped, up.pending),
+        (1, 18, 0, 0)
+    );
+    assert!(
+        up.down_ms >= 300,
+        "the outage lasted at least the 300 ms it was down"
+    );
 }

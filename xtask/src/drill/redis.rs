@@ -100,13 +100,21 @@ fn healthy_run(
     server: &mut Child,
 ) -> Result<(bool, String)> {
     let base = with(base, &[("ESPER_TOLARIA__EPOCHS", "10")]);
-    let calm = ctx.esper(dir, &["train"], &with(&base, &[("ESPER_RUN__RUN_ID", "calm")]))?;
+    let calm = ctx.esper(
+        dir,
+        &["train"],
+        &with(&base, &[("ESPER_RUN__RUN_ID", "calm")]),
+    )?;
     if !calm.status.success() {
         bail!("the run without an outage failed: {}", text(&calm));
     }
     let errors = dir.join("outage.stderr");
     let mut child = ctx
-        .command(dir, &["train"], &with(&base, &[("ESPER_RUN__RUN_ID", "outage")]))
+        .command(
+            dir,
+            &["train"],
+            &with(&base, &[("ESPER_RUN__RUN_ID", "outage")]),
+        )
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&errors)?)
         .spawn()
@@ -188,7 +196,9 @@ fn halt_run(ctx: &Ctx, dir: &Path, base: &[(&str, &str)], data: &Path) -> Result
         let line = line?;
         seen.push_str(&line);
         seen.push('\n');
-        if line.contains("emergency EMERGENCY_LEVEL_HALT") || down.elapsed() > Duration::from_secs(120) {
+        if line.contains("emergency EMERGENCY_LEVEL_HALT")
+            || down.elapsed() > Duration::from_secs(120)
+        {
             break;
         }
     }

@@ -3,9 +3,16 @@
 //!
 //! Signing is mandatory in Esper: there is no "unsigned mode". The signature covers
 //! the message's full proto name (domain separation, so the bytes of one message
-//! type can never pass as another) followed by its canonical encoding with the
-//! `signature` field cleared. prost encodes fields in tag order and every map is a
-//! `BTreeMap`, so the encoding is deterministic.
+//! type can never pass as another), a NUL, then the message's bytes *as
+//! transmitted* with the signature field's records cut out ([`wire`],
+//! `docs/SIGNING.md`, test vectors in `proto/signing/`). A producer encodes
+//! the message without a signature, MACs that, and appends the signature field;
+//! a receiver of bytes ([`signature_valid_encoded`], [`Verifier::verify_encoded`])
+//! never re-encodes, so fields it does not know, or another library's
+//! encoding choices, do not break verification. The signature field is the
+//! highest-numbered field of every signed message, so prost's encoding of a
+//! signed message is exactly `M ‖ signature record` and [`sign`] and
+//! [`signature_valid`] (for a message in hand, built by this code) agree with it.
 //!
 //! A receiver runs [`Verifier::verify`], which checks, in this order: the signature
 //! (constant-time), the id, freshness (not issued in the future beyond the allowed
@@ -33,6 +40,7 @@
 
 mod ledger;
 mod verifier;
+pub mod wire;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -123,11 +131,14 @@ pub trait Signed: prost::Message + prost::Name + Clone {
     fn nonce(&self) -> &str;
     /// Wall-clock issue time, Unix epoch milliseconds (0 = missing).
     fn issued_at_ms(&self) -> u64;
+    /// The field number of `signature` (the message's highest).
+    const SIGNATURE_FIELD: u32;
 }
 
 macro_rules! impl_signed {
-    ($ty:ty, $id:ident, $at:ident) => {
+    ($ty:ty, $id:ident, $at:ident, $field:literal) => {
         impl Signed for $ty {
+            const SIGNATURE_FIELD: u32 = $field;
             fn signature(&self) -> &[u8] {
                 &self.signature
             }
@@ -144,10 +155,10 @@ macro_rules! impl_signed {
     };
 }
 
-impl_signed!(AdaptationCommand, command_id, issued_at_ms);
-impl_signed!(BusEnvelope, message_id, issued_at_ms);
-impl_signed!(EmergencySignal, signal_id, triggered_at_ms);
-impl_signed!(PolicyUpdate, policy_id, issued_at_ms);
+impl_signed!(AdaptationCommand, command_id, issued_at_ms, 30);
+impl_signed!(BusEnvelope, message_id, issued_at_ms, 15);
+impl_signed!(EmergencySignal, signal_id, triggered_at_ms, 15);
+impl_signed!(PolicyUpdate, policy_id, issued_at_ms, 15);
 
 /// The bytes a signature covers: full proto name, a NUL, then the canonical
 /// encoding of the message with its signature cleared.
@@ -160,6 +171,34 @@ pub fn signing_bytes<M: Signed>(message: &M) -> Vec<u8> {
     bytes.push(0);
     unsigned.encode_raw(&mut bytes);
     bytes
+}
+
+/// The bytes a signature covers and the signature itself, read from `encoded`
+/// — an `M` as transmitted — without decoding or re-encoding it.
+pub fn signing_bytes_encoded<M: Signed>(encoded: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (rest, signature) =
+        wire::split_signature(encoded, M::SIGNATURE_FIELD).map_err(|source| Error::Wire {
+            message: M::full_name(),
+            len: encoded.len(),
+            source,
+        })?;
+    let name = M::full_name();
+    let mut bytes = Vec::with_capacity(name.len() + 1 + rest.len());
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&rest);
+    Ok((bytes, signature))
+}
+
+/// Whether `encoded` (an `M` as transmitted) carries a valid signature under
+/// `key` (constant-time compare). Unparsable bytes are not valid.
+pub fn signature_valid_encoded<M: Signed>(key: &SigningKey, encoded: &[u8]) -> bool {
+    let Ok((bytes, signature)) = signing_bytes_encoded::<M>(encoded) else {
+        return false;
+    };
+    let mut mac = key.mac();
+    mac.update(&bytes);
+    mac.verify_slice(&signature).is_ok()
 }
 
 /// Signs `message` in place with `key`.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{NonceLedger, Signed, SigningKey, signature_valid};
+use super::{NonceLedger, Signed, SigningKey, signature_valid, signature_valid_encoded};
 use crate::config::SecurityConfig;
 use crate::v1::VerificationFailure;
 
@@ -62,7 +62,28 @@ impl Verifier {
     /// Verifies `message` as of `now_ms` (Unix epoch milliseconds). On success the
     /// message's id is burned; on failure nothing is recorded but the counter.
     pub fn verify<M: Signed>(&mut self, message: &M, now_ms: u64) -> Result<(), Rejection> {
-        let outcome = self.check(message, now_ms);
+        self.count(None, message, now_ms)
+    }
+
+    /// [`Verifier::verify`] for a message received as bytes: the signature is
+    /// checked over `encoded`, the bytes `message` was decoded from, as
+    /// transmitted (so fields this build does not know still verify).
+    pub fn verify_encoded<M: Signed>(
+        &mut self,
+        message: &M,
+        encoded: &[u8],
+        now_ms: u64,
+    ) -> Result<(), Rejection> {
+        self.count(Some(encoded), message, now_ms)
+    }
+
+    fn count<M: Signed>(
+        &mut self,
+        encoded: Option<&[u8]>,
+        message: &M,
+        now_ms: u64,
+    ) -> Result<(), Rejection> {
+        let outcome = self.check(encoded, message, now_ms);
         match &outcome {
             Ok(()) => self.stats.accepted += 1,
             Err(rejection) => {
@@ -92,7 +113,12 @@ impl Verifier {
         &self.key
     }
 
-    fn check<M: Signed>(&mut self, message: &M, now_ms: u64) -> Result<(), Rejection> {
+    fn check<M: Signed>(
+        &mut self,
+        encoded: Option<&[u8]>,
+        message: &M,
+        now_ms: u64,
+    ) -> Result<(), Rejection> {
         let reject = |reason: VerificationFailure, detail: String| Rejection {
             reason,
             message_type: M::full_name(),
@@ -105,7 +131,11 @@ impl Verifier {
                 "message is unsigned".into(),
             ));
         }
-        if !signature_valid(&self.key, message) {
+        let valid = match encoded {
+            Some(bytes) => signature_valid_encoded::<M>(&self.key, bytes),
+            None => signature_valid(&self.key, message),
+        };
+        if !valid {
             return Err(reject(
                 VerificationFailure::InvalidSignature,
                 "HMAC does not match".into(),

@@ -36,6 +36,10 @@ pub struct Record {
     pub published_us: u64,
     /// Set on dead-letter and quarantine entries: the entry they replace.
     pub origin: Option<Origin>,
+    /// Fields of the stored entry that are not Oona's (Redis: written by
+    /// another producer), kept verbatim so that a quarantined or
+    /// dead-lettered copy holds every field of the original.
+    pub extra: Vec<(Bytes, Bytes)>,
 }
 
 /// Where a dead-lettered or quarantined entry came from, and why it was moved.
@@ -127,8 +131,11 @@ pub trait Bus: Clone + Send + Sync + 'static {
 
     /// Deletes `group` and its pending list (a run's own group at exit).
     /// Returns whether it existed.
-    fn remove_group(&self, stream: Stream, group: &str)
-    -> impl Future<Output = Result<bool>> + Send;
+    fn remove_group(
+        &self,
+        stream: Stream,
+        group: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Reclaims idle pending entries for `consumer`, then reads new ones; blocks
     /// up to `options.block` only when there is nothing to return.

@@ -123,6 +123,9 @@ impl RedisBus {
             .arg(record.payload.as_ref())
             .arg(F_PUBLISHED)
             .arg(record.published_us);
+        for (k, v) in &record.extra {
+            cmd.arg(k.as_ref()).arg(v.as_ref());
+        }
         if let Some(o) = &record.origin {
             cmd.arg(F_ORIGIN_STREAM)
                 .arg(o.stream.name())

@@ -75,6 +75,7 @@ pub(super) fn record(fields: &Value) -> Record {
     let mut payload = Bytes::new();
     let mut published_us = 0;
     let (mut os, mut oi, mut oa, mut or) = (None, None, None, None);
+    let mut extra = Vec::new();
     for (k, v) in pairs(fields).unwrap_or_default() {
         match text(k) {
             Some(F_ENVELOPE) => payload = Bytes::copy_from_slice(bytes(v).unwrap_or_default()),
@@ -85,7 +86,10 @@ pub(super) fn record(fields: &Value) -> Record {
             Some(F_ORIGIN_ID) => oi = text(v).and_then(|t| t.parse().ok()),
             Some(F_ORIGIN_ATTEMPTS) => oa = int(v).and_then(|i| u32::try_from(i).ok()),
             Some(F_ORIGIN_REASON) => or = text(v).map(str::to_owned),
-            Some(_) | None => {}
+            Some(_) | None => extra.push((
+                Bytes::copy_from_slice(bytes(k).unwrap_or_default()),
+                Bytes::copy_from_slice(bytes(v).unwrap_or_default()),
+            )),
         }
     }
     let origin = match (os, oi) {
@@ -101,6 +105,7 @@ pub(super) fn record(fields: &Value) -> Record {
         payload,
         published_us,
         origin,
+        extra,
     }
 }
 
