@@ -220,6 +220,8 @@ fn ci(root: &Path) -> Result<()> {
         totals = test_counted(root)?;
         Ok(())
     })?;
+    // The drills that take seconds, against the dev build the tests made.
+    step("drill --quick", || drill::run(root, &["--quick"]))?;
     println!("==> xtask ci: all steps passed");
     // A plain closing line that states what ran, whatever the runner printed last.
     println!("ci: {} passed, {} failed", totals.0, totals.1);
