@@ -36,6 +36,13 @@ pub struct Config {
     /// Per-request deadline on the remote service, ms (default 30 000; forging
     /// on demand takes a while).
     pub request_timeout_ms: u64,
+    /// Most elements (C·H·W or F) a slot asked for from outside may have
+    /// (default 4 194 304); larger requests are refused before anything is
+    /// allocated.
+    pub max_slot_elements: u64,
+    /// Most parameters a forged module may have (default 32 000 000, 128 MB of
+    /// f32 weights); counted from the blueprint's formula before forging.
+    pub max_forge_parameters: u64,
 }
 
 impl Default for Config {
@@ -50,6 +57,8 @@ impl Default for Config {
             remote: None,
             connect_timeout_ms: 2_000,
             request_timeout_ms: 30_000,
+            max_slot_elements: 1 << 22,
+            max_forge_parameters: 32_000_000,
         }
     }
 }
@@ -74,6 +83,12 @@ impl Config {
         }
         if !(1..=1000).contains(&self.forge_runs) {
             return Err(bad("forge_runs", "must be in 1..=1000"));
+        }
+        if self.max_slot_elements == 0 || self.max_forge_parameters == 0 {
+            return Err(bad(
+                "max_slot_elements",
+                "max_slot_elements and max_forge_parameters must be at least 1",
+            ));
         }
         self.listen_addr()?;
         if let Some(remote) = &self.remote
@@ -114,6 +129,8 @@ impl Config {
             stats_window: self.stats_window,
             forge_batch: self.forge_batch,
             forge_runs: self.forge_runs,
+            max_slot_elements: self.max_slot_elements,
+            max_forge_parameters: self.max_forge_parameters,
         }
     }
 

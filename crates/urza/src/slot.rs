@@ -53,6 +53,17 @@ impl SlotShape {
                 reason: format!("zero-sized dimension in {shape:?}"),
             });
         }
+        // The element count must be representable; `urza.max_slot_elements`
+        // bounds it further where a request comes from outside.
+        if shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .is_none()
+        {
+            return Err(Error::InvalidSlot {
+                reason: format!("{shape:?} has more elements than a u64 counts"),
+            });
+        }
         Ok(Self { kind: name, shape })
     }
 
@@ -62,6 +73,11 @@ impl SlotShape {
             reason: format!("unknown slot kind {kind}"),
         })?;
         Self::new(kind, shape.iter().map(|&d| d as usize).collect())
+    }
+
+    /// Elements per image (the product of the feature shape).
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
     }
 
     /// The slot kind.

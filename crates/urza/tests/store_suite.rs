@@ -27,6 +27,18 @@ fn ensure(id: &str, slot: SlotShape) -> EnsureRequest {
     }
 }
 
+/// Refused as a bad request naming `key`: `InvalidSlot` locally,
+/// INVALID_ARGUMENT from the service.
+fn bad_request<T>(result: &Result<T, Error>, key: &str) -> bool {
+    match result {
+        Err(e @ Error::InvalidSlot { .. }) => e.to_string().contains(key),
+        Err(Error::Remote { code, message, .. }) => {
+            *code == tonic::Code::InvalidArgument && message.contains(key)
+        }
+        _ => false,
+    }
+}
+
 /// The suite: `library` is the library behind `store` (for on-disk damage).
 async fn suite(store: &dyn BlueprintStore, library: &Library) {
     // Catalog queries.
@@ -55,6 +67,21 @@ async fn suite(store: &dyn BlueprintStore, library: &Library) {
         store.get_blueprint("nope".into()).await,
         Err(Error::UnknownBlueprint { blueprint_id }) if blueprint_id == "nope"
     ));
+
+    // Issue #21 items 4 and 5: an unknown blueprint has no artifact list
+    // (NOT_FOUND, as GetBlueprint says); a huge slot or module is refused
+    // before anything is allocated; one parameter given keeps the other
+    // defaults.
+    assert!(matches!(
+        store.list_artifacts("nope".into()).await,
+        Err(Error::UnknownBlueprint { blueprint_id }) if blueprint_id == "nope"
+    ));
+    let huge = SlotShape::conv2d(65_536, 1_024, 1_024).unwrap();
+    let refused = store.ensure_artifact(ensure("conv.residual", huge)).await;
+    assert!(bad_request(&refused, "max_slot_elements"), "{refused:?}");
+    let wide = SlotShape::conv2d(2_048, 2, 2).unwrap();
+    let refused = store.ensure_artifact(ensure("conv.heavy", wide)).await;
+    assert!(bad_request(&refused, "max_forge_parameters"), "{refused:?}");
 
     // Forge on demand, once.
     let mut watch = store.watch_catalog().await.unwrap();
@@ -170,6 +197,11 @@ async fn suite(store: &dyn BlueprintStore, library: &Library) {
         store.fetch_artifact(victim.artifact_ref.clone()).await,
         Err(Error::Quarantined { .. })
     ));
+    // One parameter given: the others keep their defaults (issue #21 item 5).
+    let mut one = ensure("dense.low_rank", SlotShape::dense(16).unwrap());
+    one.parameters = Parameters::from([("rank".to_owned(), 4.0)]);
+    let record = store.ensure_artifact(one).await.unwrap();
+    assert_eq!(record.blueprint_id, "dense.low_rank");
 }
 
 fn library(dir: &std::path::Path) -> Arc<Library> {

@@ -54,6 +54,16 @@ impl UrzaService for Service {
         request: Request<ListBlueprintsRequest>,
     ) -> std::result::Result<Response<ListBlueprintsResponse>, Status> {
         let r = request.into_inner();
+        // An unknown enum value is a bad request, not a filter that matches nothing.
+        if leyline::v1::BlueprintTier::try_from(r.tier).is_err() {
+            return Err(Status::invalid_argument(format!("unknown tier {}", r.tier)));
+        }
+        if leyline::v1::SlotKind::try_from(r.slot_kind).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "unknown slot kind {}",
+                r.slot_kind
+            )));
+        }
         let query = CatalogQuery {
             tier: optional(r.tier),
             slot_kind: optional(r.slot_kind),
@@ -235,4 +245,68 @@ pub(crate) fn upload_chunks(bytes: Bytes) -> impl Stream<Item = PutArtifactChunk
         offset = end;
     }
     tokio_stream::iter(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    //! Requests no Esper client would send, straight through the generated
+    //! client: each is a clear INVALID_ARGUMENT, never a panic or an
+    //! allocation the request asked for.
+    use super::super::generated::urza_service_client::UrzaServiceClient;
+    use super::*;
+    use leyline::v1::SlotKind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_requests_are_invalid_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = Arc::new(
+            Library::open(crate::library::LibraryConfig::new(dir.path()))
+                .unwrap()
+                .0,
+        );
+        let shutdown = CancellationToken::new();
+        let served = serve(library, "127.0.0.1:0".parse().unwrap(), shutdown.clone())
+            .await
+            .unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = UrzaServiceClient::new(channel);
+        for shape in [vec![u32::MAX; 3], vec![65_536, 1_024, 1_024]] {
+            let status = client
+                .ensure_artifact(EnsureArtifactRequest {
+                    blueprint_id: "conv.residual".into(),
+                    slot_kind: SlotKind::Conv2d as i32,
+                    slot_shape: shape.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{shape:?}: {status:?}"
+            );
+        }
+        let status = client
+            .list_blueprints(ListBlueprintsRequest {
+                tier: 99,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("unknown tier 99"));
+        let status = client
+            .list_artifacts(ListArtifactsRequest {
+                blueprint_id: "nope".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+        shutdown.cancel();
+    }
 }

@@ -50,6 +50,10 @@ pub struct LibraryConfig {
     pub forge_batch: usize,
     /// Timed forward passes of the forge probe.
     pub forge_runs: usize,
+    /// Most elements per image of a slot forged on request.
+    pub max_slot_elements: u64,
+    /// Most parameters of a module forged on request.
+    pub max_forge_parameters: u64,
 }
 
 impl LibraryConfig {
@@ -62,6 +66,8 @@ impl LibraryConfig {
             stats_window: 1024,
             forge_batch: 8,
             forge_runs: 10,
+            max_slot_elements: 1 << 22,
+            max_forge_parameters: 32_000_000,
         }
     }
 }
@@ -356,6 +362,11 @@ impl Library {
 
     /// Artifacts of a blueprint (all when empty), newest first.
     pub fn artifacts(&self, blueprint_id: &str) -> Result<Vec<ArtifactRecord>> {
+        // An unknown blueprint is NOT_FOUND, as GetBlueprint says, not an
+        // empty list ("" lists every artifact).
+        if !blueprint_id.is_empty() {
+            self.blueprint(blueprint_id)?;
+        }
         db::list_artifacts(&self.conn(), blueprint_id)
     }
 
@@ -442,12 +453,32 @@ impl Library {
                 blueprint_id: blueprint_id.to_string(),
             })
         })?;
-        let params = if params.is_empty() {
-            def.default_parameters()
-        } else {
-            params.clone()
-        };
+        // Given parameters override the defaults; the rest keep theirs.
+        let mut merged = def.default_parameters();
+        merged.extend(params.iter().map(|(k, v)| (k.clone(), *v)));
+        let params = merged;
+        // Requests come from outside (the gRPC service): bound what forging
+        // would allocate before anything is allocated.
+        if slot.elements() > self.config.max_slot_elements {
+            return Err(rejected(Error::InvalidSlot {
+                reason: format!(
+                    "{slot} has {} elements per image, more than urza.max_slot_elements = {}",
+                    slot.elements(),
+                    self.config.max_slot_elements
+                ),
+            }));
+        }
         def.check(&params, slot).map_err(rejected)?;
+        let parameters = def.parameter_count(&params, slot).map_err(rejected)?;
+        if parameters > self.config.max_forge_parameters {
+            return Err(rejected(Error::InvalidSlot {
+                reason: format!(
+                    "{blueprint_id} on {slot} would have {parameters} parameters, more than \
+                     urza.max_forge_parameters = {}",
+                    self.config.max_forge_parameters
+                ),
+            }));
+        }
         let entry = self.blueprint(blueprint_id)?;
         if entry.quarantined {
             return Err(rejected(Error::Quarantined {
