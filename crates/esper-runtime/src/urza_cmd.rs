@@ -116,7 +116,10 @@ fn open_library(resolved: &Resolved) -> Result<Arc<Library>> {
 /// the local library.
 pub(crate) async fn store(resolved: &Resolved) -> Result<Box<dyn BlueprintStore>> {
     Ok(match resolved.config.urza.remote_store() {
-        Some(remote) => Box::new(RemoteStore::connect(&remote).await?),
+        // Uploads carry a write token made with the run's shared secret.
+        Some(remote) => Box::new(
+            RemoteStore::connect(&remote.with_write_key(resolved.signing_key.clone())).await?,
+        ),
         None => Box::new(LocalStore::new(open_library(resolved)?)),
     })
 }
@@ -402,9 +405,22 @@ pub fn serve(resolved: &Resolved, listen: Option<&str>) -> Result<()> {
     let bus = RunBus::start(resolved, "urza")?;
     let shutdown = CancellationToken::new();
     let report = bus.block_on(async {
-        let served = urza::grpc::serve(Arc::clone(&library), addr, shutdown.clone()).await?;
+        let auth = if resolved.config.urza.write_auth {
+            urza::grpc::WriteAuth::with_key(
+                resolved.signing_key.clone(),
+                &resolved.config.leyline.security,
+            )
+        } else {
+            urza::grpc::WriteAuth::Open
+        };
+        let writes = if resolved.config.urza.write_auth {
+            "writes need a token made with the shared secret"
+        } else {
+            "WRITES ARE OPEN to anyone who reaches the port (urza.write_auth = false)"
+        };
+        let served = urza::grpc::serve(Arc::clone(&library), addr, auth, shutdown.clone()).await?;
         println!(
-            "urza: serving {} blueprint(s) from {} on http://{} (Ctrl-C stops)",
+            "urza: serving {} blueprint(s) from {} on http://{}; {writes} (Ctrl-C stops)",
             library.list(&CatalogQuery::default())?.len(),
             library.root().display(),
             served.addr

@@ -37,6 +37,12 @@ seed = "ghost"
         ("ESPER_TOLARIA__TRAIN_SIZE", "2048"),
         ("ESPER_TOLARIA__FENCE_EVERY_STEPS", "5"),
         ("ESPER_RUN__RUN_ID", "scripted"),
+        // What this test checks does not depend on wall-clock time: a loaded
+        // CI machine must not turn a fence into a missed deadline.
+        (
+            "ESPER_LEYLINE__BUDGETS__PERFORMANCE__TAMIYO_STEP_DEADLINE_MS",
+            "10000",
+        ),
     ];
     let out = esper(&["train", "--script", "seeds.toml"], cwd.path(), &env);
     let t = text(&out);

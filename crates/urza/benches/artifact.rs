@@ -105,6 +105,8 @@ fn main() {
         .block_on(serve(
             Arc::clone(&library),
             "127.0.0.1:0".parse().unwrap(),
+            // The bench reads only.
+            urza::grpc::WriteAuth::Open,
             shutdown.clone(),
         ))
         .unwrap();

@@ -187,6 +187,20 @@ pub fn instantiate(bytes: &[u8], device: &Device) -> Result<(ArtifactHeader, Blu
             .map_err(Error::tensor("reading artifact weights"))?
             .into_iter()
             .collect();
+    // Weights from outside must be numbers: a NaN or infinity would pass the
+    // guard digest (it covers the structure) and poison every seed built.
+    for (name, tensor) in &tensors {
+        let values = tensor
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(Error::tensor("reading artifact weights"))?;
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(Error::MalformedArtifact {
+                reason: format!("weight {name} holds {bad}, not a finite number"),
+            });
+        }
+    }
     let module = def.build(
         &header.parameters,
         &header.slot,

@@ -43,6 +43,10 @@ pub struct Config {
     /// Most parameters a forged module may have (default 32 000 000, 128 MB of
     /// f32 weights); counted from the blueprint's formula before forging.
     pub max_forge_parameters: u64,
+    /// Whether `esper urza serve` requires a write token made with the shared
+    /// Leyline secret on PutArtifact (default true; false lets anyone who
+    /// reaches the port change the library, and says so at start).
+    pub write_auth: bool,
 }
 
 impl Default for Config {
@@ -59,6 +63,7 @@ impl Default for Config {
             request_timeout_ms: 30_000,
             max_slot_elements: 1 << 22,
             max_forge_parameters: 32_000_000,
+            write_auth: true,
         }
     }
 }
@@ -140,6 +145,7 @@ impl Config {
             endpoint: endpoint.clone(),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            write_key: None,
         })
     }
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use candle_core::Device;
+use leyline::security::SigningKey;
 use leyline::v1::{ArtifactProvenance, BlueprintTier, CatalogChange, SlotKind};
 use tokio_util::sync::CancellationToken;
-use urza::grpc::{RemoteStore, RemoteStoreConfig, serve};
+use urza::grpc::{RemoteStore, RemoteStoreConfig, WriteAuth, serve};
 use urza::{
     BlueprintStore, CatalogQuery, EnsureRequest, Error, Library, LibraryConfig, LocalStore,
     Parameters, SlotShape, artifact, catalog,
@@ -216,21 +217,30 @@ async fn the_local_library_passes_the_store_suite() {
     suite(&store, &library).await;
 }
 
+fn key(byte: u8) -> SigningKey {
+    SigningKey::from_bytes(&[byte; 32]).unwrap()
+}
+
+async fn served(library: &Arc<Library>, shutdown: &CancellationToken) -> urza::grpc::Served {
+    let auth = WriteAuth::with_key(key(1), &leyline::SecurityConfig::default());
+    serve(
+        Arc::clone(library),
+        "127.0.0.1:0".parse().unwrap(),
+        auth,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grpc_client_passes_the_store_suite() {
     let dir = tempfile::tempdir().unwrap();
     let library = library(dir.path());
     let shutdown = CancellationToken::new();
-    let served = serve(
-        Arc::clone(&library),
-        "127.0.0.1:0".parse().unwrap(),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let store = RemoteStore::connect(&RemoteStoreConfig::new(format!("http://{}", served.addr)))
-        .await
-        .unwrap();
+    let served = served(&library, &shutdown).await;
+    let config = RemoteStoreConfig::new(format!("http://{}", served.addr)).with_write_key(key(1));
+    let store = RemoteStore::connect(&config).await.unwrap();
     suite(&store, &library).await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), served.task)
@@ -238,6 +248,61 @@ async fn the_grpc_client_passes_the_store_suite() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// Issue #21 item 3: an upload without a token, or with one made with
+/// another secret, is UNAUTHENTICATED and changes nothing; reads stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_without_the_shared_secret_are_unauthenticated() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = library(dir.path());
+    let shutdown = CancellationToken::new();
+    let served = served(&library, &shutdown).await;
+    let endpoint = format!("http://{}", served.addr);
+    // A genuine artifact, forged locally, that the service does not hold.
+    let bytes = {
+        let scratch = tempfile::tempdir().unwrap();
+        let other = self::library(scratch.path());
+        let record = other
+            .ensure_artifact("conv.residual", &conv_slot(), &Parameters::new(), 3)
+            .unwrap();
+        other.fetch(&record.artifact_ref).unwrap().bytes
+    };
+    for config in [
+        RemoteStoreConfig::new(endpoint.clone()),
+        RemoteStoreConfig::new(endpoint.clone()).with_write_key(key(2)),
+    ] {
+        let store = RemoteStore::connect(&config).await.unwrap();
+        let refused = store.put_artifact(bytes.clone()).await;
+        assert!(
+            matches!(
+                &refused,
+                Err(Error::Remote {
+                    code: tonic::Code::Unauthenticated,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        // Reads need no token.
+        assert!(
+            !store
+                .list_blueprints(CatalogQuery::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert!(
+        library.artifacts("").unwrap().is_empty(),
+        "nothing was stored"
+    );
+    let store = RemoteStore::connect(&RemoteStoreConfig::new(endpoint).with_write_key(key(1)))
+        .await
+        .unwrap();
+    let (_, created) = store.put_artifact(bytes).await.unwrap();
+    assert!(created);
+    shutdown.cancel();
 }
 
 #[tokio::test]

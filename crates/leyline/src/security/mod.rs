@@ -201,6 +201,26 @@ pub fn signature_valid_encoded<M: Signed>(key: &SigningKey, encoded: &[u8]) -> b
     mac.verify_slice(&signature).is_ok()
 }
 
+/// HMAC-SHA256 of `domain ‖ 0x00 ‖ bytes` under `key`: for credentials that
+/// are not Leyline messages (e.g. Urza's write tokens); the domain keeps one
+/// use's MACs from passing as another's.
+pub fn domain_mac(key: &SigningKey, domain: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut mac = key.mac();
+    mac.update(domain.as_bytes());
+    mac.update(&[0]);
+    mac.update(bytes);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Whether `tag` is [`domain_mac`] of `bytes` (constant-time compare).
+pub fn domain_mac_valid(key: &SigningKey, domain: &str, bytes: &[u8], tag: &[u8]) -> bool {
+    let mut mac = key.mac();
+    mac.update(domain.as_bytes());
+    mac.update(&[0]);
+    mac.update(bytes);
+    mac.verify_slice(tag).is_ok()
+}
+
 /// Signs `message` in place with `key`.
 pub fn sign<M: Signed>(key: &SigningKey, message: &mut M) {
     let mut mac = key.mac();

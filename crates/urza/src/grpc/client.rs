@@ -19,7 +19,7 @@ use crate::library::CatalogQuery;
 use crate::store::{BlueprintStore, BoxFuture, CatalogWatch, EnsureRequest};
 
 /// Client settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RemoteStoreConfig {
     /// `http://host:port` of the service.
     pub endpoint: String,
@@ -27,6 +27,9 @@ pub struct RemoteStoreConfig {
     pub connect_timeout: Duration,
     /// Per-request deadline (forging on demand can take a while).
     pub request_timeout: Duration,
+    /// The shared secret write tokens are made with; without it the service
+    /// refuses this client's uploads (UNAUTHENTICATED) unless it runs open.
+    pub write_key: Option<leyline::security::SigningKey>,
 }
 
 impl RemoteStoreConfig {
@@ -36,7 +39,14 @@ impl RemoteStoreConfig {
             endpoint: endpoint.into(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
+            write_key: None,
         }
+    }
+
+    /// The same, making write tokens with `key`.
+    pub fn with_write_key(mut self, key: leyline::security::SigningKey) -> Self {
+        self.write_key = Some(key);
+        self
     }
 }
 
@@ -44,6 +54,7 @@ impl RemoteStoreConfig {
 #[derive(Debug, Clone)]
 pub struct RemoteStore {
     client: UrzaServiceClient<Channel>,
+    write_key: Option<leyline::security::SigningKey>,
 }
 
 impl RemoteStore {
@@ -61,7 +72,10 @@ impl RemoteStore {
         let client = UrzaServiceClient::new(channel)
             .max_decoding_message_size(2 * CHUNK_BYTES)
             .max_encoding_message_size(2 * CHUNK_BYTES);
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            write_key: config.write_key.clone(),
+        })
     }
 
     fn client(&self) -> UrzaServiceClient<Channel> {
@@ -163,9 +177,21 @@ impl BlueprintStore for RemoteStore {
 
     fn put_artifact(&self, bytes: Bytes) -> BoxFuture<'_, Result<(ArtifactRecord, bool)>> {
         let mut client = self.client();
+        let token = self
+            .write_key
+            .as_ref()
+            .map(|key| super::auth::token(key, leyline::unix_now_ms()));
         Box::pin(async move {
+            let mut request = tonic::Request::new(upload_chunks(bytes));
+            if let Some(token) = token {
+                let value =
+                    tonic::metadata::MetadataValue::try_from(token.as_str()).map_err(|e| {
+                        Error::Transport(format!("write token is not a header value: {e}"))
+                    })?;
+                request.metadata_mut().insert(super::auth::HEADER, value);
+            }
             let response = client
-                .put_artifact(upload_chunks(bytes))
+                .put_artifact(request)
                 .await
                 .map_err(from_status)?
                 .into_inner();

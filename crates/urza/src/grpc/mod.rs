@@ -8,9 +8,11 @@
 //! on (unknown blueprint/artifact, quarantined, integrity) and keeps the label
 //! of the others in [`Error::Remote`].
 
+mod auth;
 mod client;
 mod server;
 
+pub use auth::WriteAuth;
 pub use client::{RemoteStore, RemoteStoreConfig};
 pub use server::{Served, serve};
 

@@ -16,6 +16,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{HEADER, WriteAuth};
 use super::generated::urza_service_server::{UrzaService, UrzaServiceServer};
 use super::{CHUNK_BYTES, MAX_ARTIFACT_BYTES, to_status};
 use crate::error::{Error, Result};
@@ -28,6 +29,7 @@ type UpdateStream =
 
 struct Service {
     library: Arc<Library>,
+    auth: WriteAuth,
 }
 
 impl Service {
@@ -124,6 +126,15 @@ impl UrzaService for Service {
         &self,
         request: Request<Streaming<PutArtifactChunk>>,
     ) -> std::result::Result<Response<PutArtifactResponse>, Status> {
+        // Who is writing, before a byte of the upload is read.
+        let credential = request.metadata().get(HEADER).and_then(|v| v.to_str().ok());
+        if let Err(why) = self.auth.check(credential, leyline::unix_now_ms()) {
+            metrics::counter!("urza_unauthenticated_total", "method" => "PutArtifact").increment(1);
+            tracing::warn!(target: "urza", "PutArtifact refused: {why}");
+            return Err(Status::unauthenticated(format!(
+                "PutArtifact refused: {why}"
+            )));
+        }
         let mut stream = request.into_inner();
         let mut buffer = Vec::new();
         while let Some(chunk) = stream.message().await? {
@@ -198,10 +209,12 @@ pub struct Served {
 }
 
 /// Serves `library` on `addr` (port 0 picks a free port) until `shutdown` is
-/// cancelled. Must run inside a tokio runtime.
+/// cancelled, authenticating writes by `auth`. Must run inside a tokio
+/// runtime.
 pub async fn serve(
     library: Arc<Library>,
     addr: SocketAddr,
+    auth: WriteAuth,
     shutdown: CancellationToken,
 ) -> Result<Served> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -210,7 +223,10 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Transport(format!("reading the bound address: {e}")))?;
-    let service = UrzaServiceServer::new(Service { library })
+    if matches!(auth, WriteAuth::Open) {
+        tracing::warn!(target: "urza", %addr, "writes are NOT authenticated (urza.write_auth = false)");
+    }
+    let service = UrzaServiceServer::new(Service { library, auth })
         .max_decoding_message_size(2 * CHUNK_BYTES)
         .max_encoding_message_size(2 * CHUNK_BYTES);
     // Small responses must not wait for Nagle + delayed ACK (≈40 ms per call).
@@ -266,9 +282,16 @@ mod tests {
                 .0,
         );
         let shutdown = CancellationToken::new();
-        let served = serve(library, "127.0.0.1:0".parse().unwrap(), shutdown.clone())
-            .await
-            .unwrap();
+        let key = leyline::security::SigningKey::from_bytes(&[8; 32]).unwrap();
+        let auth = WriteAuth::with_key(key, &leyline::SecurityConfig::default());
+        let served = serve(
+            library,
+            "127.0.0.1:0".parse().unwrap(),
+            auth,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
             .unwrap()
             .connect()

@@ -457,28 +457,7 @@ impl Library {
         let mut merged = def.default_parameters();
         merged.extend(params.iter().map(|(k, v)| (k.clone(), *v)));
         let params = merged;
-        // Requests come from outside (the gRPC service): bound what forging
-        // would allocate before anything is allocated.
-        if slot.elements() > self.config.max_slot_elements {
-            return Err(rejected(Error::InvalidSlot {
-                reason: format!(
-                    "{slot} has {} elements per image, more than urza.max_slot_elements = {}",
-                    slot.elements(),
-                    self.config.max_slot_elements
-                ),
-            }));
-        }
-        def.check(&params, slot).map_err(rejected)?;
-        let parameters = def.parameter_count(&params, slot).map_err(rejected)?;
-        if parameters > self.config.max_forge_parameters {
-            return Err(rejected(Error::InvalidSlot {
-                reason: format!(
-                    "{blueprint_id} on {slot} would have {parameters} parameters, more than \
-                     urza.max_forge_parameters = {}",
-                    self.config.max_forge_parameters
-                ),
-            }));
-        }
+        self.check_bounds(def, blueprint_id, &params, slot)?;
         let entry = self.blueprint(blueprint_id)?;
         if entry.quarantined {
             return Err(rejected(Error::Quarantined {
@@ -526,6 +505,41 @@ impl Library {
             .map(|(record, _)| record)
     }
 
+    /// Refuses, before anything is allocated, a slot or module larger than
+    /// `max_slot_elements` / `max_forge_parameters` (requests come from
+    /// outside: the gRPC service), or parameters the blueprint refuses.
+    fn check_bounds(
+        &self,
+        def: &crate::blueprint::BlueprintDef,
+        blueprint_id: &str,
+        params: &Parameters,
+        slot: &SlotShape,
+    ) -> Result<()> {
+        // Requests come from outside (the gRPC service): bound what forging
+        // would allocate before anything is allocated.
+        if slot.elements() > self.config.max_slot_elements {
+            return Err(rejected(Error::InvalidSlot {
+                reason: format!(
+                    "{slot} has {} elements per image, more than urza.max_slot_elements = {}",
+                    slot.elements(),
+                    self.config.max_slot_elements
+                ),
+            }));
+        }
+        def.check(params, slot).map_err(rejected)?;
+        let parameters = def.parameter_count(params, slot).map_err(rejected)?;
+        if parameters > self.config.max_forge_parameters {
+            return Err(rejected(Error::InvalidSlot {
+                reason: format!(
+                    "{blueprint_id} on {slot} would have {parameters} parameters, more than \
+                     urza.max_forge_parameters = {}",
+                    self.config.max_forge_parameters
+                ),
+            }));
+        }
+        Ok(())
+    }
+
     /// Validates and stores artifact bytes (an upload); `created` is false when
     /// identical bytes were stored already.
     pub fn save_bytes(&self, bytes: &[u8], measured: Measured) -> Result<(ArtifactRecord, bool)> {
@@ -540,8 +554,18 @@ impl Library {
         measured: Measured,
         observe: &mut dyn FnMut(SaveStep),
     ) -> Result<(ArtifactRecord, bool)> {
-        // Validation first: the blueprint must be known and the weights must
-        // rebuild it with a matching guard digest.
+        // Validation first: the declared slot and module within the bounds
+        // of a request from outside, the blueprint known, the weights finite
+        // and rebuilding it with a matching guard digest.
+        let declared = artifact::read_header(bytes).map_err(rejected)?;
+        if let Some(def) = definition(&declared.blueprint_id) {
+            self.check_bounds(
+                def,
+                &declared.blueprint_id,
+                &declared.parameters,
+                &declared.slot,
+            )?;
+        }
         let (header, module) =
             artifact::instantiate(bytes, &candle_core::Device::Cpu).map_err(rejected)?;
         let entry = self.blueprint(&header.blueprint_id)?;

@@ -241,6 +241,15 @@ fn bad_uploads_are_rejected_and_leave_the_library_unchanged() {
         )
         .unwrap();
     let good = library.fetch(&record.artifact_ref).unwrap().bytes;
+    // The first weight made NaN: shapes and guard digest still match.
+    let mut nan = good.to_vec();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    nan[8 + header_len..8 + header_len + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let refused = library.save_bytes(&nan, Measured::default());
+    assert!(
+        matches!(&refused, Err(Error::MalformedArtifact { reason }) if reason.contains("not a finite number")),
+        "{refused:?}"
+    );
     for bad in [
         b"garbage".to_vec(),
         Vec::new(),
