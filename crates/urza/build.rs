@@ -13,10 +13,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         proto_root.join("leyline/v1").display()
     );
     let descriptors = protox::compile([&service], [&proto_root])?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .extern_path(".esper.leyline.v1", "::leyline::v1")
-        .compile_fds(descriptors)?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // The server decodes requests with its own codec (a request that does
+    // not decode is INVALID_ARGUMENT); the client keeps tonic's.
+    for (side, server, codec) in [
+        ("server", true, "crate::grpc::codec::StrictCodec"),
+        ("client", false, "tonic_prost::ProstCodec"),
+    ] {
+        let dir = out.join(side);
+        std::fs::create_dir_all(&dir)?;
+        tonic_prost_build::configure()
+            .build_client(!server)
+            .build_server(server)
+            .codec_path(codec)
+            .out_dir(&dir)
+            .extern_path(".esper.leyline.v1", "::leyline::v1")
+            .compile_fds(descriptors.clone())?;
+    }
     Ok(())
 }

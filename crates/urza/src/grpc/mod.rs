@@ -10,6 +10,7 @@
 
 mod auth;
 mod client;
+mod codec;
 mod server;
 
 pub use auth::WriteAuth;
@@ -30,7 +31,16 @@ use crate::error::Error;
     clippy::pedantic
 )]
 pub(crate) mod generated {
-    tonic::include_proto!("esper.leyline.v1");
+    /// The server half, decoding requests with [`super::codec::StrictCodec`].
+    pub(crate) mod server {
+        include!(concat!(env!("OUT_DIR"), "/server/esper.leyline.v1.rs"));
+    }
+    /// The client half, with tonic's codec.
+    pub(crate) mod client {
+        include!(concat!(env!("OUT_DIR"), "/client/esper.leyline.v1.rs"));
+    }
+    pub(crate) use client::urza_service_client;
+    pub(crate) use server::urza_service_server;
 }
 
 /// Largest artifact accepted by PutArtifact or returned by FetchArtifact.

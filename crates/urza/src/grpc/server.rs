@@ -199,6 +199,56 @@ impl UrzaService for Service {
     }
 }
 
+/// The service, with a message on UNIMPLEMENTED: the generated server
+/// answers a method it does not have with status 12 and nothing else.
+#[derive(Debug, Clone)]
+struct Explained<S>(S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Explained<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Explained<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService,
+    S::Future: Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        let answer = self.0.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            let headers = response.headers_mut();
+            let unimplemented = headers
+                .get("grpc-status")
+                .is_some_and(|v| v.as_bytes() == b"12");
+            if unimplemented && !headers.contains_key("grpc-message") {
+                let text = format!("{path} is not a method of {}", S::NAME);
+                if let Ok(value) = tonic::codegen::http::HeaderValue::from_str(&text) {
+                    headers.insert("grpc-message", value);
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct Served {
@@ -226,9 +276,11 @@ pub async fn serve(
     if matches!(auth, WriteAuth::Open) {
         tracing::warn!(target: "urza", %addr, "writes are NOT authenticated (urza.write_auth = false)");
     }
-    let service = UrzaServiceServer::new(Service { library, auth })
-        .max_decoding_message_size(2 * CHUNK_BYTES)
-        .max_encoding_message_size(2 * CHUNK_BYTES);
+    let service = Explained(
+        UrzaServiceServer::new(Service { library, auth })
+            .max_decoding_message_size(2 * CHUNK_BYTES)
+            .max_encoding_message_size(2 * CHUNK_BYTES),
+    );
     // Small responses must not wait for Nagle + delayed ACK (≈40 ms per call).
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
         accepted.inspect(|stream| {
@@ -330,6 +382,81 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+
+        // Bytes that are no protobuf at all: the caller's fault.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut raw = tonic::client::Grpc::new(channel);
+        raw.ready().await.unwrap();
+        let status = raw
+            .unary::<Vec<u8>, ListBlueprintsResponse, _>(
+                Request::new(vec![0xff, 0xff, 0xff, 0xff]),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/esper.leyline.v1.UrzaService/ListBlueprints",
+                ),
+                RawCodec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("ListBlueprintsRequest"),
+            "{status:?}"
+        );
+
+        // A method the service does not have says so.
+        raw.ready().await.unwrap();
+        let status = raw
+            .unary::<Vec<u8>, ListBlueprintsResponse, _>(
+                Request::new(Vec::new()),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/esper.leyline.v1.UrzaService/DeleteEverything",
+                ),
+                RawCodec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("DeleteEverything is not a method of esper.leyline.v1.UrzaService"),
+            "{status:?}"
+        );
         shutdown.cancel();
+    }
+
+    /// Sends bytes as they are; decodes responses with prost.
+    #[derive(Clone, Copy)]
+    struct RawCodec;
+    struct RawEncoder;
+
+    impl tonic::codec::Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(
+            &mut self,
+            item: Vec<u8>,
+            dst: &mut tonic::codec::EncodeBuf<'_>,
+        ) -> std::result::Result<(), Status> {
+            bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+
+    impl tonic::codec::Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = ListBlueprintsResponse;
+        type Encoder = RawEncoder;
+        type Decoder = tonic_prost::ProstDecoder<ListBlueprintsResponse>;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> Self::Decoder {
+            tonic_prost::ProstDecoder::default()
+        }
     }
 }
