@@ -8,6 +8,7 @@ mod cli;
 mod cohort;
 mod control;
 mod grow;
+mod redis_outage;
 mod report;
 mod run_dir;
 mod script;

@@ -42,6 +42,22 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port)
+    }
+
+    /// A fresh server (empty: no persistence) on the port of `url`, after the
+    /// one there was dropped (SIGKILLed).
+    pub(crate) fn start_on_port_for_test(url: &str) -> Self {
+        let port = url
+            .trim_end_matches("/0")
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
