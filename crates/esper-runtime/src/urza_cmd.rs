@@ -118,7 +118,7 @@ pub(crate) async fn store(resolved: &Resolved) -> Result<Box<dyn BlueprintStore>
     Ok(match resolved.config.urza.remote_store() {
         // Uploads carry a write token made with the run's shared secret.
         Some(remote) => Box::new(
-            RemoteStore::connect(&remote.with_write_key(resolved.signing_key.clone())).await?,
+            RemoteStore::connect(&remote.with_auth_key(resolved.signing_key.clone())).await?,
         ),
         None => Box::new(LocalStore::new(open_library(resolved)?)),
     })
@@ -406,15 +406,15 @@ pub fn serve(resolved: &Resolved, listen: Option<&str>) -> Result<()> {
     let shutdown = CancellationToken::new();
     let report = bus.block_on(async {
         let auth = if resolved.config.urza.write_auth {
-            urza::grpc::WriteAuth::with_key(
+            urza::grpc::ServiceAuth::with_key(
                 resolved.signing_key.clone(),
                 &resolved.config.leyline.security,
             )
         } else {
-            urza::grpc::WriteAuth::Open
+            urza::grpc::ServiceAuth::Open
         };
         let writes = if resolved.config.urza.write_auth {
-            "writes need a token made with the shared secret"
+            "writes (and reads beyond loopback) need a token made with the shared secret"
         } else {
             "WRITES ARE OPEN to anyone who reaches the port (urza.write_auth = false)"
         };

@@ -106,7 +106,7 @@ fn main() {
             Arc::clone(&library),
             "127.0.0.1:0".parse().unwrap(),
             // The bench reads only.
-            urza::grpc::WriteAuth::Open,
+            urza::grpc::ServiceAuth::Open,
             shutdown.clone(),
         ))
         .unwrap();

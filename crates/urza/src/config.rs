@@ -43,9 +43,11 @@ pub struct Config {
     /// Most parameters a forged module may have (default 32 000 000, 128 MB of
     /// f32 weights); counted from the blueprint's formula before forging.
     pub max_forge_parameters: u64,
-    /// Whether `esper urza serve` requires a write token made with the shared
-    /// Leyline secret on PutArtifact (default true; false lets anyone who
-    /// reaches the port change the library, and says so at start).
+    /// Whether `esper urza serve` requires a token made with the shared
+    /// Leyline secret on the calls that change the catalog (PutArtifact,
+    /// EnsureArtifact) and, when it listens beyond loopback, on reads too
+    /// (default true; false lets anyone who reaches the port use and change
+    /// the library, and says so at start).
     pub write_auth: bool,
 }
 
@@ -145,7 +147,7 @@ impl Config {
             endpoint: endpoint.clone(),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
-            write_key: None,
+            auth_key: None,
         })
     }
 }

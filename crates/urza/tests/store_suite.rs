@@ -9,7 +9,7 @@ use candle_core::Device;
 use leyline::security::SigningKey;
 use leyline::v1::{ArtifactProvenance, BlueprintTier, CatalogChange, SlotKind};
 use tokio_util::sync::CancellationToken;
-use urza::grpc::{RemoteStore, RemoteStoreConfig, WriteAuth, serve};
+use urza::grpc::{RemoteStore, RemoteStoreConfig, ServiceAuth, serve};
 use urza::{
     BlueprintStore, CatalogQuery, EnsureRequest, Error, Library, LibraryConfig, LocalStore,
     Parameters, SlotShape, artifact, catalog,
@@ -222,7 +222,7 @@ fn key(byte: u8) -> SigningKey {
 }
 
 async fn served(library: &Arc<Library>, shutdown: &CancellationToken) -> urza::grpc::Served {
-    let auth = WriteAuth::with_key(key(1), &leyline::SecurityConfig::default());
+    let auth = ServiceAuth::with_key(key(1), &leyline::SecurityConfig::default());
     serve(
         Arc::clone(library),
         "127.0.0.1:0".parse().unwrap(),
@@ -239,7 +239,7 @@ async fn the_grpc_client_passes_the_store_suite() {
     let library = library(dir.path());
     let shutdown = CancellationToken::new();
     let served = served(&library, &shutdown).await;
-    let config = RemoteStoreConfig::new(format!("http://{}", served.addr)).with_write_key(key(1));
+    let config = RemoteStoreConfig::new(format!("http://{}", served.addr)).with_auth_key(key(1));
     let store = RemoteStore::connect(&config).await.unwrap();
     suite(&store, &library).await;
     shutdown.cancel();
@@ -250,8 +250,9 @@ async fn the_grpc_client_passes_the_store_suite() {
         .unwrap();
 }
 
-/// Issue #21 item 3: an upload without a token, or with one made with
-/// another secret, is UNAUTHENTICATED and changes nothing; reads stay open.
+/// Issue #21 item 3: an upload or an on-demand forge without a token, or
+/// with one made with another secret, is UNAUTHENTICATED and changes
+/// nothing; reads stay open on loopback and need a token beyond it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_without_the_shared_secret_are_unauthenticated() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,7 +271,7 @@ async fn uploads_without_the_shared_secret_are_unauthenticated() {
     };
     for config in [
         RemoteStoreConfig::new(endpoint.clone()),
-        RemoteStoreConfig::new(endpoint.clone()).with_write_key(key(2)),
+        RemoteStoreConfig::new(endpoint.clone()).with_auth_key(key(2)),
     ] {
         let store = RemoteStore::connect(&config).await.unwrap();
         let refused = store.put_artifact(bytes.clone()).await;
@@ -284,6 +285,10 @@ async fn uploads_without_the_shared_secret_are_unauthenticated() {
             ),
             "{refused:?}"
         );
+        let forge = store
+            .ensure_artifact(ensure("conv.light", conv_slot()))
+            .await;
+        assert!(unauthenticated(&forge), "{forge:?}");
         // Reads need no token.
         assert!(
             !store
@@ -297,12 +302,49 @@ async fn uploads_without_the_shared_secret_are_unauthenticated() {
         library.artifacts("").unwrap().is_empty(),
         "nothing was stored"
     );
-    let store = RemoteStore::connect(&RemoteStoreConfig::new(endpoint).with_write_key(key(1)))
+    let store = RemoteStore::connect(&RemoteStoreConfig::new(endpoint).with_auth_key(key(1)))
         .await
         .unwrap();
     let (_, created) = store.put_artifact(bytes).await.unwrap();
     assert!(created);
     shutdown.cancel();
+
+    // Listening beyond loopback, reads need a token too.
+    let shutdown = CancellationToken::new();
+    let auth = ServiceAuth::with_key(key(1), &leyline::SecurityConfig::default());
+    let wide = serve(
+        Arc::clone(&library),
+        "0.0.0.0:0".parse().unwrap(),
+        auth,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", wide.addr.port());
+    let anonymous = RemoteStore::connect(&RemoteStoreConfig::new(endpoint.clone()))
+        .await
+        .unwrap();
+    let read = anonymous.list_blueprints(CatalogQuery::default()).await;
+    assert!(unauthenticated(&read), "{read:?}");
+    let member = RemoteStore::connect(&RemoteStoreConfig::new(endpoint).with_auth_key(key(1)))
+        .await
+        .unwrap();
+    let entries = member
+        .list_blueprints(CatalogQuery::default())
+        .await
+        .unwrap();
+    assert!(!entries.is_empty());
+    shutdown.cancel();
+}
+
+fn unauthenticated<T>(result: &Result<T, Error>) -> bool {
+    matches!(
+        result,
+        Err(Error::Remote {
+            code: tonic::Code::Unauthenticated,
+            ..
+        })
+    )
 }
 
 #[tokio::test]

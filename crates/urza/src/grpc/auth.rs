@@ -1,10 +1,14 @@
-//! Who may change the library over gRPC: every write (PutArtifact) carries
-//! `authorization: Esper-HMAC <unix_ms>:<hex>`, where `<hex>` is
-//! HMAC-SHA256 under the shared Leyline secret of
-//! `"esper.urza.write" 0x00 <unix_ms as decimal>`. The server accepts a token
-//! issued within the freshness window (and not further in the future than the
-//! allowed skew). Reads stay open. A server started with [`WriteAuth::Open`]
-//! accepts any write and says so when it starts.
+//! Who may use the library over gRPC. A caller proves it holds the shared
+//! Leyline secret with `authorization: Esper-HMAC <unix_ms>:<hex>`, where
+//! `<hex>` is HMAC-SHA256 under that secret of `"esper.urza.write" 0x00
+//! <unix_ms as decimal>`; the server accepts a token issued within the
+//! freshness window (and not further ahead than the allowed skew).
+//!
+//! Every call that can change the catalog needs one: PutArtifact, and
+//! EnsureArtifact (it forges and stores on demand). Reads (list, get, fetch,
+//! watch) need one too when the service listens beyond loopback, and stay
+//! open on loopback. A server started with [`ServiceAuth::Open`] accepts
+//! anything and says so when it starts.
 
 use leyline::security::{SigningKey, domain_mac, domain_mac_valid};
 
@@ -13,10 +17,11 @@ pub(crate) const HEADER: &str = "authorization";
 const SCHEME: &str = "Esper-HMAC ";
 const DOMAIN: &str = "esper.urza.write";
 
-/// How the service authenticates writes.
+/// How the service authenticates its callers.
 #[derive(Debug, Clone)]
-pub enum WriteAuth {
-    /// Writes need a token made with this key (the shared Leyline secret).
+pub enum ServiceAuth {
+    /// Writes (and, beyond loopback, reads) need a token made with this key
+    /// (the shared Leyline secret).
     Key {
         /// The key tokens are checked with.
         key: SigningKey,
@@ -24,18 +29,38 @@ pub enum WriteAuth {
         window_ms: u64,
         /// How far ahead of the server's clock a token may be, ms.
         skew_ms: u64,
+        /// Whether reads need a token too (set by `serve`: the address is
+        /// not a loopback one).
+        reads: bool,
     },
     /// Anyone reaching the port may write (`urza.write_auth = false`).
     Open,
 }
 
-impl WriteAuth {
+impl ServiceAuth {
     /// Tokens made with `key`, judged by the Leyline freshness window and skew.
     pub fn with_key(key: SigningKey, security: &leyline::SecurityConfig) -> Self {
         Self::Key {
             key,
             window_ms: u64::from(security.freshness_window_s) * 1000,
             skew_ms: u64::from(security.future_skew_s) * 1000,
+            reads: false,
+        }
+    }
+
+    /// The same, with reads authenticated too when `beyond_loopback`.
+    pub(crate) fn for_address(mut self, beyond_loopback: bool) -> Self {
+        if let Self::Key { reads, .. } = &mut self {
+            *reads = beyond_loopback;
+        }
+        self
+    }
+
+    /// Checks a read's credential: needed only beyond loopback.
+    pub(crate) fn check_read(&self, credential: Option<&str>, now_ms: u64) -> Result<(), String> {
+        match self {
+            Self::Key { reads: false, .. } | Self::Open => Ok(()),
+            Self::Key { reads: true, .. } => self.check(credential, now_ms),
         }
     }
 
@@ -45,6 +70,7 @@ impl WriteAuth {
             key,
             window_ms,
             skew_ms,
+            ..
         } = self
         else {
             return Ok(());
@@ -107,7 +133,7 @@ mod tests {
     fn only_a_fresh_token_of_the_same_secret_passes() {
         let key = SigningKey::from_bytes(&[3; 32]).unwrap();
         let other = SigningKey::from_bytes(&[4; 32]).unwrap();
-        let auth = WriteAuth::with_key(key.clone(), &leyline::SecurityConfig::default());
+        let auth = ServiceAuth::with_key(key.clone(), &leyline::SecurityConfig::default());
         let now = 1_800_000_000_000;
         assert!(auth.check(Some(&token(&key, now)), now).is_ok());
         assert!(auth.check(None, now).unwrap_err().contains("needs"));
@@ -128,6 +154,11 @@ mod tests {
         );
         assert!(auth.check(Some("Bearer x"), now).is_err());
         assert!(auth.check(Some("Esper-HMAC 12:zz"), now).is_err());
-        assert!(WriteAuth::Open.check(None, now).is_ok());
+        assert!(ServiceAuth::Open.check(None, now).is_ok());
+        // Reads: open on loopback, a token beyond it.
+        assert!(auth.check_read(None, now).is_ok());
+        let remote = auth.for_address(true);
+        assert!(remote.check_read(None, now).is_err());
+        assert!(remote.check_read(Some(&token(&key, now)), now).is_ok());
     }
 }

@@ -27,9 +27,11 @@ pub struct RemoteStoreConfig {
     pub connect_timeout: Duration,
     /// Per-request deadline (forging on demand can take a while).
     pub request_timeout: Duration,
-    /// The shared secret write tokens are made with; without it the service
-    /// refuses this client's uploads (UNAUTHENTICATED) unless it runs open.
-    pub write_key: Option<leyline::security::SigningKey>,
+    /// The shared secret call tokens are made with; without it the service
+    /// refuses this client's writes (PutArtifact, EnsureArtifact) — and its
+    /// reads when it listens beyond loopback — with UNAUTHENTICATED, unless
+    /// it runs open.
+    pub auth_key: Option<leyline::security::SigningKey>,
 }
 
 impl RemoteStoreConfig {
@@ -39,13 +41,13 @@ impl RemoteStoreConfig {
             endpoint: endpoint.into(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
-            write_key: None,
+            auth_key: None,
         }
     }
 
-    /// The same, making write tokens with `key`.
-    pub fn with_write_key(mut self, key: leyline::security::SigningKey) -> Self {
-        self.write_key = Some(key);
+    /// The same, making call tokens with `key`.
+    pub fn with_auth_key(mut self, key: leyline::security::SigningKey) -> Self {
+        self.auth_key = Some(key);
         self
     }
 }
@@ -54,7 +56,7 @@ impl RemoteStoreConfig {
 #[derive(Debug, Clone)]
 pub struct RemoteStore {
     client: UrzaServiceClient<Channel>,
-    write_key: Option<leyline::security::SigningKey>,
+    auth_key: Option<leyline::security::SigningKey>,
 }
 
 impl RemoteStore {
@@ -74,25 +76,38 @@ impl RemoteStore {
             .max_encoding_message_size(2 * CHUNK_BYTES);
         Ok(Self {
             client,
-            write_key: config.write_key.clone(),
+            auth_key: config.auth_key.clone(),
         })
     }
 
     fn client(&self) -> UrzaServiceClient<Channel> {
         self.client.clone()
     }
+
+    /// `message` as a request, with a fresh token when this client has the key.
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        if let Some(key) = &self.auth_key {
+            let token = super::auth::token(key, leyline::unix_now_ms());
+            let value = tonic::metadata::MetadataValue::try_from(token.as_str())
+                .map_err(|e| Error::Transport(format!("call token is not a header value: {e}")))?;
+            request.metadata_mut().insert(super::auth::HEADER, value);
+        }
+        Ok(request)
+    }
 }
 
 impl BlueprintStore for RemoteStore {
     fn list_blueprints(&self, query: CatalogQuery) -> BoxFuture<'_, Result<Vec<CatalogEntry>>> {
         let mut client = self.client();
+        let request = self.request(ListBlueprintsRequest {
+            tier: query.tier.unwrap_or(0),
+            slot_kind: query.slot_kind.unwrap_or(0),
+            tag: query.tag.unwrap_or_default(),
+            include_quarantined: query.include_quarantined,
+        });
         Box::pin(async move {
-            let request = ListBlueprintsRequest {
-                tier: query.tier.unwrap_or(0),
-                slot_kind: query.slot_kind.unwrap_or(0),
-                tag: query.tag.unwrap_or_default(),
-                include_quarantined: query.include_quarantined,
-            };
+            let request = request?;
             Ok(client
                 .list_blueprints(request)
                 .await
@@ -104,9 +119,10 @@ impl BlueprintStore for RemoteStore {
 
     fn get_blueprint(&self, blueprint_id: String) -> BoxFuture<'_, Result<CatalogEntry>> {
         let mut client = self.client();
+        let request = self.request(GetBlueprintRequest { blueprint_id });
         Box::pin(async move {
             Ok(client
-                .get_blueprint(GetBlueprintRequest { blueprint_id })
+                .get_blueprint(request?)
                 .await
                 .map_err(from_status)?
                 .into_inner())
@@ -115,9 +131,10 @@ impl BlueprintStore for RemoteStore {
 
     fn list_artifacts(&self, blueprint_id: String) -> BoxFuture<'_, Result<Vec<ArtifactRecord>>> {
         let mut client = self.client();
+        let request = self.request(ListArtifactsRequest { blueprint_id });
         Box::pin(async move {
             Ok(client
-                .list_artifacts(ListArtifactsRequest { blueprint_id })
+                .list_artifacts(request?)
                 .await
                 .map_err(from_status)?
                 .into_inner()
@@ -127,11 +144,12 @@ impl BlueprintStore for RemoteStore {
 
     fn fetch_artifact(&self, artifact_ref: String) -> BoxFuture<'_, Result<Artifact>> {
         let mut client = self.client();
+        let request = self.request(FetchArtifactRequest {
+            artifact_ref: artifact_ref.clone(),
+        });
         Box::pin(async move {
             let mut stream = client
-                .fetch_artifact(FetchArtifactRequest {
-                    artifact_ref: artifact_ref.clone(),
-                })
+                .fetch_artifact(request?)
                 .await
                 .map_err(from_status)?
                 .into_inner();
@@ -177,19 +195,9 @@ impl BlueprintStore for RemoteStore {
 
     fn put_artifact(&self, bytes: Bytes) -> BoxFuture<'_, Result<(ArtifactRecord, bool)>> {
         let mut client = self.client();
-        let token = self
-            .write_key
-            .as_ref()
-            .map(|key| super::auth::token(key, leyline::unix_now_ms()));
+        let request = self.request(upload_chunks(bytes));
         Box::pin(async move {
-            let mut request = tonic::Request::new(upload_chunks(bytes));
-            if let Some(token) = token {
-                let value =
-                    tonic::metadata::MetadataValue::try_from(token.as_str()).map_err(|e| {
-                        Error::Transport(format!("write token is not a header value: {e}"))
-                    })?;
-                request.metadata_mut().insert(super::auth::HEADER, value);
-            }
+            let request = request?;
             let response = client
                 .put_artifact(request)
                 .await
@@ -206,16 +214,16 @@ impl BlueprintStore for RemoteStore {
 
     fn ensure_artifact(&self, request: EnsureRequest) -> BoxFuture<'_, Result<ArtifactRecord>> {
         let mut client = self.client();
+        let wire = self.request(EnsureArtifactRequest {
+            blueprint_id: request.blueprint_id,
+            slot_kind: request.slot.kind() as i32,
+            slot_shape: request.slot.wire_shape(),
+            parameters: request.parameters,
+            init_seed: request.init_seed,
+        });
         Box::pin(async move {
-            let wire = EnsureArtifactRequest {
-                blueprint_id: request.blueprint_id,
-                slot_kind: request.slot.kind() as i32,
-                slot_shape: request.slot.wire_shape(),
-                parameters: request.parameters,
-                init_seed: request.init_seed,
-            };
             Ok(client
-                .ensure_artifact(wire)
+                .ensure_artifact(wire?)
                 .await
                 .map_err(from_status)?
                 .into_inner())
@@ -224,9 +232,10 @@ impl BlueprintStore for RemoteStore {
 
     fn watch_catalog(&self) -> BoxFuture<'_, Result<CatalogWatch>> {
         let mut client = self.client();
+        let request = self.request(WatchCatalogRequest {});
         Box::pin(async move {
             let stream = client
-                .watch_catalog(WatchCatalogRequest {})
+                .watch_catalog(request?)
                 .await
                 .map_err(from_status)?
                 .into_inner();

@@ -13,7 +13,7 @@ mod client;
 mod codec;
 mod server;
 
-pub use auth::WriteAuth;
+pub use auth::ServiceAuth;
 pub use client::{RemoteStore, RemoteStoreConfig};
 pub use server::{Served, serve};
 

@@ -16,7 +16,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{HEADER, WriteAuth};
+use super::auth::{HEADER, ServiceAuth};
 use super::generated::urza_service_server::{UrzaService, UrzaServiceServer};
 use super::{CHUNK_BYTES, MAX_ARTIFACT_BYTES, to_status};
 use crate::error::{Error, Result};
@@ -29,7 +29,7 @@ type UpdateStream =
 
 struct Service {
     library: Arc<Library>,
-    auth: WriteAuth,
+    auth: ServiceAuth,
 }
 
 impl Service {
@@ -45,6 +45,30 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Refuses a call whose caller is not authenticated as `auth` wants
+    /// (`write`: the call can change the catalog).
+    fn allowed<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        write: bool,
+    ) -> std::result::Result<(), Status> {
+        let credential = request.metadata().get(HEADER).and_then(|v| v.to_str().ok());
+        let now = leyline::unix_now_ms();
+        let verdict = if write {
+            self.auth.check(credential, now)
+        } else {
+            self.auth.check_read(credential, now)
+        };
+        verdict.map_err(|why| {
+            metrics::counter!("urza_unauthenticated_total", "method" => method).increment(1);
+            tracing::warn!(target: "urza", "{method} refused: {why}");
+            Status::unauthenticated(format!("{method} refused: {why}"))
+        })
+    }
+}
+
 fn optional(value: i32) -> Option<i32> {
     (value != 0).then_some(value)
 }
@@ -55,6 +79,7 @@ impl UrzaService for Service {
         &self,
         request: Request<ListBlueprintsRequest>,
     ) -> std::result::Result<Response<ListBlueprintsResponse>, Status> {
+        self.allowed(&request, "ListBlueprints", false)?;
         let r = request.into_inner();
         // An unknown enum value is a bad request, not a filter that matches nothing.
         if leyline::v1::BlueprintTier::try_from(r.tier).is_err() {
@@ -80,6 +105,7 @@ impl UrzaService for Service {
         &self,
         request: Request<GetBlueprintRequest>,
     ) -> std::result::Result<Response<CatalogEntry>, Status> {
+        self.allowed(&request, "GetBlueprint", false)?;
         let id = request.into_inner().blueprint_id;
         Ok(Response::new(
             self.blocking(move |l| l.blueprint(&id)).await?,
@@ -90,6 +116,7 @@ impl UrzaService for Service {
         &self,
         request: Request<ListArtifactsRequest>,
     ) -> std::result::Result<Response<ListArtifactsResponse>, Status> {
+        self.allowed(&request, "ListArtifacts", false)?;
         let id = request.into_inner().blueprint_id;
         let artifacts = self.blocking(move |l| l.artifacts(&id)).await?;
         Ok(Response::new(ListArtifactsResponse { artifacts }))
@@ -101,6 +128,7 @@ impl UrzaService for Service {
         &self,
         request: Request<FetchArtifactRequest>,
     ) -> std::result::Result<Response<ChunkStream>, Status> {
+        self.allowed(&request, "FetchArtifact", false)?;
         let reference = request.into_inner().artifact_ref;
         let artifact = self.blocking(move |l| l.fetch(&reference)).await?;
         let mut record = Some(artifact.record);
@@ -127,14 +155,7 @@ impl UrzaService for Service {
         request: Request<Streaming<PutArtifactChunk>>,
     ) -> std::result::Result<Response<PutArtifactResponse>, Status> {
         // Who is writing, before a byte of the upload is read.
-        let credential = request.metadata().get(HEADER).and_then(|v| v.to_str().ok());
-        if let Err(why) = self.auth.check(credential, leyline::unix_now_ms()) {
-            metrics::counter!("urza_unauthenticated_total", "method" => "PutArtifact").increment(1);
-            tracing::warn!(target: "urza", "PutArtifact refused: {why}");
-            return Err(Status::unauthenticated(format!(
-                "PutArtifact refused: {why}"
-            )));
-        }
+        self.allowed(&request, "PutArtifact", true)?;
         let mut stream = request.into_inner();
         let mut buffer = Vec::new();
         while let Some(chunk) = stream.message().await? {
@@ -171,6 +192,7 @@ impl UrzaService for Service {
         &self,
         request: Request<EnsureArtifactRequest>,
     ) -> std::result::Result<Response<ArtifactRecord>, Status> {
+        self.allowed(&request, "EnsureArtifact", true)?;
         let r = request.into_inner();
         let slot = SlotShape::from_wire(r.slot_kind, &r.slot_shape).map_err(|e| to_status(&e))?;
         let record = self
@@ -185,8 +207,9 @@ impl UrzaService for Service {
 
     async fn watch_catalog(
         &self,
-        _request: Request<WatchCatalogRequest>,
+        request: Request<WatchCatalogRequest>,
     ) -> std::result::Result<Response<UpdateStream>, Status> {
+        self.allowed(&request, "WatchCatalog", false)?;
         let updates =
             tokio_stream::wrappers::BroadcastStream::new(self.library.subscribe()).map(|item| {
                 item.map_err(
@@ -264,7 +287,7 @@ pub struct Served {
 pub async fn serve(
     library: Arc<Library>,
     addr: SocketAddr,
-    auth: WriteAuth,
+    auth: ServiceAuth,
     shutdown: CancellationToken,
 ) -> Result<Served> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -273,7 +296,8 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Transport(format!("reading the bound address: {e}")))?;
-    if matches!(auth, WriteAuth::Open) {
+    let auth = auth.for_address(!addr.ip().is_loopback());
+    if matches!(auth, ServiceAuth::Open) {
         tracing::warn!(target: "urza", %addr, "writes are NOT authenticated (urza.write_auth = false)");
     }
     let service = Explained(
@@ -334,12 +358,11 @@ mod tests {
                 .0,
         );
         let shutdown = CancellationToken::new();
-        let key = leyline::security::SigningKey::from_bytes(&[8; 32]).unwrap();
-        let auth = WriteAuth::with_key(key, &leyline::SecurityConfig::default());
+        // Open: what is judged here is the request, not the caller.
         let served = serve(
             library,
             "127.0.0.1:0".parse().unwrap(),
-            auth,
+            ServiceAuth::Open,
             shutdown.clone(),
         )
         .await
