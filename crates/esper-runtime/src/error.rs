@@ -74,6 +74,15 @@ pub enum Error {
     /// carry shapes and paths, and this enum travels through hot paths).
     #[error(transparent)]
     Urza(Box<urza::Error>),
+    /// The local library could not be opened or written.
+    #[error("urza library {}: {source}", root.display())]
+    Library {
+        /// `urza.root`.
+        root: PathBuf,
+        /// What Urza said.
+        #[source]
+        source: Box<urza::Error>,
+    },
     /// The run directory could not be written.
     #[error("run directory {path}: {source}")]
     RunDir {

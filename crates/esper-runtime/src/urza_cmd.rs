@@ -89,7 +89,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn open_library(resolved: &Resolved) -> Result<Arc<Library>> {
-    let (library, report) = Library::open(resolved.config.urza.library())?;
+    // The root is named: a read-only or full disk is then a message about
+    // this directory, not about "a readonly database".
+    let (library, report) =
+        Library::open(resolved.config.urza.library()).map_err(|e| Error::Library {
+            root: resolved.config.urza.root.clone(),
+            source: Box::new(e),
+        })?;
     if report.temp_files_removed + report.orphans_recovered > 0
         || !report.missing_files.is_empty()
         || !report.orphans_quarantined.is_empty()

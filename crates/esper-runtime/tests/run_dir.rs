@@ -196,6 +196,12 @@ fn a_failed_precondition_leaves_no_run_directory() {
     );
     assert!(!out.status.success(), "{}", text(&out));
     assert!(!runs.path().join("doomed").exists(), "{}", text(&out));
+    // The message names the key and the data's directory (issue #19 item 10).
+    let t = text(&out);
+    assert!(
+        t.contains("tolaria.train_size = 10000000 but the data holds") && t.contains("mnist"),
+        "{t}"
+    );
     // The shared Urza service unreachable: the error names it, and the run
     // directory (created before the controller is set up) is removed.
     let out = esper(

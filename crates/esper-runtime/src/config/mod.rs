@@ -354,7 +354,13 @@ fn full_key(path: &str, message: &str) -> String {
 fn origin_of(key: &str, from_env: &BTreeMap<String, String>) -> String {
     from_env
         .iter()
-        .find(|(path, _)| key == path.as_str() || key.starts_with(&format!("{path}.")))
+        .find(|(path, _)| {
+            // The key itself, a key inside it, or (a misspelt section) the
+            // section the variable's path runs through.
+            key == path.as_str()
+                || key.starts_with(&format!("{path}."))
+                || path.starts_with(&format!("{key}."))
+        })
         .map(|(_, var)| format!(" (set by {var})"))
         .unwrap_or_default()
 }

@@ -102,6 +102,13 @@ fn unknown_plain_variables_and_malformed_overrides_are_errors() {
     // `run.seed` is a number, so it cannot hold a sub-key.
     let (key, _) = key_error(load(None, &env(&[("ESPER_RUN__SEED__X", "1")])));
     assert_eq!(key, "run.seed");
+    // A misspelt section names the variable that carried it (issue #19 item 10).
+    let (key, problem) = key_error(load(None, &env(&[("ESPER_TOLARAI__EPOCHS", "3")])));
+    assert_eq!(key, "tolarai");
+    assert!(
+        problem.contains("set by ESPER_TOLARAI__EPOCHS"),
+        "{problem}"
+    );
     // Unrelated variables are none of our business.
     load(None, &env(&[("HOME", "/root"), ("ESPERANTO", "x")])).unwrap();
 }

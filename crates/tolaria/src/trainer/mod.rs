@@ -217,7 +217,16 @@ impl Trainer {
         }
         let device = device(config.device)?;
         let dir = config.data_dir.clone().unwrap_or_else(bundled_mnist_dir);
-        let (train, validation) = load_mnist(&dir)?.split(config.train_size)?;
+        let data = load_mnist(&dir)?;
+        let images = data.len();
+        let (train, validation) = data.split(config.train_size).map_err(|_| Error::Data {
+            path: dir.clone(),
+            detail: format!(
+                "tolaria.train_size = {} but the data holds {images} images; it must be in \
+                 1..{images} (the rest is the validation set)",
+                config.train_size
+            ),
+        })?;
         let host = crate::hosts::build_with_ops(&config.host, seed, &device, config.ops)?;
         let mut optimizer = Optimizer::new(config.optimizer.rule)?;
         optimizer.add_group(ParamGroup::new(
