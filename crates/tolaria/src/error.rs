@@ -8,8 +8,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Everything that can go wrong in Tolaria.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A data file could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// A file operation failed: reading data, or writing, syncing, renaming
+    /// or removing a checkpoint (the OS error says which went wrong).
+    #[error("I/O on {}: {source}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
