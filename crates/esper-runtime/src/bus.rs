@@ -4,6 +4,7 @@
 //! [`RunBus`]; its publishes block only on the bus itself, its telemetry never.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use leyline::v1::{
     EmergencySignal, FieldReport, MessagePriority, MetricPoint, SystemStatePacket, TelemetryEvent,
@@ -86,6 +87,8 @@ pub struct RunBus {
     /// Consumers whose group only this run reads: stopped, then their
     /// groups removed, at [`RunBus::finish`].
     own_groups: std::sync::Mutex<Vec<OwnGroup>>,
+    /// An emergency at CONSERVATIVE or above was raised (`esper_system_mode`).
+    emergency: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -143,6 +146,7 @@ impl RunBus {
             cancel,
             told: std::sync::Mutex::default(),
             own_groups: std::sync::Mutex::default(),
+            emergency: Arc::default(),
         })
     }
 
@@ -201,6 +205,14 @@ impl RunBus {
             );
             notes.push(line);
         }
+        let mode = if self.emergency.load(std::sync::atomic::Ordering::Acquire) {
+            crate::exporter::SystemMode::Emergency
+        } else if now.down_now {
+            crate::exporter::SystemMode::Degraded
+        } else {
+            crate::exporter::SystemMode::Operational
+        };
+        crate::exporter::record_system_mode(mode);
         *told = now;
         notes
     }
@@ -219,7 +231,13 @@ impl RunBus {
     pub fn emergency_sink(&self) -> tolaria::EmergencySink {
         let oona = self.oona.clone();
         let handle = self.runtime.handle().clone();
+        let emergency = Arc::clone(&self.emergency);
         Box::new(move |signal: &EmergencySignal| {
+            crate::exporter::record_emergency(signal.level());
+            if signal.level() >= leyline::v1::EmergencyLevel::Conservative {
+                emergency.store(true, std::sync::atomic::Ordering::Release);
+                crate::exporter::record_system_mode(crate::exporter::SystemMode::Emergency);
+            }
             eprintln!(
                 "esper train: emergency {}: {}",
                 signal.level().as_str_name(),

@@ -263,7 +263,9 @@ pub fn flush_events(
     summary: &mut ControlSummary,
     narrator: &mut crate::narrate::Narrator,
 ) -> Vec<String> {
-    summary.absorb(trainer.drain_decisions());
+    let decisions = trainer.drain_decisions();
+    crate::exporter::record_decisions(&decisions);
+    summary.absorb(decisions);
     let events = trainer.drain_events();
     summary.note_events(&events);
     // Lines only for the events the progress display has not shown.

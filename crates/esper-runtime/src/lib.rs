@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod epoch_end;
 mod error;
+pub mod exporter;
 pub mod narrate;
 pub mod report;
 pub mod runlog;

@@ -452,6 +452,19 @@ fn train(
         );
     }
     let bus = esper_runtime::RunBus::start(resolved, "tolaria").context("connecting to Oona")?;
+    let exporter = match resolved.config.runtime.listen_addr()? {
+        Some(addr) => {
+            let exporter = esper_runtime::exporter::install(addr, &bus.handle())
+                .context("starting the metrics listener")?;
+            println!(
+                "esper train: metrics on http://{}/metrics (and /healthz, /readyz)",
+                exporter.addr()
+            );
+            Some(exporter)
+        }
+        None => None,
+    };
+    esper_runtime::exporter::record_system_mode(esper_runtime::exporter::SystemMode::Operational);
     let signals = esper_runtime::signals::StopSignals::install(
         &bus.handle(),
         "stopping after the epoch in progress (its checkpoint is written); signal again to stop now"
@@ -497,12 +510,26 @@ fn train(
         }
     };
     println!("esper train: writing {}", log.dir().display());
+    if let Some(exporter) = &exporter {
+        exporter.set_ready(true);
+    }
     while trainer.epoch() < config.epochs
         && trainer.stop_requested().is_none()
         && signals.received().is_none()
     {
         let progress = epoch_progress(trainer.epoch() + 1, config.epochs);
+        let mut last_step: Option<std::time::Instant> = None;
         let r = match trainer.run_epoch_with_progress(&mut |p| {
+            let now = std::time::Instant::now();
+            if let Some(before) = last_step.replace(now) {
+                esper_runtime::exporter::record_step(
+                    (now - before).as_secs_f64(),
+                    p.global_step,
+                    p.loss,
+                    p.accuracy,
+                    p.images_per_second,
+                );
+            }
             progress.set_length(p.batches as u64);
             progress.set_position(p.batch as u64);
             // Events as they happen, above the bar (and in a worker's log).
@@ -546,7 +573,7 @@ fn train(
                     &mut narrator,
                 ));
                 say(bus.outage_notes());
-                close_bus(bus, resolved)?;
+                close_bus(bus, resolved, exporter)?;
                 return Err(e).context("training");
             }
         };
@@ -584,6 +611,11 @@ fn train(
                 esper_runtime::epoch_end::seed_line(&s, trainer.host_forward_macs())
             );
         }
+        esper_runtime::exporter::record_epoch(
+            &r,
+            &trainer.seed_summaries(),
+            trainer.parameter_count() as i64 - params as i64,
+        );
         say(esper_runtime::epoch_end::publish_epoch(
             resolved,
             &bus,
@@ -680,7 +712,7 @@ fn train(
         millions(run_summary.training_flops_per_image),
         run_summary.train_seconds
     );
-    close_bus(bus, resolved)?;
+    close_bus(bus, resolved, exporter)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -690,7 +722,18 @@ fn train(
 fn close_bus(
     bus: esper_runtime::bus::RunBus,
     resolved: &esper_runtime::Resolved,
+    exporter: Option<esper_runtime::exporter::Exporter>,
 ) -> anyhow::Result<()> {
+    if let Some(exporter) = exporter {
+        let linger = Duration::from_secs(resolved.config.runtime.linger_s);
+        if !linger.is_zero() {
+            println!(
+                "esper train: serving the final metrics for {} s more (runtime.linger_s)",
+                linger.as_secs()
+            );
+        }
+        exporter.finish(&bus.handle(), linger);
+    }
     let summary = bus.finish().context("closing the bus")?;
     let published: u64 = summary.stats.published.values().sum();
     println!(

@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod cohort;
 mod control;
+mod exporter;
 mod grow;
 mod redis_outage;
 mod report;

@@ -45,6 +45,37 @@ pub struct EsperConfig {
     pub kasmina: kasmina::Config,
     /// The controller: which one, its thresholds, its risk rules.
     pub tamiyo: tamiyo::Config,
+    /// The process itself: where it serves its metrics and health.
+    pub runtime: RuntimeConfig,
+}
+
+/// The `[runtime]` section.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// `host:port` where long commands serve `/metrics` (Prometheus text),
+    /// `/healthz` and `/readyz`; unset (the default): no listener.
+    pub listen: Option<String>,
+    /// After a run ends, how long the listener keeps serving, s (default 0),
+    /// so that the next scrape still sees the final values of a short run.
+    pub linger_s: u64,
+}
+
+impl RuntimeConfig {
+    /// The listen address, when set.
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>> {
+        self.listen
+            .as_deref()
+            .map(|text| {
+                text.parse().map_err(|e| {
+                    Error::Config(leyline::ConfigError::at(
+                        "runtime.listen",
+                        format!("{text:?} is not host:port ({e})"),
+                    ))
+                })
+            })
+            .transpose()
+    }
 }
 
 /// Identity and seed of the run.
@@ -121,6 +152,13 @@ impl EsperConfig {
         })?;
         self.oona.validate()?;
         self.urza.validate()?;
+        self.runtime.listen_addr()?;
+        if self.runtime.linger_s > 3_600 {
+            return Err(Error::Config(leyline::ConfigError::at(
+                "runtime.linger_s",
+                "at most 3600",
+            )));
+        }
         self.kasmina.validate()?;
         self.tamiyo.validate()?;
         // A key generated per process cannot verify messages from another one.

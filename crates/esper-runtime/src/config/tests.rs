@@ -88,6 +88,10 @@ fn bad_values_are_rejected_with_the_key_named() {
         &env(&[("ESPER_LEYLINE__SECURITY__NONCE_TTL_S", "-1")]),
     ));
     assert_eq!(key, "leyline.security.nonce_ttl_s");
+
+    let (key, detail) = key_error(load(None, &env(&[("ESPER_RUNTIME__LISTEN", "port 80")])));
+    assert_eq!(key, "runtime.listen");
+    assert!(detail.contains("host:port"), "{detail}");
 }
 
 #[test]
