@@ -74,6 +74,9 @@ pub enum Error {
     /// carry shapes and paths, and this enum travels through hot paths).
     #[error(transparent)]
     Urza(Box<urza::Error>),
+    /// Preconditions of a long command do not hold (each line names what to fix).
+    #[error("preflight failed:\n  {}", .0.join("\n  "))]
+    Preflight(Vec<String>),
     /// The local library could not be opened or written.
     #[error("urza library {}: {source}", root.display())]
     Library {

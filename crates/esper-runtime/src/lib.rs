@@ -25,6 +25,7 @@ pub mod epoch_end;
 mod error;
 pub mod exporter;
 pub mod narrate;
+pub mod preflight;
 pub mod report;
 pub mod runlog;
 pub mod selfcheck;

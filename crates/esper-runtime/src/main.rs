@@ -331,6 +331,9 @@ fn train(
     if config.checkpoint.dir.is_none() {
         config.checkpoint.dir = Some(resolved.run_dir().join("checkpoints"));
     }
+    // Preconditions first: nothing (no run directory) before they hold.
+    let grows = resolved.config.tamiyo.controller != tamiyo::Controller::Off;
+    esper_runtime::preflight::require(resolved, grows)?;
     // One writer per run; nothing is written until the run is known to start.
     let log =
         esper_runtime::runlog::RunLog::claim(resolved).context("opening the run directory")?;

@@ -79,10 +79,11 @@ fn check(name: &'static str, outcome: Result<String, String>) -> Check {
     }
 }
 
-/// Runs every check with the resolved configuration.
+/// Runs every check with the resolved configuration: the contract checks,
+/// then the preflight of long commands ([`crate::preflight`]).
 pub fn run(resolved: &Resolved) -> Report {
     let validator = Validator::new(&resolved.config.leyline.limits);
-    let checks = vec![
+    let mut checks = vec![
         check("lifecycle table", lifecycle()),
         check("contract round trip", round_trip(resolved)),
         check("validator", validation(resolved, &validator)),
@@ -91,6 +92,7 @@ pub fn run(resolved: &Resolved) -> Report {
         check("oona round trip", bus_round_trip(resolved)),
         check("oona quarantine", bus_quarantine(resolved)),
     ];
+    checks.extend(crate::preflight::checks(resolved));
     Report { checks }
 }
 
@@ -445,7 +447,7 @@ mod tests {
         let resolved = crate::config::load(None, &BTreeMap::new()).unwrap();
         let report = run(&resolved);
         assert!(report.passed(), "{report}");
-        assert_eq!(report.checks.len(), 7);
+        assert_eq!(report.checks.len(), 11);
     }
 
     #[test]
@@ -456,9 +458,10 @@ mod tests {
         };
         let report = run(&resolved);
         let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
-        assert_eq!(failed.len(), 2, "{report}");
+        assert_eq!(failed.len(), 3, "{report}");
         assert_eq!(failed[0].name, "oona round trip");
         assert_eq!(failed[1].name, "oona quarantine");
+        assert_eq!(failed[2].name, "bus reachable");
         for f in failed {
             // The cause, not only "connect failed" (issue #21 item 8).
             assert!(f.detail.contains("refused"), "{}", f.detail);

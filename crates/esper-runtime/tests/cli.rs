@@ -17,7 +17,7 @@ fn check_passes_with_defaults() {
     let out = esper(&["check"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("7 checks, 7 passed, 0 failed"), "{t}");
+    assert!(t.contains("11 checks, 11 passed, 0 failed"), "{t}");
     assert!(
         t.contains("oona round trip") && t.contains("in-process"),
         "{t}"
@@ -306,7 +306,7 @@ fn check_reports_quarantined_entries_and_a_dead_bus_with_its_cause() {
         t.contains("oona.quarantine holds 1 entr(ies) (1 INVALID_SIGNATURE)"),
         "{t}"
     );
-    assert!(t.contains("6 passed, 1 failed"), "{t}");
+    assert!(t.contains("10 passed, 1 failed"), "{t}");
 
     drop(redis);
     let down = esper(&["check"], &env);
@@ -319,4 +319,37 @@ fn check_reports_quarantined_entries_and_a_dead_bus_with_its_cause() {
             "said once: {line}"
         );
     }
+}
+
+/// Issue #18 item 1: `esper train` checks its preconditions first and lists
+/// every failure, naming what to fix, before any work or run directory.
+#[test]
+fn train_preflight_lists_every_failure_before_any_work() {
+    let cwd = tempfile::tempdir().unwrap();
+    let key = "5e".repeat(32);
+    let out = common::esper_in(
+        &["train"],
+        cwd.path(),
+        &[
+            ("ESPER_RUN__RUN_ID", "preflight"),
+            ("ESPER_TOLARIA__DATA_DIR", "/nonexistent"),
+            ("ESPER_OONA__BACKEND__KIND", "redis"),
+            ("ESPER_OONA__BACKEND__URL", "redis://127.0.0.1:1/0"),
+            ("ESPER_LEYLINE__SECURITY__SECRET__SOURCE", "env"),
+            ("ESPER_LEYLINE__SECURITY__SECRET__VAR", "ESPER_SECRET"),
+            ("ESPER_SECRET", key.as_str()),
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("preflight failed"), "{t}");
+    assert!(
+        t.contains("bus reachable: redis redis://127.0.0.1:1/0") && t.contains("oona.backend.url"),
+        "{t}"
+    );
+    assert!(
+        t.contains("training data: ") && t.contains("tolaria.data_dir"),
+        "{t}"
+    );
+    assert!(!cwd.path().join("runs").join("preflight").exists(), "{t}");
 }

@@ -38,4 +38,6 @@ pub use error::{Error, Result};
 pub use governor::GovernorConfig;
 pub use lr::{AfterTMax, LrConfig, Schedule};
 pub use profiler::ProfilerConfig;
-pub use trainer::{EmergencySink, EpochReport, Fault, StepProgress, Trainer, Validation};
+pub use trainer::{
+    EmergencySink, EpochReport, Fault, StepProgress, Trainer, Validation, open_device,
+};

@@ -181,6 +181,12 @@ pub struct Trainer {
 
 /// The device named by the config; CUDA without the feature or a GPU is an error,
 /// never a silent fallback to the CPU.
+/// The device `kind` names; CUDA that cannot be opened (no GPU, no driver,
+/// a build without the `cuda` feature) is an error naming `tolaria.device`.
+pub fn open_device(kind: DeviceKind) -> Result<Device> {
+    device(kind)
+}
+
 fn device(kind: DeviceKind) -> Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
