@@ -28,6 +28,13 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The value of an unlabelled gauge in Prometheus text.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The metric names an alert rule's expression uses (ours: prefixed).
 fn rule_metrics(rules: &str) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
@@ -76,6 +83,7 @@ fn a_run_serves_its_metrics_and_every_alert_rule_names_one_it_exports() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut addr = None;
     let (mut ready_while_training, mut seen) = (None, String::new());
+    let mut step_at_epoch_1 = None;
     let mut scraped = None;
     let mut line = String::new();
     while out.read_line(&mut line).unwrap_or(0) > 0 {
@@ -86,6 +94,7 @@ fn a_run_serves_its_metrics_and_every_alert_rule_names_one_it_exports() {
         if let Some(addr) = &addr {
             if line.starts_with("epoch   1") {
                 ready_while_training = Some(get(addr, "/readyz").0);
+                step_at_epoch_1 = gauge(&get(addr, "/metrics").1, "esper_training_step");
             }
             if line.starts_with("esper train: serving the final metrics") {
                 scraped = Some((
@@ -105,6 +114,12 @@ fn a_run_serves_its_metrics_and_every_alert_rule_names_one_it_exports() {
     assert_eq!(health, 200);
     assert_eq!(ready_while_training, Some(200), "ready while training");
     assert_eq!(ready_after, 503, "not ready once the run ended");
+    // Scraped during the run and after it: the step counter advanced.
+    let (during, after) = (step_at_epoch_1, gauge(&metrics, "esper_training_step"));
+    assert!(
+        matches!((during, after), (Some(d), Some(a)) if d > 0.0 && a > d),
+        "esper_training_step during {during:?}, after {after:?}"
+    );
     for name in [
         "esper_training_step",
         "esper_step_seconds_bucket",
