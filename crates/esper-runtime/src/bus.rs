@@ -28,6 +28,32 @@ pub struct BusSummary {
 }
 
 impl BusSummary {
+    /// What the run summary says of the bus: what was published on which
+    /// `backend`, and [`BusSummary::trouble`] when there was any.
+    pub fn lines(&self, backend: &oona::config::BackendConfig) -> Vec<String> {
+        let published: u64 = self.stats.published.values().sum();
+        let per_stream: Vec<String> = self
+            .stats
+            .published
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        let mut lines = vec![format!(
+            "oona ({}) — {published} messages published ({}), {} shed, {} telemetry events dropped",
+            match backend {
+                oona::config::BackendConfig::InProcess => "in-process".to_owned(),
+                oona::config::BackendConfig::Redis { url } => format!("redis {url}"),
+            },
+            per_stream.join(", "),
+            self.stats.shed_total(),
+            self.emitter.dropped_queue_full + self.emitter.dropped_budget,
+        )];
+        if let Some(trouble) = self.trouble() {
+            lines.push(format!("oona — {trouble}"));
+        }
+        lines
+    }
+
     /// The line saying what the bus lost or set aside: quarantined and
     /// dead-lettered entries, and every interruption of the backend.
     pub fn trouble(&self) -> Option<String> {

@@ -24,6 +24,7 @@ pub mod control;
 pub mod epoch_end;
 mod error;
 pub mod exporter;
+pub mod inspect;
 pub mod narrate;
 pub mod preflight;
 pub mod report;

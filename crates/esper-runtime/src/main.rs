@@ -75,6 +75,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// One run directory, read-only: config, status, epochs, seeds,
+    /// decisions, field reports, and every checkpoint verified.
+    Inspect {
+        /// A run directory, or a run id under `run.dir`.
+        run: String,
+    },
     /// The run store (`<run.dir>/esper.sqlite`): import, list, show.
     Runs {
         #[command(subcommand)]
@@ -232,6 +238,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Inspect { run } => {
+            let dir = esper_runtime::inspect::locate(&run, &resolved.config.run.dir)?;
+            print!("{}", esper_runtime::inspect::render(&dir)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Report { target, out } => {
             let path =
@@ -719,9 +730,9 @@ fn train(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Gives held publications their last chance ([`esper_runtime::bus::RunBus::finish`])
-/// and prints what the bus did: the end of every run, a failed one included,
-/// so that an emergency signal raised while the bus was down still goes out.
+/// Gives held publications their last chance and prints what the bus did:
+/// the end of every run, a failed one included, so that an emergency signal
+/// raised while the bus was down still goes out.
 fn close_bus(
     bus: esper_runtime::bus::RunBus,
     resolved: &esper_runtime::Resolved,
@@ -738,25 +749,8 @@ fn close_bus(
         exporter.finish(&bus.handle(), linger);
     }
     let summary = bus.finish().context("closing the bus")?;
-    let published: u64 = summary.stats.published.values().sum();
-    println!(
-        "esper train: oona ({}) — {published} messages published ({}), {} shed, {} telemetry events dropped",
-        match resolved.config.oona.backend {
-            oona::config::BackendConfig::InProcess => "in-process".to_owned(),
-            oona::config::BackendConfig::Redis { ref url } => format!("redis {url}"),
-        },
-        summary
-            .stats
-            .published
-            .iter()
-            .map(|(s, n)| format!("{s} {n}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        summary.stats.shed_total(),
-        summary.emitter.dropped_queue_full + summary.emitter.dropped_budget,
-    );
-    if let Some(trouble) = summary.trouble() {
-        println!("esper train: oona — {trouble}");
+    for line in summary.lines(&resolved.config.oona.backend) {
+        println!("esper train: {line}");
     }
     Ok(())
 }

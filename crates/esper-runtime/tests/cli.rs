@@ -353,3 +353,64 @@ fn train_preflight_lists_every_failure_before_any_work() {
     );
     assert!(!cwd.path().join("runs").join("preflight").exists(), "{t}");
 }
+
+/// Issue #18 item 6: `esper inspect` gives a readable account of a run
+/// directory, reports damage where it is (a flipped checkpoint byte, a bad
+/// log line) and changes nothing.
+#[test]
+fn inspect_summarises_a_run_and_reports_damage_without_touching_it() {
+    let cwd = tempfile::tempdir().unwrap();
+    let env = [
+        ("ESPER_RUN__RUN_ID", "looked-at"),
+        ("ESPER_TOLARIA__HOST", "mlp"),
+        ("ESPER_TOLARIA__TRAIN_SIZE", "1024"),
+        ("ESPER_TOLARIA__EPOCHS", "2"),
+    ];
+    let trained = common::esper_in(&["train"], cwd.path(), &env);
+    assert!(trained.status.success(), "{}", text(&trained));
+    let run = cwd.path().join("runs/looked-at");
+    let out = common::esper_in(&["inspect", "looked-at"], cwd.path(), &env);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for expected in [
+        "config: host mlp, 2 epochs, train size 1024",
+        "status: completed",
+        "epochs: 2 logged (1..2)",
+        "checkpoints: 2 in",
+        ": ok (epoch 2,",
+    ] {
+        assert!(t.contains(expected), "{expected:?} missing from:\n{t}");
+    }
+    // Damage: a flipped byte in the newest checkpoint's weights, garbage in the log.
+    let newest = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let weights = std::fs::read_dir(&newest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&weights, &bytes).unwrap();
+    let mut log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    log.push_str("not json\n");
+    std::fs::write(run.join("metrics.jsonl"), &log).unwrap();
+    let out = common::esper_in(&["inspect", run.to_str().unwrap()], cwd.path(), &env);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("CORRUPT"), "{t}");
+    assert!(t.contains("DAMAGED metrics.jsonl line 3"), "{t}");
+    // Nothing was repaired or moved.
+    assert_eq!(std::fs::read(&weights).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
+        log
+    );
+    let missing = common::esper_in(&["inspect", "no-such-run"], cwd.path(), &env);
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("no run directory no-such-run"));
+}

@@ -126,6 +126,15 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 }
 
 impl CheckpointStore {
+    /// A store over `dir` for reading only (`esper inspect`): nothing is
+    /// created, removed or rotated.
+    pub fn read_only(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            keep: usize::MAX,
+        }
+    }
+
     /// A store in `dir` keeping the newest `keep` checkpoints. Half-written
     /// checkpoints left by a crash (`*.tmp`) are removed; their count is returned.
     pub fn open(dir: &Path, keep: usize) -> Result<(Self, usize)> {
