@@ -352,6 +352,32 @@ fn train_preflight_lists_every_failure_before_any_work() {
         "{t}"
     );
     assert!(!cwd.path().join("runs").join("preflight").exists(), "{t}");
+
+    // A library root that cannot be written, and CUDA in a build without it.
+    std::fs::write(cwd.path().join("not-a-dir"), b"x").unwrap();
+    let out = common::esper_in(
+        &["train"],
+        cwd.path(),
+        &[
+            ("ESPER_RUN__RUN_ID", "preflight"),
+            ("ESPER_TAMIYO__CONTROLLER", "heuristic"),
+            ("ESPER_URZA__ROOT", "not-a-dir"),
+            ("ESPER_TOLARIA__DEVICE", "cuda"),
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("urza library: urza.root not-a-dir"), "{t}");
+    if !cfg!(feature = "cuda") {
+        assert!(
+            t.contains("device: ") && t.contains("build with --features cuda"),
+            "{t}"
+        );
+    }
+    assert!(
+        !t.contains("bus reachable:"),
+        "the in-process bus passes: {t}"
+    );
 }
 
 /// Issue #18 item 6: `esper inspect` gives a readable account of a run
