@@ -87,6 +87,11 @@ pub enum Error {
     /// normalisers are wrong.
     #[error("observation graph: {0}")]
     Graph(String),
+    /// A learned policy's action distribution is unusable: logits and mask
+    /// of different shapes, a non-finite logit, no legal choice in a head an
+    /// operation needs, or an action the mask forbids.
+    #[error("action distribution: {0}")]
+    Action(String),
     /// A checkpoint's controller state cannot be taken or restored (another
     /// policy's, another schedule's, or a worker that did not answer).
     #[error("controller state: {0}")]
@@ -119,6 +124,7 @@ impl Error {
             Error::Script { .. } => "script",
             Error::Graph(_) => "graph",
             Error::State(_) => "state",
+            Error::Action(_) => "action",
         }
     }
 

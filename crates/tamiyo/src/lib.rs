@@ -36,6 +36,7 @@ pub use config::{
 pub use decision::{Action, Decision, Diagnostics};
 pub use error::{Error, Result};
 pub use observation::{OPTIONAL_SIGNALS, Observation};
+pub use policy::action as action_space;
 pub use policy::{
     Cancel, HeuristicPolicy, Policy, Proposal, Proposed, ScriptProblem, ScriptedPolicy,
 };

@@ -15,6 +15,7 @@ use urza::Parameters;
 use crate::error::Result;
 use crate::observation::Observation;
 
+pub mod action;
 mod cost;
 mod heuristic;
 mod scripted;
