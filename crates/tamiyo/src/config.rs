@@ -41,6 +41,8 @@ pub struct Config {
     pub field_reports: FieldReportConfig,
     /// The observation graph's schema (for the learned policy).
     pub graph: crate::graph::GraphSchema,
+    /// Training the learned policy with PPO.
+    pub ppo: crate::ppo::PpoConfig,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             risk: RiskConfig::default(),
             field_reports: FieldReportConfig::default(),
             graph: crate::graph::GraphSchema::default(),
+            ppo: crate::ppo::PpoConfig::default(),
         }
     }
 }
@@ -352,6 +355,7 @@ impl Config {
         if let Err(problem) = self.graph.validate() {
             return Err(ConfigError::new("tamiyo", "graph.node_types", problem));
         }
+        self.ppo.validate()?;
         let f = &self.field_reports;
         if f.window_epochs == 0 {
             return bad("field_reports.window_epochs", "must be at least 1");

@@ -26,6 +26,7 @@ pub mod field_reports;
 pub mod graph;
 mod observation;
 mod policy;
+pub mod ppo;
 pub mod risk;
 mod service;
 
