@@ -141,6 +141,37 @@ fn main() {
                 g.record(ns).unwrap();
             }
         }
+        // The learned policy's network on those graphs: forward, then a
+        // masked sample (the mask here allows everything the graph has).
+        let model = tamiyo::gnn::GnnModel::new(tamiyo::gnn::GnnConfig::default(), 1).unwrap();
+        let mut sampler = tamiyo::action_space::Sampler::new(1);
+        let mut n = Histogram::<u64>::new(3).unwrap();
+        for (i, p) in packets.iter().take(700).enumerate() {
+            let graph = builder.build(p, &catalog).unwrap();
+            let t = Instant::now();
+            let out = model.forward(&graph).unwrap();
+            let l = &out.logits;
+            let mask = tamiyo::action_space::Mask {
+                op: vec![true; 4],
+                slot: vec![true; l.slot.len()],
+                blueprint: l.blueprint.iter().map(|r| vec![true; r.len()]).collect(),
+                blend: l.blend.iter().map(|r| vec![true; r.len()]).collect(),
+                tempo: vec![true; l.tempo.len()],
+                cull: vec![true; l.seed.len()],
+                fossilize: vec![true; l.seed.len()],
+            };
+            tamiyo::action_space::sample(l, &mask, &mut sampler).unwrap();
+            let ns = t.elapsed().as_nanos() as u64;
+            if i >= 100 {
+                n.record(ns).unwrap();
+            }
+        }
+        println!(
+            "  {slots:>2} slots, {seeds:>2} seeds: GNN forward + masked sample (hidden 32) p50 {:.3} ms p99 {:.3} ms = {:.1}% of the 5 ms deadline",
+            ms(&n, 0.5),
+            ms(&n, 0.99),
+            100.0 * ms(&n, 0.99) / 5.0
+        );
         println!(
             "  {slots:>2} slots, {seeds:>2} seeds: step p50 {:.3} ms p99 {:.3} ms; graph build p50 {:.3} ms p99 {:.3} ms; step + graph p99 {:.3} ms = {:.1}% of the 5 ms deadline ({commands} commands)",
             ms(&h, 0.5),

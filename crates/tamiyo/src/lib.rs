@@ -38,6 +38,7 @@ pub use decision::{Action, Decision, Diagnostics};
 pub use error::{Error, Result};
 pub use observation::{OPTIONAL_SIGNALS, Observation};
 pub use policy::action as action_space;
+pub use policy::gnn;
 pub use policy::{
     Cancel, HeuristicPolicy, Policy, Proposal, Proposed, ScriptProblem, ScriptedPolicy,
 };

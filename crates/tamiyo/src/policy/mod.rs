@@ -17,6 +17,7 @@ use crate::observation::Observation;
 
 pub mod action;
 mod cost;
+pub mod gnn;
 mod heuristic;
 mod scripted;
 

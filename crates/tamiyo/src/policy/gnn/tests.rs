@@ -1,0 +1,140 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use leyline::v1::{
+    AlphaState, CatalogEntry, HardwareContext, SeedStage, SeedState, SlotKind, SlotState,
+    SystemStatePacket,
+};
+
+use super::*;
+use crate::graph::{GraphBuilder, GraphSchema};
+
+fn packet(slots: usize, seeds: usize) -> SystemStatePacket {
+    let mut p = SystemStatePacket {
+        current_epoch: 2,
+        global_step: 100,
+        training_loss: Some(0.5),
+        packet_id: "p".into(),
+        hardware: Some(HardwareContext::default()),
+        training_metrics: BTreeMap::from([("learning_rate".to_string(), 1e-3)]),
+        slots: (0..slots)
+            .map(|i| SlotState {
+                slot_id: format!("r{i}"),
+                kind: SlotKind::Conv2d as i32,
+                feature_shape: vec![4, 14, 14],
+                stage: SeedStage::Dormant as i32,
+                layer_depth: i as u32,
+                ..SlotState::default()
+            })
+            .collect(),
+        ..SystemStatePacket::default()
+    };
+    for i in 0..seeds.min(slots) {
+        let id = format!("s{i}");
+        p.slots[i].stage = SeedStage::Blending as i32;
+        p.slots[i].seed_id = id.clone();
+        p.seed_states.push(SeedState {
+            seed_id: id,
+            slot_id: format!("r{i}"),
+            stage: SeedStage::Blending as i32,
+            blueprint_id: "conv.residual".into(),
+            alpha: Some(AlphaState {
+                alpha: 0.5,
+                ..AlphaState::default()
+            }),
+            gradient_norm: 0.1,
+            ..SeedState::default()
+        });
+    }
+    p
+}
+
+fn catalog() -> Vec<CatalogEntry> {
+    urza::catalog()
+        .iter()
+        .map(|d| CatalogEntry {
+            descriptor: Some(d.descriptor()),
+            ..CatalogEntry::default()
+        })
+        .collect()
+}
+
+fn graph(slots: usize, seeds: usize) -> ObservationGraph {
+    let mut builder = GraphBuilder::new(GraphSchema::default()).unwrap();
+    builder.build(&packet(slots, seeds), &catalog()).unwrap()
+}
+
+#[test]
+fn every_head_has_the_graphs_shape_and_finite_values() {
+    let model = GnnModel::new(GnnConfig::default(), 7).unwrap();
+    let g = graph(3, 2);
+    let slots = g.nodes[&NodeType::Slot].ids.len();
+    let bps = g.nodes[&NodeType::Blueprint].ids.len();
+    let seeds = g.nodes[&NodeType::Seed].ids.len();
+    let out = model.forward(&g).unwrap();
+    let l = &out.logits;
+    assert_eq!(l.op.len(), 4);
+    assert_eq!(l.slot.len(), slots);
+    assert_eq!(l.blueprint.len(), slots);
+    assert!(l.blueprint.iter().all(|r| r.len() == bps));
+    assert_eq!(l.blend.len(), bps);
+    assert!(l.blend.iter().all(|r| r.len() == BLENDS.len()));
+    assert_eq!(l.tempo.len(), 4);
+    assert_eq!(l.seed.len(), seeds);
+    let all =
+        l.op.iter()
+            .chain(&l.slot)
+            .chain(l.blueprint.iter().flatten())
+            .chain(l.blend.iter().flatten())
+            .chain(&l.tempo)
+            .chain(&l.seed);
+    assert!(all.copied().all(f32::is_finite));
+    assert!(out.value.is_finite());
+}
+
+#[test]
+fn a_model_is_a_function_of_its_seed_and_the_graph() {
+    let g = graph(4, 1);
+    let a = GnnModel::new(GnnConfig::default(), 1)
+        .unwrap()
+        .forward(&g)
+        .unwrap();
+    let b = GnnModel::new(GnnConfig::default(), 1)
+        .unwrap()
+        .forward(&g)
+        .unwrap();
+    let c = GnnModel::new(GnnConfig::default(), 2)
+        .unwrap()
+        .forward(&g)
+        .unwrap();
+    assert_eq!(a.logits, b.logits);
+    assert_eq!(a.value.to_bits(), b.value.to_bits());
+    assert_ne!(a.logits, c.logits);
+    // A seed in the graph changes what the network sees.
+    let d = GnnModel::new(GnnConfig::default(), 1)
+        .unwrap()
+        .forward(&graph(4, 0))
+        .unwrap();
+    assert_ne!(a.logits.op, d.logits.op);
+    assert!(d.logits.seed.is_empty());
+}
+
+#[test]
+fn gradients_reach_every_layer_the_graph_uses() {
+    let model = GnnModel::new(GnnConfig { hidden: 8 }, 3).unwrap();
+    let g = graph(2, 1);
+    // The value head's output as a tensor, through the same pass.
+    let h = model.embed(&g).unwrap();
+    let slots = &h[&NodeType::Slot];
+    let loss = slots.sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let encoder = &model.encoders[&NodeType::Slot];
+    assert!(grads.get(encoder.w.as_tensor()).is_some(), "slot encoder");
+    let sage = &model.sage[&(Relation::GlobalSlot, true)];
+    assert!(
+        grads.get(sage.w.as_tensor()).is_some(),
+        "global→slot messages"
+    );
+    assert!(!model.vars().is_empty());
+}
