@@ -51,6 +51,12 @@ fn packet(slots: usize, seeds: usize, epoch: u32) -> SystemStatePacket {
         training_metrics: BTreeMap::from([
             ("step_ms".to_string(), 20.0),
             ("learning_rate".to_string(), 1e-3),
+            // Train accuracy no better than validation: capacity-bound, so a
+            // plateau is a reason to grow (the heuristic's germinating path).
+            ("train_accuracy".to_string(), 0.8),
+            // What a seed's rent is weighed against (cost-aware growth).
+            ("host_parameters".to_string(), 100_000.0),
+            ("host_forward_macs".to_string(), 5_000_000.0),
         ]),
         seed_states: Vec::new(),
         slots: (0..slots)
@@ -79,6 +85,9 @@ fn packet(slots: usize, seeds: usize, epoch: u32) -> SystemStatePacket {
             alpha: Some(AlphaState::default()),
             blend_allowed: true,
             metrics: BTreeMap::from([("isolation_violations".to_string(), 0.0)]),
+            // Measured and paying its way: the heuristic may grow another
+            // (a seed without a measured contribution makes it wait).
+            contribution: Some(5.0),
             ..SeedState::default()
         });
     }
@@ -128,6 +137,12 @@ fn main() {
                 commands += usize::from(d.command().is_some());
             }
         }
+        // What the header promises: every measured step took the germinating
+        // path (a heuristic change that makes it wait would time a shortcut).
+        assert_eq!(
+            commands, 2_000,
+            "the bench's packets no longer lead the heuristic to germinate"
+        );
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
         // The observation graph the learned policy will read, on the same packets.
         let mut builder = GraphBuilder::new(GraphSchema::default()).unwrap();
