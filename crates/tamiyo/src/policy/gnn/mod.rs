@@ -7,10 +7,10 @@
 //! [`crate::policy::action::Logits`] and a value head.
 //!
 //! Weights are drawn from a seeded ChaCha stream (Glorot-uniform), so a
-//! model is a pure function of its seed until trained. What is not built
-//! yet: the differentiable head log-probabilities PPO needs, the mask from
-//! an observation, the `Policy` that turns an action into a proposal, and
-//! policy files.
+//! model is a pure function of its seed until trained. [`mask_for`] gives
+//! the legal actions of an observation in the heads' shapes. What is not
+//! built yet: the differentiable head log-probabilities PPO needs, the
+//! `Policy` that turns an action into a proposal, and policy files.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +20,9 @@ use rand_core::{RngCore, SeedableRng};
 use crate::error::{Error, Result};
 use crate::graph::{EDGE_DIM, NodeType, ObservationGraph, Relation};
 use crate::policy::action::Logits;
+
+mod mask;
+pub use mask::mask_for;
 
 /// Blend modes the blend head chooses between, in head order.
 pub const BLENDS: [leyline::v1::BlendMode; 4] = [

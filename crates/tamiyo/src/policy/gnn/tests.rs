@@ -138,3 +138,58 @@ fn gradients_reach_every_layer_the_graph_uses() {
     );
     assert!(!model.vars().is_empty());
 }
+
+#[test]
+fn the_mask_follows_the_slots_the_catalog_the_lifecycle_and_the_budget() {
+    let p = packet(3, 1); // seed s0 BLENDING in r0
+    let g = GraphBuilder::new(GraphSchema::default())
+        .unwrap()
+        .build(&p, &catalog())
+        .unwrap();
+    let mask = mask_for(&g, &p, 2);
+    assert_eq!(mask.slot, [false, true, true], "r0 holds a seed");
+    let bps = &g.nodes[&NodeType::Blueprint].ids;
+    for (row, slot) in mask.blueprint.iter().zip(&g.nodes[&NodeType::Slot].ids) {
+        for (ok, bp) in row.iter().zip(bps) {
+            let fits = urza::definition(bp).is_some_and(|d| {
+                d.descriptor()
+                    .slot_kinds
+                    .contains(&(SlotKind::Conv2d as i32))
+            });
+            assert_eq!(*ok, fits, "{bp} at {slot}");
+        }
+    }
+    for (modes, bp) in mask.blend.iter().zip(bps) {
+        let features = urza::definition(bp).unwrap().output_form() == urza::OutputForm::Features;
+        if features {
+            assert_eq!(
+                modes,
+                &[false, true, false, false],
+                "{bp} joins by RESIDUAL only"
+            );
+        } else {
+            assert!(modes.iter().all(|&m| m), "{bp}");
+        }
+    }
+    assert_eq!(
+        mask.cull,
+        [SeedStage::Blending.can_transition_to(SeedStage::Culled)]
+    );
+    assert_eq!(mask.fossilize, [false], "BLENDING cannot fossilize");
+    assert!(mask.ops().unwrap()[1], "1 live seed of 2");
+    // At the budget, GERMINATE is masked.
+    assert!(!mask_for(&g, &p, 1).ops().unwrap()[1]);
+    // Sampling the network's heads under this mask only ever proposes
+    // what the packet allows.
+    let model = GnnModel::new(GnnConfig::default(), 5).unwrap();
+    let logits = model.forward(&g).unwrap().logits;
+    let mut rng = crate::policy::action::Sampler::new(9);
+    for _ in 0..200 {
+        let (a, _) = crate::policy::action::sample(&logits, &mask, &mut rng).unwrap();
+        if let Some(s) = a.slot {
+            assert!(mask.slot[s]);
+            assert!(mask.blueprint[s][a.blueprint.unwrap()]);
+        }
+        assert_ne!(a.op, crate::policy::action::Op::Fossilize);
+    }
+}
