@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Resolved;
-use crate::selfcheck::Check;
+use crate::selfcheck::{Check, check as named};
 
 /// Runs every preflight check (they are independent: all are reported).
 pub fn checks(resolved: &Resolved) -> Vec<Check> {
@@ -38,21 +38,6 @@ pub fn require(resolved: &Resolved, urza_too: bool) -> crate::Result<()> {
         Ok(())
     } else {
         Err(crate::Error::Preflight(failed))
-    }
-}
-
-fn named(name: &'static str, outcome: Result<String, String>) -> Check {
-    match outcome {
-        Ok(detail) => Check {
-            name,
-            passed: true,
-            detail,
-        },
-        Err(detail) => Check {
-            name,
-            passed: false,
-            detail,
-        },
     }
 }
 

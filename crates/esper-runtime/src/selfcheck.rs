@@ -64,7 +64,7 @@ impl std::fmt::Display for Report {
     }
 }
 
-fn check(name: &'static str, outcome: Result<String, String>) -> Check {
+pub(crate) fn check(name: &'static str, outcome: Result<String, String>) -> Check {
     match outcome {
         Ok(detail) => Check {
             name,

@@ -260,6 +260,39 @@ impl<B: Bus> Oona<B> {
                 )
             })
             .collect();
+        self.store(stream, held, started).await
+    }
+
+    /// Publishes an already-encoded payload of `message_type`.
+    pub async fn publish_encoded(
+        &self,
+        message_type: BusMessageType,
+        payload: Vec<u8>,
+        priority: MessagePriority,
+        attributes: BTreeMap<String, String>,
+    ) -> Result<Published> {
+        let started = Instant::now();
+        let (stream, priority) = match self.route(message_type, priority).await? {
+            Ok(routed) => routed,
+            Err(shed) => return Ok(shed),
+        };
+        let held = self.held(stream, message_type, payload, priority, attributes);
+        self.store(stream, vec![held], started)
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Invariant("one publication gave no outcome".into()))
+    }
+
+    /// Stores `held` on `stream` in one round trip: held behind earlier ones
+    /// while the backend is down, else sent with quick retries and held when
+    /// the backend keeps refusing (a transient error); any other error is
+    /// the caller's.
+    async fn store(
+        &self,
+        stream: Stream,
+        held: Vec<Held>,
+        started: Instant,
+    ) -> Result<Vec<Published>> {
         if self.hold_first().await {
             return Ok(self.hold_all(held));
         }
@@ -289,51 +322,6 @@ impl<B: Bus> Oona<B> {
                     if e.is_transient() && self.holding() {
                         self.went_down(&e);
                         return Ok(self.hold_all(held));
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    /// Publishes an already-encoded payload of `message_type`.
-    pub async fn publish_encoded(
-        &self,
-        message_type: BusMessageType,
-        payload: Vec<u8>,
-        priority: MessagePriority,
-        attributes: BTreeMap<String, String>,
-    ) -> Result<Published> {
-        let started = Instant::now();
-        let (stream, priority) = match self.route(message_type, priority).await? {
-            Ok(routed) => routed,
-            Err(shed) => return Ok(shed),
-        };
-        let held = self.held(stream, message_type, payload, priority, attributes);
-        if self.hold_first().await {
-            return Ok(self.hold_all(vec![held]).remove(0));
-        }
-        let mut pause = Duration::from_millis(self.shared.config.outage.retry_ms);
-        let mut attempt = 0;
-        loop {
-            match self.shared.bus.publish(stream, self.sign(&held)).await {
-                Ok(entry) => {
-                    self.shared
-                        .stats
-                        .published(stream, started.elapsed().as_micros() as u64);
-                    self.backend_answered();
-                    return Ok(Published::Stored { stream, entry });
-                }
-                Err(e) if e.is_transient() && attempt < self.shared.config.outage.retries => {
-                    attempt += 1;
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(e) => {
-                    self.shared.stats.publish_error(stream);
-                    if e.is_transient() && self.holding() {
-                        self.went_down(&e);
-                        return Ok(self.hold_all(vec![held]).remove(0));
                     }
                     return Err(e);
                 }

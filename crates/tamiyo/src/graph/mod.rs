@@ -414,4 +414,4 @@ fn edge(g: &mut ObservationGraph, r: Relation, src: u32, dst: u32, f: [f32; EDGE
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,7 @@ use leyline::v1::{
 
 use super::*;
 
-fn packet(slots: usize) -> SystemStatePacket {
+pub(crate) fn packet(slots: usize) -> SystemStatePacket {
     SystemStatePacket {
         current_epoch: 2,
         global_step: 100,
@@ -31,7 +31,7 @@ fn packet(slots: usize) -> SystemStatePacket {
     }
 }
 
-fn seed(p: &mut SystemStatePacket, slot: usize, id: &str, blueprint: &str) {
+pub(crate) fn seed(p: &mut SystemStatePacket, slot: usize, id: &str, blueprint: &str) {
     p.slots[slot].stage = SeedStage::Blending as i32;
     p.slots[slot].seed_id = id.into();
     p.seed_states.push(SeedState {
@@ -48,7 +48,7 @@ fn seed(p: &mut SystemStatePacket, slot: usize, id: &str, blueprint: &str) {
     });
 }
 
-fn catalog() -> Vec<CatalogEntry> {
+pub(crate) fn catalog() -> Vec<CatalogEntry> {
     urza::catalog()
         .iter()
         .map(|d| CatalogEntry {

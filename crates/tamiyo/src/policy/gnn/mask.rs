@@ -17,6 +17,7 @@ use leyline::v1::{SeedStage, SystemStatePacket};
 
 use super::BLENDS;
 use crate::graph::{NodeType, ObservationGraph, Relation};
+use crate::observation::stage_of;
 use crate::policy::action::{Mask, TEMPOS};
 
 /// The mask for `graph`, built from `packet`, with at most `max_seeds` live
@@ -39,16 +40,7 @@ pub fn mask_for(graph: &ObservationGraph, packet: &SystemStatePacket, max_seeds:
     let live = packet
         .seed_states
         .iter()
-        .filter(|s| {
-            !matches!(
-                s.stage(),
-                SeedStage::Culled
-                    | SeedStage::Embargoed
-                    | SeedStage::Resetting
-                    | SeedStage::Terminated
-                    | SeedStage::Fossilized
-            )
-        })
+        .filter(|s| stage_of(s.stage).is_live())
         .count();
     let free: Vec<bool> = slots
         .iter()

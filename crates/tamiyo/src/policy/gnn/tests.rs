@@ -1,64 +1,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-
-use leyline::v1::{
-    AlphaState, CatalogEntry, HardwareContext, SeedStage, SeedState, SlotKind, SlotState,
-    SystemStatePacket,
-};
+use leyline::v1::{SeedStage, SlotKind, SystemStatePacket};
 
 use super::*;
 use crate::graph::{GraphBuilder, GraphSchema};
 
+/// The graph tests' packet of `slots` conv slots, with a BLENDING
+/// `conv.residual` seed `s<i>` in each of the first `seeds` slots.
 fn packet(slots: usize, seeds: usize) -> SystemStatePacket {
-    let mut p = SystemStatePacket {
-        current_epoch: 2,
-        global_step: 100,
-        training_loss: Some(0.5),
-        packet_id: "p".into(),
-        hardware: Some(HardwareContext::default()),
-        training_metrics: BTreeMap::from([("learning_rate".to_string(), 1e-3)]),
-        slots: (0..slots)
-            .map(|i| SlotState {
-                slot_id: format!("r{i}"),
-                kind: SlotKind::Conv2d as i32,
-                feature_shape: vec![4, 14, 14],
-                stage: SeedStage::Dormant as i32,
-                layer_depth: i as u32,
-                ..SlotState::default()
-            })
-            .collect(),
-        ..SystemStatePacket::default()
-    };
+    let mut p = crate::graph::tests::packet(slots);
     for i in 0..seeds.min(slots) {
-        let id = format!("s{i}");
-        p.slots[i].stage = SeedStage::Blending as i32;
-        p.slots[i].seed_id = id.clone();
-        p.seed_states.push(SeedState {
-            seed_id: id,
-            slot_id: format!("r{i}"),
-            stage: SeedStage::Blending as i32,
-            blueprint_id: "conv.residual".into(),
-            alpha: Some(AlphaState {
-                alpha: 0.5,
-                ..AlphaState::default()
-            }),
-            gradient_norm: 0.1,
-            ..SeedState::default()
-        });
+        crate::graph::tests::seed(&mut p, i, &format!("s{i}"), "conv.residual");
     }
     p
 }
 
-fn catalog() -> Vec<CatalogEntry> {
-    urza::catalog()
-        .iter()
-        .map(|d| CatalogEntry {
-            descriptor: Some(d.descriptor()),
-            ..CatalogEntry::default()
-        })
-        .collect()
-}
+use crate::graph::tests::catalog;
 
 fn graph(slots: usize, seeds: usize) -> ObservationGraph {
     let mut builder = GraphBuilder::new(GraphSchema::default()).unwrap();
