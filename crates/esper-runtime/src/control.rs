@@ -70,6 +70,17 @@ pub fn load_script(
     Ok(script)
 }
 
+/// Loads `tamiyo.learned.policy` (its signature checked under the policy
+/// key, its schema against this build's) recording every decision to the
+/// run's trajectory file: `esper train` calls it before the run directory
+/// is written, so an unusable policy leaves nothing; [`build`] calls it
+/// again to attach the trajectory.
+pub fn load_learned(resolved: &Resolved) -> Result<tamiyo::LearnedPolicy> {
+    let tamiyo = &resolved.config.tamiyo;
+    tamiyo::LearnedPolicy::load(&tamiyo.learned, tamiyo.graph.clone(), &resolved.policy_key)
+        .map_err(tamiyo_error)
+}
+
 /// Builds the control plane for a host with `slots` on `device`.
 pub fn build(
     resolved: &Resolved,
@@ -85,6 +96,13 @@ pub fn build(
             urza::select::SelectionPolicy::default(),
         )),
         Controller::Script => Box::new(load_script(resolved, slots)?),
+        Controller::Learned => {
+            let mut policy = load_learned(resolved)?;
+            policy
+                .record_to(&resolved.run_dir().join(tamiyo::trajectory::FILE_NAME))
+                .map_err(tamiyo_error)?;
+            Box::new(policy)
+        }
     };
     // One component loads seed modules: Kasmina's kernel manager (verified
     // byte cache, concurrency limit, timeout), over the local library or the

@@ -26,6 +26,7 @@ mod error;
 pub mod exporter;
 pub mod inspect;
 pub mod narrate;
+pub mod policy;
 pub mod preflight;
 pub mod report;
 pub mod runlog;

@@ -1,171 +1,19 @@
 //! The `esper` program.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use esper_runtime::control;
+
+mod cli;
+use cli::{Cli, CohortAction, Command, RunsCommand};
 
 // mimalloc, with freed memory kept for the next step (esper_ops::alloc).
 #[global_allocator]
 static GLOBAL: esper_ops::alloc::MiMalloc = esper_ops::alloc::MiMalloc;
-
-/// Esper: morphogenetic training — a network that grows while it trains.
-#[derive(Debug, Parser)]
-#[command(name = "esper", version, about, long_about = None)]
-struct Cli {
-    /// Configuration file (TOML); defaults to $ESPER_CONFIG, else built-in defaults.
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Resolve the configuration and run the contract self-check.
-    Check,
-    /// Print the resolved configuration as TOML (secrets are never printed).
-    Config,
-    /// Train the configured reference host while the controller
-    /// (`tamiyo.controller`, heuristic by default) grows it with seeds,
-    /// reporting each epoch; writes `<run.dir>/<run id>/`.
-    Train {
-        /// Continue run RUN_ID from its newest valid checkpoint (its directory
-        /// under `run.dir` must exist).
-        #[arg(long, value_name = "RUN_ID")]
-        resume: Option<String>,
-        /// Drive the seeds from a schedule file instead of the configured
-        /// controller (sets tamiyo.controller = "script").
-        #[arg(long, value_name = "SEEDS_TOML")]
-        script: Option<PathBuf>,
-        /// With --resume: continue even though the training settings differ
-        /// from the run's recorded ones (the change is recorded).
-        #[arg(long, requires = "resume")]
-        allow_config_change: bool,
-        /// Exit (as if killed) when standard input closes: cohort workers
-        /// use it so that no run outlives its cohort process.
-        #[arg(long, hide = true)]
-        exit_with_stdin: bool,
-    },
-    /// Run a cohort (arms x run seeds, each an `esper train` run in a worker
-    /// process), then print its verdict; `esper cohort verdict FILE` judges
-    /// the runs already there. Exits 0 only when every claim PASSes, 1
-    /// otherwise, 2 on an error.
-    #[command(args_conflicts_with_subcommands = true)]
-    Cohort {
-        #[command(subcommand)]
-        action: Option<CohortAction>,
-        /// The cohort file (see cohorts/).
-        file: Option<PathBuf>,
-        /// Runs at a time (default: one per core).
-        #[arg(long)]
-        jobs: Option<usize>,
-    },
-    /// Write an HTML report (SVG charts, verdict and run tables) for a
-    /// cohort file, a run directory or a run id under `run.dir`.
-    Report {
-        /// A cohort file, a run directory, or a run id.
-        target: PathBuf,
-        /// Where to write it (default: report.html in the run directory, or
-        /// in `<cohort dir>/cohorts/<name>/`).
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-    },
-    /// One run directory, read-only: config, status, epochs, seeds,
-    /// decisions, field reports, and every checkpoint verified.
-    Inspect {
-        /// A run directory, or a run id under `run.dir`.
-        run: String,
-    },
-    /// The run store (`<run.dir>/esper.sqlite`): import, list, show.
-    Runs {
-        #[command(subcommand)]
-        command: RunsCommand,
-    },
-    /// The blueprint library: list, show, forge, verify, serve.
-    Urza {
-        #[command(subcommand)]
-        command: UrzaCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum CohortAction {
-    /// Import the cohort's runs and print the verdict, running nothing.
-    Verdict {
-        /// The cohort file.
-        file: PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum RunsCommand {
-    /// Import run directories (every one under DIR, default `run.dir`);
-    /// re-importing a run replaces its rows.
-    Import {
-        /// Directory holding run directories.
-        dir: Option<PathBuf>,
-    },
-    /// One line per run.
-    List {
-        /// Only this cohort's runs.
-        #[arg(long)]
-        cohort: Option<String>,
-    },
-    /// One run: figures, epochs, seeds.
-    Show {
-        /// Run id.
-        run_id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum UrzaCommand {
-    /// List the catalog (through the remote service when `urza.remote` is set).
-    List {
-        /// Only this tier: safe, experimental or high_risk.
-        #[arg(long)]
-        tier: Option<String>,
-        /// Only blueprints fitting this slot kind: dense or conv2d.
-        #[arg(long)]
-        slot_kind: Option<String>,
-        /// Only blueprints with this tag.
-        #[arg(long)]
-        tag: Option<String>,
-        /// Include quarantined blueprints.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Show one blueprint: descriptor, parameters, stored artifacts.
-    Show {
-        /// Blueprint id, e.g. conv.residual.
-        blueprint_id: String,
-    },
-    /// Build, probe and store an artifact for a slot (or print the stored one).
-    Forge {
-        /// Blueprint id.
-        blueprint_id: String,
-        /// Slot: dense:F or conv2d:CxHxW.
-        #[arg(long)]
-        slot: String,
-        /// Blueprint parameter name=value (repeatable; defaults otherwise).
-        #[arg(long = "param", value_name = "NAME=VALUE")]
-        params: Vec<String>,
-    },
-    /// Re-hash and rebuild every artifact of the local library; exits 1 when
-    /// any is corrupt or missing (they are quarantined).
-    Verify,
-    /// Serve the local library over gRPC, forwarding catalog changes onto Oona.
-    Serve {
-        /// host:port to listen on (default: urza.listen).
-        #[arg(long)]
-        listen: Option<String>,
-    },
-}
 
 fn main() -> ExitCode {
     esper_ops::alloc::retain_freed_memory();
@@ -218,7 +66,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("starting the compute pool (tolaria.cpu_threads)")?;
             pool.run(|| train(&resolved, pool.threads(), resuming))
         }
-        Command::Urza { command } => urza(&resolved, command),
+        Command::Urza { command } => cli::urza(&resolved, command),
+        Command::Policy { command } => cli::policy(&resolved, command, &env),
         Command::Cohort { action, file, jobs } => {
             use esper_runtime::cohort::command;
             let verdict = match (action, file) {
@@ -291,46 +140,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn urza(resolved: &esper_runtime::Resolved, command: UrzaCommand) -> anyhow::Result<ExitCode> {
-    use esper_runtime::urza_cmd;
-    match command {
-        UrzaCommand::List {
-            tier,
-            slot_kind,
-            tag,
-            all,
-        } => {
-            let filter = urza_cmd::ListFilter {
-                tier,
-                slot_kind,
-                tag,
-                all,
-            };
-            print!("{}", urza_cmd::list(resolved, &filter)?);
-        }
-        UrzaCommand::Show { blueprint_id } => {
-            print!("{}", urza_cmd::show(resolved, &blueprint_id)?)
-        }
-        UrzaCommand::Forge {
-            blueprint_id,
-            slot,
-            params,
-        } => print!(
-            "{}",
-            urza_cmd::forge(resolved, &blueprint_id, &slot, &params)?
-        ),
-        UrzaCommand::Verify => {
-            let (report, healthy) = urza_cmd::verify(resolved)?;
-            print!("{report}");
-            if !healthy {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-        UrzaCommand::Serve { listen } => urza_cmd::serve(resolved, listen.as_deref())?,
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// `resuming`: the user asked for `--resume` (a run that finds no valid
 /// checkpoint is then an error, not a fresh start).
 fn train(
@@ -378,6 +187,12 @@ fn train(
     {
         log.abandon();
         return Err(anyhow::Error::new(e).context("checking the schedule"));
+    }
+    if resolved.config.tamiyo.controller == tamiyo::Controller::Learned
+        && let Err(e) = control::load_learned(resolved)
+    {
+        log.abandon();
+        return Err(anyhow::Error::new(e).context("checking the policy file"));
     }
     if resuming && trainer.resumed_from().is_none() {
         let why: Vec<String> = trainer
@@ -665,6 +480,7 @@ fn train(
                 tamiyo::Controller::Heuristic => "heuristic",
                 tamiyo::Controller::Script => "script",
                 tamiyo::Controller::Off => "off",
+                tamiyo::Controller::Learned => "learned",
             }
             .to_owned(),
             off_switch: resolved.config.kasmina.off_switch,
@@ -739,6 +555,9 @@ fn close_bus(
     exporter: Option<esper_runtime::exporter::Exporter>,
 ) -> anyhow::Result<()> {
     if let Some(exporter) = exporter {
+        // Not ready from here on, before the announcement below: a scraper
+        // that reads it may probe /readyz at once and must see 503.
+        exporter.set_ready(false);
         let linger = Duration::from_secs(resolved.config.runtime.linger_s);
         if !linger.is_zero() {
             println!(

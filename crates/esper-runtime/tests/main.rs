@@ -9,6 +9,7 @@ mod cohort;
 mod control;
 mod exporter;
 mod grow;
+mod policy;
 mod redis_outage;
 mod report;
 mod run_dir;

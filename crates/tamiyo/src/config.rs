@@ -17,13 +17,59 @@ pub enum Controller {
     Script,
     /// No controller: the host never grows (a control cohort).
     Off,
+    /// [`crate::LearnedPolicy`]: the GNN policy in `tamiyo.learned.policy`.
+    Learned,
+}
+
+/// How the learned policy picks among its actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exploration {
+    /// The most probable choice of each head (evaluation; the default).
+    #[default]
+    Greedy,
+    /// A draw from the masked distribution (training episodes), from the
+    /// seeded stream `tamiyo.learned.sample_seed`.
+    Sample,
+}
+
+/// The `[tamiyo.learned]` section: which policy file the `learned`
+/// controller runs and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnedConfig {
+    /// The policy file (required with `controller = "learned"`).
+    pub policy: Option<PathBuf>,
+    /// `greedy` (default) or `sample`.
+    pub exploration: Exploration,
+    /// Seed of the sampling stream (default 0; `esper policy train` gives
+    /// each episode its own).
+    pub sample_seed: u64,
+    /// Most live seeds at once: GERMINATE is masked at this many (default 2).
+    pub max_live_seeds: u32,
+    /// The key policy files are signed with and checked against: a hex key
+    /// (at least 32 bytes) in an environment variable or a file; unset, the
+    /// Leyline secret (`leyline.security.secret`) signs and verifies them.
+    pub key: Option<leyline::SecretSource>,
+}
+
+impl Default for LearnedConfig {
+    fn default() -> Self {
+        Self {
+            policy: None,
+            exploration: Exploration::Greedy,
+            sample_seed: 0,
+            max_live_seeds: 2,
+            key: None,
+        }
+    }
 }
 
 /// All of Tamiyo's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// `heuristic` (default), `script` or `off`.
+    /// `heuristic` (default), `script`, `learned` or `off`.
     pub controller: Controller,
     /// The schedule file of the `script` controller (TOML, see
     /// [`crate::ScriptedPolicy`]).
@@ -43,6 +89,8 @@ pub struct Config {
     pub graph: crate::graph::GraphSchema,
     /// Training the learned policy with PPO.
     pub ppo: crate::ppo::PpoConfig,
+    /// The learned controller's policy file and exploration.
+    pub learned: LearnedConfig,
 }
 
 impl Default for Config {
@@ -57,6 +105,7 @@ impl Default for Config {
             field_reports: FieldReportConfig::default(),
             graph: crate::graph::GraphSchema::default(),
             ppo: crate::ppo::PpoConfig::default(),
+            learned: LearnedConfig::default(),
         }
     }
 }
@@ -301,6 +350,15 @@ impl Config {
         let bad = |key: &str, problem: &str| Err(ConfigError::new("tamiyo", key, problem));
         if self.controller == Controller::Script && self.script.is_none() {
             return bad("script", "controller = \"script\" needs a schedule file");
+        }
+        if self.controller == Controller::Learned && self.learned.policy.is_none() {
+            return bad(
+                "learned.policy",
+                "controller = \"learned\" needs a policy file",
+            );
+        }
+        if self.learned.max_live_seeds == 0 {
+            return bad("learned.max_live_seeds", "must be at least 1");
         }
         if self.command_ttl_ms == 0 {
             return bad("command_ttl_ms", "must be at least 1");

@@ -96,6 +96,24 @@ pub enum Error {
     /// policy's, another schedule's, or a worker that did not answer).
     #[error("controller state: {0}")]
     State(String),
+    /// A learned policy file cannot be used: unreadable, not a policy, its
+    /// signature does not verify, its weights are not the manifest's, or it
+    /// was trained for another graph schema or architecture.
+    #[error("policy file {}: {problem}", path.display())]
+    PolicyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A trajectory could not be written or read.
+    #[error("trajectory {}: {problem}", path.display())]
+    Trajectory {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// A schedule file is malformed.
     #[error("schedule {path}: {problem}")]
     Script {
@@ -125,6 +143,8 @@ impl Error {
             Error::Graph(_) => "graph",
             Error::State(_) => "state",
             Error::Action(_) => "action",
+            Error::PolicyFile { .. } => "policy_file",
+            Error::Trajectory { .. } => "trajectory",
         }
     }
 

@@ -6,8 +6,10 @@
 //!   in, one [`Decision`] out — an explicit WAIT or a signed
 //!   `AdaptationCommand`, with diagnostics — or a typed [`Error`] (deadline,
 //!   invalid input, no candidates), never a synthetic decision.
-//! * the policy layer: the [`Policy`] trait; [`HeuristicPolicy`] (plateau baseline)
-//!   and [`ScriptedPolicy`] (fixed schedule).
+//! * the policy layer: the [`Policy`] trait; [`HeuristicPolicy`] (plateau
+//!   baseline), [`ScriptedPolicy`] (fixed schedule) and [`LearnedPolicy`]
+//!   (the GNN of a signed policy file, [`gnn`]).
+//! * [`trajectory`]: the learned policy's decisions, recorded for PPO.
 //! * [`risk`]: ordered veto/downgrade rules with conservative-mode hysteresis.
 //! * [`BlueprintCache`]: the blueprint metadata cache over `urza::BlueprintStore`.
 //! * [`graph`]: the observation graph (global, slot, seed and blueprint nodes,
@@ -23,16 +25,19 @@ mod config;
 mod decision;
 mod error;
 pub mod field_reports;
+mod framing;
 pub mod graph;
 mod observation;
 mod policy;
 pub mod ppo;
 pub mod risk;
 mod service;
+pub mod trajectory;
 
 pub use catalog::{BlueprintCache, CacheStats, Loader};
 pub use config::{
-    Candidate, Config, Controller, FieldReportConfig, HeuristicConfig, RiskConfig, SlotChoice,
+    Candidate, Config, Controller, Exploration, FieldReportConfig, HeuristicConfig, LearnedConfig,
+    RiskConfig, SlotChoice,
 };
 pub use decision::{Action, Decision, Diagnostics};
 pub use error::{Error, Result};
@@ -40,6 +45,7 @@ pub use observation::{OPTIONAL_SIGNALS, Observation};
 pub use policy::action as action_space;
 pub use policy::gnn;
 pub use policy::{
-    Cancel, HeuristicPolicy, Policy, Proposal, Proposed, ScriptProblem, ScriptedPolicy,
+    Cancel, HeuristicPolicy, LearnedPolicy, Policy, Proposal, Proposed, ScriptProblem,
+    ScriptedPolicy,
 };
 pub use service::{ControllerState, ServiceStats, TamiyoService};

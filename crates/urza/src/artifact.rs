@@ -86,11 +86,11 @@ pub fn encode(
     Ok(serialize_deterministic(&meta, &mut tensors))
 }
 
-/// Writes the safetensors layout (u64 header length, JSON header, data) with
+/// The safetensors layout (u64 header length, JSON header, data) with
 /// sorted keys and name-ordered tensors, so that equal weights give equal
 /// bytes — and therefore the same content address. (`safetensors::serialize`
 /// takes its metadata as a `HashMap`, whose order varies between runs.)
-fn serialize_deterministic(
+pub fn serialize_deterministic(
     meta: &BTreeMap<String, String>,
     tensors: &mut [(String, Vec<usize>, Vec<f32>)],
 ) -> Vec<u8> {
@@ -270,25 +270,9 @@ impl Artifact {
 }
 
 fn unhex(text: &str) -> Result<Vec<u8>> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let raw = text.as_bytes();
-    if !raw.len().is_multiple_of(2) {
-        return Err(Error::MalformedArtifact {
-            reason: "odd-length hex field".into(),
-        });
-    }
-    raw.chunks(2)
-        .map(|pair| match (digit(pair[0]), digit(pair[1])) {
-            (Some(h), Some(l)) => Ok(h << 4 | l),
-            _ => Err(Error::MalformedArtifact {
-                reason: "invalid hex field".into(),
-            }),
-        })
-        .collect()
+    crate::unhex(text).ok_or_else(|| Error::MalformedArtifact {
+        reason: "invalid hex field (odd length, or not lower-case hex)".into(),
+    })
 }
 
 fn json<T: serde::Serialize>(what: &str, value: &T) -> Result<String> {

@@ -42,7 +42,7 @@ pub use slot::SlotShape;
 pub use store::{BlueprintStore, CatalogWatch, EnsureRequest, LocalStore};
 
 /// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -50,4 +50,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         out.push(DIGITS[(b & 0xf) as usize] as char);
     }
     out
+}
+
+/// The bytes of lower-case hex `text`; `None` for an odd length or another
+/// character.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let raw = text.as_bytes();
+    if !raw.len().is_multiple_of(2) {
+        return None;
+    }
+    raw.chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
 }

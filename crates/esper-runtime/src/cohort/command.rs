@@ -36,7 +36,16 @@ pub fn run_cohort(
     exe: PathBuf,
     env: &BTreeMap<String, String>,
 ) -> Result<Verdict> {
-    let file = CohortFile::load(path)?;
+    run_file(&CohortFile::load(path)?, jobs, exe, env)
+}
+
+/// [`run_cohort`] on a loaded (and possibly extended) cohort file.
+pub fn run_file(
+    file: &CohortFile,
+    jobs: usize,
+    exe: PathBuf,
+    env: &BTreeMap<String, String>,
+) -> Result<Verdict> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let jobs = jobs.max(1);
     let threads = (cores / jobs).max(1);
@@ -68,7 +77,7 @@ pub fn run_cohort(
     if finished_before > 0 {
         bar.suspend(|| println!("  {finished_before} run(s) already finished: skipped"));
     }
-    let report = runner::run(&file, &plan, &workers, |f, done, total| {
+    let report = runner::run(file, &plan, &workers, |f, done, total| {
         bar.inc(1);
         let line = match &f.outcome {
             Ok(s) => format!(
@@ -98,7 +107,7 @@ pub fn run_cohort(
         report.finished.len(),
         report.skipped.len()
     );
-    judge(&file)
+    judge(file)
 }
 
 /// Imports a cohort's runs into the store and judges them.

@@ -11,9 +11,10 @@
 //!   runs and resumes interrupted ones.
 //! * [`verdict`]: the fail-closed verdict over the run store's rows.
 //!
-//! Every arm of a kind the project cannot run yet (`learned` until the
-//! learned controller exists) is an error when the file is loaded, never a
-//! silent skip.
+//! An arm that lacks what its kind needs (`static-big` a host,
+//! `fixed-schedule` a script, `learned` a policy file) is an error when the
+//! file is loaded; a learned arm's policy file is checked (signature,
+//! schema) by each run before it starts.
 
 pub mod command;
 pub mod runner;
@@ -53,16 +54,6 @@ pub enum CohortError {
         cohort: String,
         /// What is wrong.
         problem: String,
-    },
-    /// An arm of a kind that cannot run yet.
-    #[error("cohort {cohort}: arm {arm}: {why}")]
-    Unavailable {
-        /// The cohort's name.
-        cohort: String,
-        /// The arm.
-        arm: String,
-        /// Why it cannot run.
-        why: &'static str,
     },
     /// A run's configuration does not resolve (an unknown key, a bad value).
     #[error("cohort {cohort}: run {run_id}: {source}")]
@@ -281,17 +272,29 @@ impl CohortFile {
             match arm.kind {
                 ArmKind::StaticBig => needs(arm.host.is_some(), "host")?,
                 ArmKind::FixedSchedule => needs(arm.script.is_some(), "script")?,
-                ArmKind::Learned => {
-                    return Err(CohortError::Unavailable {
-                        cohort: self.name.clone(),
-                        arm: name.to_owned(),
-                        why: "the learned controller is not built yet (no policy can be \
-                              loaded); remove the arm or wait for `esper policy train`",
-                    });
-                }
+                ArmKind::Learned => needs(arm.policy.is_some(), "policy")?,
                 ArmKind::StaticSmall | ArmKind::OffSwitch | ArmKind::Heuristic => {}
             }
         }
+        Ok(())
+    }
+
+    /// Adds a `learned` arm named `name` running `policy` (greedy), as if
+    /// the file listed it: `esper policy eval`. An arm of that name already
+    /// there is an error.
+    pub fn add_learned_arm(&mut self, name: &str, policy: &Path) -> Result<()> {
+        if self.arms.iter().any(|a| a.name() == name) {
+            return Err(self.invalid(format!("arm {name} is listed twice")));
+        }
+        self.arms.push(Arm {
+            name: Some(name.to_owned()),
+            kind: ArmKind::Learned,
+            host: None,
+            script: None,
+            // Relative to where the command runs, not to the cohort file.
+            policy: Some(std::path::absolute(policy).unwrap_or_else(|_| policy.to_path_buf())),
+            config: toml::Table::new(),
+        });
         Ok(())
     }
 
@@ -356,8 +359,15 @@ impl CohortFile {
                 }
             }
             ArmKind::Heuristic => set(&mut kind, "tamiyo", "controller", text("heuristic")),
-            // Refused when the file is loaded.
-            ArmKind::Learned => {}
+            ArmKind::Learned => {
+                set(&mut kind, "tamiyo", "controller", text("learned"));
+                if let Some(policy) = &arm.policy {
+                    let path = self.base.join(policy);
+                    let mut learned = toml::Table::new();
+                    learned.insert("policy".into(), text(&path.display().to_string()));
+                    set(&mut kind, "tamiyo", "learned", toml::Value::Table(learned));
+                }
+            }
         }
         merge(&mut config, kind);
         merge(&mut config, arm.config.clone());

@@ -85,13 +85,29 @@ fn every_planned_config_resolves_before_anything_runs() {
 }
 
 #[test]
-fn a_learned_arm_is_a_typed_error_not_a_skip() {
-    let text = format!("{FULL}\n[[arm]]\nkind = \"learned\"\npolicy = \"p.safetensors\"\n");
-    let err = load(&text).unwrap_err();
-    assert!(
-        matches!(&err, CohortError::Unavailable { arm, .. } if arm == "learned"),
-        "{err}"
+fn a_learned_arm_runs_its_policy_file_and_needs_one() {
+    let text = format!(
+        "{FULL}\n[[arm]]\nkind = \"learned\"\npolicy = \"p.safetensors\"\n\
+         [arm.config.tamiyo.learned]\nkey = {{ source = \"env\", var = \"K\" }}\n"
     );
+    let file = load(&text).unwrap();
+    let config = file.run_config(file.arm("learned").unwrap(), 2, 1);
+    assert_eq!(config["tamiyo"]["controller"].as_str(), Some("learned"));
+    let learned = config["tamiyo"]["learned"].as_table().unwrap();
+    assert!(
+        learned["policy"]
+            .as_str()
+            .unwrap()
+            .ends_with("p.safetensors"),
+        "{learned:?}"
+    );
+    assert_eq!(
+        learned["key"]["var"].as_str(),
+        Some("K"),
+        "the arm's key kept"
+    );
+    let err = load(&format!("{FULL}\n[[arm]]\nkind = \"learned\"\n")).unwrap_err();
+    assert!(err.to_string().contains("needs `policy`"), "{err}");
 }
 
 #[test]

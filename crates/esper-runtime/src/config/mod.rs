@@ -171,6 +171,20 @@ impl EsperConfig {
                          backend use { source = \"env\", var = ... } or { source = \"file\", path = ... }",
             )));
         }
+        // A policy file is signed in one process and checked in another.
+        if self.tamiyo.controller == tamiyo::Controller::Learned {
+            match (&self.tamiyo.learned.key, &self.leyline.security.secret) {
+                (Some(SecretSource::Ephemeral), _) | (None, SecretSource::Ephemeral) => {
+                    return Err(Error::Config(leyline::ConfigError::at(
+                        "tamiyo.learned.key",
+                        "a policy file's signature is checked against a key shared between \
+                         processes: set tamiyo.learned.key (or leyline.security.secret) to \
+                         { source = \"env\", var = ... } or { source = \"file\", path = ... }",
+                    )));
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -192,6 +206,9 @@ pub struct Resolved {
     pub run_id: String,
     /// The signing key every subsystem of this process signs and verifies with.
     pub signing_key: SigningKey,
+    /// The key learned-policy files are signed with and checked against
+    /// (`tamiyo.learned.key`, else the signing key).
+    pub policy_key: SigningKey,
     /// Where values came from: the file, then each override applied.
     pub sources: Vec<String>,
 }
@@ -295,11 +312,18 @@ pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Resol
         other => other,
     })?;
 
-    let secret_var = match &config.leyline.security.secret {
-        SecretSource::Env { var } => Some(var.as_str()),
+    let var_of = |source: &SecretSource| match source {
+        SecretSource::Env { var } => Some(var.clone()),
         SecretSource::Ephemeral | SecretSource::File { .. } => None,
     };
-    if let Some(var) = plain.iter().find(|v| Some(v.as_str()) != secret_var) {
+    let secret_vars: Vec<String> = [
+        var_of(&config.leyline.security.secret),
+        config.tamiyo.learned.key.as_ref().and_then(var_of),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if let Some(var) = plain.iter().find(|v| !secret_vars.contains(v)) {
         return Err(Error::Env {
             var: var.clone(),
             detail: format!(
@@ -309,11 +333,16 @@ pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Resol
     }
 
     let signing_key = resolve_secret(&config.leyline.security.secret, env)?;
+    let policy_key = match &config.tamiyo.learned.key {
+        Some(source) => resolve_secret(source, env)?,
+        None => signing_key.clone(),
+    };
     let run_id = config.run.run_id.clone().unwrap_or_else(leyline::new_id);
     Ok(Resolved {
         config,
         run_id,
         signing_key,
+        policy_key,
         sources,
     })
 }

@@ -225,3 +225,30 @@ fn the_redis_bus_needs_a_shared_secret_and_a_redis_url() {
     assert_eq!(key, "oona.block_ms");
     assert!(detail.contains("ESPER_OONA__BLOCK_MS"), "{detail}");
 }
+
+#[test]
+fn the_learned_controller_needs_a_policy_and_a_key_that_outlives_the_process() {
+    let (key, _) = key_error(load(None, &env(&[("ESPER_TAMIYO__CONTROLLER", "learned")])));
+    assert_eq!(key, "tamiyo.learned.policy");
+    let (key, problem) = key_error(load(
+        None,
+        &env(&[
+            ("ESPER_TAMIYO__CONTROLLER", "learned"),
+            ("ESPER_TAMIYO__LEARNED__POLICY", "p.safetensors"),
+        ]),
+    ));
+    assert_eq!(key, "tamiyo.learned.key");
+    assert!(problem.contains("shared between"), "{problem}");
+    // A key of its own, read from a (non-override) variable, resolves and
+    // is the policy key; the bus keeps its own.
+    let hex = "cd".repeat(32);
+    let file = write(
+        "[tamiyo]\ncontroller = \"learned\"\n[tamiyo.learned]\npolicy = \"p.safetensors\"\n\
+         key = { source = \"env\", var = \"ESPER_POLICY_KEY\" }\n",
+    );
+    let r = load(Some(file.path()), &env(&[("ESPER_POLICY_KEY", &hex)])).unwrap();
+    let expected = SigningKey::from_hex(&hex).unwrap();
+    let tag = |k: &SigningKey| leyline::security::domain_mac(k, "t", b"x");
+    assert_eq!(tag(&r.policy_key), tag(&expected));
+    assert_ne!(tag(&r.signing_key), tag(&expected));
+}

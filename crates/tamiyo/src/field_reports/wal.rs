@@ -9,28 +9,20 @@
 //! a timestamp are refused on append (retention needs one); [`Wal::compact`]
 //! drops reports older than the retention, rewriting atomically.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use leyline::v1::FieldReport;
 use prost::Message;
 
 use crate::error::{Error, Result};
+use crate::framing::{Appender, HEADER, io};
 
-/// Bytes of a record header.
-const HEADER: usize = 8;
+pub use crate::framing::BadRecord;
+
 /// Largest report accepted (a corrupt length must not make us allocate).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
-
-/// A record that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRecord {
-    /// Byte offset of its header.
-    pub offset: u64,
-    /// What was wrong.
-    pub reason: String,
-}
 
 /// What loading found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -46,73 +38,35 @@ pub struct Loaded {
 /// An open log.
 #[derive(Debug)]
 pub struct Wal {
-    path: PathBuf,
-    file: File,
-}
-
-fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io {
-        context,
-        path,
-        source,
-    }
+    log: Appender,
 }
 
 /// Encodes one framed record.
 fn frame(report: &FieldReport) -> Vec<u8> {
-    let payload = report.encode_to_vec();
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
+    crate::framing::frame(&report.encode_to_vec())
 }
 
 /// Parses a whole log image.
 pub fn parse(bytes: &[u8]) -> Loaded {
-    let mut loaded = Loaded::default();
-    let mut offset = 0usize;
-    while offset < bytes.len() {
-        let bad = |reason: String| BadRecord {
-            offset: offset as u64,
-            reason,
-        };
-        if bytes.len() - offset < HEADER {
-            loaded.torn_tail = Some(bad(format!(
-                "{} bytes, shorter than a header",
-                bytes.len() - offset
-            )));
-            break;
-        }
-        let word = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let len = word(offset) as usize;
-        let crc = word(offset + 4);
-        if len > MAX_RECORD_BYTES || offset + HEADER + len > bytes.len() {
-            loaded.torn_tail = Some(bad(format!(
-                "record length {len} runs past the end ({} bytes left)",
-                bytes.len() - offset - HEADER
-            )));
-            break;
-        }
-        let payload = &bytes[offset + HEADER..offset + HEADER + len];
-        if crc32fast::hash(payload) != crc {
-            loaded.bad.push(bad("CRC mismatch".into()));
-        } else {
-            match FieldReport::decode(payload) {
-                Ok(report) if report.issued_at_ms == 0 => {
-                    loaded
-                        .bad
-                        .push(bad(format!("report {} has no timestamp", report.report_id)));
-                }
-                Ok(report) => loaded.reports.push(report),
-                Err(e) => loaded.bad.push(bad(format!("undecodable: {e}"))),
+    let frames = crate::framing::parse(bytes, MAX_RECORD_BYTES);
+    let mut loaded = Loaded {
+        bad: frames.bad,
+        torn_tail: frames.torn_tail,
+        ..Loaded::default()
+    };
+    for (offset, payload) in frames.records {
+        let bad = |reason: String| BadRecord { offset, reason };
+        match FieldReport::decode(payload) {
+            Ok(report) if report.issued_at_ms == 0 => {
+                loaded
+                    .bad
+                    .push(bad(format!("report {} has no timestamp", report.report_id)));
             }
+            Ok(report) => loaded.reports.push(report),
+            Err(e) => loaded.bad.push(bad(format!("undecodable: {e}"))),
         }
-        offset += HEADER + len;
     }
+    loaded.bad.sort_by_key(|b| b.offset);
     loaded
 }
 
@@ -120,33 +74,9 @@ impl Wal {
     /// Opens (creating) the log at `path` and loads what it holds.
     pub fn open(path: impl Into<PathBuf>) -> Result<(Self, Loaded)> {
         let path = path.into();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        }
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io("reading", &path)(e)),
-        };
+        let (log, bytes) = Appender::open(&path, "field-report WAL", MAX_RECORD_BYTES)?;
         let loaded = parse(&bytes);
-        if let Some(tail) = &loaded.torn_tail {
-            // Cut the torn tail so that the next append starts on a boundary.
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io("opening", &path))?;
-            file.set_len(tail.offset).map_err(io("truncating", &path))?;
-            file.sync_all().map_err(io("syncing", &path))?;
-        }
-        for bad in loaded.bad.iter().chain(&loaded.torn_tail) {
-            tracing::warn!(target: "tamiyo", offset = bad.offset, "field-report WAL {}: {}", path.display(), bad.reason);
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io("opening", &path))?;
-        Ok((Self { path, file }, loaded))
+        Ok((Self { log }, loaded))
     }
 
     /// Appends one report and fsyncs. Reports without `issued_at_ms` are refused.
@@ -167,18 +97,15 @@ impl Wal {
                 ),
             });
         }
-        self.file
-            .write_all(&record)
-            .map_err(io("appending to", &self.path))?;
-        self.file.sync_data().map_err(io("syncing", &self.path))?;
-        Ok(())
+        self.log.append(&record)
     }
 
     /// Rewrites the log keeping only reports issued at or after `keep_from_ms`
     /// (temp file, fsync, rename, directory fsync); returns how many were dropped.
     /// Unreadable records are dropped too (they were reported at open).
     pub fn compact(&mut self, keep_from_ms: u64) -> Result<usize> {
-        let bytes = std::fs::read(&self.path).map_err(io("reading", &self.path))?;
+        let path = self.log.path().to_path_buf();
+        let bytes = std::fs::read(&path).map_err(io("reading", &path))?;
         let loaded = parse(&bytes);
         let total = loaded.reports.len();
         let kept: Vec<&FieldReport> = loaded
@@ -186,7 +113,7 @@ impl Wal {
             .iter()
             .filter(|r| r.issued_at_ms >= keep_from_ms)
             .collect();
-        let tmp = self.path.with_extension("compact");
+        let tmp = path.with_extension("compact");
         {
             let mut out = File::create(&tmp).map_err(io("creating", &tmp))?;
             for r in &kept {
@@ -194,16 +121,13 @@ impl Wal {
             }
             out.sync_all().map_err(io("syncing", &tmp))?;
         }
-        std::fs::rename(&tmp, &self.path).map_err(io("renaming", &self.path))?;
-        if let Some(dir) = self.path.parent() {
+        std::fs::rename(&tmp, &path).map_err(io("renaming", &path))?;
+        if let Some(dir) = path.parent() {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io("syncing", dir))?;
         }
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io("opening", &self.path))?;
+        self.log.reopen()?;
         Ok(total - kept.len())
     }
 }

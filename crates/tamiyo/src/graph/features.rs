@@ -10,7 +10,7 @@ use leyline::v1::{
 use crate::observation::stage_of;
 
 /// Width of the global node's features.
-pub const GLOBAL_DIM: usize = 8;
+pub const GLOBAL_DIM: usize = 12;
 /// Width of a slot node's features.
 pub const SLOT_DIM: usize = 10;
 /// Width of a seed node's features.
@@ -19,6 +19,10 @@ pub const SEED_DIM: usize = 21;
 pub const BLUEPRINT_DIM: usize = 8;
 /// Width of every edge's features.
 pub const EDGE_DIM: usize = 4;
+/// The meaning of the features: bumped whenever any feature changes what it
+/// measures or how it is scaled, even at the same widths, so that a policy
+/// trained on the old meaning is refused (it is part of the schema hash).
+pub const FEATURES_VERSION: u32 = 2;
 
 /// One node's features before normalisation.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +60,7 @@ impl Row {
 
 /// Continuous and optional features of each type (indices into the row).
 pub(crate) const GLOBAL_CONTINUOUS: &[usize] = &[0, 1, 2, 3, 5, 6, 7];
-const GLOBAL_OPTIONAL: &[usize] = &[2, 3, 4, 5, 6];
+const GLOBAL_OPTIONAL: &[usize] = &[2, 3, 4, 5, 6, 8, 9, 10, 11];
 pub(crate) const SLOT_CONTINUOUS: &[usize] = &[2, 3, 4, 5, 8, 9];
 const SLOT_OPTIONAL: &[usize] = &[8, 9];
 pub(crate) const SEED_CONTINUOUS: &[usize] = &[12, 13, 14, 16];
@@ -64,7 +68,14 @@ const SEED_OPTIONAL: &[usize] = &[16];
 pub(crate) const BLUEPRINT_CONTINUOUS: &[usize] = &[];
 
 /// Epoch, log step, training loss*, validation loss*, validation accuracy*,
-/// step ms*, learning rate*, live seeds (* optional).
+/// step ms*, learning rate*, live seeds, training accuracy*, host
+/// parameters*, host forward MACs*, share of the run left* (* optional).
+///
+/// The last four are raw (not normalised): they tell one host and one moment
+/// of a run from another, which a per-run normaliser would flatten to 0 —
+/// whether the host is short of capacity (training accuracy) and how big it
+/// is, and whether a seed has time left to pay for itself. Sizes are
+/// `ln(1 + x) / 10`, so the reference hosts fall between 0.8 and 1.5.
 pub(crate) fn global(p: &SystemStatePacket) -> Row {
     let mut r = Row::new(GLOBAL_DIM, GLOBAL_OPTIONAL, GLOBAL_CONTINUOUS);
     r.set(0, f64::from(p.current_epoch));
@@ -80,7 +91,22 @@ pub(crate) fn global(p: &SystemStatePacket) -> Row {
         .filter(|s| stage_of(s.stage).is_live())
         .count();
     r.set(7, live as f64);
+    let metric = |name: &str| p.training_metrics.get(name).copied();
+    r.maybe(8, metric("train_accuracy"));
+    r.maybe(9, metric("host_parameters").map(scaled_size));
+    r.maybe(10, metric("host_forward_macs").map(scaled_size));
+    r.maybe(
+        11,
+        metric("epochs_total")
+            .filter(|&total| total > 0.0)
+            .map(|total| ((total - f64::from(p.current_epoch)) / total).clamp(0.0, 1.0)),
+    );
     r
+}
+
+/// A size (parameters, MACs) as a feature: `ln(1 + x) / 10`.
+pub(crate) fn scaled_size(x: f64) -> f64 {
+    x.max(0.0).ln_1p() / 10.0
 }
 
 /// Kind (dense, conv), log channels, height, width, depth, occupied,

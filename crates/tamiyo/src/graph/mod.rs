@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::observation::stage_of;
 
-pub use features::{BLUEPRINT_DIM, EDGE_DIM, GLOBAL_DIM, SEED_DIM, SLOT_DIM};
+pub use features::{BLUEPRINT_DIM, EDGE_DIM, FEATURES_VERSION, GLOBAL_DIM, SEED_DIM, SLOT_DIM};
 pub use normalise::Normalisers;
 
 /// The kinds of node.
@@ -58,7 +58,8 @@ impl NodeType {
 }
 
 /// The relations (directed edges).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Relation {
     /// global → slot.
     GlobalSlot,
@@ -132,7 +133,7 @@ impl GraphSchema {
 
 /// The nodes of one type: ids, features (row-major, `dim` per node) and the
 /// presence mask of the features (1 present, 0 missing).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeSet {
     /// Node ids (slot id, seed id, blueprint id; `global`).
     pub ids: Vec<String>,
@@ -144,7 +145,7 @@ pub struct NodeSet {
 
 /// The edges of one relation: source and destination indices into their
 /// node sets, and `EDGE_DIM` features per edge.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EdgeSet {
     /// Source node indices.
     pub src: Vec<u32>,
@@ -155,7 +156,7 @@ pub struct EdgeSet {
 }
 
 /// How many nodes the schema's limits dropped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Truncation {
     /// Slots dropped (deepest first).
     pub slots: usize,
@@ -173,7 +174,7 @@ impl Truncation {
 }
 
 /// One observation as a graph.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObservationGraph {
     /// Nodes by type.
     pub nodes: BTreeMap<NodeType, NodeSet>,
@@ -280,6 +281,7 @@ impl GraphBuilder {
             );
         }
 
+        let host_macs = packet.training_metrics.get("host_forward_macs").copied();
         // Blueprints: real catalog entries only, in catalog order.
         let mut blueprint_index: BTreeMap<String, u32> = BTreeMap::new();
         if uses(NodeType::Blueprint) {
@@ -301,21 +303,26 @@ impl GraphBuilder {
                         continue;
                     };
                     let kind = SlotKind::try_from(s.kind).unwrap_or(SlotKind::Unspecified);
-                    if d.slot_kinds.contains(&(kind as i32)) {
-                        let bi = blueprint_index.len() as u32 - 1;
-                        edge(
-                            &mut g,
-                            Relation::SlotBlueprint,
-                            si,
-                            bi,
-                            [
-                                d.risk as f32,
-                                f32::from(u8::from(entry.quarantined)),
-                                0.0,
-                                0.0,
-                            ],
-                        );
+                    if !d.slot_kinds.contains(&(kind as i32)) {
+                        continue;
                     }
+                    let Some([params, macs]) = fit_at_defaults(&d.blueprint_id, s, host_macs)
+                    else {
+                        continue;
+                    };
+                    let bi = blueprint_index.len() as u32 - 1;
+                    edge(
+                        &mut g,
+                        Relation::SlotBlueprint,
+                        si,
+                        bi,
+                        [
+                            d.risk as f32,
+                            f32::from(u8::from(entry.quarantined)),
+                            params,
+                            macs,
+                        ],
+                    );
                 }
             }
         }
@@ -404,6 +411,35 @@ impl GraphBuilder {
         }
         set.mask.extend(row.mask);
     }
+}
+
+/// Whether `blueprint` at its default parameters fits `slot` (its shape
+/// constraints, not only its kind), and if so its cost there as edge
+/// features: parameters `ln(1 + n) / 10` and forward MACs relative to the
+/// host's, `ln(1 + seed / host)` (0 when the host does not count them). A
+/// blueprint this build does not know (a remote catalog's) fits by kind,
+/// at unknown cost.
+fn fit_at_defaults(
+    blueprint: &str,
+    slot: &leyline::v1::SlotState,
+    host_macs: Option<f64>,
+) -> Option<[f32; 2]> {
+    let Some(def) = urza::definition(blueprint) else {
+        return Some([0.0, 0.0]);
+    };
+    let kind = SlotKind::try_from(slot.kind).unwrap_or(SlotKind::Unspecified);
+    let shape = urza::SlotShape::new(
+        kind,
+        slot.feature_shape.iter().map(|&d| d as usize).collect(),
+    )
+    .ok()?;
+    let params = def.default_parameters();
+    let count = def.parameter_count(&params, &shape).ok()?;
+    let macs = def.forward_macs(&params, &shape).ok()?;
+    let relative = host_macs
+        .filter(|&h| h > 0.0)
+        .map_or(0.0, |h| (macs as f64 / h).ln_1p());
+    Some([features::scaled_size(count as f64) as f32, relative as f32])
 }
 
 fn edge(g: &mut ObservationGraph, r: Relation, src: u32, dst: u32, f: [f32; EDGE_DIM]) {

@@ -18,7 +18,10 @@ use rand_core::{RngCore, SeedableRng};
 use crate::error::{Error, Result};
 
 /// What the controller can do at a fence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Nothing now.
     Wait,
@@ -65,7 +68,7 @@ pub struct Logits {
 }
 
 /// Which choices are legal, in the shapes of [`Logits`].
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Mask {
     /// Operations the run allows at all (budgets, conservative mode).
     pub op: Vec<bool>,
@@ -84,7 +87,7 @@ pub struct Mask {
 }
 
 /// One action: the operation and the choice of each head it uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Action {
     /// The operation.
     pub op: Op,
@@ -190,7 +193,7 @@ impl Mask {
 
     /// The blueprint mask for slot `slot`, restricted to blueprints with an
     /// allowed blend (a blueprint that could not be blended is not a choice).
-    fn blueprints_for(&self, slot: usize) -> Result<Vec<bool>> {
+    pub(crate) fn blueprints_for(&self, slot: usize) -> Result<Vec<bool>> {
         let row = self
             .blueprint
             .get(slot)
@@ -203,7 +206,7 @@ impl Mask {
     }
 
     /// Slots that are free and have a blueprint choice.
-    fn slots(&self) -> Vec<bool> {
+    pub(crate) fn slots(&self) -> Vec<bool> {
         (0..self.slot.len())
             .map(|s| {
                 self.slot[s]

@@ -5,6 +5,7 @@
 //! * [`HeuristicPolicy`]: the plateau baseline every learned policy must beat.
 //! * [`ScriptedPolicy`]: a fixed schedule from a file, for control cohorts and
 //!   for exercising the lifecycle.
+//! * [`LearnedPolicy`]: the GNN policy of a policy file (issue #17).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,9 +20,11 @@ pub mod action;
 mod cost;
 pub mod gnn;
 mod heuristic;
+mod learned;
 mod scripted;
 
 pub use heuristic::HeuristicPolicy;
+pub use learned::LearnedPolicy;
 pub use scripted::{ScriptProblem, ScriptedPolicy};
 
 /// A cooperative cancellation flag, checked by policies between stages.

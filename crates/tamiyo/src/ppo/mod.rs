@@ -1,13 +1,17 @@
 //! PPO for the learned controller (issue #17): generalised advantage
 //! estimation, advantage normalisation, and the clipped surrogate objective
 //! with a value loss and an entropy bonus, on candle tensors so that the
-//! policy and value networks get their gradients from it. Every setting is in
-//! [`PpoConfig`] (`[tamiyo.ppo]`).
+//! policy and value networks get their gradients from it; [`Learner`] runs
+//! whole updates of the GNN (minibatches, gradient clipping, AdamW, KL early
+//! stop). Every setting is in [`PpoConfig`] (`[tamiyo.ppo]`).
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+mod update;
+pub use update::{Learner, Sample, UpdateStats};
 
 /// The `[tamiyo.ppo]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +38,29 @@ pub struct PpoConfig {
     pub target_kl: f64,
     /// Learning rate (default 3e-4).
     pub learning_rate: f64,
+    /// Reference hosts the episodes of `esper policy train` run on, in turn
+    /// (default `cnn-impaired`, `mlp`, `cnn`): where growth pays and where it
+    /// does not, so that the policy learns both.
+    pub hosts: Vec<String>,
+    /// Epochs of each episode (default 6).
+    pub episode_epochs: u32,
+    /// Training images of each episode (default: `tolaria.train_size`).
+    pub episode_train_size: Option<usize>,
+    /// Episodes per update (default 8).
+    pub episodes_per_update: u32,
+    /// Episodes draw their run seeds from `seed_pool_start ..
+    /// seed_pool_start + seed_pool_size` (default 1000, 16): seeds no test and
+    /// no held-out cohort uses, so that a trained policy is judged on runs
+    /// it never saw.
+    pub seed_pool_start: u64,
+    /// See `seed_pool_start`.
+    pub seed_pool_size: u64,
+    /// Reward: points of validation accuracy one host's worth of added
+    /// parameters costs (default 2).
+    pub param_rent_points: f64,
+    /// Reward: points one host's worth of added forward MACs per image costs
+    /// (default 0.5).
+    pub mac_rent_points: f64,
 }
 
 impl Default for PpoConfig {
@@ -49,6 +76,14 @@ impl Default for PpoConfig {
             minibatch: 64,
             target_kl: 0.02,
             learning_rate: 3e-4,
+            hosts: vec!["cnn-impaired".into(), "mlp".into(), "cnn".into()],
+            episode_epochs: 6,
+            episode_train_size: None,
+            episodes_per_update: 8,
+            seed_pool_start: 1000,
+            seed_pool_size: 16,
+            param_rent_points: 2.0,
+            mac_rent_points: 0.5,
         }
     }
 }
@@ -82,6 +117,29 @@ impl PpoConfig {
         }
         if !(self.learning_rate > 0.0 && self.learning_rate < 1.0) {
             return bad("learning_rate", "must be in (0, 1)");
+        }
+        if self.hosts.is_empty() {
+            return bad("hosts", "name at least one reference host");
+        }
+        if self.episode_epochs == 0 || self.episodes_per_update == 0 {
+            return bad(
+                "episode_epochs",
+                "episode_epochs and episodes_per_update must be at least 1",
+            );
+        }
+        if self.episode_train_size == Some(0) {
+            return bad("episode_train_size", "must be at least 1");
+        }
+        if self.seed_pool_size == 0 {
+            return bad("seed_pool_size", "must be at least 1");
+        }
+        for (key, v) in [
+            ("param_rent_points", self.param_rent_points),
+            ("mac_rent_points", self.mac_rent_points),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(key, "must be finite and >= 0");
+            }
         }
         Ok(())
     }
@@ -163,7 +221,8 @@ pub struct LossStats {
     pub value: f64,
     /// Mean entropy.
     pub entropy: f64,
-    /// Approximate KL to the old policy, mean of (old − new) log-prob.
+    /// Approximate KL to the old policy: mean of (r − 1) − ln r, r the
+    /// probability ratio new / old (≥ 0).
     pub approx_kl: f64,
     /// Share of decisions whose ratio was clipped.
     pub clip_fraction: f64,
@@ -198,7 +257,13 @@ pub fn loss(batch: &Batch<'_>, config: &PpoConfig) -> Result<(Tensor, LossStats)
             .and_then(|t| t.to_scalar::<f64>())
             .map_err(tensor_error)
     };
-    let approx_kl = f((batch.old_log_probs - batch.log_probs).and_then(|d| d.mean_all()))?;
+    // k3 = (r − 1) − ln r: unbiased and never negative (mean(old − new)
+    // is unbiased too but swings below 0 on small batches, which reads as
+    // nonsense in a progress line and under-triggers the KL stop).
+    let log_ratio = f(batch.log_probs - batch.old_log_probs)?;
+    let approx_kl = f((&ratio - 1.0)
+        .and_then(|r| r - &log_ratio)
+        .and_then(|d| d.mean_all()))?;
     let clip_fraction = f(ratio
         .affine(1.0, -1.0)
         .and_then(|d| d.abs())

@@ -83,6 +83,9 @@ impl Trainer {
         if let Some(v) = measured.validation {
             training_metrics.insert("validation_samples".into(), v.samples as f64);
         }
+        // How much of the run is left decides whether a seed has time to
+        // pay for itself (the learned controller reads it).
+        training_metrics.insert("epochs_total".into(), f64::from(self.config.epochs));
         // What a seed's cost is weighed against: the host's own size and
         // forward MACs per image (absent when the host does not count them).
         let host_parameters: usize = self

@@ -8,9 +8,9 @@
 //!
 //! Weights are drawn from a seeded ChaCha stream (Glorot-uniform), so a
 //! model is a pure function of its seed until trained. [`mask_for`] gives
-//! the legal actions of an observation in the heads' shapes. What is not
-//! built yet: the differentiable head log-probabilities PPO needs, the
-//! `Policy` that turns an action into a proposal, and policy files.
+//! the legal actions of an observation in the heads' shapes;
+//! [`GnnModel::evaluate`] the differentiable joint log-probability, entropy
+//! and value of a recorded action, which PPO trains on.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,11 @@ use crate::error::{Error, Result};
 use crate::graph::{EDGE_DIM, NodeType, ObservationGraph, Relation};
 use crate::policy::action::Logits;
 
+mod evaluate;
+mod file;
 mod mask;
+pub use evaluate::Evaluation;
+pub use file::{POLICY_FORMAT, PolicyManifest, load_policy, save_policy, schema_hash};
 pub use mask::mask_for;
 
 /// Blend modes the blend head chooses between, in head order.
@@ -177,6 +181,81 @@ impl GnnModel {
             seed: Linear::new(&mut rng, 2 * h, 1)?,
             value: Linear::new(&mut rng, h, 1)?,
         })
+    }
+
+    /// Every layer with a stable name (`encoder.slot`, `sage.slot_seed.fwd`,
+    /// `op`, …): the names a policy file stores the weights under.
+    fn named_layers(&self) -> Vec<(String, &Linear)> {
+        let relation = |(r, forward): &(Relation, bool)| {
+            let name = match r {
+                Relation::GlobalSlot => "global_slot",
+                Relation::SlotNext => "slot_next",
+                Relation::SlotSeed => "slot_seed",
+                Relation::SeedBlueprint => "seed_blueprint",
+                Relation::SlotBlueprint => "slot_blueprint",
+            };
+            format!("{name}.{}", if *forward { "fwd" } else { "rev" })
+        };
+        let node = |t: &NodeType| match t {
+            NodeType::Global => "global",
+            NodeType::Slot => "slot",
+            NodeType::Seed => "seed",
+            NodeType::Blueprint => "blueprint",
+        };
+        let mut out: Vec<(String, &Linear)> = Vec::new();
+        out.extend(
+            self.encoders
+                .iter()
+                .map(|(t, l)| (format!("encoder.{}", node(t)), l)),
+        );
+        out.extend(
+            self.keep
+                .iter()
+                .map(|(t, l)| (format!("keep.{}", node(t)), l)),
+        );
+        out.extend(
+            self.sage
+                .iter()
+                .map(|(k, l)| (format!("sage.{}", relation(k)), l)),
+        );
+        out.extend(
+            self.score
+                .iter()
+                .map(|(k, l)| (format!("score.{}", relation(k)), l)),
+        );
+        for (name, l) in [
+            ("attend", &self.attend),
+            ("pool", &self.pool),
+            ("op", &self.op),
+            ("slot", &self.slot),
+            ("query", &self.query),
+            ("key", &self.key),
+            ("blend", &self.blend),
+            ("tempo", &self.tempo),
+            ("seed", &self.seed),
+            ("value", &self.value),
+        ] {
+            out.push((name.to_string(), l));
+        }
+        out
+    }
+
+    /// Every weight by name (`<layer>.w`, `<layer>.b`).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        self.named_layers()
+            .into_iter()
+            .flat_map(|(name, l)| {
+                [
+                    (format!("{name}.w"), l.w.clone()),
+                    (format!("{name}.b"), l.b.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// The width of every node embedding.
+    pub fn hidden(&self) -> usize {
+        self.hidden
     }
 
     /// Every trainable variable, in a fixed order.
@@ -362,8 +441,9 @@ impl GnnModel {
         Ok(())
     }
 
-    /// One forward pass over `graph`: every head's logits and the value.
-    pub fn forward(&self, graph: &ObservationGraph) -> Result<Forward> {
+    /// One forward pass over `graph`: every head as a tensor, with the
+    /// gradient path to the weights (what PPO differentiates).
+    pub(crate) fn heads(&self, graph: &ObservationGraph) -> Result<Heads> {
         let f = |r: candle_core::Result<Tensor>| r.map_err(tensor_error);
         let h = self.embed(graph)?;
         let hidden = self.hidden;
@@ -384,44 +464,86 @@ impl GnnModel {
             1,
         ))?;
         let g = f(self.pool.forward(&pooled_in)?.relu())?;
-        let row = |t: &Tensor| -> Result<Vec<f32>> {
-            f(t.flatten_all())?.to_vec1().map_err(tensor_error)
-        };
         let with_global = |x: &Tensor| -> Result<Tensor> {
             let n = x.dim(0).map_err(tensor_error)?;
             f(Tensor::cat(&[x, &f(g.broadcast_as((n, hidden)))?], 1))
         };
-        let mut logits = Logits {
-            op: row(&self.op.forward(&g)?)?,
-            tempo: row(&self.tempo.forward(&g)?)?,
-            ..Logits::default()
+        let row = |t: Tensor| f(t.flatten_all());
+        let slots = h.get(&NodeType::Slot);
+        let bps = h.get(&NodeType::Blueprint);
+        let slot = match slots {
+            Some(x) => Some(row(self.slot.forward(&with_global(x)?)?)?),
+            None => None,
         };
-        if let Some(slots) = h.get(&NodeType::Slot) {
-            logits.slot = row(&self.slot.forward(&with_global(slots)?)?)?;
-            if let Some(bps) = h.get(&NodeType::Blueprint) {
-                let q = self.query.forward(slots)?;
-                let k = self.key.forward(bps)?;
-                let scores = f(q
+        let blueprint = match (slots, bps) {
+            (Some(x), Some(b)) => {
+                let q = self.query.forward(x)?;
+                let k = self.key.forward(b)?;
+                Some(f(q
                     .matmul(&f(k.t())?)
-                    .and_then(|s| s / (hidden as f64).sqrt()))?;
-                logits.blueprint = scores.to_vec2().map_err(tensor_error)?;
+                    .and_then(|s| s / (hidden as f64).sqrt()))?)
             }
-        }
-        if let Some(bps) = h.get(&NodeType::Blueprint) {
-            logits.blend = self.blend.forward(bps)?.to_vec2().map_err(tensor_error)?;
-        }
-        if let Some(seeds) = h.get(&NodeType::Seed) {
-            logits.seed = row(&self.seed.forward(&with_global(seeds)?)?)?;
-        }
-        let value = row(&self.value.forward(&g)?)?
-            .first()
-            .copied()
-            .ok_or_else(|| Error::Action("GNN: empty value head".into()))?;
+            _ => None,
+        };
+        let blend = match bps {
+            Some(b) => Some(self.blend.forward(b)?),
+            None => None,
+        };
+        let seed = match h.get(&NodeType::Seed) {
+            Some(x) => Some(row(self.seed.forward(&with_global(x)?)?)?),
+            None => None,
+        };
+        Ok(Heads {
+            op: row(self.op.forward(&g)?)?,
+            tempo: row(self.tempo.forward(&g)?)?,
+            slot,
+            blueprint,
+            blend,
+            seed,
+            value: f(self
+                .value
+                .forward(&g)?
+                .flatten_all()
+                .and_then(|v| v.sum_all()))?,
+        })
+    }
+
+    /// One forward pass over `graph`: every head's logits and the value.
+    pub fn forward(&self, graph: &ObservationGraph) -> Result<Forward> {
+        let heads = self.heads(graph)?;
+        let vec1 = |t: &Tensor| t.to_vec1::<f32>().map_err(tensor_error);
+        let vec2 = |t: &Option<Tensor>| -> Result<Vec<Vec<f32>>> {
+            t.as_ref()
+                .map_or(Ok(Vec::new()), |t| t.to_vec2().map_err(tensor_error))
+        };
+        let logits = Logits {
+            op: vec1(&heads.op)?,
+            tempo: vec1(&heads.tempo)?,
+            slot: heads.slot.as_ref().map_or(Ok(Vec::new()), vec1)?,
+            blueprint: vec2(&heads.blueprint)?,
+            blend: vec2(&heads.blend)?,
+            seed: heads.seed.as_ref().map_or(Ok(Vec::new()), vec1)?,
+        };
+        let value = heads.value.to_scalar::<f32>().map_err(tensor_error)?;
         if !value.is_finite() {
             return Err(Error::Action(format!("GNN: value head is {value}")));
         }
         Ok(Forward { logits, value })
     }
+}
+
+/// Every head of one forward pass as tensors (see [`Logits`] for shapes);
+/// absent node types give no head.
+#[derive(Debug, Clone)]
+pub(crate) struct Heads {
+    pub op: Tensor,
+    pub tempo: Tensor,
+    pub slot: Option<Tensor>,
+    pub blueprint: Option<Tensor>,
+    pub blend: Option<Tensor>,
+    pub seed: Option<Tensor>,
+    /// A scalar.
+    pub value: Tensor,
 }
 
 /// Per-destination softmax of edge scores: a `[n_dst × n_edges]` matrix

@@ -108,11 +108,10 @@ fn the_mask_follows_the_slots_the_catalog_the_lifecycle_and_the_budget() {
     let bps = &g.nodes[&NodeType::Blueprint].ids;
     for (row, slot) in mask.blueprint.iter().zip(&g.nodes[&NodeType::Slot].ids) {
         for (ok, bp) in row.iter().zip(bps) {
-            let fits = urza::definition(bp).is_some_and(|d| {
-                d.descriptor()
-                    .slot_kinds
-                    .contains(&(SlotKind::Conv2d as i32))
-            });
+            // The kind, and the shape at the blueprint's defaults.
+            let shape = urza::SlotShape::new(SlotKind::Conv2d, vec![4, 14, 14]).unwrap();
+            let fits = urza::definition(bp)
+                .is_some_and(|d| d.check(&d.default_parameters(), &shape).is_ok());
             assert_eq!(*ok, fits, "{bp} at {slot}");
         }
     }
@@ -149,4 +148,110 @@ fn the_mask_follows_the_slots_the_catalog_the_lifecycle_and_the_budget() {
         }
         assert_ne!(a.op, crate::policy::action::Op::Fossilize);
     }
+}
+
+#[test]
+fn the_differentiable_log_prob_and_entropy_are_the_samplers() {
+    use crate::policy::action::{self, Op, Sampler};
+    let p = packet(3, 1);
+    let g = GraphBuilder::new(GraphSchema::default())
+        .unwrap()
+        .build(&p, &catalog())
+        .unwrap();
+    let mask = mask_for(&g, &p, 4);
+    let model = GnnModel::new(GnnConfig::default(), 11).unwrap();
+    let out = model.forward(&g).unwrap();
+    let mut rng = Sampler::new(3);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        let (a, lp) = action::sample(&out.logits, &mask, &mut rng).unwrap();
+        seen.insert(a.op);
+        let e = model.evaluate(&g, &mask, &a).unwrap();
+        let got = e.log_prob.to_scalar::<f32>().unwrap();
+        assert!((got - lp).abs() < 1e-4, "{a:?}: {got} vs {lp}");
+        let h = action::entropy(&out.logits, &mask, &a).unwrap();
+        let got_h = e.entropy.to_scalar::<f32>().unwrap();
+        assert!((got_h - h).abs() < 1e-4, "{a:?}: entropy {got_h} vs {h}");
+        assert_eq!(e.value.to_scalar::<f32>().unwrap(), out.value);
+    }
+    assert!(
+        seen.contains(&Op::Germinate) && seen.contains(&Op::Wait),
+        "{seen:?}"
+    );
+    // A forbidden choice is an error, as in the sampler.
+    let forbidden = action::Action {
+        op: Op::Fossilize,
+        slot: None,
+        blueprint: None,
+        blend: None,
+        tempo: None,
+        seed: Some(0),
+    };
+    assert!(model.evaluate(&g, &mask, &forbidden).is_err());
+}
+
+#[test]
+fn the_log_prob_of_an_action_has_a_gradient_in_the_heads_it_used() {
+    use crate::policy::action::{self, Op, Sampler};
+    // Two free slots (r1, r2): a head with one legal choice has log-prob
+    // 0 whatever the weights, so no gradient — only heads with a choice can
+    // be asked for one.
+    let p = packet(3, 1);
+    let g = GraphBuilder::new(GraphSchema::default())
+        .unwrap()
+        .build(&p, &catalog())
+        .unwrap();
+    let mask = mask_for(&g, &p, 4);
+    let model = GnnModel::new(GnnConfig { hidden: 8 }, 4).unwrap();
+    let logits = model.forward(&g).unwrap().logits;
+    let mut rng = Sampler::new(1);
+    let germinate = loop {
+        let (a, _) = action::sample(&logits, &mask, &mut rng).unwrap();
+        let blends = a
+            .blueprint
+            .map_or(0, |b| mask.blend[b].iter().filter(|&&m| m).count());
+        if a.op == Op::Germinate && blends > 1 {
+            break a;
+        }
+    };
+    let e = model.evaluate(&g, &mask, &germinate).unwrap();
+    let grads = e.log_prob.backward().unwrap();
+    for (name, layer) in [
+        ("op", &model.op),
+        ("slot", &model.slot),
+        ("query", &model.query),
+        ("blend", &model.blend),
+        ("tempo", &model.tempo),
+    ] {
+        let g = grads.get(layer.w.as_tensor()).expect(name);
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0,
+            "{name} has a zero gradient"
+        );
+    }
+    // WAIT uses the op head alone: nothing reaches the seed head.
+    let wait = action::Action {
+        op: Op::Wait,
+        ..germinate
+    };
+    let wait = action::Action {
+        slot: None,
+        blueprint: None,
+        blend: None,
+        tempo: None,
+        ..wait
+    };
+    let grads = model
+        .evaluate(&g, &mask, &wait)
+        .unwrap()
+        .log_prob
+        .backward()
+        .unwrap();
+    assert!(grads.get(model.seed.w.as_tensor()).is_none());
 }

@@ -1,0 +1,602 @@
+//! `esper policy train`: PPO on real growth episodes.
+//!
+//! Each update runs `tamiyo.ppo.episodes_per_update` episodes — ordinary
+//! `esper train` runs with the learned controller sampling from a snapshot
+//! of the current policy — in worker processes through the cohort runner,
+//! hosts taken in turn from `tamiyo.ppo.hosts` and run seeds from the seed
+//! pool. Every (host, seed) also has a baseline run with no controller (run
+//! once, then reused): the reward of each decision is the change in the
+//! episode's standing against it ([`super::reward`]). The trajectories the
+//! episodes recorded give the graphs, masks, actions and log-probabilities;
+//! GAE turns rewards and values into advantages; [`tamiyo::ppo::Learner`]
+//! updates the weights. After every update the policy file is written
+//! (signed) with the update's figures in its manifest, and the learner's
+//! progress in `<policy>.learner.json`, so `--resume` continues after the
+//! last finished update (the optimizer's moments start afresh).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tamiyo::gnn::{GnnConfig, GnnModel, PolicyManifest, load_policy, save_policy};
+use tamiyo::ppo::{Learner, PpoConfig, Sample, Step, gae};
+
+use super::reward::{Rent, RunRecord, rewards};
+use crate::cohort::runner::{self, Workers};
+use crate::cohort::{CohortFile, PlannedRun};
+use crate::config::Resolved;
+use crate::error::{Error, Result};
+use crate::runlog::{RunSummary, read_metrics};
+
+/// What `esper policy train` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The policy file written after every update.
+    pub out: PathBuf,
+    /// The policy to start from (default: fresh weights).
+    pub start: Option<PathBuf>,
+    /// Width of fresh weights.
+    pub hidden: usize,
+    /// Seed of fresh weights.
+    pub init_seed: u64,
+    /// Updates to reach (counting those of a resumed run).
+    pub updates: u32,
+    /// Episodes at a time.
+    pub jobs: usize,
+    /// Continue from `out` and its learner state.
+    pub resume: bool,
+}
+
+/// One update's figures (a line of the learner state and of the output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateLine {
+    /// Update number, from 1.
+    pub update: u32,
+    /// Episodes it trained on.
+    pub episodes: usize,
+    /// Episodes whose run failed (left out).
+    pub failed: usize,
+    /// Decisions it trained on.
+    pub decisions: usize,
+    /// Mean episode return (final standing, points).
+    pub mean_return: f64,
+    /// Mean final accuracy gain over the baseline, points.
+    pub mean_gain: f64,
+    /// Mean parameters the episodes' seeds added at the end.
+    pub mean_parameters_added: f64,
+    /// Share of decisions that germinated.
+    pub germinate_share: f64,
+    /// Per host: mean return.
+    pub return_by_host: BTreeMap<String, f64>,
+    /// Approximate KL of the last pass.
+    pub approx_kl: f64,
+    /// Mean entropy of the last pass.
+    pub entropy: f64,
+    /// Value loss of the last pass.
+    pub value_loss: f64,
+    /// Wall time of the update (episodes included), s.
+    pub seconds: f64,
+}
+
+/// `<policy>.learner.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LearnerState {
+    /// Updates finished.
+    updates: u32,
+    /// Episodes trained on.
+    episodes: u64,
+    /// One line per update.
+    history: Vec<UpdateLine>,
+}
+
+fn state_path(out: &Path) -> PathBuf {
+    out.with_extension("learner.json")
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::RunDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn tamiyo_error(e: tamiyo::Error) -> Error {
+    Error::Runtime(format!("tamiyo: {e}"))
+}
+
+fn fail(what: impl Into<String>) -> Error {
+    Error::Runtime(what.into())
+}
+
+/// Where this policy's episodes live: `<run.dir>/policy-train/<stem>/`.
+fn home(resolved: &Resolved, out: &Path) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "policy".into(), |s| s.to_string_lossy().into_owned());
+    let dir = resolved.config.run.dir.join("policy-train").join(stem);
+    // Absolute: the episodes' cohort files live in a folder of their own,
+    // and paths in them are read relative to it.
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+/// One episode to run: a host and a run seed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Episode {
+    host: String,
+    seed: u64,
+}
+
+/// The episodes of update `update` (from 0): hosts in turn, each host's
+/// seeds walking its pool.
+fn episodes(ppo: &PpoConfig, update: u32) -> Vec<Episode> {
+    let per = u64::from(ppo.episodes_per_update);
+    let hosts = ppo.hosts.len() as u64;
+    (0..per)
+        .map(|k| {
+            let n = u64::from(update) * per + k;
+            Episode {
+                host: ppo.hosts[(n % hosts) as usize].clone(),
+                seed: ppo.seed_pool_start + (n / hosts) % ppo.seed_pool_size,
+            }
+        })
+        .collect()
+}
+
+/// Writes the cohort file of one host's episodes of update `update` and
+/// loads it.
+fn cohort(
+    resolved: &Resolved,
+    home: &Path,
+    host: &str,
+    seeds: &[u64],
+    update: u32,
+    snapshot: &Path,
+) -> Result<CohortFile> {
+    let ppo = &resolved.config.tamiyo.ppo;
+    let stem = home
+        .file_name()
+        .map_or_else(|| "policy".into(), |s| s.to_string_lossy().into_owned());
+    let mut tolaria = toml::Table::new();
+    tolaria.insert("host".into(), host.into());
+    tolaria.insert("epochs".into(), i64::from(ppo.episode_epochs).into());
+    if let Some(n) = ppo.episode_train_size {
+        tolaria.insert("train_size".into(), (n as i64).into());
+    }
+    // The episodes check the snapshot's signature with the key it was
+    // signed with.
+    let key = resolved
+        .config
+        .tamiyo
+        .learned
+        .key
+        .clone()
+        .unwrap_or_else(|| resolved.config.leyline.security.secret.clone());
+    let key = toml::Value::try_from(&key).map_err(|e| fail(format!("the policy key: {e}")))?;
+    let mut learned = toml::Table::new();
+    learned.insert("key".into(), key);
+    let mut tamiyo = toml::Table::new();
+    tamiyo.insert("learned".into(), learned.into());
+    let mut config = toml::Table::new();
+    config.insert("tolaria".into(), tolaria.into());
+    config.insert("tamiyo".into(), tamiyo.into());
+    let mut sampling = toml::Table::new();
+    sampling.insert("exploration".into(), "sample".into());
+    sampling.insert("sample_seed".into(), i64::from(update).into());
+    let mut arm_tamiyo = toml::Table::new();
+    arm_tamiyo.insert("learned".into(), sampling.into());
+    let mut arm_config = toml::Table::new();
+    arm_config.insert("tamiyo".into(), arm_tamiyo.into());
+    let mut baseline = toml::Table::new();
+    baseline.insert("kind".into(), "static-small".into());
+    baseline.insert("name".into(), "baseline".into());
+    let mut episode = toml::Table::new();
+    episode.insert("kind".into(), "learned".into());
+    episode.insert("name".into(), format!("u{update}").into());
+    episode.insert("policy".into(), snapshot.display().to_string().into());
+    episode.insert("config".into(), arm_config.into());
+    let mut file = toml::Table::new();
+    file.insert("name".into(), format!("{stem}-{host}").into());
+    file.insert(
+        "seeds".into(),
+        toml::Value::Array(seeds.iter().map(|&s| (s as i64).into()).collect()),
+    );
+    file.insert("dir".into(), home.join("runs").display().to_string().into());
+    file.insert("config".into(), config.into());
+    file.insert(
+        "arm".into(),
+        toml::Value::Array(vec![baseline.into(), episode.into()]),
+    );
+    let dir = home.join("cohorts");
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let path = dir.join(format!("{stem}-{host}-u{update}.toml"));
+    let text = toml::to_string(&file).map_err(|e| fail(format!("episode cohort: {e}")))?;
+    std::fs::write(&path, text).map_err(io(&path))?;
+    CohortFile::load(&path).map_err(|e| fail(e.to_string()))
+}
+
+/// One finished episode, scored.
+struct Scored {
+    host: String,
+    samples: Vec<Sample>,
+    episode_return: f64,
+    gain: f64,
+    parameters_added: u64,
+    germinations: usize,
+}
+
+/// Reads an episode's trajectory and metrics and its baseline's, and turns
+/// them into samples with GAE advantages.
+fn score(
+    episode: &PlannedRun,
+    baseline: &PlannedRun,
+    host: &str,
+    ppo: &PpoConfig,
+) -> Result<Scored> {
+    let trajectory = tamiyo::trajectory::read(&episode.dir.join(tamiyo::trajectory::FILE_NAME))
+        .map_err(tamiyo_error)?;
+    if !trajectory.bad.is_empty() || trajectory.torn_tail.is_some() {
+        return Err(fail(format!(
+            "{}: the trajectory is damaged ({} bad record(s){})",
+            episode.run_id,
+            trajectory.bad.len(),
+            if trajectory.torn_tail.is_some() {
+                ", a torn tail"
+            } else {
+                ""
+            }
+        )));
+    }
+    // One decision per epoch end: the last record of each epoch wins (a
+    // resumed episode repeats the epochs after its checkpoint).
+    let mut by_epoch = BTreeMap::new();
+    for r in trajectory.records {
+        by_epoch.insert(r.epoch, r);
+    }
+    let records: Vec<_> = by_epoch.into_values().collect();
+    if records.is_empty() {
+        return Err(fail(format!("{}: no decision recorded", episode.run_id)));
+    }
+    let (learned_epochs, _) = read_metrics(&episode.dir)?;
+    let (baseline_epochs, _) = read_metrics(&baseline.dir)?;
+    let summary = RunSummary::read(&episode.dir)?
+        .ok_or_else(|| fail(format!("{}: no summary", episode.run_id)))?;
+    let seed_parameters: BTreeMap<String, u64> = summary
+        .seeds
+        .iter()
+        .map(|s| (s.seed.clone(), s.parameters))
+        .collect();
+    let final_epoch = learned_epochs.iter().map(|l| l.epoch).max().unwrap_or(0);
+    let rent = Rent {
+        param_points: ppo.param_rent_points,
+        mac_points: ppo.mac_rent_points,
+    };
+    let epochs: Vec<u32> = records.iter().map(|r| r.epoch).collect();
+    let run = RunRecord {
+        epochs: &learned_epochs,
+        seed_parameters: &seed_parameters,
+    };
+    let rewards = rewards(
+        &epochs,
+        final_epoch,
+        run,
+        &baseline_epochs,
+        summary.parameters_initial,
+        rent,
+    )
+    .map_err(|e| fail(format!("{}: {e}", episode.run_id)))?;
+    let steps: Vec<Step> = records
+        .iter()
+        .zip(&rewards)
+        .enumerate()
+        .map(|(i, (r, &reward))| Step {
+            reward,
+            value: f64::from(r.value),
+            done: i + 1 == records.len(),
+        })
+        .collect();
+    let (advantages, targets) = gae(&steps, 0.0, ppo.gamma, ppo.lambda);
+    let germinations = records
+        .iter()
+        .filter(|r| r.action.op == tamiyo::action_space::Op::Germinate)
+        .count();
+    let baseline_final = baseline_epochs
+        .iter()
+        .rev()
+        .find(|l| l.epoch == final_epoch)
+        .map_or(f64::NAN, |l| l.validation_accuracy);
+    let samples = records
+        .into_iter()
+        .zip(advantages.into_iter().zip(targets))
+        .map(|(r, (advantage, target))| Sample {
+            graph: r.graph,
+            mask: r.mask,
+            action: r.action,
+            old_log_prob: r.log_prob,
+            advantage,
+            target,
+        })
+        .collect();
+    Ok(Scored {
+        host: host.to_owned(),
+        samples,
+        episode_return: rewards.iter().sum(),
+        gain: 100.0 * (summary.validation_accuracy - baseline_final),
+        parameters_added: summary.parameters_added(),
+        germinations,
+    })
+}
+
+/// The starting point: a resumed learner, a given policy, or fresh weights.
+fn start(
+    resolved: &Resolved,
+    options: &Options,
+    key: &leyline::security::SigningKey,
+) -> Result<(GnnModel, PolicyManifest, LearnerState)> {
+    let schema = &resolved.config.tamiyo.graph;
+    if options.resume {
+        let path = state_path(&options.out);
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let state: LearnerState =
+            serde_json::from_str(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let (model, manifest) = load_policy(&options.out, key, schema).map_err(tamiyo_error)?;
+        if manifest.training_step != u64::from(state.updates) {
+            return Err(fail(format!(
+                "{} is at update {} but {} says {}: they are not one training run",
+                options.out.display(),
+                manifest.training_step,
+                path.display(),
+                state.updates
+            )));
+        }
+        return Ok((model, manifest, state));
+    }
+    if state_path(&options.out).exists() {
+        return Err(fail(format!(
+            "{} exists: continue it with --resume, or train to another --out",
+            state_path(&options.out).display()
+        )));
+    }
+    let (model, mut manifest) = match &options.start {
+        Some(path) => load_policy(path, key, schema).map_err(tamiyo_error)?,
+        None => {
+            let model = GnnModel::new(
+                GnnConfig {
+                    hidden: options.hidden,
+                },
+                options.init_seed,
+            )
+            .map_err(tamiyo_error)?;
+            let manifest = PolicyManifest::new(
+                options.hidden,
+                schema,
+                tamiyo::graph::Normalisers::new(0.05),
+            );
+            (model, manifest)
+        }
+    };
+    manifest.training_step = 0;
+    manifest.episodes = 0;
+    Ok((model, manifest, LearnerState::default()))
+}
+
+/// Runs the training; prints a line per update and returns the last.
+pub fn train(
+    resolved: &Resolved,
+    options: &Options,
+    exe: PathBuf,
+    env: &BTreeMap<String, String>,
+) -> Result<Option<UpdateLine>> {
+    let key = super::key(resolved)?.clone();
+    let ppo = resolved.config.tamiyo.ppo.clone();
+    let (model, mut manifest, mut state) = start(resolved, options, &key)?;
+    let home = home(resolved, &options.out);
+    let snapshots = home.join("snapshots");
+    std::fs::create_dir_all(&snapshots).map_err(io(&snapshots))?;
+    let mut learner = Learner::new(model, ppo.clone()).map_err(tamiyo_error)?;
+    manifest.reward = serde_json::json!({
+        "baseline": "the same host and run seed with no controller",
+        "param_rent_points": ppo.param_rent_points,
+        "mac_rent_points": ppo.mac_rent_points,
+        "hosts": ppo.hosts,
+        "episode_epochs": ppo.episode_epochs,
+    });
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let jobs = options.jobs.max(1);
+    let threads = (cores / jobs).max(1);
+    let workers = Workers {
+        exe,
+        jobs,
+        env: crate::cohort::worker_env(env),
+    };
+    println!(
+        "esper policy train: {} -> update {} ({} episode(s) per update on {}, {} epochs each, {jobs} at a time); episodes in {}",
+        options.out.display(),
+        options.updates,
+        ppo.episodes_per_update,
+        ppo.hosts.join(", "),
+        ppo.episode_epochs,
+        home.display()
+    );
+    let mut last = None;
+    while state.updates < options.updates {
+        let update = state.updates;
+        let started = Instant::now();
+        let snapshot = snapshots.join(format!("u{update}.safetensors"));
+        manifest.provenance = format!("esper policy train, update {update} snapshot");
+        save_policy(&snapshot, learner.model(), &manifest, &key).map_err(tamiyo_error)?;
+        let mut by_host: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for e in episodes(&ppo, update) {
+            by_host.entry(e.host).or_default().push(e.seed);
+        }
+        let mut scored = Vec::new();
+        let mut failed = 0;
+        for (host, seeds) in &by_host {
+            let file = cohort(resolved, &home, host, seeds, update, &snapshot)?;
+            let plan = file.plan(threads, env).map_err(|e| fail(e.to_string()))?;
+            let report = runner::run(&file, &plan, &workers, |f, _, _| {
+                if let Err(why) = &f.outcome {
+                    println!("  episode {} FAILED: {why}", f.run.run_id);
+                }
+            })
+            .map_err(|e| fail(e.to_string()))?;
+            let _ = report;
+            for &seed in seeds {
+                let find = |arm: &str| plan.iter().find(|r| r.arm == arm && r.seed == seed);
+                let (Some(episode), Some(baseline)) =
+                    (find(&format!("u{update}")), find("baseline"))
+                else {
+                    failed += 1;
+                    continue;
+                };
+                if !runner::is_finished(episode) || !runner::is_finished(baseline) {
+                    failed += 1;
+                    continue;
+                }
+                match score(episode, baseline, host, &ppo) {
+                    Ok(s) => scored.push(s),
+                    Err(e) => {
+                        println!("  episode {} left out: {e}", episode.run_id);
+                        failed += 1;
+                    }
+                }
+            }
+        }
+        if scored.is_empty() {
+            return Err(fail(format!(
+                "update {}: every episode failed (see the logs under {})",
+                update + 1,
+                home.display()
+            )));
+        }
+        let samples: Vec<Sample> = scored.iter().flat_map(|s| s.samples.clone()).collect();
+        let stats = learner
+            .update(&samples, u64::from(update))
+            .map_err(tamiyo_error)?;
+        let n = scored.len() as f64;
+        let mean = |f: &dyn Fn(&Scored) -> f64| scored.iter().map(f).sum::<f64>() / n;
+        let mut return_by_host: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        for s in &scored {
+            let e = return_by_host.entry(s.host.clone()).or_default();
+            e.0 += s.episode_return;
+            e.1 += 1.0;
+        }
+        let line = UpdateLine {
+            update: update + 1,
+            episodes: scored.len(),
+            failed,
+            decisions: samples.len(),
+            mean_return: mean(&|s| s.episode_return),
+            mean_gain: mean(&|s| s.gain),
+            mean_parameters_added: mean(&|s| s.parameters_added as f64),
+            germinate_share: scored.iter().map(|s| s.germinations).sum::<usize>() as f64
+                / samples.len().max(1) as f64,
+            return_by_host: return_by_host
+                .into_iter()
+                .map(|(h, (sum, count))| (h, sum / count))
+                .collect(),
+            approx_kl: stats.last.approx_kl,
+            entropy: stats.last.entropy,
+            value_loss: stats.last.value,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        state.updates += 1;
+        state.episodes += scored.len() as u64;
+        manifest.training_step = u64::from(state.updates);
+        manifest.episodes = state.episodes;
+        manifest.provenance = format!(
+            "esper policy train: {} update(s), {} episode(s) on {} (seed pool {}..{})",
+            state.updates,
+            state.episodes,
+            ppo.hosts.join(", "),
+            ppo.seed_pool_start,
+            ppo.seed_pool_start + ppo.seed_pool_size
+        );
+        manifest.metrics = BTreeMap::from([
+            ("mean_return".to_string(), line.mean_return),
+            ("mean_gain_points".to_string(), line.mean_gain),
+            (
+                "mean_parameters_added".to_string(),
+                line.mean_parameters_added,
+            ),
+            ("germinate_share".to_string(), line.germinate_share),
+            ("approx_kl".to_string(), line.approx_kl),
+            ("entropy".to_string(), line.entropy),
+        ]);
+        save_policy(&options.out, learner.model(), &manifest, &key).map_err(tamiyo_error)?;
+        state.history.push(line.clone());
+        let path = state_path(&options.out);
+        let text = serde_json::to_string_pretty(&state)
+            .map_err(|e| fail(format!("learner state: {e}")))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        println!("{}", describe(&line, options.updates));
+        last = Some(line);
+    }
+    Ok(last)
+}
+
+/// One update as a line of output.
+pub fn describe(line: &UpdateLine, of: u32) -> String {
+    let hosts: Vec<String> = line
+        .return_by_host
+        .iter()
+        .map(|(h, r)| format!("{h} {r:+.2}"))
+        .collect();
+    format!(
+        "update {}/{of} | {} episode(s){} | return {:+.2} ({}) | gain {:+.2} pts | +{:.0} params | germinate {:.0}% | kl {:.4} | entropy {:.2} | {:.0} s",
+        line.update,
+        line.episodes,
+        if line.failed > 0 {
+            format!(" ({} failed)", line.failed)
+        } else {
+            String::new()
+        },
+        line.mean_return,
+        hosts.join(", "),
+        line.mean_gain,
+        line.mean_parameters_added,
+        100.0 * line.germinate_share,
+        line.approx_kl,
+        line.entropy,
+        line.seconds
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn episodes_take_hosts_in_turn_and_walk_each_hosts_seed_pool() {
+        let ppo = PpoConfig {
+            hosts: vec!["a".into(), "b".into()],
+            episodes_per_update: 3,
+            seed_pool_start: 100,
+            seed_pool_size: 2,
+            ..PpoConfig::default()
+        };
+        let seen: Vec<(String, u64)> = (0..3)
+            .flat_map(|u| episodes(&ppo, u))
+            .map(|e| (e.host, e.seed))
+            .collect();
+        let expected: Vec<(String, u64)> = [
+            ("a", 100),
+            ("b", 100),
+            ("a", 101),
+            ("b", 101),
+            ("a", 100),
+            ("b", 100),
+            ("a", 101),
+            ("b", 101),
+            ("a", 100),
+        ]
+        .iter()
+        .map(|(h, s)| ((*h).to_string(), *s))
+        .collect();
+        assert_eq!(seen, expected);
+    }
+}

@@ -1,0 +1,122 @@
+//! Issue #17 end to end through the `esper` binary: a signed policy file
+//! drives `esper train` (`tamiyo.controller = "learned"`), each epoch-end
+//! decision lands in the run's trajectory, `esper policy train` runs real
+//! episodes with their baselines and writes an updated, signed policy that
+//! `--resume` continues, and a tampered file is refused before anything
+//! runs.
+
+use std::path::Path;
+
+use crate::common::{esper_in, text};
+
+/// A config with a file policy key and a tiny curriculum.
+fn setup(dir: &Path) {
+    std::fs::write(dir.join("policy.key"), "ab".repeat(32)).unwrap();
+    std::fs::write(
+        dir.join("esper.toml"),
+        "[tamiyo.learned]\nkey = { source = \"file\", path = \"policy.key\" }\n\
+         [tamiyo.ppo]\nhosts = [\"cnn-impaired\"]\nepisode_epochs = 2\n\
+         episode_train_size = 1024\nepisodes_per_update = 2\nseed_pool_size = 2\n",
+    )
+    .unwrap();
+}
+
+fn esper(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut all = vec!["--config", "esper.toml"];
+    all.extend_from_slice(args);
+    let out = esper_in(&all, dir, env);
+    (out.status.success(), text(&out))
+}
+
+const LEARNED: [(&str, &str); 6] = [
+    ("ESPER_TOLARIA__HOST", "cnn-impaired"),
+    ("ESPER_TOLARIA__EPOCHS", "3"),
+    ("ESPER_TOLARIA__TRAIN_SIZE", "1024"),
+    ("ESPER_TAMIYO__CONTROLLER", "learned"),
+    ("ESPER_TAMIYO__LEARNED__POLICY", "p0.safetensors"),
+    ("ESPER_TAMIYO__LEARNED__EXPLORATION", "sample"),
+];
+
+#[test]
+fn a_policy_file_drives_a_run_and_records_every_epoch_end_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let (ok, t) = esper(
+        d,
+        &["policy", "init", "p0.safetensors", "--hidden", "8"],
+        &[],
+    );
+    assert!(ok, "{t}");
+    let mut env = LEARNED.to_vec();
+    env.push(("ESPER_RUN__RUN_ID", "l1"));
+    let (ok, t) = esper(d, &["train"], &env);
+    assert!(ok, "{t}");
+    assert!(t.contains("controller learned"), "{t}");
+    let run = d.join("runs/l1");
+    let trajectory = tamiyo::trajectory::read(&run.join("trajectory.wal")).unwrap();
+    let epochs: Vec<u32> = trajectory.records.iter().map(|r| r.epoch).collect();
+    assert_eq!(epochs, [1, 2, 3], "one decision per epoch end");
+    let decisions = std::fs::read_to_string(run.join("decisions.jsonl")).unwrap();
+    assert!(decisions.contains("learned_"), "{decisions}");
+
+    // One flipped byte in the weights: refused before a run directory exists.
+    let mut bytes = std::fs::read(d.join("p0.safetensors")).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 1;
+    std::fs::write(d.join("bad.safetensors"), &bytes).unwrap();
+    let mut env = LEARNED.to_vec();
+    env[4] = ("ESPER_TAMIYO__LEARNED__POLICY", "bad.safetensors");
+    env.push(("ESPER_RUN__RUN_ID", "l2"));
+    let (ok, t) = esper(d, &["train"], &env);
+    assert!(!ok && t.contains("SHA-256"), "{t}");
+    assert!(
+        !d.join("runs/l2").exists(),
+        "a refused policy left a run directory"
+    );
+    // Without a key that outlives the process there is nothing to check.
+    std::fs::write(d.join("esper.toml"), "").unwrap();
+    let (ok, t) = esper(d, &["train"], &LEARNED);
+    assert!(!ok && t.contains("tamiyo.learned.key"), "{t}");
+}
+
+#[test]
+fn policy_train_runs_episodes_against_baselines_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let train = |args: &[&str]| {
+        let mut all = vec!["policy", "train", "--out", "p.safetensors", "--hidden", "8"];
+        all.extend_from_slice(args);
+        esper(d, &all, &[])
+    };
+    let (ok, t) = train(&["--updates", "1", "--jobs", "2"]);
+    assert!(ok, "{t}");
+    assert!(t.contains("update 1/1 | 2 episode(s)"), "{t}");
+    let home = d.join("runs/policy-train/p/runs");
+    for run in [
+        "p-cnn-impaired-baseline-s1000",
+        "p-cnn-impaired-baseline-s1001",
+        "p-cnn-impaired-u0-s1000",
+        "p-cnn-impaired-u0-s1001",
+    ] {
+        assert!(home.join(run).join("summary.json").exists(), "{run}: {t}");
+    }
+    // Without --resume an existing learner is not overwritten.
+    let (ok, t) = train(&["--updates", "2"]);
+    assert!(!ok && t.contains("--resume"), "{t}");
+    let (ok, t) = train(&["--updates", "2", "--jobs", "2", "--resume"]);
+    assert!(ok, "{t}");
+    assert!(t.contains("update 2/2"), "{t}");
+    // Update 2 reused both baselines (their seeds came round again).
+    let (ok, t) = esper(d, &["policy", "show", "p.safetensors"], &[]);
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("trained       2 update(s) on 4 episode(s)"),
+        "{t}"
+    );
+    assert!(t.contains("mean_return"), "{t}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("p.learner.json")).unwrap()).unwrap();
+    assert_eq!(state["history"].as_array().unwrap().len(), 2);
+}

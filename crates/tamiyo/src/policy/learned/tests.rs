@@ -1,0 +1,216 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use leyline::v1::{SeedStage, SystemStatePacket};
+
+use super::*;
+use crate::graph::tests::{catalog, packet};
+use crate::policy::gnn::GnnConfig;
+
+fn policy(exploration: Exploration, seed: u64) -> LearnedPolicy {
+    let schema = GraphSchema::default();
+    let model = GnnModel::new(GnnConfig { hidden: 16 }, 21).unwrap();
+    let manifest = PolicyManifest::new(16, &schema, Normalisers::new(0.05));
+    let config = LearnedConfig {
+        exploration,
+        sample_seed: seed,
+        ..LearnedConfig::default()
+    };
+    LearnedPolicy::new(model, manifest, &config, schema).unwrap()
+}
+
+/// An epoch-end packet of 3 conv slots at `epoch`.
+fn epoch_end(epoch: u32) -> SystemStatePacket {
+    let mut p = packet(3);
+    p.current_epoch = epoch;
+    p.packet_id = format!("epoch-{epoch}");
+    p.global_step = 100 * u64::from(epoch);
+    p.validation_accuracy = Some(0.5 + 0.05 * f64::from(epoch));
+    p.training_metrics.insert("train_accuracy".into(), 0.6);
+    p
+}
+
+fn decide(policy: &mut LearnedPolicy, p: &SystemStatePacket) -> Proposed {
+    let obs = Observation {
+        packet: p,
+        coverage: 1.0,
+        present: 0,
+    };
+    policy.decide(&obs, &catalog(), &Cancel::new()).unwrap()
+}
+
+#[test]
+fn it_waits_between_epochs_and_proposes_only_what_the_packet_allows() {
+    let mut p = policy(Exploration::Sample, 5);
+    let mut mid = packet(3);
+    mid.validation_accuracy = None;
+    assert_eq!(decide(&mut p, &mid).rule, "learned_between_epochs");
+    let mut germinated = 0;
+    for epoch in 1..60 {
+        let packet = epoch_end(epoch);
+        let proposed = decide(&mut p, &packet);
+        match &proposed.proposal {
+            Proposal::Germinate {
+                slot_id,
+                blueprint_id,
+                parameters,
+                alpha_steps,
+                ..
+            } => {
+                germinated += 1;
+                let slot = packet.slots.iter().find(|s| &s.slot_id == slot_id).unwrap();
+                let def = urza::definition(blueprint_id).unwrap();
+                let shape = urza::SlotShape::new(
+                    leyline::v1::SlotKind::Conv2d,
+                    slot.feature_shape.iter().map(|&d| d as usize).collect(),
+                )
+                .unwrap();
+                def.check(parameters, &shape)
+                    .unwrap_or_else(|e| panic!("{blueprint_id} at {slot_id}: {e}"));
+                assert!(TEMPOS.contains(alpha_steps));
+                assert_eq!(proposed.rule, "learned_germinate");
+            }
+            Proposal::Wait { .. } => assert_eq!(proposed.rule, "learned_wait"),
+            // No seeds in the packet: nothing to cull or fossilize.
+            other => panic!("{other:?} with no seed in the packet"),
+        }
+    }
+    assert!(
+        germinated > 0,
+        "an untrained policy never germinated in 59 draws"
+    );
+}
+
+#[test]
+fn greedy_decisions_are_a_function_of_the_weights_and_the_packets() {
+    let run = || {
+        let mut p = policy(Exploration::Greedy, 0);
+        (1..6)
+            .map(|e| decide(&mut p, &epoch_end(e)).proposal)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn recorded_decisions_re_evaluate_to_their_log_probabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(crate::trajectory::FILE_NAME);
+    let mut p = policy(Exploration::Sample, 9);
+    p.record_to(&path).unwrap();
+    let mut packets = Vec::new();
+    for epoch in 1..9 {
+        let mut packet = epoch_end(epoch);
+        if epoch % 2 == 0 {
+            crate::graph::tests::seed(&mut packet, 0, "a", "conv.residual");
+        }
+        decide(&mut p, &packet);
+        packets.push(packet);
+    }
+    let model = p.model.clone();
+    drop(p); // closes the trajectory
+    let t = crate::trajectory::read(&path).unwrap();
+    assert_eq!(t.records.len(), 8);
+    assert!(t.bad.is_empty() && t.torn_tail.is_none());
+    for (r, packet) in t.records.iter().zip(&packets) {
+        assert_eq!(r.global_step, packet.global_step);
+        let e = model.evaluate(&r.graph, &r.mask, &r.action).unwrap();
+        let lp = e.log_prob.to_scalar::<f32>().unwrap();
+        assert!((lp - r.log_prob).abs() < 1e-4, "{lp} vs {}", r.log_prob);
+    }
+}
+
+#[test]
+fn a_resumed_policy_samples_on_as_the_uninterrupted_one() {
+    let packets: Vec<_> = (1..13).map(epoch_end).collect();
+    let mut whole = policy(Exploration::Sample, 77);
+    let all: Vec<_> = packets.iter().map(|p| decide(&mut whole, p)).collect();
+    let mut first = policy(Exploration::Sample, 77);
+    for p in &packets[..5] {
+        decide(&mut first, p);
+    }
+    let state = first.export_state().unwrap();
+    let mut resumed = policy(Exploration::Sample, 77);
+    resumed.import_state(state.clone()).unwrap();
+    let rest: Vec<_> = packets[5..]
+        .iter()
+        .map(|p| decide(&mut resumed, p))
+        .collect();
+    assert_eq!(rest, all[5..]);
+    // Without the state it decides otherwise (so the test can fail).
+    let mut fresh = policy(Exploration::Sample, 77);
+    let differs: Vec<_> = packets[5..].iter().map(|p| decide(&mut fresh, p)).collect();
+    assert_ne!(differs, all[5..]);
+    // Another sampling seed, or another policy's state, is refused.
+    assert!(policy(Exploration::Sample, 78).import_state(state).is_err());
+    let heuristic = serde_json::json!({"history": []});
+    assert!(
+        policy(Exploration::Sample, 77)
+            .import_state(heuristic)
+            .is_err()
+    );
+}
+
+#[test]
+fn a_seed_that_may_fossilize_can_be_chosen_and_a_dormant_slot_is_never_reused() {
+    // A PROBATIONARY seed in r1: FOSSILIZE and CULL are legal for it.
+    let mut p = policy(Exploration::Sample, 3);
+    let mut ops = std::collections::BTreeSet::new();
+    for epoch in 1..120 {
+        let mut packet = epoch_end(epoch);
+        crate::graph::tests::seed(&mut packet, 1, "b", "conv.residual");
+        packet.seed_states[0].stage = SeedStage::Probationary as i32;
+        packet.slots[1].stage = SeedStage::Probationary as i32;
+        match decide(&mut p, &packet).proposal {
+            Proposal::Germinate { slot_id, .. } => {
+                assert_ne!(slot_id, "r1", "r1 holds a seed");
+                ops.insert("germinate");
+            }
+            Proposal::Fossilize { seed_id } | Proposal::Cull { seed_id } => {
+                assert_eq!(seed_id, "b");
+                ops.insert("seed");
+            }
+            Proposal::Wait { .. } => {
+                ops.insert("wait");
+            }
+        }
+    }
+    assert_eq!(ops.len(), 3, "{ops:?}");
+}
+
+#[test]
+fn a_retried_packet_is_decided_alike_and_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(crate::trajectory::FILE_NAME);
+    let packets: Vec<_> = (1..8)
+        .map(|e| {
+            let mut p = epoch_end(e);
+            p.packet_id = format!("p{e}");
+            p.training_loss = Some(2.0 / f64::from(e));
+            p
+        })
+        .collect();
+    // Each packet decided once …
+    let mut once = policy(Exploration::Sample, 5);
+    let plain: Vec<_> = packets.iter().map(|p| decide(&mut once, p)).collect();
+    // … and each decided, then retried (as a missed epoch-end deadline is).
+    let mut twice = policy(Exploration::Sample, 5);
+    twice.record_to(&path).unwrap();
+    for (p, first) in packets.iter().zip(&plain) {
+        let a = decide(&mut twice, p);
+        let b = decide(&mut twice, p);
+        assert_eq!(&a, first, "a decision depends on what came before it");
+        assert_eq!(a, b, "a retry decided otherwise");
+    }
+    assert_eq!(
+        once.export_state().unwrap(),
+        twice.export_state().unwrap(),
+        "retries moved the normalisers or the decision count"
+    );
+    drop(twice);
+    let t = crate::trajectory::read(&path).unwrap();
+    let steps: Vec<u64> = t.records.iter().map(|r| r.global_step).collect();
+    assert_eq!(
+        steps,
+        packets.iter().map(|p| p.global_step).collect::<Vec<_>>()
+    );
+}
