@@ -179,7 +179,7 @@ pub(crate) fn policy(
             // not one failed run per seed.
             policy::show(resolved, &path)?;
             let mut file = CohortFile::load(&cohort)?;
-            file.add_learned_arm(&arm, &path)?;
+            file.add_learned_arm(&arm, &path, policy::key_source(resolved))?;
             let exe = std::env::current_exe().context("locating the esper executable")?;
             let verdict = command::run_file(&file, jobs_or_cores(jobs), exe, env)?;
             print!("{verdict}");

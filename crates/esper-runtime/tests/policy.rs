@@ -28,7 +28,13 @@ fn esper(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     (out.status.success(), text(&out))
 }
 
-const LEARNED: [(&str, &str); 6] = [
+const LEARNED: [(&str, &str); 7] = [
+    // What these tests check does not depend on wall-clock time: a loaded
+    // CI machine must not turn a fence into a missed deadline.
+    (
+        "ESPER_LEYLINE__BUDGETS__PERFORMANCE__TAMIYO_STEP_DEADLINE_MS",
+        "10000",
+    ),
     ("ESPER_TOLARIA__HOST", "cnn-impaired"),
     ("ESPER_TOLARIA__EPOCHS", "3"),
     ("ESPER_TOLARIA__TRAIN_SIZE", "1024"),
@@ -66,7 +72,7 @@ fn a_policy_file_drives_a_run_and_records_every_epoch_end_decision() {
     bytes[n - 2] ^= 1;
     std::fs::write(d.join("bad.safetensors"), &bytes).unwrap();
     let mut env = LEARNED.to_vec();
-    env[4] = ("ESPER_TAMIYO__LEARNED__POLICY", "bad.safetensors");
+    env[5] = ("ESPER_TAMIYO__LEARNED__POLICY", "bad.safetensors");
     env.push(("ESPER_RUN__RUN_ID", "l2"));
     let (ok, t) = esper(d, &["train"], &env);
     assert!(!ok && t.contains("SHA-256"), "{t}");
@@ -119,4 +125,52 @@ fn policy_train_runs_episodes_against_baselines_and_resumes() {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("p.learner.json")).unwrap()).unwrap();
     assert_eq!(state["history"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn policy_eval_runs_the_policy_as_one_more_cohort_arm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let (ok, t) = esper(
+        d,
+        &["policy", "init", "p0.safetensors", "--hidden", "8"],
+        &[],
+    );
+    assert!(ok, "{t}");
+    std::fs::write(
+        d.join("tiny.toml"),
+        format!(
+            "name = \"tiny\"\nseeds = [7]\ndir = \"{}\"\n[config.tolaria]\nhost = \"mlp\"\n\
+             epochs = 1\ntrain_size = 512\n[[arm]]\nkind = \"static-small\"\n",
+            d.join("runs").display()
+        ),
+    )
+    .unwrap();
+    let (ok, t) = esper(
+        d,
+        &[
+            "policy",
+            "eval",
+            "p0.safetensors",
+            "--cohort",
+            "tiny.toml",
+            "--jobs",
+            "2",
+        ],
+        &[],
+    );
+    // Two arms make no verdict (no static-big): the runs happen, then the
+    // error names the arm the claims need.
+    assert!(!ok && t.contains("has no static-big arm"), "{t}");
+    let summary = std::fs::read_to_string(d.join("runs/tiny-learned-s7/summary.json")).unwrap();
+    assert!(summary.contains("\"controller\": \"learned\""), "{summary}");
+    // A policy signed under another key is refused before any run.
+    std::fs::write(d.join("policy.key"), "cd".repeat(32)).unwrap();
+    let (ok, t) = esper(
+        d,
+        &["policy", "eval", "p0.safetensors", "--cohort", "tiny.toml"],
+        &[],
+    );
+    assert!(!ok && t.contains("signature"), "{t}");
 }

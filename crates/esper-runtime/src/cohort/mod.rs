@@ -279,13 +279,27 @@ impl CohortFile {
         Ok(())
     }
 
-    /// Adds a `learned` arm named `name` running `policy` (greedy), as if
-    /// the file listed it: `esper policy eval`. An arm of that name already
-    /// there is an error.
-    pub fn add_learned_arm(&mut self, name: &str, policy: &Path) -> Result<()> {
+    /// Adds a `learned` arm named `name` running `policy` (greedy), its
+    /// runs checking the file with the key from `key`, as if the file listed
+    /// it: `esper policy eval`. An arm of that name already there is an
+    /// error.
+    pub fn add_learned_arm(
+        &mut self,
+        name: &str,
+        policy: &Path,
+        key: &leyline::SecretSource,
+    ) -> Result<()> {
         if self.arms.iter().any(|a| a.name() == name) {
             return Err(self.invalid(format!("arm {name} is listed twice")));
         }
+        let key = toml::Value::try_from(key)
+            .map_err(|e| self.invalid(format!("the policy key cannot be written: {e}")))?;
+        let mut learned = toml::Table::new();
+        learned.insert("key".into(), key);
+        let mut tamiyo = toml::Table::new();
+        tamiyo.insert("learned".into(), learned.into());
+        let mut config = toml::Table::new();
+        config.insert("tamiyo".into(), tamiyo.into());
         self.arms.push(Arm {
             name: Some(name.to_owned()),
             kind: ArmKind::Learned,
@@ -293,7 +307,7 @@ impl CohortFile {
             script: None,
             // Relative to where the command runs, not to the cohort file.
             policy: Some(std::path::absolute(policy).unwrap_or_else(|_| policy.to_path_buf())),
-            config: toml::Table::new(),
+            config,
         });
         Ok(())
     }

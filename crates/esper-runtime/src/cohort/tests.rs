@@ -358,3 +358,49 @@ fn the_shipped_cohorts_load_and_every_run_resolves() {
     }
     assert_eq!(seen, 3, "cnn-impaired, mlp and cnn");
 }
+
+#[test]
+fn a_learned_arm_is_judged_against_the_heuristic_too() {
+    let text = format!("{FULL}\n[[arm]]\nkind = \"learned\"\npolicy = \"p.safetensors\"\n");
+    let file = load(&text).unwrap();
+    let mut rows = table(&file, &[1, 2, 3, 4, 5]);
+    // learned = heuristic − 0.3 points ± 0.1: within the half-point margin.
+    for s in 1..=5u64 {
+        let base = 0.90 + s as f64 / 1000.0;
+        let wiggle = if s % 2 == 0 { 0.002 } else { -0.002 };
+        let jitter = if s % 2 == 0 { 0.001 } else { -0.001 };
+        rows.push(row(
+            &file,
+            "learned",
+            s,
+            base + 0.04 + wiggle - 0.003 + jitter,
+            1200,
+        ));
+    }
+    let v = judge(&file, &rows).unwrap();
+    let claim = |prefix: &str| {
+        v.claims
+            .iter()
+            .find(|c| c.claim.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {v}"))
+    };
+    // learned − heuristic: −0.004, −0.002, −0.004, −0.002, −0.004 → mean
+    // −0.0032, sd 0.0011, half-width 0.00136: CI [−0.46, −0.18] > −0.5.
+    let c = claim("learned no worse than heuristic by more than 0.5 point");
+    assert_eq!(c.outcome, Outcome::Pass, "{v}");
+    assert_eq!(claim("learned beats static-small").outcome, Outcome::Pass);
+    // One point worse throughout: FAIL.
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.arm.as_deref() == Some("learned"))
+    {
+        *r.validation_accuracy.as_mut().unwrap() -= 0.01;
+    }
+    let v = judge(&file, &rows).unwrap();
+    let c = v
+        .claims
+        .iter()
+        .find(|c| c.claim.starts_with("learned no worse"))
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Fail, "{v}");
+}

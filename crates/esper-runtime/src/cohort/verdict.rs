@@ -13,6 +13,10 @@
 //!    over small, and the interval of G − big lies above −1 point.
 //! 3. G beats `fixed-schedule`: the interval of G − fixed lies above 0.
 //!
+//! For each `learned` arm L, when the cohort has a `heuristic` arm H:
+//! 5. L is no worse than H by more than [`NO_WORSE_MARGIN`]: the interval of
+//!    L − H lies above −½ point (FAIL when it lies below).
+//!
 //! And once: 4. `off-switch` shows no gain — the interval of off − small lies
 //! below [`NO_GAIN_MARGIN`] (whatever it gains is under half a point; a
 //! significant gain is a FAIL: the extra optimizer groups, not the seeds,
@@ -33,6 +37,10 @@ pub const NO_GAIN_MARGIN: f64 = 0.005;
 
 /// How close to `static-big` (fraction of accuracy) a grown arm must come.
 pub const BIG_MARGIN: f64 = 0.01;
+
+/// How much worse (fraction of accuracy) than the heuristic a learned arm
+/// may be.
+pub const NO_WORSE_MARGIN: f64 = 0.005;
 
 /// Share of `static-big`'s extra parameters a grown arm may add.
 pub const PARAMETER_SHARE: f64 = 0.5;
@@ -368,6 +376,23 @@ pub fn judge(file: &CohortFile, rows: &[RunRow]) -> Result<Verdict, VerdictError
             not_ready => above(claim, not_ready, &d, -BIG_MARGIN),
         });
         claims.push(beats(g, fixed, &diff(g, fixed)));
+    }
+    let heuristic = arms.iter().find(|a| a.kind == ArmKind::Heuristic);
+    for l in arms.iter().filter(|a| a.kind == ArmKind::Learned) {
+        if let Some(h) = heuristic {
+            let d = diff(l, h);
+            claims.push(above(
+                format!(
+                    "{} no worse than {} by more than {:.1} point",
+                    l.arm,
+                    h.arm,
+                    100.0 * NO_WORSE_MARGIN
+                ),
+                unready(&[l, h]),
+                &d,
+                -NO_WORSE_MARGIN,
+            ));
+        }
     }
     let d = diff(off, small);
     // No gain: PASS below the margin; a significant gain (above 0) FAILs.

@@ -20,14 +20,21 @@ use crate::error::{Error, Result};
 pub mod reward;
 pub mod train;
 
+/// Where the policy key comes from: `tamiyo.learned.key`, else the Leyline
+/// secret (what runs started for a policy must be told).
+pub fn key_source(resolved: &Resolved) -> &SecretSource {
+    resolved
+        .config
+        .tamiyo
+        .learned
+        .key
+        .as_ref()
+        .unwrap_or(&resolved.config.leyline.security.secret)
+}
+
 /// The policy key, refused when it is generated per process.
 pub fn key(resolved: &Resolved) -> Result<&SigningKey> {
-    let learned = &resolved.config.tamiyo.learned;
-    let ephemeral = match &learned.key {
-        Some(source) => *source == SecretSource::Ephemeral,
-        None => resolved.config.leyline.security.secret == SecretSource::Ephemeral,
-    };
-    if ephemeral {
+    if *key_source(resolved) == SecretSource::Ephemeral {
         return Err(Error::Config(leyline::ConfigError::at(
             "tamiyo.learned.key",
             "policy files are signed with a key that outlives this process: set \

@@ -166,14 +166,8 @@ fn cohort(
     }
     // The episodes check the snapshot's signature with the key it was
     // signed with.
-    let key = resolved
-        .config
-        .tamiyo
-        .learned
-        .key
-        .clone()
-        .unwrap_or_else(|| resolved.config.leyline.security.secret.clone());
-    let key = toml::Value::try_from(&key).map_err(|e| fail(format!("the policy key: {e}")))?;
+    let key = super::key_source(resolved);
+    let key = toml::Value::try_from(key).map_err(|e| fail(format!("the policy key: {e}")))?;
     let mut learned = toml::Table::new();
     learned.insert("key".into(), key);
     let mut tamiyo = toml::Table::new();
@@ -432,16 +426,36 @@ pub fn train(
         }
         let mut scored = Vec::new();
         let mut failed = 0;
+        let bar = indicatif::ProgressBar::new(u64::from(ppo.episodes_per_update));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30.cyan/blue}] {pos}/{len} runs | {elapsed} | {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("update {}/{}", update + 1, options.updates));
         for (host, seeds) in &by_host {
             let file = cohort(resolved, &home, host, seeds, update, &snapshot)?;
             let plan = file.plan(threads, env).map_err(|e| fail(e.to_string()))?;
-            let report = runner::run(&file, &plan, &workers, |f, _, _| {
-                if let Err(why) = &f.outcome {
-                    println!("  episode {} FAILED: {why}", f.run.run_id);
+            // Episodes and the baselines not run yet.
+            let todo = plan.iter().filter(|r| !runner::is_finished(r)).count();
+            bar.inc_length(todo.saturating_sub(seeds.len()) as u64);
+            runner::run(&file, &plan, &workers, |f, _, _| {
+                bar.inc(1);
+                match &f.outcome {
+                    Ok(s) => bar.set_message(format!(
+                        "{} {:.2}% (+{} params)",
+                        f.run.run_id,
+                        100.0 * s.validation_accuracy,
+                        s.parameters_added()
+                    )),
+                    Err(why) => {
+                        bar.suspend(|| println!("  episode {} FAILED: {why}", f.run.run_id));
+                    }
                 }
             })
             .map_err(|e| fail(e.to_string()))?;
-            let _ = report;
             for &seed in seeds {
                 let find = |arm: &str| plan.iter().find(|r| r.arm == arm && r.seed == seed);
                 let (Some(episode), Some(baseline)) =
@@ -463,6 +477,7 @@ pub fn train(
                 }
             }
         }
+        bar.finish_and_clear();
         if scored.is_empty() {
             return Err(fail(format!(
                 "update {}: every episode failed (see the logs under {})",

@@ -39,6 +39,8 @@ pub struct Loaded {
 #[derive(Debug)]
 pub struct Wal {
     log: Appender,
+    /// Ids of the reports the log holds.
+    ids: std::collections::HashSet<String>,
 }
 
 /// Encodes one framed record.
@@ -76,11 +78,18 @@ impl Wal {
         let path = path.into();
         let (log, bytes) = Appender::open(&path, "field-report WAL", MAX_RECORD_BYTES)?;
         let loaded = parse(&bytes);
-        Ok((Self { log }, loaded))
+        let ids = loaded.reports.iter().map(|r| r.report_id.clone()).collect();
+        Ok((Self { log, ids }, loaded))
     }
 
-    /// Appends one report and fsyncs. Reports without `issued_at_ms` are refused.
-    pub fn append(&mut self, report: &FieldReport) -> Result<()> {
+    /// Appends one report and fsyncs; returns whether it was written.
+    /// Reports without `issued_at_ms` are refused. A report whose id the log
+    /// already holds is not written again: a run resumed from an older
+    /// checkpoint decides again the reports it decided after it.
+    pub fn append(&mut self, report: &FieldReport) -> Result<bool> {
+        if self.ids.contains(&report.report_id) {
+            return Ok(false);
+        }
         if report.issued_at_ms == 0 {
             return Err(Error::InvalidReport {
                 report_id: report.report_id.clone(),
@@ -97,7 +106,9 @@ impl Wal {
                 ),
             });
         }
-        self.log.append(&record)
+        self.log.append(&record)?;
+        self.ids.insert(report.report_id.clone());
+        Ok(true)
     }
 
     /// Rewrites the log keeping only reports issued at or after `keep_from_ms`
@@ -128,6 +139,7 @@ impl Wal {
                 .map_err(io("syncing", dir))?;
         }
         self.log.reopen()?;
+        self.ids = kept.iter().map(|r| r.report_id.clone()).collect();
         Ok(total - kept.len())
     }
 }
@@ -193,6 +205,23 @@ mod tests {
         let (_, loaded) = Wal::open(&path).unwrap();
         assert_eq!(ids(&loaded.reports), vec!["a", "c"]);
         assert!(loaded.torn_tail.is_none() && loaded.bad.is_empty());
+    }
+
+    #[test]
+    fn a_report_already_in_the_log_is_not_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reports.wal");
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        assert!(wal.append(&report("a", 1)).unwrap());
+        assert!(!wal.append(&report("a", 1)).unwrap());
+        drop(wal);
+        // Also across a reopen (a resumed run).
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        assert!(!wal.append(&report("a", 1)).unwrap());
+        assert!(wal.append(&report("b", 2)).unwrap());
+        drop(wal);
+        let (_, loaded) = Wal::open(&path).unwrap();
+        assert_eq!(ids(&loaded.reports), vec!["a", "b"]);
     }
 
     #[test]
