@@ -1,6 +1,7 @@
 //! `esper inspect RUN`: a readable account of one run directory, read-only —
-//! its configuration, whether it finished, its epochs, seeds, decisions and
-//! field reports, and each checkpoint verified (manifest, hashes, tensors).
+//! its configuration, whether it finished, its epochs, seeds, decisions,
+//! field reports, the learned controller's trajectory (when it ran), and each
+//! checkpoint verified (manifest, hashes, tensors).
 //! Damage is reported where it is found (a bad log line, a corrupt WAL
 //! record, a checkpoint that does not verify); nothing is repaired or moved.
 
@@ -62,6 +63,7 @@ pub fn render(dir: &Path) -> Result<String> {
     seed_lines(summary.as_ref(), &mut out);
     decision_lines(dir, &mut out);
     report_lines(dir, &mut out);
+    trajectory_lines(dir, &mut out);
     checkpoint_lines(dir, &mut out)?;
     Ok(out)
 }
@@ -207,6 +209,33 @@ fn report_lines(dir: &Path, out: &mut String) {
         loaded.reports.len(),
         loaded.bad.len(),
         if loaded.torn_tail.is_some() {
+            ", a torn tail"
+        } else {
+            ""
+        }
+    );
+}
+
+/// The learned controller's trajectory, when the run has one.
+fn trajectory_lines(dir: &Path, out: &mut String) {
+    let path = dir.join(tamiyo::trajectory::FILE_NAME);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return;
+    };
+    let t = tamiyo::trajectory::parse(&bytes);
+    let mut ops: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for r in &t.records {
+        *ops.entry(format!("{:?}", r.action.op).to_lowercase())
+            .or_default() += 1;
+    }
+    let by: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
+    let _ = writeln!(
+        out,
+        "trajectory: {} decision(s) recorded ({}), {} corrupt record(s){}",
+        t.records.len(),
+        by.join(", "),
+        t.bad.len(),
+        if t.torn_tail.is_some() {
             ", a torn tail"
         } else {
             ""

@@ -65,6 +65,11 @@ fn a_policy_file_drives_a_run_and_records_every_epoch_end_decision() {
     assert_eq!(epochs, [1, 2, 3], "one decision per epoch end");
     let decisions = std::fs::read_to_string(run.join("decisions.jsonl")).unwrap();
     assert!(decisions.contains("learned_"), "{decisions}");
+    let (ok, t) = esper(d, &["inspect", "l1"], &[]);
+    assert!(
+        ok && t.contains("trajectory: 3 decision(s) recorded"),
+        "{t}"
+    );
 
     // One flipped byte in the weights: refused before a run directory exists.
     let mut bytes = std::fs::read(d.join("p0.safetensors")).unwrap();
