@@ -340,23 +340,42 @@ fn merging_replaces_leaves_and_merges_tables() {
 fn the_shipped_cohorts_load_and_every_run_resolves() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cohorts");
     let mut seen = 0;
-    for entry in std::fs::read_dir(&root).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if !name.ends_with(".toml") || name.ends_with(".seeds.toml") {
-            continue;
+    for dir in [root.clone(), root.join("held-out")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if !name.ends_with(".toml") || name.ends_with(".seeds.toml") {
+                continue;
+            }
+            let mut file = CohortFile::load(&path).unwrap();
+            assert!(file.seeds.len() >= verdict::MIN_SEEDS, "{name}");
+            let out = tempfile::tempdir().unwrap();
+            file.dir = out.path().to_path_buf();
+            let plan = file.plan(1, &BTreeMap::new()).unwrap();
+            assert_eq!(plan.len(), file.arms.len() * file.seeds.len());
+            // Every schedule fits its host, as `esper train` checks it
+            // before a run starts (a held-out mlp schedule naming one
+            // parameter of two once failed here, on every seed).
+            for run in plan.iter().filter(|r| r.kind == ArmKind::FixedSchedule) {
+                let resolved = crate::config::load(Some(&run.config), &BTreeMap::new()).unwrap();
+                let host = tolaria::hosts::build(
+                    &resolved.config.tolaria.host,
+                    0,
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap();
+                crate::control::load_script(&resolved, host.slots())
+                    .unwrap_or_else(|e| panic!("{name}, {}: {e}", run.run_id));
+            }
+            // The verdict can be asked of it (every arm kind it needs is there).
+            judge(&file, &[]).unwrap();
+            seen += 1;
         }
-        let mut file = CohortFile::load(&path).unwrap();
-        assert!(file.seeds.len() >= verdict::MIN_SEEDS, "{name}");
-        let out = tempfile::tempdir().unwrap();
-        file.dir = out.path().to_path_buf();
-        let plan = file.plan(1, &BTreeMap::new()).unwrap();
-        assert_eq!(plan.len(), file.arms.len() * file.seeds.len());
-        // The verdict can be asked of it (every arm kind it needs is there).
-        judge(&file, &[]).unwrap();
-        seen += 1;
     }
-    assert_eq!(seen, 3, "cnn-impaired, mlp and cnn");
+    assert_eq!(
+        seen, 6,
+        "cnn-impaired, mlp and cnn, and their held-out seeds"
+    );
 }
 
 #[test]

@@ -14,9 +14,15 @@
 //!
 //! and the decision taken at the end of epoch `e_i` earns
 //! `standing(e_{i+1}) − standing(e_i)` (the last one: up to the run's final
-//! epoch). The rewards of an episode therefore sum to its final standing:
-//! the accuracy it gained over not growing, less the rent on what it added —
-//! the claim the cohort verdict judges, priced.
+//! epoch). The rents count at the final epoch only (before it, the standing
+//! is the accuracy term alone): what is priced is what the run ends with.
+//! Measured (policy `esper-v1`, docs/LEARNED.md): with the rent charged at
+//! every epoch, culling a seed earned its rent back at once while the
+//! accuracy it would have brought came epochs later, and PPO learned to
+//! germinate cheap seeds and cull them two epochs on, before they paid.
+//! The rewards of an episode sum to its final standing either way: the
+//! accuracy it gained over not growing, less the rent on what it ended with
+//! — the claim the cohort verdict judges, priced.
 
 use std::collections::BTreeMap;
 
@@ -73,12 +79,12 @@ fn line<'a>(
         .ok_or(RewardError::MissingEpoch { epoch, which })
 }
 
-/// `standing(epoch)` (see the module docs).
+/// `standing(epoch)` (see the module docs); `rent` is charged when given.
 pub fn standing(
     learned: RunRecord<'_>,
     baseline: &[EpochLine],
     host_parameters: u64,
-    rent: Rent,
+    rent: Option<Rent>,
     epoch: u32,
 ) -> Result<f64, RewardError> {
     if host_parameters == 0 {
@@ -86,6 +92,10 @@ pub fn standing(
     }
     let l = line(learned.epochs, epoch, "learned")?;
     let b = line(baseline, epoch, "baseline")?;
+    let gain = 100.0 * (l.validation_accuracy - b.validation_accuracy);
+    let Some(rent) = rent else {
+        return Ok(gain);
+    };
     let mut live = 0u64;
     // A seed costs parameters while it runs in the model (its forward MACs
     // are counted from TRAINING to FOSSILIZED, 0 elsewhere).
@@ -100,9 +110,10 @@ pub fn standing(
         (Some(lm), Some(bm)) if bm > 0.0 => ((lm - bm) / bm).max(0.0),
         _ => 0.0,
     };
-    Ok(100.0 * (l.validation_accuracy - b.validation_accuracy)
-        - rent.param_points * live as f64 / host_parameters as f64
-        - rent.mac_points * mac_rise)
+    Ok(
+        gain - rent.param_points * live as f64 / host_parameters as f64
+            - rent.mac_points * mac_rise,
+    )
 }
 
 /// The reward of each decision, taken at the ends of `decision_epochs`
@@ -115,7 +126,10 @@ pub fn rewards(
     host_parameters: u64,
     rent: Rent,
 ) -> Result<Vec<f64>, RewardError> {
-    let at = |e: u32| standing(learned, baseline, host_parameters, rent, e);
+    let at = |e: u32| {
+        let charged = (e == final_epoch).then_some(rent);
+        standing(learned, baseline, host_parameters, charged, e)
+    };
     let mut out = Vec::with_capacity(decision_epochs.len());
     for (i, &e) in decision_epochs.iter().enumerate() {
         let next = decision_epochs.get(i + 1).copied().unwrap_or(final_epoch);
@@ -180,10 +194,16 @@ mod tests {
             mac_points: 1.0,
         };
         let host = 1000;
-        // standing: e1 0; e2 100·0.02 − 2·0.5 − 1·0.1 = 0.9;
+        // The full standing: e1 0; e2 100·0.02 − 2·0.5 − 1·0.1 = 0.9;
         // e3 100·0.03 − 1.1 = 1.9; e4 100·0.01 − 0 = 1.0.
+        let full = |e| standing(run, &baseline, host, Some(rent), e).unwrap();
+        for (e, want) in [(1, 0.0), (2, 0.9), (3, 1.9), (4, 1.0)] {
+            assert!((full(e) - want).abs() < 1e-9, "epoch {e}: {}", full(e));
+        }
+        // Rewards: the accuracy term until the final epoch, which is charged
+        // its rent: 2 − 0, 3 − 2, 1.0 − 3, and 0 for the last decision.
         let r = rewards(&[1, 2, 3, 4], 4, run, &baseline, host, rent).unwrap();
-        let expected = [0.9, 1.0, -0.9, 0.0];
+        let expected = [2.0, 1.0, -2.0, 0.0];
         for (got, want) in r.iter().zip(expected) {
             assert!((got - want).abs() < 1e-9, "{r:?}");
         }
@@ -191,9 +211,20 @@ mod tests {
         // Decisions at every other epoch: the same total.
         let r = rewards(&[1, 3], 4, run, &baseline, host, rent).unwrap();
         assert!(
-            (r[0] - 1.9).abs() < 1e-9 && (r[1] + 0.9).abs() < 1e-9,
+            (r[0] - 3.0).abs() < 1e-9 && (r[1] + 2.0).abs() < 1e-9,
             "{r:?}"
         );
+        // A seed still live at the end is charged there.
+        let kept = vec![
+            epoch(1, 0.81, 1000.0, &[]),
+            epoch(2, 0.84, 1100.0, &[("s", 100)]),
+        ];
+        let kept_run = RunRecord {
+            epochs: &kept,
+            seed_parameters: &params,
+        };
+        let r = rewards(&[1], 2, kept_run, &baseline, host, rent).unwrap();
+        assert!((r[0] - 0.9).abs() < 1e-9, "{r:?}");
         // A missing baseline epoch is an error, not a zero.
         assert_eq!(
             rewards(&[1, 2], 4, run, &baseline[..2], host, rent).unwrap_err(),

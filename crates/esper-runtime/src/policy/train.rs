@@ -69,6 +69,10 @@ pub struct UpdateLine {
     pub germinate_share: f64,
     /// Per host: mean return.
     pub return_by_host: BTreeMap<String, f64>,
+    /// Every episode: its run id and return (the training curve per
+    /// episode).
+    #[serde(default)]
+    pub episode_returns: Vec<(String, f64)>,
     /// Approximate KL of the last pass.
     pub approx_kl: f64,
     /// Mean entropy of the last pass.
@@ -212,6 +216,7 @@ fn cohort(
 
 /// One finished episode, scored.
 struct Scored {
+    run_id: String,
     host: String,
     samples: Vec<Sample>,
     episode_return: f64,
@@ -313,6 +318,7 @@ fn score(
         })
         .collect();
     Ok(Scored {
+        run_id: episode.run_id.clone(),
         host: host.to_owned(),
         samples,
         episode_return: rewards.iter().sum(),
@@ -510,6 +516,10 @@ pub fn train(
             return_by_host: return_by_host
                 .into_iter()
                 .map(|(h, (sum, count))| (h, sum / count))
+                .collect(),
+            episode_returns: scored
+                .iter()
+                .map(|s| (s.run_id.clone(), s.episode_return))
                 .collect(),
             approx_kl: stats.last.approx_kl,
             entropy: stats.last.entropy,

@@ -213,11 +213,9 @@ impl ScriptedPolicy {
                     format!("unknown blueprint {blueprint:?}"),
                 ));
             };
-            let params = if a.parameters.is_empty() {
-                def.default_parameters()
-            } else {
-                a.parameters.clone()
-            };
+            // As the library builds it: the given parameters over the
+            // defaults.
+            let params = def.with_defaults(&a.parameters);
             def.check(&params, shape).map_err(|e| {
                 ScriptProblem::action(n, format!("{blueprint} does not fit slot {slot}: {e}"))
             })?;

@@ -103,6 +103,14 @@ impl BlueprintDef {
             .collect()
     }
 
+    /// `given` over the defaults: what a germination naming only some
+    /// parameters builds (unknown names are kept, for `check` to refuse).
+    pub fn with_defaults(&self, given: &Parameters) -> Parameters {
+        let mut merged = self.default_parameters();
+        merged.extend(given.iter().map(|(k, v)| (k.clone(), *v)));
+        merged
+    }
+
     /// Checks `params` against the declared bounds and the slot (kind, shape
     /// constraints such as divisibility or rank ≤ features).
     pub fn check(&self, params: &Parameters, slot: &SlotShape) -> Result<()> {

@@ -454,9 +454,7 @@ impl Library {
             })
         })?;
         // Given parameters override the defaults; the rest keep theirs.
-        let mut merged = def.default_parameters();
-        merged.extend(params.iter().map(|(k, v)| (k.clone(), *v)));
-        let params = merged;
+        let params = def.with_defaults(params);
         self.check_bounds(def, blueprint_id, &params, slot)?;
         let entry = self.blueprint(blueprint_id)?;
         if entry.quarantined {
