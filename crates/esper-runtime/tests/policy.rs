@@ -28,6 +28,19 @@ fn esper(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     (out.status.success(), text(&out))
 }
 
+/// A temporary directory set up with an untrained `p0.safetensors`.
+fn with_a_policy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let (ok, t) = esper(
+        dir.path(),
+        &["policy", "init", "p0.safetensors", "--hidden", "8"],
+        &[],
+    );
+    assert!(ok, "{t}");
+    dir
+}
+
 const LEARNED: [(&str, &str); 7] = [
     // What these tests check does not depend on wall-clock time: a loaded
     // CI machine must not turn a fence into a missed deadline.
@@ -45,15 +58,8 @@ const LEARNED: [(&str, &str); 7] = [
 
 #[test]
 fn a_policy_file_drives_a_run_and_records_every_epoch_end_decision() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_a_policy();
     let d = dir.path();
-    setup(d);
-    let (ok, t) = esper(
-        d,
-        &["policy", "init", "p0.safetensors", "--hidden", "8"],
-        &[],
-    );
-    assert!(ok, "{t}");
     let mut env = LEARNED.to_vec();
     env.push(("ESPER_RUN__RUN_ID", "l1"));
     let (ok, t) = esper(d, &["train"], &env);
@@ -134,15 +140,8 @@ fn policy_train_runs_episodes_against_baselines_and_resumes() {
 
 #[test]
 fn policy_eval_runs_the_policy_as_one_more_cohort_arm() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_a_policy();
     let d = dir.path();
-    setup(d);
-    let (ok, t) = esper(
-        d,
-        &["policy", "init", "p0.safetensors", "--hidden", "8"],
-        &[],
-    );
-    assert!(ok, "{t}");
     std::fs::write(
         d.join("tiny.toml"),
         format!(

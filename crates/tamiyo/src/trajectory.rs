@@ -202,7 +202,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::graph::{GraphBuilder, GraphSchema};
-    use crate::policy::action::Op;
 
     fn record(step: u64) -> DecisionRecord {
         let packet = crate::graph::tests::packet(2);
@@ -219,14 +218,7 @@ mod tests {
             validation_accuracy: Some(0.5),
             graph,
             mask,
-            action: Action {
-                op: Op::Wait,
-                slot: None,
-                blueprint: None,
-                blend: None,
-                tempo: None,
-                seed: None,
-            },
+            action: Action::wait(),
             log_prob: -0.25,
             value: 0.5,
             policy_step: 3,

@@ -104,7 +104,8 @@ pub struct Action {
 }
 
 impl Action {
-    fn wait() -> Self {
+    /// WAIT, which uses no head.
+    pub fn wait() -> Self {
         Self {
             op: Op::Wait,
             slot: None,

@@ -22,6 +22,18 @@ fn graph(slots: usize, seeds: usize) -> ObservationGraph {
     builder.build(&packet(slots, seeds), &catalog()).unwrap()
 }
 
+/// The graph of `slots` slots with a seed in the first, and its mask with a
+/// budget of 4 seeds.
+fn graph_and_mask(slots: usize) -> (ObservationGraph, crate::policy::action::Mask) {
+    let p = packet(slots, 1);
+    let g = GraphBuilder::new(GraphSchema::default())
+        .unwrap()
+        .build(&p, &catalog())
+        .unwrap();
+    let mask = mask_for(&g, &p, 4);
+    (g, mask)
+}
+
 #[test]
 fn every_head_has_the_graphs_shape_and_finite_values() {
     let model = GnnModel::new(GnnConfig::default(), 7).unwrap();
@@ -153,12 +165,7 @@ fn the_mask_follows_the_slots_the_catalog_the_lifecycle_and_the_budget() {
 #[test]
 fn the_differentiable_log_prob_and_entropy_are_the_samplers() {
     use crate::policy::action::{self, Op, Sampler};
-    let p = packet(3, 1);
-    let g = GraphBuilder::new(GraphSchema::default())
-        .unwrap()
-        .build(&p, &catalog())
-        .unwrap();
-    let mask = mask_for(&g, &p, 4);
+    let (g, mask) = graph_and_mask(3);
     let model = GnnModel::new(GnnConfig::default(), 11).unwrap();
     let out = model.forward(&g).unwrap();
     let mut rng = Sampler::new(3);
@@ -181,11 +188,8 @@ fn the_differentiable_log_prob_and_entropy_are_the_samplers() {
     // A forbidden choice is an error, as in the sampler.
     let forbidden = action::Action {
         op: Op::Fossilize,
-        slot: None,
-        blueprint: None,
-        blend: None,
-        tempo: None,
         seed: Some(0),
+        ..action::Action::wait()
     };
     assert!(model.evaluate(&g, &mask, &forbidden).is_err());
 }
@@ -196,12 +200,7 @@ fn the_log_prob_of_an_action_has_a_gradient_in_the_heads_it_used() {
     // Two free slots (r1, r2): a head with one legal choice has log-prob
     // 0 whatever the weights, so no gradient — only heads with a choice can
     // be asked for one.
-    let p = packet(3, 1);
-    let g = GraphBuilder::new(GraphSchema::default())
-        .unwrap()
-        .build(&p, &catalog())
-        .unwrap();
-    let mask = mask_for(&g, &p, 4);
+    let (g, mask) = graph_and_mask(3);
     let model = GnnModel::new(GnnConfig { hidden: 8 }, 4).unwrap();
     let logits = model.forward(&g).unwrap().logits;
     let mut rng = Sampler::new(1);
@@ -236,17 +235,7 @@ fn the_log_prob_of_an_action_has_a_gradient_in_the_heads_it_used() {
         );
     }
     // WAIT uses the op head alone: nothing reaches the seed head.
-    let wait = action::Action {
-        op: Op::Wait,
-        ..germinate
-    };
-    let wait = action::Action {
-        slot: None,
-        blueprint: None,
-        blend: None,
-        tempo: None,
-        ..wait
-    };
+    let wait = action::Action::wait();
     let grads = model
         .evaluate(&g, &mask, &wait)
         .unwrap()
