@@ -178,3 +178,25 @@ fn policy_eval_runs_the_policy_as_one_more_cohort_arm() {
     );
     assert!(!ok && t.contains("signature"), "{t}");
 }
+
+/// The policy the repository ships still loads in this build: its
+/// signature, its graph schema (features, heads) and every weight's shape.
+/// A change to the features fails here until the policy is trained again.
+#[test]
+fn the_shipped_policy_verifies_and_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = esper_in(
+        &[
+            "--config",
+            "policies/train.toml",
+            "policy",
+            "show",
+            "policies/esper-v2.safetensors",
+        ],
+        &root,
+        &[],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("signature and weights verified"), "{t}");
+}

@@ -378,6 +378,10 @@ fn start(
     };
     manifest.training_step = 0;
     manifest.episodes = 0;
+    if let Some(path) = &options.start {
+        // Where the weights came from, for the provenance line.
+        manifest.provenance = format!("from {}: {}", path.display(), manifest.provenance);
+    }
     Ok((model, manifest, LearnerState::default()))
 }
 
@@ -394,6 +398,14 @@ pub fn train(
     let home = home(resolved, &options.out);
     let snapshots = home.join("snapshots");
     std::fs::create_dir_all(&snapshots).map_err(io(&snapshots))?;
+    // "from FILE: …" when the weights came from another policy (kept across
+    // --resume, without the training line that follows it).
+    let origin = manifest
+        .provenance
+        .split("; then esper policy train")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let mut learner = Learner::new(model, ppo.clone()).map_err(tamiyo_error)?;
     manifest.reward = serde_json::json!({
         "baseline": "the same host and run seed with no controller",
@@ -531,7 +543,12 @@ pub fn train(
         manifest.training_step = u64::from(state.updates);
         manifest.episodes = state.episodes;
         manifest.provenance = format!(
-            "esper policy train: {} update(s), {} episode(s) on {} (seed pool {}..{})",
+            "{}esper policy train: {} update(s), {} episode(s) on {} (seed pool {}..{})",
+            if origin.starts_with("from ") {
+                format!("{origin}; then ")
+            } else {
+                String::new()
+            },
             state.updates,
             state.episodes,
             ppo.hosts.join(", "),
