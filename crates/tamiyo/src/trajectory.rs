@@ -6,7 +6,7 @@
 //! `metrics.jsonl` and summary, which hold what the decisions led to.
 //!
 //! Records are JSON in the length + CRC framing of the field-report WAL
-//! ([`crate::framing`]), one per decision, appended and fsynced by a writer
+//! (`framing.rs`), one per decision, appended and fsynced by a writer
 //! thread so that the policy's step (which has a deadline) never waits on the
 //! disk. A record that fails its CRC or does not decode is skipped and
 //! reported; a torn tail is reported and left out.
