@@ -117,17 +117,18 @@ pub fn standing(
 }
 
 /// The reward of each decision, taken at the ends of `decision_epochs`
-/// (ascending), in a run whose last epoch is `final_epoch`.
+/// (ascending), in a run whose last epoch is `final_epoch`; `None` charges
+/// no rent (a run that ended early has no summary to price its seeds from).
 pub fn rewards(
     decision_epochs: &[u32],
     final_epoch: u32,
     learned: RunRecord<'_>,
     baseline: &[EpochLine],
     host_parameters: u64,
-    rent: Rent,
+    rent: Option<Rent>,
 ) -> Result<Vec<f64>, RewardError> {
     let at = |e: u32| {
-        let charged = (e == final_epoch).then_some(rent);
+        let charged = rent.filter(|_| e == final_epoch);
         standing(learned, baseline, host_parameters, charged, e)
     };
     let mut out = Vec::with_capacity(decision_epochs.len());
@@ -202,14 +203,14 @@ mod tests {
         }
         // Rewards: the accuracy term until the final epoch, which is charged
         // its rent: 2 − 0, 3 − 2, 1.0 − 3, and 0 for the last decision.
-        let r = rewards(&[1, 2, 3, 4], 4, run, &baseline, host, rent).unwrap();
+        let r = rewards(&[1, 2, 3, 4], 4, run, &baseline, host, Some(rent)).unwrap();
         let expected = [2.0, 1.0, -2.0, 0.0];
         for (got, want) in r.iter().zip(expected) {
             assert!((got - want).abs() < 1e-9, "{r:?}");
         }
         assert!((r.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         // Decisions at every other epoch: the same total.
-        let r = rewards(&[1, 3], 4, run, &baseline, host, rent).unwrap();
+        let r = rewards(&[1, 3], 4, run, &baseline, host, Some(rent)).unwrap();
         assert!(
             (r[0] - 3.0).abs() < 1e-9 && (r[1] + 2.0).abs() < 1e-9,
             "{r:?}"
@@ -223,11 +224,20 @@ mod tests {
             epochs: &kept,
             seed_parameters: &params,
         };
-        let r = rewards(&[1], 2, kept_run, &baseline, host, rent).unwrap();
+        let r = rewards(&[1], 2, kept_run, &baseline, host, Some(rent)).unwrap();
         assert!((r[0] - 0.9).abs() < 1e-9, "{r:?}");
+        // Without rent (a run that ended early): the accuracy term alone,
+        // and no seed needs pricing.
+        let unpriced = RunRecord {
+            epochs: &kept,
+            seed_parameters: &BTreeMap::new(),
+        };
+        let r = rewards(&[1], 2, unpriced, &baseline, host, None).unwrap();
+        assert!((r[0] - 2.0).abs() < 1e-9, "{r:?}");
+        assert!(rewards(&[1], 2, unpriced, &baseline, host, Some(rent)).is_err());
         // A missing baseline epoch is an error, not a zero.
         assert_eq!(
-            rewards(&[1, 2], 4, run, &baseline[..2], host, rent).unwrap_err(),
+            rewards(&[1, 2], 4, run, &baseline[..2], host, Some(rent)).unwrap_err(),
             RewardError::MissingEpoch {
                 epoch: 4,
                 which: "baseline"

@@ -55,8 +55,13 @@ pub struct UpdateLine {
     pub update: u32,
     /// Episodes it trained on.
     pub episodes: usize,
-    /// Episodes whose run failed (left out).
+    /// Episodes whose run failed before deciding or could not be read
+    /// (left out).
     pub failed: usize,
+    /// Episodes that ended early after deciding (scored with the halt
+    /// penalty).
+    #[serde(default)]
+    pub halted: usize,
     /// Decisions it trained on.
     pub decisions: usize,
     /// Mean episode return (final standing, points).
@@ -227,11 +232,18 @@ struct Scored {
 
 /// Reads an episode's trajectory and metrics and its baseline's, and turns
 /// them into samples with GAE advantages.
+///
+/// An episode that ended early (`halted`: the run failed after deciding —
+/// the governor halts a run its seeds made diverge) is scored up to its last
+/// epoch without rent (it has no summary to price seeds from), and its last
+/// decision is charged `tamiyo.ppo.halt_penalty_points`: leaving it out
+/// would never charge the policy for what ended it.
 fn score(
     episode: &PlannedRun,
     baseline: &PlannedRun,
     host: &str,
     ppo: &PpoConfig,
+    halted: bool,
 ) -> Result<Scored> {
     let trajectory = tamiyo::trajectory::read(&episode.dir.join(tamiyo::trajectory::FILE_NAME))
         .map_err(tamiyo_error)?;
@@ -259,32 +271,61 @@ fn score(
     }
     let (learned_epochs, _) = read_metrics(&episode.dir)?;
     let (baseline_epochs, _) = read_metrics(&baseline.dir)?;
-    let summary = RunSummary::read(&episode.dir)?
-        .ok_or_else(|| fail(format!("{}: no summary", episode.run_id)))?;
+    let summary = match (RunSummary::read(&episode.dir)?, halted) {
+        (Some(summary), false) => Some(summary),
+        (None, true) => None,
+        (None, false) => return Err(fail(format!("{}: no summary", episode.run_id))),
+        (Some(_), true) => {
+            return Err(fail(format!(
+                "{}: failed, yet it has a summary",
+                episode.run_id
+            )));
+        }
+    };
     let seed_parameters: BTreeMap<String, u64> = summary
-        .seeds
         .iter()
+        .flat_map(|s| &s.seeds)
         .map(|s| (s.seed.clone(), s.parameters))
         .collect();
     let final_epoch = learned_epochs.iter().map(|l| l.epoch).max().unwrap_or(0);
-    let rent = Rent {
+    let rent = summary.as_ref().map(|_| Rent {
         param_points: ppo.param_rent_points,
         mac_points: ppo.mac_rent_points,
+    });
+    // Decisions after the last epoch logged (none, unless the log lost
+    // lines) cannot be scored.
+    let records: Vec<_> = records
+        .into_iter()
+        .filter(|r| r.epoch <= final_epoch)
+        .collect();
+    if records.is_empty() {
+        return Err(fail(format!(
+            "{}: no decision before its last logged epoch",
+            episode.run_id
+        )));
+    }
+    let host_parameters = match &summary {
+        Some(s) => s.parameters_initial,
+        // Unused without rent; the standing needs a non-zero host.
+        None => 1,
     };
     let epochs: Vec<u32> = records.iter().map(|r| r.epoch).collect();
     let run = RunRecord {
         epochs: &learned_epochs,
         seed_parameters: &seed_parameters,
     };
-    let rewards = rewards(
+    let mut rewards = rewards(
         &epochs,
         final_epoch,
         run,
         &baseline_epochs,
-        summary.parameters_initial,
+        host_parameters,
         rent,
     )
     .map_err(|e| fail(format!("{}: {e}", episode.run_id)))?;
+    if halted && let Some(last) = rewards.last_mut() {
+        *last -= ppo.halt_penalty_points;
+    }
     let steps: Vec<Step> = records
         .iter()
         .zip(&rewards)
@@ -300,11 +341,14 @@ fn score(
         .iter()
         .filter(|r| r.action.op == tamiyo::action_space::Op::Germinate)
         .count();
-    let baseline_final = baseline_epochs
-        .iter()
-        .rev()
-        .find(|l| l.epoch == final_epoch)
-        .map_or(f64::NAN, |l| l.validation_accuracy);
+    let at_final = |epochs: &[crate::runlog::EpochLine]| {
+        epochs
+            .iter()
+            .rev()
+            .find(|l| l.epoch == final_epoch)
+            .map_or(f64::NAN, |l| l.validation_accuracy)
+    };
+    let gain = 100.0 * (at_final(&learned_epochs) - at_final(&baseline_epochs));
     let samples = records
         .into_iter()
         .zip(advantages.into_iter().zip(targets))
@@ -322,8 +366,8 @@ fn score(
         host: host.to_owned(),
         samples,
         episode_return: rewards.iter().sum(),
-        gain: 100.0 * (summary.validation_accuracy - baseline_final),
-        parameters_added: summary.parameters_added(),
+        gain,
+        parameters_added: summary.as_ref().map_or(0, RunSummary::parameters_added),
         germinations,
     })
 }
@@ -443,7 +487,7 @@ pub fn train(
             by_host.entry(e.host).or_default().push(e.seed);
         }
         let mut scored = Vec::new();
-        let mut failed = 0;
+        let (mut failed, mut halts) = (0, 0);
         let bar = indicatif::ProgressBar::new(u64::from(ppo.episodes_per_update));
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -482,12 +526,21 @@ pub fn train(
                     failed += 1;
                     continue;
                 };
-                if !runner::is_finished(episode) || !runner::is_finished(baseline) {
+                // A failed episode that left its exit record and decided
+                // something is scored as ended early (see `score`).
+                let halted =
+                    !runner::is_finished(episode) && episode.dir.join(crate::store::EXIT).exists();
+                if !(runner::is_finished(episode) || halted) || !runner::is_finished(baseline) {
                     failed += 1;
                     continue;
                 }
-                match score(episode, baseline, host, &ppo) {
-                    Ok(s) => scored.push(s),
+                match score(episode, baseline, host, &ppo, halted) {
+                    Ok(s) => {
+                        if halted {
+                            halts += 1;
+                        }
+                        scored.push(s);
+                    }
                     Err(e) => {
                         println!("  episode {} left out: {e}", episode.run_id);
                         failed += 1;
@@ -519,6 +572,7 @@ pub fn train(
             update: update + 1,
             episodes: scored.len(),
             failed,
+            halted: halts,
             decisions: samples.len(),
             mean_return: mean(&|s| s.episode_return),
             mean_gain: mean(&|s| s.gain),
@@ -591,10 +645,11 @@ pub fn describe(line: &UpdateLine, of: u32) -> String {
         "update {}/{of} | {} episode(s){} | return {:+.2} ({}) | gain {:+.2} pts | +{:.0} params | germinate {:.0}% | kl {:.4} | entropy {:.2} | {:.0} s",
         line.update,
         line.episodes,
-        if line.failed > 0 {
-            format!(" ({} failed)", line.failed)
-        } else {
-            String::new()
+        match (line.failed, line.halted) {
+            (0, 0) => String::new(),
+            (f, 0) => format!(" ({f} failed)"),
+            (0, h) => format!(" ({h} halted, penalised)"),
+            (f, h) => format!(" ({f} failed, {h} halted, penalised)"),
         },
         line.mean_return,
         hosts.join(", "),
@@ -640,5 +695,92 @@ mod tests {
         .map(|(h, s)| ((*h).to_string(), *s))
         .collect();
         assert_eq!(seen, expected);
+    }
+}
+
+#[cfg(test)]
+mod halted {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cohort::ArmKind;
+
+    fn line(epoch: u32, accuracy: f64) -> String {
+        serde_json::json!({
+            "run_id": "r", "timestamp_ms": 0, "epoch": epoch, "global_step": 0,
+            "train_loss": 0.0, "train_accuracy": 0.0, "validation_loss": 0.0,
+            "validation_accuracy": accuracy, "grad_norm": 0.0, "step_ms_p50": 0.0,
+            "step_ms_p95": 0.0, "images_per_second": 0.0, "seconds": 0.0,
+            "rollbacks": 0, "fences": 0, "fence_deadline_misses": 0, "fence_ms": 0.0,
+            "checkpoint": null
+        })
+        .to_string()
+    }
+
+    fn run(dir: &Path, id: &str, accuracies: &[f64]) -> PlannedRun {
+        let path = dir.join(id);
+        std::fs::create_dir_all(&path).unwrap();
+        let text: Vec<String> = accuracies
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| line(i as u32 + 1, a))
+            .collect();
+        std::fs::write(path.join("metrics.jsonl"), text.join("\n") + "\n").unwrap();
+        PlannedRun {
+            run_id: id.into(),
+            arm: id.into(),
+            kind: ArmKind::StaticSmall,
+            seed: 1,
+            config: path.join("config.toml"),
+            dir: path,
+        }
+    }
+
+    /// A run the governor halted after two decisions: scored up to its last
+    /// epoch without rent, its last decision charged the halt penalty.
+    #[test]
+    fn a_halted_episode_is_scored_with_the_penalty_not_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let baseline = run(dir.path(), "baseline", &[0.50, 0.60, 0.70]);
+        let episode = run(dir.path(), "episode", &[0.50, 0.63]);
+        std::fs::write(episode.dir.join(crate::store::EXIT), "{}").unwrap();
+        let mut packet = leyline::v1::SystemStatePacket {
+            hardware: Some(leyline::v1::HardwareContext::default()),
+            training_metrics: BTreeMap::from([("learning_rate".to_string(), 0.1)]),
+            ..leyline::v1::SystemStatePacket::default()
+        };
+        let writer =
+            tamiyo::trajectory::TrajectoryWriter::create(&episode.dir.join("trajectory.wal"))
+                .unwrap();
+        let mut builder =
+            tamiyo::graph::GraphBuilder::new(tamiyo::graph::GraphSchema::default()).unwrap();
+        for epoch in [1, 2] {
+            packet.current_epoch = epoch;
+            let graph = builder.build(&packet, &[]).unwrap();
+            writer
+                .record(tamiyo::trajectory::DecisionRecord {
+                    run_id: "episode".into(),
+                    epoch,
+                    global_step: u64::from(epoch) * 10,
+                    generation: 1,
+                    validation_accuracy: None,
+                    mask: tamiyo::gnn::mask_for(&graph, &packet, 2),
+                    graph,
+                    action: tamiyo::action_space::Action::wait(),
+                    log_prob: -0.1,
+                    value: 0.0,
+                    policy_step: 0,
+                })
+                .unwrap();
+        }
+        writer.finish().unwrap();
+        let ppo = PpoConfig::default();
+        // Not halted, it has no summary: an error (left out), as before.
+        assert!(score(&episode, &baseline, "h", &ppo, false).is_err());
+        let s = score(&episode, &baseline, "h", &ppo, true).unwrap();
+        // Standing: e1 0, e2 +3 points; the last decision gets −10.
+        assert_eq!(s.samples.len(), 2);
+        assert!((s.episode_return - (3.0 - ppo.halt_penalty_points)).abs() < 1e-9);
+        assert!((s.gain - 3.0).abs() < 1e-9);
+        assert_eq!(s.parameters_added, 0);
     }
 }

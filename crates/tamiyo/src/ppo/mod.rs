@@ -61,6 +61,9 @@ pub struct PpoConfig {
     /// Reward: points one host's worth of added forward MACs per image costs
     /// (default 0.5).
     pub mac_rent_points: f64,
+    /// Reward: points charged to the last decision of an episode that ended
+    /// early (the governor halted it; default 10).
+    pub halt_penalty_points: f64,
 }
 
 impl Default for PpoConfig {
@@ -84,6 +87,7 @@ impl Default for PpoConfig {
             seed_pool_size: 16,
             param_rent_points: 2.0,
             mac_rent_points: 0.5,
+            halt_penalty_points: 10.0,
         }
     }
 }
@@ -136,6 +140,7 @@ impl PpoConfig {
         for (key, v) in [
             ("param_rent_points", self.param_rent_points),
             ("mac_rent_points", self.mac_rent_points),
+            ("halt_penalty_points", self.halt_penalty_points),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(key, "must be finite and >= 0");
