@@ -568,6 +568,21 @@ impl RunLog {
     }
 }
 
+/// One `metrics.jsonl` line of `epoch` at validation `accuracy` (the
+/// other figures fixed), for tests that read run directories.
+#[cfg(test)]
+pub(crate) fn epoch_line_json(epoch: u32, accuracy: f64) -> String {
+    serde_json::json!({
+        "run_id": "r1", "timestamp_ms": 1, "epoch": epoch, "global_step": epoch * 10,
+        "train_loss": 0.5, "train_accuracy": 0.8, "validation_loss": 0.4,
+        "validation_accuracy": accuracy, "grad_norm": 1.0, "step_ms_p50": 2.0,
+        "step_ms_p95": 3.0, "images_per_second": 100.0, "seconds": 1.5,
+        "rollbacks": 0, "fences": 1, "fence_deadline_misses": 0, "fence_ms": 0.1,
+        "checkpoint": null
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -146,15 +146,8 @@ mod tests {
     use crate::runlog::EpochSeed;
 
     fn epoch(e: u32, acc: f64, macs: f64, seeds: &[(&str, u64)]) -> EpochLine {
-        let mut l: EpochLine = serde_json::from_value(serde_json::json!({
-            "run_id": "r", "timestamp_ms": 0, "epoch": e, "global_step": 0,
-            "train_loss": 0.0, "train_accuracy": 0.0, "validation_loss": 0.0,
-            "validation_accuracy": acc, "grad_norm": 0.0, "step_ms_p50": 0.0,
-            "step_ms_p95": 0.0, "images_per_second": 0.0, "seconds": 0.0,
-            "rollbacks": 0, "fences": 0, "fence_deadline_misses": 0, "fence_ms": 0.0,
-            "checkpoint": null
-        }))
-        .unwrap();
+        let mut l: EpochLine =
+            serde_json::from_str(&crate::runlog::epoch_line_json(e, acc)).unwrap();
         l.forward_macs_per_image = Some(macs);
         l.seeds = seeds
             .iter()

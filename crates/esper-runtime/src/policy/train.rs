@@ -704,25 +704,13 @@ mod halted {
     use super::*;
     use crate::cohort::ArmKind;
 
-    fn line(epoch: u32, accuracy: f64) -> String {
-        serde_json::json!({
-            "run_id": "r", "timestamp_ms": 0, "epoch": epoch, "global_step": 0,
-            "train_loss": 0.0, "train_accuracy": 0.0, "validation_loss": 0.0,
-            "validation_accuracy": accuracy, "grad_norm": 0.0, "step_ms_p50": 0.0,
-            "step_ms_p95": 0.0, "images_per_second": 0.0, "seconds": 0.0,
-            "rollbacks": 0, "fences": 0, "fence_deadline_misses": 0, "fence_ms": 0.0,
-            "checkpoint": null
-        })
-        .to_string()
-    }
-
     fn run(dir: &Path, id: &str, accuracies: &[f64]) -> PlannedRun {
         let path = dir.join(id);
         std::fs::create_dir_all(&path).unwrap();
         let text: Vec<String> = accuracies
             .iter()
             .enumerate()
-            .map(|(i, &a)| line(i as u32 + 1, a))
+            .map(|(i, &a)| crate::runlog::epoch_line_json(i as u32 + 1, a))
             .collect();
         std::fs::write(path.join("metrics.jsonl"), text.join("\n") + "\n").unwrap();
         PlannedRun {

@@ -3,15 +3,7 @@
 use super::*;
 
 fn epoch_line(epoch: u32, acc: f64) -> String {
-    serde_json::json!({
-        "run_id": "r1", "timestamp_ms": 1, "epoch": epoch, "global_step": epoch * 10,
-        "train_loss": 0.5, "train_accuracy": 0.8, "validation_loss": 0.4,
-        "validation_accuracy": acc, "grad_norm": 1.0, "step_ms_p50": 2.0,
-        "step_ms_p95": 3.0, "images_per_second": 100.0, "seconds": 1.5,
-        "rollbacks": 0, "fences": 1, "fence_deadline_misses": 0, "fence_ms": 0.1,
-        "checkpoint": null
-    })
-    .to_string()
+    runlog::epoch_line_json(epoch, acc)
 }
 
 fn run_dir(root: &Path) -> PathBuf {
