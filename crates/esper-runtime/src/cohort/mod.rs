@@ -281,14 +281,14 @@ impl CohortFile {
 
     /// Adds a `learned` arm named `name` running `policy` (greedy), its
     /// runs checking the file with the key from `key`, as if the file listed
-    /// it: `esper policy eval`. An arm of that name already there is an
-    /// error.
+    /// it (`esper policy eval`; `esper policy train` adds its overrides to
+    /// the arm returned). An arm of that name already there is an error.
     pub fn add_learned_arm(
         &mut self,
         name: &str,
         policy: &Path,
         key: &leyline::SecretSource,
-    ) -> Result<()> {
+    ) -> Result<&mut Arm> {
         if self.arms.iter().any(|a| a.name() == name) {
             return Err(self.invalid(format!("arm {name} is listed twice")));
         }
@@ -309,7 +309,8 @@ impl CohortFile {
             policy: Some(std::path::absolute(policy).unwrap_or_else(|_| policy.to_path_buf())),
             config,
         });
-        Ok(())
+        let added = self.arms.len() - 1;
+        Ok(&mut self.arms[added])
     }
 
     /// The directory this cohort keeps its generated configurations and

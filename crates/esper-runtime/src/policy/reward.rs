@@ -53,7 +53,7 @@ pub enum RewardError {
     /// A seed in the metrics has no parameter count in the summary.
     #[error("seed {0} is in the metrics but not in the run summary")]
     UnknownSeed(String),
-    /// The host's size is 0 or unknown.
+    /// Rent was asked for, but the host's size is 0.
     #[error("the host's parameter count is 0")]
     NoHost,
 }
@@ -87,15 +87,16 @@ pub fn standing(
     rent: Option<Rent>,
     epoch: u32,
 ) -> Result<f64, RewardError> {
-    if host_parameters == 0 {
-        return Err(RewardError::NoHost);
-    }
     let l = line(learned.epochs, epoch, "learned")?;
     let b = line(baseline, epoch, "baseline")?;
     let gain = 100.0 * (l.validation_accuracy - b.validation_accuracy);
     let Some(rent) = rent else {
         return Ok(gain);
     };
+    // Only the rent is relative to the host's size.
+    if host_parameters == 0 {
+        return Err(RewardError::NoHost);
+    }
     let mut live = 0u64;
     // A seed costs parameters while it runs in the model (its forward MACs
     // are counted from TRAINING to FOSSILIZED, 0 elsewhere).

@@ -173,32 +173,11 @@ fn cohort(
     if let Some(n) = ppo.episode_train_size {
         tolaria.insert("train_size".into(), (n as i64).into());
     }
-    // The episodes check the snapshot's signature with the key it was
-    // signed with.
-    let key = super::key_source(resolved);
-    let key = toml::Value::try_from(key).map_err(|e| fail(format!("the policy key: {e}")))?;
-    let mut learned = toml::Table::new();
-    learned.insert("key".into(), key);
-    let mut tamiyo = toml::Table::new();
-    tamiyo.insert("learned".into(), learned.into());
     let mut config = toml::Table::new();
     config.insert("tolaria".into(), tolaria.into());
-    config.insert("tamiyo".into(), tamiyo.into());
-    let mut sampling = toml::Table::new();
-    sampling.insert("exploration".into(), "sample".into());
-    sampling.insert("sample_seed".into(), i64::from(update).into());
-    let mut arm_tamiyo = toml::Table::new();
-    arm_tamiyo.insert("learned".into(), sampling.into());
-    let mut arm_config = toml::Table::new();
-    arm_config.insert("tamiyo".into(), arm_tamiyo.into());
     let mut baseline = toml::Table::new();
     baseline.insert("kind".into(), "static-small".into());
     baseline.insert("name".into(), "baseline".into());
-    let mut episode = toml::Table::new();
-    episode.insert("kind".into(), "learned".into());
-    episode.insert("name".into(), format!("u{update}").into());
-    episode.insert("policy".into(), snapshot.display().to_string().into());
-    episode.insert("config".into(), arm_config.into());
     let mut file = toml::Table::new();
     file.insert("name".into(), format!("{stem}-{host}").into());
     file.insert(
@@ -207,16 +186,27 @@ fn cohort(
     );
     file.insert("dir".into(), home.join("runs").display().to_string().into());
     file.insert("config".into(), config.into());
-    file.insert(
-        "arm".into(),
-        toml::Value::Array(vec![baseline.into(), episode.into()]),
-    );
+    file.insert("arm".into(), toml::Value::Array(vec![baseline.into()]));
     let dir = home.join("cohorts");
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let path = dir.join(format!("{stem}-{host}-u{update}.toml"));
     let text = toml::to_string(&file).map_err(|e| fail(format!("episode cohort: {e}")))?;
     std::fs::write(&path, text).map_err(io(&path))?;
-    CohortFile::load(&path).map_err(|e| fail(e.to_string()))
+    let mut file = CohortFile::load(&path).map_err(|e| fail(e.to_string()))?;
+    // The episodes check the snapshot's signature with the key it was
+    // signed with, and sample from this update's stream.
+    let episode = file
+        .add_learned_arm(&format!("u{update}"), snapshot, super::key_source(resolved))
+        .map_err(|e| fail(e.to_string()))?;
+    let mut sampling = toml::Table::new();
+    sampling.insert("exploration".into(), "sample".into());
+    sampling.insert("sample_seed".into(), i64::from(update).into());
+    let mut tamiyo = toml::Table::new();
+    tamiyo.insert("learned".into(), sampling.into());
+    let mut overrides = toml::Table::new();
+    overrides.insert("tamiyo".into(), tamiyo.into());
+    crate::cohort::merge(&mut episode.config, overrides);
+    Ok(file)
 }
 
 /// One finished episode, scored.
@@ -304,11 +294,7 @@ fn score(
             episode.run_id
         )));
     }
-    let host_parameters = match &summary {
-        Some(s) => s.parameters_initial,
-        // Unused without rent; the standing needs a non-zero host.
-        None => 1,
-    };
+    let host_parameters = summary.as_ref().map_or(0, |s| s.parameters_initial);
     let epochs: Vec<u32> = records.iter().map(|r| r.epoch).collect();
     let run = RunRecord {
         epochs: &learned_epochs,

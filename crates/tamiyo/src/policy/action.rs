@@ -37,7 +37,8 @@ impl Op {
     /// Every operation, in head order.
     pub const ALL: [Op; 4] = [Op::Wait, Op::Germinate, Op::Cull, Op::Fossilize];
 
-    fn index(self) -> usize {
+    /// Its position in [`Op::ALL`] (and in the op head).
+    pub(crate) fn index(self) -> usize {
         match self {
             Op::Wait => 0,
             Op::Germinate => 1,

@@ -84,8 +84,13 @@ impl GnnModel {
         let heads = self.heads(graph)?;
         let ops = mask.ops()?;
         let (op_lp, op_h) = masked("op", &heads.op, &ops)?;
-        let op_index = Op::ALL.iter().position(|&o| o == action.op).unwrap_or(0);
-        let mut terms = vec![pick("op", &op_lp, &ops, Some(op_index), action.op)?];
+        let mut terms = vec![pick(
+            "op",
+            &op_lp,
+            &ops,
+            Some(action.op.index()),
+            action.op,
+        )?];
         let mut entropies = vec![op_h];
         let missing = |head: &str| Error::Action(format!("{head}: the graph gives no such head"));
         let mut use_head = |head: &str, logits: &Tensor, legal: &[bool], index: Option<usize>| {

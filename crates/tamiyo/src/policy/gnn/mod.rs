@@ -91,10 +91,6 @@ impl Linear {
             .and_then(|y| y.broadcast_add(self.b.as_tensor()))
             .map_err(tensor_error)
     }
-
-    fn vars(&self) -> [&Var; 2] {
-        [&self.w, &self.b]
-    }
 }
 
 /// Sizes of the network.
@@ -258,29 +254,9 @@ impl GnnModel {
         self.hidden
     }
 
-    /// Every trainable variable, in a fixed order.
+    /// Every trainable variable, in a fixed order (`named_vars`' order).
     pub fn vars(&self) -> Vec<Var> {
-        let mut out = Vec::new();
-        let mut add = |l: &Linear| out.extend(l.vars().into_iter().cloned());
-        self.encoders.values().for_each(&mut add);
-        self.keep.values().for_each(&mut add);
-        self.sage.values().for_each(&mut add);
-        self.score.values().for_each(&mut add);
-        for l in [
-            &self.attend,
-            &self.pool,
-            &self.op,
-            &self.slot,
-            &self.query,
-            &self.key,
-            &self.blend,
-            &self.tempo,
-            &self.seed,
-            &self.value,
-        ] {
-            add(l);
-        }
-        out
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
     }
 
     /// Node embeddings after the encoders and both message-passing layers.
