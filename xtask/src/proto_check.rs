@@ -21,6 +21,7 @@ const FILES: &[&str] = &[
     "bus",
     "commands",
     "field_reports",
+    "jobs",
     "kernels",
     "lifecycle",
     "state",

@@ -30,7 +30,7 @@ pub fn encode<M: prost::Message>(message: &M) -> Vec<u8> {
 use crate::v1::{
     AdaptationCommand, BusEnvelope, BusMessageType, EmergencySignal, FieldReport,
     KernelArtifactError, KernelArtifactReady, KernelCatalogUpdate, KernelPrefetchRequest,
-    PolicyUpdate, SystemStatePacket, TelemetryPacket,
+    PolicyUpdate, RunJob, RunResult, SystemStatePacket, TelemetryPacket,
 };
 
 /// A bus payload decoded according to its envelope's [`BusMessageType`].
@@ -56,6 +56,10 @@ pub enum BusPayload {
     KernelCatalogUpdate(KernelCatalogUpdate),
     /// `BUS_MESSAGE_TYPE_EMERGENCY_SIGNAL`.
     EmergencySignal(EmergencySignal),
+    /// `BUS_MESSAGE_TYPE_RUN_JOB`.
+    RunJob(RunJob),
+    /// `BUS_MESSAGE_TYPE_RUN_RESULT`.
+    RunResult(RunResult),
 }
 
 /// Decodes an envelope's payload as the message its `message_type` names.
@@ -85,6 +89,8 @@ pub fn decode_payload(envelope: &BusEnvelope) -> Result<BusPayload> {
         BusMessageType::KernelPrefetchError => BusPayload::KernelPrefetchError(decode(bytes)?),
         BusMessageType::KernelCatalogUpdate => BusPayload::KernelCatalogUpdate(decode(bytes)?),
         BusMessageType::EmergencySignal => BusPayload::EmergencySignal(decode(bytes)?),
+        BusMessageType::RunJob => BusPayload::RunJob(decode(bytes)?),
+        BusMessageType::RunResult => BusPayload::RunResult(decode(bytes)?),
     })
 }
 
@@ -183,6 +189,9 @@ mod tests {
         PutArtifactResponse,
         EnsureArtifactRequest,
         WatchCatalogRequest,
+        RunFile,
+        RunJob,
+        RunResult,
     );
 
     #[test]

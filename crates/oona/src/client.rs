@@ -12,7 +12,7 @@ use leyline::security::{SigningKey, sign};
 use leyline::v1::{
     AdaptationCommand, BusEnvelope, BusMessageType, EmergencySignal, FieldReport,
     KernelArtifactError, KernelArtifactReady, KernelCatalogUpdate, KernelPrefetchRequest,
-    MessagePriority, PolicyUpdate, SystemStatePacket, TelemetryPacket,
+    MessagePriority, PolicyUpdate, RunJob, RunResult, SystemStatePacket, TelemetryPacket,
 };
 use prost::Message;
 
@@ -48,6 +48,8 @@ bus_message! {
     KernelArtifactError => KernelPrefetchError,
     KernelCatalogUpdate => KernelCatalogUpdate,
     EmergencySignal => EmergencySignal,
+    RunJob => RunJob,
+    RunResult => RunResult,
 }
 
 /// Who publishes: stamped on every envelope, under the signature.
@@ -460,6 +462,11 @@ impl<B: Bus> Oona<B> {
     ) -> Result<std::result::Result<(Stream, MessagePriority), Published>> {
         let priority = match message_type {
             BusMessageType::EmergencySignal => MessagePriority::Critical,
+            // Fleet work is never shed: a shed job or result would leave its
+            // submitter waiting for ever.
+            BusMessageType::RunJob | BusMessageType::RunResult => {
+                priority.max(MessagePriority::High)
+            }
             BusMessageType::Unspecified
             | BusMessageType::SystemState
             | BusMessageType::AdaptationCommand

@@ -64,6 +64,8 @@ pub(crate) fn stream_for(message_type: BusMessageType, priority: MessagePriority
             Stream::KernelReady
         }
         BusMessageType::KernelPrefetchError => Stream::KernelErrors,
+        BusMessageType::RunJob => Stream::Jobs,
+        BusMessageType::RunResult => Stream::JobResults,
     }
 }
 

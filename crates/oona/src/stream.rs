@@ -22,6 +22,10 @@ pub enum Stream {
     KernelErrors,
     /// Field reports (outcomes of adaptations).
     FieldReports,
+    /// Fleet run jobs for `esper worker`s. Never length-capped.
+    Jobs,
+    /// What became of fleet run jobs. Never length-capped.
+    JobResults,
     /// Entries that failed their handler too often. Never length-capped.
     DeadLetter,
     /// Entries that failed verification or decoding. Never length-capped.
@@ -30,7 +34,7 @@ pub enum Stream {
 
 impl Stream {
     /// Every stream, in a fixed order (the order of [`Stream::index`]).
-    pub const ALL: [Stream; 10] = [
+    pub const ALL: [Stream; 12] = [
         Stream::Normal,
         Stream::Emergency,
         Stream::Telemetry,
@@ -41,6 +45,8 @@ impl Stream {
         Stream::FieldReports,
         Stream::DeadLetter,
         Stream::Quarantine,
+        Stream::Jobs,
+        Stream::JobResults,
     ];
 
     /// The stream's name under a namespace prefix (e.g. `oona.normal`).
@@ -56,6 +62,8 @@ impl Stream {
             Stream::FieldReports => "field_reports",
             Stream::DeadLetter => "dead_letter",
             Stream::Quarantine => "quarantine",
+            Stream::Jobs => "jobs",
+            Stream::JobResults => "job_results",
         }
     }
 
@@ -72,6 +80,8 @@ impl Stream {
             Stream::FieldReports => 7,
             Stream::DeadLetter => 8,
             Stream::Quarantine => 9,
+            Stream::Jobs => 10,
+            Stream::JobResults => 11,
         }
     }
 
@@ -79,7 +89,11 @@ impl Stream {
     /// streams are only ever trimmed of entries every group has acknowledged.
     pub fn capped(self) -> bool {
         match self {
-            Stream::Emergency | Stream::DeadLetter | Stream::Quarantine => false,
+            Stream::Emergency
+            | Stream::DeadLetter
+            | Stream::Quarantine
+            | Stream::Jobs
+            | Stream::JobResults => false,
             Stream::Normal
             | Stream::Telemetry
             | Stream::Policy

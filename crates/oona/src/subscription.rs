@@ -111,6 +111,8 @@ pub struct Subscription<B: Bus> {
     /// Entries handled here whose acknowledgement may have been lost.
     handled: BTreeSet<EntryId>,
     report: RunReport,
+    /// Most entries one read returns (`oona.batch` unless set).
+    batch: Option<usize>,
 }
 
 fn remember(set: &mut BTreeSet<EntryId>, id: EntryId) {
@@ -142,8 +144,35 @@ impl<B: Bus> Subscription<B> {
             verified: BTreeSet::new(),
             handled: BTreeSet::new(),
             report: RunReport::default(),
+            batch: None,
             oona,
         }
+    }
+
+    /// Reads at most `count` entries at a time instead of `oona.batch` (a
+    /// fleet worker takes one job at a time, so that the others stay
+    /// available to other workers).
+    pub fn with_batch(mut self, count: usize) -> Self {
+        self.batch = Some(count.max(1));
+        self
+    }
+
+    /// Keeps a delivery this consumer's for another `claim_idle_ms`: a
+    /// handler that takes longer than that (a fleet run) renews its lease
+    /// every fraction of it, and the entry is reclaimed by another consumer
+    /// only once the renewals stop (its consumer died).
+    pub async fn renew(&self, delivery: &Delivery) -> Result<()> {
+        let idle = Duration::from_millis(self.oona.config().claim_idle_ms);
+        self.bus
+            .retry_later(
+                self.stream,
+                &self.group,
+                &self.consumer,
+                &delivery.raw,
+                idle,
+                idle,
+            )
+            .await
     }
 
     /// The stream read.
@@ -159,7 +188,7 @@ impl<B: Bus> Subscription<B> {
     fn options(&self) -> ReadOptions {
         let c = self.oona.config();
         ReadOptions {
-            count: c.batch as usize,
+            count: self.batch.unwrap_or(c.batch as usize),
             block: Duration::from_millis(c.block_ms),
             claim_idle: Duration::from_millis(c.claim_idle_ms),
         }

@@ -484,6 +484,55 @@ async fn a_deleted_group_is_created_again_after_the_last_entry_read<B: Bus>(oona
     assert_eq!(oona.stats().groups_recreated, 1);
 }
 
+/// A fleet worker renews the lease on the job it runs: no other worker
+/// reclaims it while the renewals go on, and one does (with the next
+/// delivery count) once they stop — the worker died. Jobs are never shed,
+/// not even in conservative mode.
+async fn a_renewed_lease_keeps_a_job_until_its_worker_stops<B: Bus>(oona: Oona<B>) {
+    oona.enter_conservative();
+    let job = leyline::v1::RunJob {
+        job_id: "sub/run-1".into(),
+        run_id: "run-1".into(),
+        ..Default::default()
+    };
+    let published = oona.publish(&job, MessagePriority::Low).await.unwrap();
+    assert!(
+        matches!(published, Published::Stored { .. }),
+        "{published:?}"
+    );
+    oona.leave_conservative();
+    let mut worker = oona
+        .subscribe(Stream::Jobs, "workers", "w1", StartFrom::Beginning)
+        .await
+        .unwrap()
+        .with_batch(1);
+    let got = read_n(&mut worker, 1).await;
+    assert_eq!(got.len(), 1);
+    let mut other = oona
+        .subscribe(Stream::Jobs, "workers", "w2", StartFrom::Beginning)
+        .await
+        .unwrap()
+        .with_batch(1);
+    let claim = Duration::from_millis(oona.config().claim_idle_ms);
+    let until = Instant::now() + claim * 3;
+    while Instant::now() < until {
+        worker.renew(&got[0]).await.unwrap();
+        assert!(
+            other.next_batch().await.unwrap().is_empty(),
+            "reclaimed while its lease was renewed"
+        );
+        tokio::time::sleep(claim / 4).await;
+    }
+    let reclaimed = read_n(&mut other, 1).await;
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].attempt, 2);
+    match &reclaimed[0].payload {
+        BusPayload::RunJob(j) => assert_eq!(j.run_id, "run-1"),
+        other => panic!("{other:?}"),
+    }
+    other.ack(&reclaimed[0]).await.unwrap();
+}
+
 fn backpressure_config() -> common::Setup {
     let mut setup = common::config();
     setup.leyline.limits.max_queue_depth = 20;
@@ -505,4 +554,5 @@ on_both_backends! {
     close_stops_blocked_consumers_and_later_calls_fail,
     backpressure_sheds_low_and_normal_only with super::backpressure_config(),
     a_deleted_group_is_created_again_after_the_last_entry_read,
+    a_renewed_lease_keeps_a_job_until_its_worker_stops,
 }
