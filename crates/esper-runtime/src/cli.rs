@@ -57,6 +57,30 @@ pub(crate) enum Command {
         /// Runs at a time (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Send the runs to `esper worker`s through Oona on Redis instead
+        /// of running them here (see docs/OPERATIONS.md).
+        #[arg(long)]
+        fleet: bool,
+    },
+    /// Take run jobs from the fleet (Oona on Redis: `oona.backend`) and run
+    /// each as `esper train`, one at a time, answering with its results;
+    /// `esper cohort --fleet` and `esper policy train --fleet` submit them.
+    /// The first SIGINT/SIGTERM finishes the job in progress, then exits.
+    Worker {
+        /// Where runs go (default: `<run.dir>/fleet`); each worker process
+        /// uses `<DIR>/<host>-<pid>/`.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Stop after this many jobs.
+        #[arg(long, value_name = "N")]
+        max_jobs: Option<u64>,
+        /// Keep each finished run's directory (with its checkpoints).
+        #[arg(long)]
+        keep_runs: bool,
+        /// Compute threads per run (default: the job's own
+        /// `tolaria.cpu_threads`).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Write an HTML report (SVG charts, verdict and run tables) for a
     /// cohort file, a run directory or a run id under `run.dir`.
@@ -136,6 +160,10 @@ pub(crate) enum PolicyCommand {
         /// Continue OUT from its last finished update.
         #[arg(long, conflicts_with = "from")]
         resume: bool,
+        /// Send the runs to `esper worker`s through Oona on Redis instead
+        /// of running them here (see docs/OPERATIONS.md).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Run a cohort with the policy as one more arm (`learned`, greedy) and
     /// print the verdict; exits like `esper cohort`.
@@ -151,6 +179,10 @@ pub(crate) enum PolicyCommand {
         /// Runs at a time (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Send the runs to `esper worker`s through Oona on Redis instead
+        /// of running them here (see docs/OPERATIONS.md).
+        #[arg(long)]
+        fleet: bool,
     },
 }
 
@@ -173,6 +205,7 @@ pub(crate) fn policy(
             cohort,
             arm,
             jobs,
+            fleet,
         } => {
             use esper_runtime::cohort::{CohortFile, command};
             // The policy is checked here first: a bad file is one error,
@@ -181,7 +214,10 @@ pub(crate) fn policy(
             let mut file = CohortFile::load(&cohort)?;
             file.add_learned_arm(&arm, &path, policy::key_source(resolved))?;
             let exe = std::env::current_exe().context("locating the esper executable")?;
-            let verdict = command::run_file(&file, jobs_or_cores(jobs), exe, env)?;
+            let fleet = fleet
+                .then(|| esper_runtime::fleet::submit::Fleet::connect(resolved))
+                .transpose()?;
+            let verdict = command::run_file(&file, jobs_or_cores(jobs), exe, env, fleet.as_ref())?;
             print!("{verdict}");
             return Ok(if verdict.all_pass() {
                 ExitCode::SUCCESS
@@ -199,6 +235,7 @@ pub(crate) fn policy(
             hidden,
             seed,
             resume,
+            fleet,
         } => {
             let options = policy::train::Options {
                 out,
@@ -208,6 +245,7 @@ pub(crate) fn policy(
                 updates,
                 jobs: jobs_or_cores(jobs),
                 resume,
+                fleet,
             };
             let exe = std::env::current_exe().context("locating the esper executable")?;
             match policy::train::train(resolved, &options, exe, env)? {

@@ -24,6 +24,7 @@ pub mod control;
 pub mod epoch_end;
 mod error;
 pub mod exporter;
+pub mod fleet;
 pub mod inspect;
 pub mod narrate;
 pub mod policy;

@@ -68,7 +68,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Urza { command } => cli::urza(&resolved, command),
         Command::Policy { command } => cli::policy(&resolved, command, &env),
-        Command::Cohort { action, file, jobs } => {
+        Command::Cohort {
+            action,
+            file,
+            jobs,
+            fleet,
+        } => {
             use esper_runtime::cohort::command;
             let verdict = match (action, file) {
                 (Some(CohortAction::Verdict { file }), _) => command::verdict(&file)?,
@@ -77,7 +82,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
                     });
                     let exe = std::env::current_exe().context("locating the esper executable")?;
-                    command::run_cohort(&file, jobs, exe, &env)?
+                    let fleet = fleet
+                        .then(|| esper_runtime::fleet::submit::Fleet::connect(&resolved))
+                        .transpose()?;
+                    command::run_cohort(&file, jobs, exe, &env, fleet.as_ref())?
                 }
                 (None, None) => anyhow::bail!("esper cohort: give a cohort file (see cohorts/)"),
             };
@@ -87,6 +95,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Worker {
+            dir,
+            max_jobs,
+            keep_runs,
+            threads,
+        } => {
+            esper_runtime::preflight::require(&resolved, false)?;
+            let options = esper_runtime::fleet::worker::Options {
+                dir: dir.unwrap_or_else(|| resolved.config.run.dir.join("fleet")),
+                exe: std::env::current_exe().context("locating the esper executable")?,
+                env: esper_runtime::cohort::worker_env(&env),
+                max_jobs,
+                keep_runs,
+                cpu_threads: threads,
+            };
+            esper_runtime::fleet::worker::serve(&resolved, &options)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { run } => {
             let dir = esper_runtime::inspect::locate(&run, &resolved.config.run.dir)?;
@@ -296,7 +322,8 @@ fn train(
     esper_runtime::exporter::record_system_mode(esper_runtime::exporter::SystemMode::Operational);
     let signals = esper_runtime::signals::StopSignals::install(
         &bus.handle(),
-        "stopping after the epoch in progress (its checkpoint is written); signal again to stop now"
+        "esper train",
+        "stopping after the epoch in progress (its checkpoint is written); signal again to stop now (the last checkpoint stands)"
             .to_owned(),
     )?;
     // Emergency signals leave the moment they are raised.

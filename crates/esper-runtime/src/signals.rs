@@ -66,8 +66,12 @@ pub struct StopSignals {
 
 impl StopSignals {
     /// Installs the handlers on `runtime`; `on_first` is printed when the
-    /// first signal arrives (with the signal's name).
-    pub fn install(runtime: &tokio::runtime::Handle, on_first: String) -> Result<Self> {
+    /// first signal arrives (after `program` and the signal's name).
+    pub fn install(
+        runtime: &tokio::runtime::Handle,
+        program: &'static str,
+        on_first: String,
+    ) -> Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         let _entered = runtime.enter();
         let listen = |kind: SignalKind, what: &str| {
@@ -87,13 +91,13 @@ impl StopSignals {
                 if let Some(first) = StopSignal::from_code(seen.swap(got.code(), Ordering::SeqCst))
                 {
                     eprintln!(
-                        "esper train: {} after {}: stopping now; the last checkpoint stands",
+                        "{program}: {} after {}: stopping now",
                         got.name(),
                         first.name()
                     );
                     std::process::exit(i32::from(got.exit_code()));
                 }
-                eprintln!("esper train: {}: {on_first}", got.name());
+                eprintln!("{program}: {}: {on_first}", got.name());
             }
         });
         Ok(Self { received })

@@ -8,6 +8,7 @@ mod cli;
 mod cohort;
 mod control;
 mod exporter;
+mod fleet;
 mod grow;
 mod policy;
 mod redis_outage;

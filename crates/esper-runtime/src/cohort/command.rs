@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::runner::{self, Workers};
+use super::runner::{self, Executor, Workers};
 use super::verdict::{self, Verdict, VerdictError};
 use super::{CohortError, CohortFile};
+use crate::fleet::submit::Fleet;
 use crate::store::{RunStore, StoreError};
 
 /// Anything a cohort or runs command can fail with.
@@ -35,23 +36,31 @@ pub fn run_cohort(
     jobs: usize,
     exe: PathBuf,
     env: &BTreeMap<String, String>,
+    fleet: Option<&Fleet>,
 ) -> Result<Verdict> {
-    run_file(&CohortFile::load(path)?, jobs, exe, env)
+    run_file(&CohortFile::load(path)?, jobs, exe, env, fleet)
 }
 
-/// [`run_cohort`] on a loaded (and possibly extended) cohort file.
+/// [`run_cohort`] on a loaded (and possibly extended) cohort file; with
+/// `fleet`, the runs go to `esper worker`s instead of local processes.
 pub fn run_file(
     file: &CohortFile,
     jobs: usize,
     exe: PathBuf,
     env: &BTreeMap<String, String>,
+    fleet: Option<&Fleet>,
 ) -> Result<Verdict> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let jobs = jobs.max(1);
     let threads = (cores / jobs).max(1);
     let plan = file.plan(threads, env)?;
+    let place = if fleet.is_some() {
+        "on the fleet".to_owned()
+    } else {
+        format!("{jobs} at a time ({threads} threads each)")
+    };
     println!(
-        "esper cohort {}: {} arms x {} seeds = {} runs, {jobs} at a time ({threads} threads each); runs in {}",
+        "esper cohort {}: {} arms x {} seeds = {} runs, {place}; runs in {}",
         file.name,
         file.arms.len(),
         file.seeds.len(),
@@ -77,7 +86,11 @@ pub fn run_file(
     if finished_before > 0 {
         bar.suspend(|| println!("  {finished_before} run(s) already finished: skipped"));
     }
-    let report = runner::run(file, &plan, &workers, |f, done, total| {
+    let executor = match fleet {
+        Some(fleet) => Executor::Fleet(fleet),
+        None => Executor::Local(&workers),
+    };
+    let report = runner::run(file, &plan, executor, |f, done, total| {
         bar.inc(1);
         let line = match &f.outcome {
             Ok(s) => format!(

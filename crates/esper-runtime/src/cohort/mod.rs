@@ -66,6 +66,9 @@ pub enum CohortError {
         #[source]
         source: Box<crate::Error>,
     },
+    /// The fleet could not take or return the runs.
+    #[error(transparent)]
+    Fleet(Box<crate::fleet::FleetError>),
 }
 
 /// Result with [`CohortError`].

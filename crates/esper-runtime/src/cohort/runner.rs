@@ -9,6 +9,10 @@
 //! Workers hold their standard input open to this process and exit when it
 //! closes (`esper train --exit-with-stdin`), so killing the cohort process
 //! never leaves orphan runs writing into the cohort.
+//!
+//! With `--fleet` ([`Executor::Fleet`]) the same runs go to `esper worker`s
+//! through Oona instead (see [`crate::fleet`]); their results land in the
+//! same run directories.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -60,16 +64,23 @@ fn io(path: PathBuf, source: std::io::Error) -> CohortError {
     CohortError::Io { path, source }
 }
 
+/// Where a cohort's runs execute.
+#[derive(Debug)]
+pub enum Executor<'a> {
+    /// Worker processes on this machine.
+    Local(&'a Workers),
+    /// `esper worker`s anywhere, through Oona on Redis (`--fleet`).
+    Fleet(&'a crate::fleet::submit::Fleet),
+}
+
 /// Runs every unfinished run of `plan`; `on_finish` is called (on this
 /// thread) as each one ends, in the order they end.
 pub fn run(
     file: &CohortFile,
     plan: &[PlannedRun],
-    workers: &Workers,
+    executor: Executor<'_>,
     mut on_finish: impl FnMut(&Finished, usize, usize),
 ) -> Result<Report> {
-    let logs = file.home().join("logs");
-    std::fs::create_dir_all(&logs).map_err(|e| io(logs.clone(), e))?;
     let mut report = Report::default();
     let mut todo = VecDeque::new();
     for run in plan {
@@ -78,18 +89,46 @@ pub fn run(
             continue;
         }
         std::fs::create_dir_all(&run.dir).map_err(|e| io(run.dir.clone(), e))?;
-        let membership = Membership {
-            cohort: file.name.clone(),
-            arm: run.arm.clone(),
-            kind: run.kind.as_str().to_owned(),
-            seed: run.seed,
-        };
         let path = run.dir.join(MEMBERSHIP);
-        let text = serde_json::to_string_pretty(&membership)
-            .map_err(|e| io(path.clone(), std::io::Error::other(e)))?;
+        let text = membership_json(file, run);
         std::fs::write(&path, text).map_err(|e| io(path, e))?;
         todo.push_back(run.clone());
     }
+    let total = todo.len();
+    let mut done = 0;
+    let mut finish = |finished: Finished| {
+        done += 1;
+        on_finish(&finished, done, total);
+        report.finished.push(finished);
+    };
+    match executor {
+        Executor::Local(workers) => local(file, todo, workers, &mut finish)?,
+        Executor::Fleet(fleet) => fleet
+            .run(file, todo.into(), &mut finish)
+            .map_err(|e| CohortError::Fleet(Box::new(e)))?,
+    }
+    Ok(report)
+}
+
+/// The membership record (`cohort.json`) of a run of `file`.
+pub fn membership_json(file: &CohortFile, run: &PlannedRun) -> String {
+    let membership = Membership {
+        cohort: file.name.clone(),
+        arm: run.arm.clone(),
+        kind: run.kind.as_str().to_owned(),
+        seed: run.seed,
+    };
+    serde_json::to_string_pretty(&membership).unwrap_or_default()
+}
+
+fn local(
+    file: &CohortFile,
+    todo: VecDeque<PlannedRun>,
+    workers: &Workers,
+    finish: &mut dyn FnMut(Finished),
+) -> Result<()> {
+    let logs = file.home().join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| io(logs.clone(), e))?;
     let total = todo.len();
     let queue = Arc::new(Mutex::new(todo));
     let (tx, rx) = mpsc::channel::<Finished>();
@@ -103,7 +142,13 @@ pub fn run(
             loop {
                 let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                 let Some(run) = next else { break };
-                let finished = run_one(&run, &workers, &logs);
+                let started = Instant::now();
+                let outcome = run_process(&run.run_id, &run.config, &run.dir, &workers, &logs);
+                let finished = Finished {
+                    run,
+                    outcome,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
                 if tx.send(finished).is_err() {
                     break;
                 }
@@ -111,23 +156,28 @@ pub fn run(
         }));
     }
     drop(tx);
-    let mut done = 0;
     for finished in rx {
-        done += 1;
-        on_finish(&finished, done, total);
-        report.finished.push(finished);
+        finish(finished);
     }
     for handle in handles {
         let _ = handle.join();
     }
-    Ok(report)
+    Ok(())
 }
 
-fn run_one(run: &PlannedRun, workers: &Workers, logs: &std::path::Path) -> Finished {
-    let started = Instant::now();
-    let log_path = logs.join(format!("{}.log", run.run_id));
-    let outcome = (|| -> std::result::Result<RunSummary, String> {
-        let _ = std::fs::remove_file(run.dir.join(EXIT));
+/// Runs `esper --config <config> train` for run `run_id` (directory
+/// `dir`), its output appended to `<logs>/<run id>.log`; on failure leaves
+/// `exit.json` (the exit code and the log) in `dir`.
+pub fn run_process(
+    run_id: &str,
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    workers: &Workers,
+    logs: &std::path::Path,
+) -> std::result::Result<RunSummary, String> {
+    let log_path = logs.join(format!("{run_id}.log"));
+    (|| -> std::result::Result<RunSummary, String> {
+        let _ = std::fs::remove_file(dir.join(EXIT));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -138,7 +188,7 @@ fn run_one(run: &PlannedRun, workers: &Workers, logs: &std::path::Path) -> Finis
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let mut child = Command::new(&workers.exe)
             .arg("--config")
-            .arg(&run.config)
+            .arg(config)
             .arg("train")
             .arg("--exit-with-stdin")
             .env_clear()
@@ -156,7 +206,7 @@ fn run_one(run: &PlannedRun, workers: &Workers, logs: &std::path::Path) -> Finis
             .map_err(|e| format!("waiting for the worker: {e}"))?;
         drop(stdin);
         if status.success() {
-            match RunSummary::read(&run.dir) {
+            match RunSummary::read(dir) {
                 Ok(Some(summary)) => Ok(summary),
                 Ok(None) => Err(format!(
                     "exited 0 without a summary; see {}",
@@ -171,17 +221,12 @@ fn run_one(run: &PlannedRun, workers: &Workers, logs: &std::path::Path) -> Finis
                 "at_ms": leyline::unix_now_ms(),
                 "log": log_path.display().to_string(),
             });
-            let _ = std::fs::write(run.dir.join(EXIT), record.to_string());
+            let _ = std::fs::write(dir.join(EXIT), record.to_string());
             Err(format!(
                 "exit {}; see {}",
                 code.map_or("by signal".to_owned(), |c| c.to_string()),
                 log_path.display()
             ))
         }
-    })();
-    Finished {
-        run: run.clone(),
-        outcome,
-        seconds: started.elapsed().as_secs_f64(),
-    }
+    })()
 }

@@ -23,7 +23,7 @@ use tamiyo::gnn::{GnnConfig, GnnModel, PolicyManifest, load_policy, save_policy}
 use tamiyo::ppo::{Learner, PpoConfig, Sample, Step, gae};
 
 use super::reward::{Rent, RunRecord, rewards};
-use crate::cohort::runner::{self, Workers};
+use crate::cohort::runner::{self, Executor, Workers};
 use crate::cohort::{CohortFile, PlannedRun};
 use crate::config::Resolved;
 use crate::error::{Error, Result};
@@ -46,6 +46,8 @@ pub struct Options {
     pub jobs: usize,
     /// Continue from `out` and its learner state.
     pub resume: bool,
+    /// Run the episodes on the fleet (`esper worker`s) instead of here.
+    pub fleet: bool,
 }
 
 /// One update's figures (a line of the learner state and of the output).
@@ -452,6 +454,11 @@ pub fn train(
         jobs,
         env: crate::cohort::worker_env(env),
     };
+    let fleet = options
+        .fleet
+        .then(|| crate::fleet::submit::Fleet::connect(resolved))
+        .transpose()
+        .map_err(|e| fail(e.to_string()))?;
     println!(
         "esper policy train: {} -> update {} ({} episode(s) per update on {}, {} epochs each, {jobs} at a time); episodes in {}",
         options.out.display(),
@@ -489,7 +496,11 @@ pub fn train(
             // Episodes and the baselines not run yet.
             let todo = plan.iter().filter(|r| !runner::is_finished(r)).count();
             bar.inc_length(todo.saturating_sub(seeds.len()) as u64);
-            runner::run(&file, &plan, &workers, |f, _, _| {
+            let executor = match &fleet {
+                Some(fleet) => Executor::Fleet(fleet),
+                None => Executor::Local(&workers),
+            };
+            runner::run(&file, &plan, executor, |f, _, _| {
                 bar.inc(1);
                 match &f.outcome {
                     Ok(s) => bar.set_message(format!(
