@@ -4,7 +4,6 @@
 //! [`RunBus`]; its publishes block only on the bus itself, its telemetry never.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use leyline::v1::{
     EmergencySignal, FieldReport, MessagePriority, MetricPoint, SystemStatePacket, TelemetryEvent,
@@ -17,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Resolved;
 use crate::error::{Error, Result};
+use crate::exporter::SystemMode;
+use crate::supervisor::{Backoff, Supervisor, TaskHealth};
 
 /// What the bus did during a run.
 #[derive(Debug, Clone)]
@@ -113,8 +114,8 @@ pub struct RunBus {
     /// Consumers whose group only this run reads: stopped, then their
     /// groups removed, at [`RunBus::finish`].
     own_groups: std::sync::Mutex<Vec<OwnGroup>>,
-    /// An emergency at CONSERVATIVE or above was raised (`esper_system_mode`).
-    emergency: Arc<std::sync::atomic::AtomicBool>,
+    /// The process's supervised tasks and its `system_mode`.
+    supervisor: Supervisor,
 }
 
 #[derive(Debug)]
@@ -159,11 +160,28 @@ impl RunBus {
             )
         };
         oona.report_rejections_to(emitter.clone());
-        runtime.spawn({
+        let supervisor = Supervisor::new(
+            runtime.handle().clone(),
+            cancel.child_token(),
+            Backoff::default(),
+        );
+        supervisor.supervise("oona.housekeeping", {
             let oona = oona.clone();
-            let cancel = cancel.clone();
-            async move { oona.run_housekeeping(cancel).await }
+            move |token| {
+                let oona = oona.clone();
+                async move {
+                    oona.run_housekeeping(token).await;
+                    Ok(())
+                }
+            }
         });
+        runtime.spawn(publish_modes(
+            oona.clone(),
+            supervisor.clone(),
+            source.to_owned(),
+            resolved.run_id.clone(),
+            cancel.clone(),
+        ));
         Ok(Self {
             runtime,
             oona,
@@ -172,7 +190,7 @@ impl RunBus {
             cancel,
             told: std::sync::Mutex::default(),
             own_groups: std::sync::Mutex::default(),
-            emergency: Arc::default(),
+            supervisor,
         })
     }
 
@@ -231,14 +249,7 @@ impl RunBus {
             );
             notes.push(line);
         }
-        let mode = if self.emergency.load(std::sync::atomic::Ordering::Acquire) {
-            crate::exporter::SystemMode::Emergency
-        } else if now.down_now {
-            crate::exporter::SystemMode::Degraded
-        } else {
-            crate::exporter::SystemMode::Operational
-        };
-        crate::exporter::record_system_mode(mode);
+        self.supervisor.dependency("oona", !now.down_now);
         *told = now;
         notes
     }
@@ -257,12 +268,11 @@ impl RunBus {
     pub fn emergency_sink(&self) -> tolaria::EmergencySink {
         let oona = self.oona.clone();
         let handle = self.runtime.handle().clone();
-        let emergency = Arc::clone(&self.emergency);
+        let supervisor = self.supervisor.clone();
         Box::new(move |signal: &EmergencySignal| {
             crate::exporter::record_emergency(signal.level());
             if signal.level() >= leyline::v1::EmergencyLevel::Conservative {
-                emergency.store(true, std::sync::atomic::Ordering::Release);
-                crate::exporter::record_system_mode(crate::exporter::SystemMode::Emergency);
+                supervisor.raise_emergency();
             }
             eprintln!(
                 "esper train: emergency {}: {}",
@@ -364,6 +374,12 @@ impl RunBus {
         &self.oona
     }
 
+    /// The supervisor of this process's background tasks (its
+    /// `system_mode`).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
     /// Flushes the emitter and reports what the bus did.
     /// Publications still held (the backend is down) get
     /// `oona.outage.exit_drain_ms` to go out; what is left is counted.
@@ -389,5 +405,69 @@ impl RunBus {
             stats: self.oona.stats(),
             emitter,
         })
+    }
+}
+
+/// Publishes every change of the system mode on Oona: a telemetry packet
+/// whose system health says the mode and, per supervised task and
+/// dependency, how it is doing. A change towards trouble is HIGH priority
+/// (never shed).
+async fn publish_modes(
+    oona: Oona<AnyBus>,
+    supervisor: Supervisor,
+    source: String,
+    run_id: String,
+    cancel: CancellationToken,
+) {
+    let mut modes = supervisor.watch();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = modes.changed() => if changed.is_err() { return },
+        }
+        let mode = *modes.borrow_and_update();
+        let (status, name, priority) = match mode {
+            SystemMode::Operational => (
+                leyline::v1::HealthStatus::Healthy,
+                "operational",
+                MessagePriority::Normal,
+            ),
+            SystemMode::Degraded => (
+                leyline::v1::HealthStatus::Degraded,
+                "degraded",
+                MessagePriority::High,
+            ),
+            SystemMode::Emergency => (
+                leyline::v1::HealthStatus::Critical,
+                "emergency",
+                MessagePriority::High,
+            ),
+        };
+        let mut packet =
+            leyline::telemetry::PacketBuilder::new(&source, &run_id, leyline::unix_now_ms())
+                .health(status, format!("system_mode {name}"))
+                .build();
+        if let Some(health) = packet.system_health.as_mut() {
+            let (tasks, down) = supervisor.health();
+            for (task, h) in tasks {
+                let text = match h {
+                    TaskHealth::Running => "running".to_owned(),
+                    TaskHealth::Restarting {
+                        failures,
+                        last_error,
+                    } => format!("restarting after {failures} failure(s): {last_error}"),
+                    TaskHealth::Stopped => "stopped".to_owned(),
+                };
+                health.indicators.insert(task, text);
+            }
+            for dependency in down {
+                health.indicators.insert(dependency, "down".to_owned());
+            }
+            health
+                .indicators
+                .insert("system_mode".to_owned(), name.to_owned());
+        }
+        // A bus that is down holds it and sends it after reconnecting.
+        let _ = oona.publish(&packet, priority).await;
     }
 }

@@ -34,6 +34,7 @@ pub mod runlog;
 pub mod selfcheck;
 pub mod signals;
 pub mod store;
+pub mod supervisor;
 pub mod urza_cmd;
 
 pub use bus::{BusSummary, RunBus};

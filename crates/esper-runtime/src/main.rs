@@ -319,7 +319,7 @@ fn train(
         }
         None => None,
     };
-    esper_runtime::exporter::record_system_mode(esper_runtime::exporter::SystemMode::Operational);
+    esper_runtime::exporter::record_system_mode(bus.supervisor().mode());
     let signals = esper_runtime::signals::StopSignals::install(
         &bus.handle(),
         "esper train",
