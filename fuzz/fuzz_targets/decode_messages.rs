@@ -58,6 +58,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = stable::<KernelArtifactReady>(data);
     let _ = stable::<KernelArtifactError>(data);
     let _ = stable::<KernelCatalogUpdate>(data);
+    let _ = stable::<RunJob>(data);
+    let _ = stable::<RunResult>(data);
     let _ = stable::<BlueprintBenchmark>(data);
     let _ = stable::<GateEvaluation>(data);
     let _ = stable::<StageTransition>(data);
