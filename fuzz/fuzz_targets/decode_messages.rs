@@ -60,6 +60,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = stable::<KernelCatalogUpdate>(data);
     let _ = stable::<RunJob>(data);
     let _ = stable::<RunResult>(data);
+    let _ = stable::<OpenSessionRequest>(data);
+    let _ = stable::<StepRequest>(data);
+    let _ = stable::<ImportStateRequest>(data);
+    let _ = stable::<SessionRequest>(data);
+    let _ = stable::<StepResponse>(data);
     let _ = stable::<BlueprintBenchmark>(data);
     let _ = stable::<GateEvaluation>(data);
     let _ = stable::<StageTransition>(data);

@@ -25,6 +25,7 @@ const FILES: &[&str] = &[
     "kernels",
     "lifecycle",
     "state",
+    "tamiyo",
     "telemetry",
     "urza",
 ];

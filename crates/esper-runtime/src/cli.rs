@@ -113,6 +113,27 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Tamiyo as a service: `esper tamiyo serve`.
+    Tamiyo {
+        #[command(subcommand)]
+        command: TamiyoCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TamiyoCommand {
+    /// Serve controller sessions over gRPC to trainers anywhere (they set
+    /// `tamiyo.remote = "http://HOST:PORT"`), with this process's
+    /// `[tamiyo]` policy (heuristic or learned). SIGINT/SIGTERM stops it.
+    Serve {
+        /// Address to listen on (default 127.0.0.1:50052; 0.0.0.0:PORT for
+        /// other machines).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Most sessions (trainers) at once.
+        #[arg(long, default_value_t = 64)]
+        max_sessions: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]

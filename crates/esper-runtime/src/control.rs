@@ -89,21 +89,24 @@ pub fn build(
     bus: &RunBus,
 ) -> Result<Option<ControlPlane>> {
     let config = &resolved.config;
-    let policy: Box<dyn tamiyo::Policy> = match config.tamiyo.controller {
-        Controller::Off => return Ok(None),
-        Controller::Heuristic => Box::new(tamiyo::HeuristicPolicy::new(
-            config.tamiyo.heuristic.clone(),
-            urza::select::SelectionPolicy::default(),
-        )),
-        Controller::Script => Box::new(load_script(resolved, slots)?),
-        Controller::Learned => {
-            let mut policy = load_learned(resolved)?;
-            policy
-                .record_to(&resolved.run_dir().join(tamiyo::trajectory::FILE_NAME))
-                .map_err(tamiyo_error)?;
-            Box::new(policy)
-        }
-    };
+    let policy: Option<Box<dyn tamiyo::Policy>> =
+        match (&config.tamiyo.remote, config.tamiyo.controller) {
+            (_, Controller::Off) => return Ok(None),
+            // The service runs the policy.
+            (Some(_), Controller::Heuristic | Controller::Learned | Controller::Script) => None,
+            (None, Controller::Heuristic) => Some(Box::new(tamiyo::HeuristicPolicy::new(
+                config.tamiyo.heuristic.clone(),
+                urza::select::SelectionPolicy::default(),
+            ))),
+            (None, Controller::Script) => Some(Box::new(load_script(resolved, slots)?)),
+            (None, Controller::Learned) => {
+                let mut policy = load_learned(resolved)?;
+                policy
+                    .record_to(&resolved.run_dir().join(tamiyo::trajectory::FILE_NAME))
+                    .map_err(tamiyo_error)?;
+                Some(Box::new(policy))
+            }
+        };
     // One component loads seed modules: Kasmina's kernel manager (verified
     // byte cache, concurrency limit, timeout), over the local library or the
     // shared Urza service.
@@ -176,16 +179,43 @@ pub fn build(
     .with_slot_evidence_every(config.kasmina.slot_evidence_every_steps);
     let deadline =
         Duration::from_secs_f64(config.leyline.budgets.performance.tamiyo_step_deadline_ms / 1e3);
-    let policy_name = policy.name();
-    let service = TamiyoService::new(
-        Arc::new(config.tamiyo.clone()),
-        policy,
-        Arc::clone(&cache),
-        resolved.signing_key.clone(),
-        &config.leyline.limits,
-        deadline,
-    )
-    .map_err(tamiyo_error)?;
+    let (service, policy_name) = match (policy, &config.tamiyo.remote) {
+        (Some(policy), _) => {
+            let name = policy.name();
+            let service = TamiyoService::new(
+                Arc::new(config.tamiyo.clone()),
+                policy,
+                Arc::clone(&cache),
+                resolved.signing_key.clone(),
+                &config.leyline.limits,
+                deadline,
+            )
+            .map_err(tamiyo_error)?;
+            (Decider::Local(Box::new(service)), name)
+        }
+        (None, Some(endpoint)) => {
+            let remote = tamiyo::grpc::RemoteTamiyo::connect(
+                tamiyo::grpc::RemoteTamiyoConfig {
+                    endpoint: endpoint.clone(),
+                    key: resolved.signing_key.clone(),
+                    deadline,
+                    connect_timeout: Duration::from_millis(
+                        config.urza.request_timeout_ms.max(1000),
+                    ),
+                    state_timeout: Duration::from_secs(30),
+                    run_id: resolved.run_id.clone(),
+                },
+                bus.handle(),
+            )
+            .map_err(tamiyo_error)?;
+            (Decider::Remote(Box::new(remote)), "remote")
+        }
+        (None, None) => {
+            return Err(Error::Runtime(
+                "tamiyo: no policy and no remote service (a bug)".into(),
+            ));
+        }
+    };
     let mut startup_events = Vec::new();
     // Field reports: the log of this run, reports past retention dropped.
     let wal_path = resolved.run_dir().join("field_reports.wal");
@@ -242,11 +272,60 @@ fn tamiyo_error(e: tamiyo::Error) -> Error {
     Error::Runtime(format!("tamiyo: {e}"))
 }
 
+/// The controller a hook asks: in this process, or a session on an `esper
+/// tamiyo serve` (`tamiyo.remote`), which keeps the same deadline over the
+/// network.
+pub enum Decider {
+    /// In this process.
+    Local(Box<TamiyoService>),
+    /// On a remote service.
+    Remote(Box<tamiyo::grpc::RemoteTamiyo>),
+}
+
+impl Decider {
+    fn step(&mut self, packet: &leyline::v1::SystemStatePacket) -> tamiyo::Result<Decision> {
+        match self {
+            Decider::Local(s) => s.step(packet),
+            Decider::Remote(r) => r.step(packet),
+        }
+    }
+
+    fn take_field_reports(&mut self) -> Vec<leyline::v1::FieldReport> {
+        match self {
+            Decider::Local(s) => s.take_field_reports(),
+            Decider::Remote(r) => r.take_field_reports(),
+        }
+    }
+
+    fn export_state(&mut self) -> tamiyo::Result<tamiyo::ControllerState> {
+        match self {
+            Decider::Local(s) => s.export_state(),
+            Decider::Remote(r) => r.export_state(),
+        }
+    }
+
+    fn import_state(&mut self, state: tamiyo::ControllerState) -> tamiyo::Result<()> {
+        match self {
+            Decider::Local(s) => s.import_state(state),
+            Decider::Remote(r) => r.import_state(state),
+        }
+    }
+
+    /// Steps, commands, deadline misses and late answers so far.
+    pub fn stats(&self) -> tamiyo::ServiceStats {
+        match self {
+            Decider::Local(s) => s.stats(),
+            Decider::Remote(r) => r.stats(),
+        }
+    }
+}
+
 /// Tolaria's fence hook: Tamiyo decides, Kasmina applies.
 pub struct TamiyoHook {
-    service: TamiyoService,
-    /// Events of setting up (a damaged field-report log), given with the
-    /// first fence's diagnostics.
+    service: Decider,
+    /// Events of setting up (a damaged field-report log) or of a checkpoint
+    /// (a remote controller's state unavailable), given with the next
+    /// fence's diagnostics.
     startup_events: Vec<TelemetryEvent>,
     log: BufWriter<File>,
     log_path: PathBuf,
@@ -257,6 +336,11 @@ impl TamiyoHook {
     /// Where the decisions are logged.
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    /// The controller's counters (steps, commands, deadline misses).
+    pub fn stats(&self) -> tamiyo::ServiceStats {
+        self.service.stats()
     }
 }
 
@@ -426,10 +510,31 @@ impl ControlHook for TamiyoHook {
     }
 
     fn export_state(&mut self) -> std::result::Result<Option<serde_json::Value>, FenceError> {
-        let state = self.service.export_state().map_err(|e| FenceError {
-            reason: format!("taking Tamiyo's state for the checkpoint: {e}"),
-            source: Some(Box::new(e)),
-        })?;
+        let state = match (self.service.export_state(), &self.service) {
+            (Ok(state), _) => state,
+            // A remote service that is gone (and had never given a state to
+            // fall back on) must not stop training: the checkpoint goes
+            // without the controller's state, and the next fence says so.
+            (Err(e), Decider::Remote(_)) => {
+                self.startup_events.push(
+                    leyline::telemetry::event(
+                        "controller_state_unavailable",
+                        TelemetryLevel::Warning,
+                        format!(
+                            "the checkpoint holds no controller state ({e}); a run resumed from it starts the controller afresh"
+                        ),
+                    )
+                    .build(),
+                );
+                return Ok(None);
+            }
+            (Err(e), Decider::Local(_)) => {
+                return Err(FenceError {
+                    reason: format!("taking Tamiyo's state for the checkpoint: {e}"),
+                    source: Some(Box::new(e)),
+                });
+            }
+        };
         serde_json::to_value(state)
             .map(Some)
             .map_err(|e| FenceError {

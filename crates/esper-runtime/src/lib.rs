@@ -35,6 +35,7 @@ pub mod selfcheck;
 pub mod signals;
 pub mod store;
 pub mod supervisor;
+pub mod tamiyo_cmd;
 pub mod urza_cmd;
 
 pub use bus::{BusSummary, RunBus};

@@ -67,6 +67,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pool.run(|| train(&resolved, pool.threads(), resuming))
         }
         Command::Urza { command } => cli::urza(&resolved, command),
+        Command::Tamiyo {
+            command:
+                cli::TamiyoCommand::Serve {
+                    listen,
+                    max_sessions,
+                },
+        } => {
+            esper_runtime::tamiyo_cmd::serve(&resolved, listen.as_deref(), max_sessions)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Policy { command } => cli::policy(&resolved, command, &env),
         Command::Cohort {
             action,
@@ -215,6 +225,7 @@ fn train(
         return Err(anyhow::Error::new(e).context("checking the schedule"));
     }
     if resolved.config.tamiyo.controller == tamiyo::Controller::Learned
+        && resolved.config.tamiyo.remote.is_none()
         && let Err(e) = control::load_learned(resolved)
     {
         log.abandon();

@@ -12,6 +12,7 @@ mod fleet;
 mod grow;
 mod policy;
 mod redis_outage;
+mod remote_tamiyo;
 mod report;
 mod run_dir;
 mod script;

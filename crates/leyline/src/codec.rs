@@ -192,6 +192,17 @@ mod tests {
         RunFile,
         RunJob,
         RunResult,
+        OpenSessionRequest,
+        OpenSessionResponse,
+        SessionRequest,
+        CloseSessionResponse,
+        StepRequest,
+        RiskFinding,
+        StepError,
+        StepResponse,
+        ControllerStateBlob,
+        ImportStateRequest,
+        ImportStateResponse,
     );
 
     #[test]

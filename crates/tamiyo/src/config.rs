@@ -74,6 +74,11 @@ pub struct Config {
     /// The schedule file of the `script` controller (TOML, see
     /// [`crate::ScriptedPolicy`]).
     pub script: Option<PathBuf>,
+    /// `http://host:port` of an `esper tamiyo serve`: with `heuristic` or
+    /// `learned`, the controller runs there (with the service's own policy
+    /// settings) and this trainer keeps its step deadline over the network.
+    /// Unset (the default): in this process.
+    pub remote: Option<String>,
     /// Milliseconds from a command's issue to its deadline (default 10 000).
     pub command_ttl_ms: u64,
     /// Milliseconds the blueprint metadata cache trusts a catalog listing
@@ -98,6 +103,7 @@ impl Default for Config {
         Self {
             controller: Controller::Heuristic,
             script: None,
+            remote: None,
             command_ttl_ms: 10_000,
             catalog_ttl_ms: 60_000,
             heuristic: HeuristicConfig::default(),
@@ -351,7 +357,24 @@ impl Config {
         if self.controller == Controller::Script && self.script.is_none() {
             return bad("script", "controller = \"script\" needs a schedule file");
         }
-        if self.controller == Controller::Learned && self.learned.policy.is_none() {
+        if let Some(remote) = &self.remote {
+            if !(remote.starts_with("http://") || remote.starts_with("https://")) {
+                return bad("remote", "must be an http:// or https:// address");
+            }
+            match self.controller {
+                Controller::Heuristic | Controller::Learned => {}
+                Controller::Script | Controller::Off => {
+                    return bad(
+                        "remote",
+                        "a remote controller runs \"heuristic\" or \"learned\" (the service's policy); set controller to one of them, or unset remote",
+                    );
+                }
+            }
+        }
+        if self.controller == Controller::Learned
+            && self.learned.policy.is_none()
+            && self.remote.is_none()
+        {
             return bad(
                 "learned.policy",
                 "controller = \"learned\" needs a policy file",

@@ -75,6 +75,10 @@ pub enum Error {
     /// The policy's worker thread is gone.
     #[error("the policy worker stopped: {0}")]
     WorkerGone(String),
+    /// A remote Tamiyo service (`esper tamiyo serve`) refused, failed, or
+    /// could not be reached.
+    #[error("remote tamiyo: {0}")]
+    Remote(String),
     /// The command Tamiyo built failed Leyline validation (a bug, reported).
     #[error("{} failed validation: {detail}", named_command(command_id))]
     InvalidCommand {
@@ -138,6 +142,7 @@ impl Error {
             Error::NoCandidates { .. } => "no_candidates",
             Error::Catalog(_) => "catalog",
             Error::WorkerGone(_) => "worker_gone",
+            Error::Remote(_) => "remote",
             Error::InvalidCommand { .. } => "invalid_command",
             Error::Script { .. } => "script",
             Error::Graph(_) => "graph",

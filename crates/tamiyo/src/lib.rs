@@ -27,6 +27,7 @@ mod error;
 pub mod field_reports;
 mod framing;
 pub mod graph;
+pub mod grpc;
 mod observation;
 mod policy;
 pub mod ppo;

@@ -47,6 +47,21 @@ pub enum Verdict {
     Veto,
 }
 
+/// Every rule's name, as findings carry it (a remote client maps the
+/// names it receives back onto these).
+pub const RULES: [&str; 10] = [
+    "degraded_coverage",
+    "loss_spike",
+    "latency_spike",
+    "hook_latency",
+    "isolation_violations",
+    "device_pressure",
+    "blueprint_quarantined",
+    "blueprint_risk",
+    "blueprint_experimental",
+    "conservative_mode",
+];
+
 /// One rule that fired.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {

@@ -5,6 +5,7 @@
 mod common;
 
 mod field_reports;
+mod grpc;
 mod heuristic;
 mod risk;
 mod service;

@@ -1,0 +1,131 @@
+//! `esper tamiyo serve`: Tamiyo as a gRPC service (see [`tamiyo::grpc`]),
+//! so that trainers anywhere share one controller process. Each trainer
+//! (`tamiyo.remote = "http://host:port"`) opens a session with its own
+//! policy instance, risk engine and field-report tracker, built from this
+//! process's `[tamiyo]` settings: `heuristic`, or `learned` with this
+//! process's `tamiyo.learned.policy`. Blueprint metadata comes from this
+//! process's Urza (its library, or `urza.remote`), cached for
+//! `tamiyo.catalog_ttl_ms`.
+//!
+//! SIGINT or SIGTERM stops it; trainers then miss their fences (counted)
+//! and go on training without commands.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tamiyo::{BlueprintCache, Controller, TamiyoService};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Resolved;
+use crate::error::{Error, Result};
+
+/// Default address of `esper tamiyo serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50052";
+
+fn tamiyo_error(e: tamiyo::Error) -> Error {
+    Error::Runtime(format!("tamiyo: {e}"))
+}
+
+/// Serves until SIGINT or SIGTERM.
+pub fn serve(resolved: &Resolved, listen: Option<&str>, max_sessions: usize) -> Result<()> {
+    let text = listen.unwrap_or(DEFAULT_LISTEN);
+    let addr: SocketAddr = text.parse().map_err(|e| {
+        Error::Config(leyline::ConfigError::at(
+            "--listen",
+            format!("{text:?}: {e}"),
+        ))
+    })?;
+    let config = &resolved.config;
+    let policy_name = match config.tamiyo.controller {
+        Controller::Heuristic => "heuristic",
+        Controller::Learned => {
+            // Checked once here: a bad policy file is one error at start,
+            // not one per session.
+            crate::control::load_learned(resolved)?;
+            "learned"
+        }
+        Controller::Script | Controller::Off => {
+            return Err(Error::Config(leyline::ConfigError::at(
+                "tamiyo.controller",
+                "esper tamiyo serve runs \"heuristic\" or \"learned\"",
+            )));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("esper-tamiyo")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(format!("cannot start the service runtime: {e}")))?;
+    let store: Arc<dyn urza::BlueprintStore> =
+        Arc::from(runtime.block_on(crate::urza_cmd::store(resolved))?);
+    let cache = Arc::new(BlueprintCache::from_store(
+        store,
+        runtime.handle().clone(),
+        Duration::from_millis(config.tamiyo.catalog_ttl_ms),
+    ));
+    let deadline_ms = config.leyline.budgets.performance.tamiyo_step_deadline_ms;
+    let factory: tamiyo::grpc::SessionFactory = {
+        let resolved = resolved.clone();
+        let cache = Arc::clone(&cache);
+        Arc::new(move |_run_id: &str| {
+            let config = &resolved.config;
+            let policy: Box<dyn tamiyo::Policy> = match config.tamiyo.controller {
+                Controller::Learned => Box::new(
+                    crate::control::load_learned(&resolved)
+                        .map_err(|e| tamiyo::Error::Remote(e.to_string()))?,
+                ),
+                Controller::Heuristic | Controller::Script | Controller::Off => {
+                    Box::new(tamiyo::HeuristicPolicy::new(
+                        config.tamiyo.heuristic.clone(),
+                        urza::select::SelectionPolicy::default(),
+                    ))
+                }
+            };
+            TamiyoService::new(
+                Arc::new(config.tamiyo.clone()),
+                policy,
+                Arc::clone(&cache),
+                resolved.signing_key.clone(),
+                &config.leyline.limits,
+                Duration::from_secs_f64(deadline_ms / 1e3),
+            )
+        })
+    };
+    let security = &config.leyline.security;
+    let serve_config = tamiyo::grpc::ServeConfig {
+        key: resolved.signing_key.clone(),
+        window_ms: u64::from(security.freshness_window_s) * 1000,
+        skew_ms: u64::from(security.future_skew_s) * 1000,
+        max_sessions: max_sessions.max(1),
+        policy: policy_name,
+        step_deadline_ms: deadline_ms,
+    };
+    let shutdown = CancellationToken::new();
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())
+            .map_err(|e| Error::Runtime(format!("installing the SIGTERM handler: {e}")))?;
+        let served = tamiyo::grpc::serve(factory, addr, serve_config, shutdown.clone())
+            .await
+            .map_err(tamiyo_error)?;
+        println!(
+            "esper tamiyo serve: {policy_name} controller on http://{} (up to {} sessions; calls need a token made with the shared secret; SIGINT/SIGTERM stops)",
+            served.addr,
+            max_sessions.max(1)
+        );
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(|e| Error::Runtime(format!("waiting for Ctrl-C: {e}")))?,
+            _ = terminate.recv() => {}
+        }
+        shutdown.cancel();
+        served
+            .task
+            .await
+            .map_err(|e| Error::Runtime(format!("server task: {e}")))?
+            .map_err(tamiyo_error)
+    })?;
+    println!("esper tamiyo serve: stopped");
+    Ok(())
+}
