@@ -152,18 +152,34 @@ pub fn build(
         }
         Ok(())
     });
-    // ... and so does every change of the store this run reads.
+    // ... and so does every change of the store this run reads: a
+    // supervised task, restarted (with the cache invalidated) when the watch
+    // ends — a remote Urza that restarted, a connection lost.
     let watched = Arc::clone(&cache);
-    bus.handle().spawn(async move {
-        if let Ok(mut watch) = store.watch_catalog().await {
-            while let Some(update) = watch.next().await {
-                match update {
-                    Ok(update) => watched.apply(&update),
-                    Err(_) => watched.invalidate(),
+    bus.supervisor()
+        .supervise("urza.catalog_watch", move |token| {
+            let store = Arc::clone(&store);
+            let watched = Arc::clone(&watched);
+            async move {
+                let mut watch = store
+                    .watch_catalog()
+                    .await
+                    .map_err(|e| format!("watching the catalog: {e}"))?;
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => return Ok(()),
+                        update = watch.next() => match update {
+                            Some(Ok(update)) => watched.apply(&update),
+                            Some(Err(_)) => watched.invalidate(),
+                            None => {
+                                watched.invalidate();
+                                return Err("the catalog watch ended".to_owned());
+                            }
+                        },
+                    }
                 }
             }
-        }
-    });
+        });
     let seed = config.run.seed;
     let kasmina = Kasmina::new(
         slots,
@@ -258,6 +274,7 @@ pub fn build(
         kasmina,
         hook: TamiyoHook {
             service,
+            supervisor: bus.supervisor().clone(),
             startup_events,
             log: BufWriter::new(log),
             log_path: path,
@@ -323,6 +340,9 @@ impl Decider {
 /// Tolaria's fence hook: Tamiyo decides, Kasmina applies.
 pub struct TamiyoHook {
     service: Decider,
+    /// A remote controller's reachability is a dependency of the system
+    /// mode (degraded while it fails, operational again when it answers).
+    supervisor: crate::supervisor::Supervisor,
     /// Events of setting up (a damaged field-report log) or of a checkpoint
     /// (a remote controller's state unavailable), given with the next
     /// fence's diagnostics.
@@ -470,6 +490,17 @@ impl ControlHook for TamiyoHook {
             decision = self.service.step(context.state);
         }
         self.record(context, &decision, &mut out);
+        if let Decider::Remote(_) = &self.service {
+            let unreachable = matches!(
+                &decision,
+                Err(tamiyo::Error::Remote(_)
+                    | tamiyo::Error::DeadlineExceeded {
+                        stage: "network",
+                        ..
+                    })
+            );
+            self.supervisor.dependency("tamiyo", !unreachable);
+        }
         // Decided field reports: durable first (fsync), then for Oona.
         for report in self.service.take_field_reports() {
             if let Err(e) = self.reports.append(&report) {
