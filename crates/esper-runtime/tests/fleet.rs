@@ -8,30 +8,26 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::Redis;
+use crate::common::{Redis, esper_command};
 
 const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 fn esper(cwd: &Path, url: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_esper"));
-    cmd.current_dir(cwd).args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ESPER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs([
-        ("ESPER_OONA__BACKEND__KIND", "redis"),
-        ("ESPER_OONA__BACKEND__URL", url),
-        ("ESPER_LEYLINE__SECURITY__SECRET__SOURCE", "env"),
-        // Not an ESPER_ name: a cohort's runs get no ESPER_ variables
-        // besides overrides, which they do not get either.
-        ("ESPER_LEYLINE__SECURITY__SECRET__VAR", "FLEET_TEST_SECRET"),
-        ("FLEET_TEST_SECRET", SECRET),
-        // A dead worker's job is reclaimed after 2 s without a renewal.
-        ("ESPER_OONA__CLAIM_IDLE_MS", "2000"),
-    ]);
-    cmd
+    esper_command(
+        args,
+        cwd,
+        &[
+            ("ESPER_OONA__BACKEND__KIND", "redis"),
+            ("ESPER_OONA__BACKEND__URL", url),
+            ("ESPER_LEYLINE__SECURITY__SECRET__SOURCE", "env"),
+            // Not an ESPER_ name: a cohort's runs get no ESPER_ variables
+            // besides overrides, which they do not get either.
+            ("ESPER_LEYLINE__SECURITY__SECRET__VAR", "FLEET_TEST_SECRET"),
+            ("FLEET_TEST_SECRET", SECRET),
+            // A dead worker's job is reclaimed after 2 s without a renewal.
+            ("ESPER_OONA__CLAIM_IDLE_MS", "2000"),
+        ],
+    )
 }
 
 fn worker(dir: &Path, url: &str, n: usize) -> Child {

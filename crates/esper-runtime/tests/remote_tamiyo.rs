@@ -9,28 +9,26 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::common::esper_command;
+
 const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 fn esper(cwd: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_esper"));
-    cmd.current_dir(cwd).args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ESPER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs([
-        ("ESPER_LEYLINE__SECURITY__SECRET__SOURCE", "env"),
-        ("ESPER_LEYLINE__SECURITY__SECRET__VAR", "TAMIYO_TEST_SECRET"),
-        ("TAMIYO_TEST_SECRET", SECRET),
-        // Loopback answers in well under a millisecond once warm; the
-        // first call sets up the connection.
-        (
-            "ESPER_LEYLINE__BUDGETS__PERFORMANCE__TAMIYO_STEP_DEADLINE_MS",
-            "2000",
-        ),
-    ]);
-    cmd
+    esper_command(
+        args,
+        cwd,
+        &[
+            ("ESPER_LEYLINE__SECURITY__SECRET__SOURCE", "env"),
+            ("ESPER_LEYLINE__SECURITY__SECRET__VAR", "TAMIYO_TEST_SECRET"),
+            ("TAMIYO_TEST_SECRET", SECRET),
+            // Loopback answers in well under a millisecond once warm; the
+            // first call sets up the connection.
+            (
+                "ESPER_LEYLINE__BUDGETS__PERFORMANCE__TAMIYO_STEP_DEADLINE_MS",
+                "2000",
+            ),
+        ],
+    )
 }
 
 /// The service process, killed however the test ends.

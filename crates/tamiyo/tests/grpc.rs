@@ -22,12 +22,16 @@ fn key() -> SigningKey {
 }
 
 fn local() -> TamiyoService {
+    with_policy(Box::new(HeuristicPolicy::new(
+        Config::default().heuristic,
+        urza::select::SelectionPolicy::default(),
+    )))
+}
+
+fn with_policy(policy: Box<dyn tamiyo::Policy>) -> TamiyoService {
     TamiyoService::new(
         Arc::new(Config::default()),
-        Box::new(HeuristicPolicy::new(
-            Config::default().heuristic,
-            urza::select::SelectionPolicy::default(),
-        )),
+        policy,
         Arc::new(BlueprintCache::new(
             Box::new(|| Ok(catalog())),
             Duration::from_secs(60),
@@ -46,13 +50,16 @@ struct Server {
 }
 
 fn server() -> Server {
+    server_with(Arc::new(|_run: &str| Ok(local())))
+}
+
+fn server_with(factory: SessionFactory) -> Server {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let shutdown = CancellationToken::new();
-    let factory: SessionFactory = Arc::new(|_run: &str| Ok(local()));
     let config = ServeConfig {
         key: key(),
         window_ms: 60_000,
@@ -142,10 +149,21 @@ fn a_caller_without_the_secret_is_refused() {
 
 #[test]
 fn a_late_answer_is_dropped_and_a_stopped_service_does_not_stop_the_caller() {
-    let server = server();
-    // A deadline no network round trip meets.
-    let mut remote = client(&server, key(), Duration::from_nanos(1)).unwrap();
+    // A service whose policy takes 100 ms (within the service's own 500 ms)
+    // and a trainer that waits 20 ms.
+    let slow = server_with(Arc::new(|_run: &str| {
+        Ok(with_policy(Box::new(crate::service::Sleepy(
+            Duration::from_millis(100),
+        ))))
+    }));
+    let mut remote = client(&slow, key(), Duration::from_millis(20)).unwrap();
+    let started = Instant::now();
     let err = remote.step(&packet(1, 63, Some((1.0, 0.5)))).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(80),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(
         matches!(
             err,
@@ -161,6 +179,8 @@ fn a_late_answer_is_dropped_and_a_stopped_service_does_not_stop_the_caller() {
         (stats.deadline_misses, stats.late_discarded, stats.errors),
         (1, 1, 1)
     );
+    slow.shutdown.cancel();
+    let server = server();
     // The service goes away: steps fail within the deadline, counted.
     let mut remote = client(&server, key(), Duration::from_millis(200)).unwrap();
     remote.step(&packet(1, 63, Some((1.0, 0.5)))).unwrap();

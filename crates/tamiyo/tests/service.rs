@@ -97,7 +97,8 @@ fn an_invalid_packet_is_a_typed_error_with_a_critical_event() {
 }
 
 /// Sleeps, then proposes a germination (which must never be issued).
-struct Sleepy(Duration);
+/// A policy that takes as long as it is told (also the slow service of `grpc`).
+pub(crate) struct Sleepy(pub(crate) Duration);
 
 impl Policy for Sleepy {
     fn name(&self) -> &'static str {

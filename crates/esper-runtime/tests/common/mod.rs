@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs `esper args` in `cwd` with exactly `env` as its `ESPER_*` environment
-/// (the developer's shell cannot leak in).
-pub(crate) fn esper_in(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+/// `esper args` in `cwd` with exactly `env` as its `ESPER_*` environment
+/// (the developer's shell cannot leak in), not started yet.
+pub(crate) fn esper_command(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_esper"));
     cmd.current_dir(cwd).args(args);
     for (key, _) in std::env::vars() {
@@ -16,7 +16,12 @@ pub(crate) fn esper_in(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Outpu
         }
     }
     cmd.envs(env.iter().copied());
-    cmd.output().unwrap()
+    cmd
+}
+
+/// Runs [`esper_command`] to the end.
+pub(crate) fn esper_in(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    esper_command(args, cwd, env).output().unwrap()
 }
 
 /// Stdout then stderr, as text.
