@@ -167,3 +167,78 @@ fn three_workers_finish_a_six_run_cohort_once_each_though_one_is_killed() {
     let groups = redis.cli(&["XINFO", "GROUPS", "oona.job_results"]);
     assert!(!groups.contains("fleet.fleet"), "{groups}");
 }
+
+/// `esper policy train --fleet`: an update's episodes and baselines run on
+/// two workers; the policy snapshot travels with the jobs, the trajectories
+/// come back, and the update is scored and written as a local one would be.
+#[test]
+fn policy_training_runs_its_episodes_on_the_fleet() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("policy.key"), "ab".repeat(32)).unwrap();
+    std::fs::write(
+        d.join("esper.toml"),
+        "[tamiyo.learned]\nkey = { source = \"file\", path = \"policy.key\" }\n\
+         [tamiyo.ppo]\nhosts = [\"cnn-impaired\"]\nepisode_epochs = 2\n\
+         episode_train_size = 1024\nepisodes_per_update = 2\nseed_pool_size = 2\n",
+    )
+    .unwrap();
+    let mut workers: Vec<Child> = (0..2).map(|n| worker(d, &url, n)).collect();
+    let out = esper(
+        d,
+        &url,
+        &[
+            "--config",
+            "esper.toml",
+            "policy",
+            "train",
+            "--out",
+            "p.safetensors",
+            "--hidden",
+            "8",
+            "--updates",
+            "1",
+            "--fleet",
+        ],
+    )
+    .env(
+        "ESPER_LEYLINE__BUDGETS__PERFORMANCE__TAMIYO_STEP_DEADLINE_MS",
+        "10000",
+    )
+    .output()
+    .unwrap();
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for w in &mut workers {
+        let _ = Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status();
+        let _ = w.wait();
+    }
+    let logs: String = (0..2)
+        .map(|n| read(&d.join(format!("worker{n}.log"))))
+        .collect();
+    assert!(out.status.success(), "{t}\n{logs}");
+    assert!(t.contains("update 1/1 | 2 episode(s)"), "{t}");
+    let home = d.join("runs/policy-train/p/runs");
+    for run in [
+        "p-cnn-impaired-baseline-s1000",
+        "p-cnn-impaired-baseline-s1001",
+        "p-cnn-impaired-u0-s1000",
+        "p-cnn-impaired-u0-s1001",
+    ] {
+        assert!(home.join(run).join("summary.json").exists(), "{run}: {t}");
+        if run.contains("-u0-") {
+            assert!(home.join(run).join("trajectory.wal").exists(), "{run}");
+        }
+    }
+    // Both workers took part, or one took all four: either way each run
+    // ran once.
+    assert_eq!(logs.matches(" done in ").count(), 4, "{logs}");
+    assert!(d.join("p.safetensors").exists());
+}
