@@ -145,6 +145,54 @@ fn resume_needs_a_valid_checkpoint_and_the_same_training_config() {
 }
 
 #[test]
+fn a_run_stopped_before_its_first_checkpoint_resumes_from_its_beginning() {
+    let runs = tempfile::tempdir().unwrap();
+    let id = [
+        ("ESPER_RUN__RUN_ID", "early"),
+        ("ESPER_TOLARIA__EPOCHS", "2"),
+    ];
+    let out = esper(runs.path(), &["train"], &id);
+    assert!(out.status.success(), "{}", text(&out));
+    let reference = std::fs::read_to_string(runs.path().join("early/metrics.jsonl")).unwrap();
+    // What a SIGKILL before the first epoch end leaves: the run directory and
+    // its config, an empty checkpoint directory, no epoch line.
+    let ckpts = runs.path().join("early/checkpoints");
+    std::fs::remove_dir_all(&ckpts).unwrap();
+    std::fs::create_dir_all(&ckpts).unwrap();
+    std::fs::write(runs.path().join("early/metrics.jsonl"), "").unwrap();
+    let out = esper(runs.path(), &["train", "--resume", "early"], &id);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("stopped before its first checkpoint") && t.contains("from the beginning"),
+        "{t}"
+    );
+    // Exactly the uninterrupted run.
+    let resumed = std::fs::read_to_string(runs.path().join("early/metrics.jsonl")).unwrap();
+    let strip = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().retain(|k, _| {
+                    ["epoch", "global_step", "train_loss", "validation_accuracy"]
+                        .contains(&k.as_str())
+                });
+                v
+            })
+            .collect()
+    };
+    assert_eq!(strip(&resumed), strip(&reference));
+
+    // Recorded epochs but no checkpoint: something was lost, so still an error.
+    std::fs::remove_dir_all(&ckpts).unwrap();
+    std::fs::create_dir_all(&ckpts).unwrap();
+    let out = esper(runs.path(), &["train", "--resume", "early"], &id);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("no valid checkpoint remains"), "{t}");
+}
+
+#[test]
 fn a_resume_from_an_older_checkpoint_drops_the_later_records() {
     let runs = tempfile::tempdir().unwrap();
     let id = [("ESPER_RUN__RUN_ID", "old"), ("ESPER_TOLARIA__EPOCHS", "3")];

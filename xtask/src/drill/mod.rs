@@ -441,7 +441,7 @@ fn draws(seed: u64, n: usize, below_ms: u64) -> Vec<u64> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            200 + x % below_ms
+            50 + x % below_ms
         })
         .collect()
 }
@@ -486,7 +486,12 @@ fn kill9(ctx: &Ctx, name: &str, base: &[(&str, &str)], epochs: &str) -> Result<F
             ctx.esper(&dir, &["train"], &env)?
         };
         if !resumed.status.success() {
-            mismatches.push(format!("kill at {at} ms: the resume failed"));
+            let why = text(&resumed);
+            let last = why.lines().rev().find(|l| !l.trim().is_empty());
+            mismatches.push(format!(
+                "kill at {at} ms: the resume failed ({})",
+                last.unwrap_or("no output").trim()
+            ));
             continue;
         }
         let got = records(&dir.join("runs").join(&id))?;
