@@ -400,12 +400,7 @@ impl RunLog {
                 }
             }
             if dropped > 0 || (!text.is_empty() && !text.ends_with('\n')) {
-                let tmp = self.dir.join(format!(".{name}.tmp"));
-                let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-                file.write_all(kept.as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| io(&tmp, e))?;
-                std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+                write_atomic(&path, kept.as_bytes())?;
             }
             Ok(dropped)
         };
@@ -424,7 +419,9 @@ impl RunLog {
             resolved.run_id,
             resolved.config.to_toml()?
         );
-        std::fs::write(&config_path, text).map_err(|e| io(&config_path, e))?;
+        // Whole or absent: a kill mid-write must not leave a truncated config
+        // that the resume then cannot read.
+        write_atomic(&config_path, text.as_bytes())?;
         let metrics_path = self.dir.join("metrics.jsonl");
         self.metrics = Some(
             OpenOptions::new()
@@ -550,22 +547,29 @@ impl RunLog {
         summary.train_seconds = epochs.iter().map(|e| e.seconds).sum();
         summary.training_flops_per_image = training_flops_per_image(&epochs);
         let path = self.dir.join(SUMMARY);
-        let tmp = self.dir.join("summary.json.tmp");
         let text = serde_json::to_string_pretty(&summary).map_err(|e| {
             io(
                 &path,
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             )
         })?;
-        let write = || -> std::io::Result<()> {
-            let mut file = File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| io(&path, e))?;
+        write_atomic(&path, text.as_bytes())?;
         Ok(summary)
     }
+}
+
+/// Replaces `path` with `bytes` through a synced temporary file beside it
+/// and a rename: a crash leaves the old file or the whole new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 /// One `metrics.jsonl` line of `epoch` at validation `accuracy` (the
