@@ -46,6 +46,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
             ));
         }
         problems.extend(wildcard_arms(&rel, &text, &leyline_enums(root)?));
+        problems.extend(device_crossings(&rel, &text));
     }
     problems.extend(library_docs(root)?);
     if problems.is_empty() {
@@ -135,6 +136,32 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The one module allowed to move tensors between devices.
+const DEVICE_MODULE: &str = "crates/esper-ops/src/device.rs";
+
+/// `.to_device(` in library code outside [`DEVICE_MODULE`]: a device
+/// crossing that is not at a named boundary (`esper_ops::device::move_to`).
+/// Test code (files named `tests.rs`, `tests/` and `benches/` folders, and
+/// anything after a file's first `#[cfg(test)]`) may move tensors freely.
+fn device_crossings(rel: &str, text: &str) -> Vec<String> {
+    let library = rel.starts_with("crates/") && rel.contains("/src/");
+    if !library || rel == DEVICE_MODULE || rel.ends_with("/tests.rs") || rel.contains("/tests/") {
+        return Vec::new();
+    }
+    text.lines()
+        .take_while(|line| line.trim() != "#[cfg(test)]")
+        .enumerate()
+        .filter(|(_, line)| !line.trim_start().starts_with("//") && line.contains(".to_device("))
+        .map(|(i, _)| {
+            format!(
+                "{rel}:{}: `.to_device(` outside {DEVICE_MODULE}: cross devices with \
+                 esper_ops::device::move_to at a named Boundary",
+                i + 1
+            )
+        })
+        .collect()
 }
 
 /// Enum names declared in the contracts.
@@ -239,6 +266,21 @@ mod tests {
         let exhaustive =
             "match s {\n    SeedStage::Dormant => 1,\n    SeedStage::Unknown => 2,\n}\n";
         assert!(wildcard_arms("x.rs", exhaustive, &enums).is_empty());
+    }
+
+    #[test]
+    fn a_device_crossing_outside_the_device_module_is_reported() {
+        let raw = "fn f(t: &Tensor, d: &Device) {\n    t.to_device(d)\n}\n";
+        let found = device_crossings("crates/urza/src/x.rs", raw);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("crates/urza/src/x.rs:2:"), "{found:?}");
+        assert!(device_crossings(DEVICE_MODULE, raw).is_empty());
+        assert!(device_crossings("crates/urza/src/tests.rs", raw).is_empty());
+        assert!(device_crossings("crates/urza/tests/x.rs", raw).is_empty());
+        let in_tests = format!("fn g() {{}}\n#[cfg(test)]\n{raw}");
+        assert!(device_crossings("crates/urza/src/x.rs", &in_tests).is_empty());
+        let doc = "/// `.to_device(` is not called here\nfn g() {}\n";
+        assert!(device_crossings("crates/urza/src/x.rs", doc).is_empty());
     }
 
     #[test]

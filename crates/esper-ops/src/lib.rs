@@ -18,6 +18,9 @@
 //! * [`incubate`], [`residual_blend`], [`convex_blend`]: a seed's output
 //!   joining the host activation (Kasmina's incubator and blends), one pass
 //!   each way, bit for bit the candle composition.
+//! * [`device`]: device discipline — [`device::ensure_on`] names a tensor
+//!   found off the model's device ([`device::DeviceMismatch`]), and
+//!   [`device::move_to`] is the one crossing, at a named [`device::Boundary`].
 //! * [`threads`]: the compute pool a CPU training run executes on.
 //! * `alloc` (feature `mimalloc`): mimalloc as the global allocator, with
 //!   freed memory retained for the next step.
@@ -36,6 +39,7 @@ mod alloc_count;
 mod blend;
 mod conv;
 mod cpu;
+pub mod device;
 mod fused;
 mod gemm;
 mod init;

@@ -190,6 +190,7 @@ pub fn build(
         Box::new(ManagedSource::new(kernels, bus.handle(), device.clone())),
         seed,
     )
+    .with_device(device.location())
     .with_isolation(config.kasmina.isolation(seed))
     .with_off_switch(config.kasmina.off_switch)
     .with_slot_evidence_every(config.kasmina.slot_evidence_every_steps);

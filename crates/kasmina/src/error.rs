@@ -70,6 +70,9 @@ pub enum Error {
         #[source]
         source: crate::registry::UpdateRejection,
     },
+    /// A tensor (saved seed weights) is not on the model's device.
+    #[error("device: {0}")]
+    Device(#[from] esper_ops::device::DeviceMismatch),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

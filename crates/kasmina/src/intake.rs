@@ -118,6 +118,16 @@ pub enum Failure {
         /// The budget's multiple.
         ratio: f64,
     },
+    /// The blueprint's module was built on another device than the model's
+    /// (a kernel source that ignored the device it was given).
+    #[error("{blueprint}: {source}")]
+    Device {
+        /// The blueprint.
+        blueprint: String,
+        /// Which parameter, and where it was.
+        #[source]
+        source: esper_ops::device::DeviceMismatch,
+    },
     /// Kasmina refused the change (unknown slot, busy slot, illegal move,
     /// bad blend, tensor failure).
     #[error(transparent)]

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -214,7 +214,8 @@ impl IsolationMonitor {
             .enumerate()
             .map(|(i, &f)| ((i % n.max(1)) * per_sample + f as usize % per_sample.max(1)) as u32)
             .collect();
-        let index = Tensor::new(flat.as_slice(), &Device::Cpu)?.to_device(h.device())?;
+        // Built where the activations are: no device crossing.
+        let index = Tensor::new(flat.as_slice(), h.device())?;
         let pick = |t: &Tensor| -> Result<Vec<f64>> {
             Ok(t.flatten_all()?
                 .index_select(&index, 0)?
@@ -257,6 +258,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::blend::incubate;
+    use candle_core::Device;
 
     /// h = x·W (host), s = tanh(input)·v (seed), y = incubate(h, s), loss = Σ y².
     fn step(detach_seed_input: bool) -> (Probes, GradStore) {

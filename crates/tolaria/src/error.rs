@@ -57,6 +57,10 @@ pub enum Error {
         /// Final checkpoint of the known-good state, if written.
         checkpoint: Option<PathBuf>,
     },
+    /// A tensor (a parameter, an optimizer moment, a snapshot or checkpoint
+    /// tensor, the logits) is not on the model's device.
+    #[error("device: {0}")]
+    Device(#[from] esper_ops::device::DeviceMismatch),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

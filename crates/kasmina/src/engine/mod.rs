@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use candle_core::Device;
+use candle_core::{Device, DeviceLocation};
 use leyline::v1::{
     AdaptationCommand, CommandSeedOperation, SeedOperation, SeedStage, adaptation_command::Payload,
 };
@@ -97,6 +97,9 @@ pub struct Kasmina {
     timing: timing::SeedTiming,
     /// The host's forward MACs per image, for the seeds' counted budget.
     host_macs: Option<u64>,
+    /// Where the model lives: a seed module elsewhere is refused at
+    /// germination ([`Failure::Device`]).
+    device: DeviceLocation,
 }
 
 impl std::fmt::Debug for Kasmina {
@@ -138,7 +141,8 @@ impl Kasmina {
         self.host_macs = macs;
     }
 
-    /// Kasmina for a host with `slots`.
+    /// Kasmina for a host with `slots`, its model on the CPU unless
+    /// [`Kasmina::with_device`] says otherwise.
     pub fn new(
         slots: &[SlotSpec],
         gates: GateConfig,
@@ -159,6 +163,7 @@ impl Kasmina {
             evidence: evidence::SlotEvidence::new(10),
             timing: timing::SeedTiming::default(),
             host_macs: None,
+            device: DeviceLocation::Cpu,
         }
     }
 
@@ -175,6 +180,13 @@ impl Kasmina {
     /// The isolation monitor's settings (the default's otherwise).
     pub fn with_isolation(mut self, isolation: IsolationConfig) -> Self {
         self.step.monitor = IsolationMonitor::new(isolation);
+        self
+    }
+
+    /// The model's device (CPU otherwise): every seed module must be built
+    /// there, or its germination is refused naming the parameter.
+    pub fn with_device(mut self, device: DeviceLocation) -> Self {
+        self.device = device;
         self
     }
 
@@ -471,6 +483,19 @@ impl Kasmina {
                 blueprint: op.blueprint_id.clone(),
                 source: Arc::new(e),
             })?;
+        let params = module
+            .named_vars()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_tensor()));
+        esper_ops::device::ensure_all_on(
+            params,
+            self.device,
+            &format!("seed {}'s parameter", command.target_seed_id),
+        )
+        .map_err(|source| Failure::Device {
+            blueprint: op.blueprint_id.clone(),
+            source,
+        })?;
         let ratio = self.lifecycle.config().max_seed_mac_ratio;
         if let Some(host_macs) = self.host_macs
             && ratio > 0.0

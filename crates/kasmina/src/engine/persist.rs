@@ -217,6 +217,9 @@ impl Kasmina {
                             p.var.dims()
                         )));
                     }
+                    esper_ops::device::ensure_on(saved, self.device, || {
+                        format!("the saved weights of {}", p.name)
+                    })?;
                     p.var.set(&saved.to_dtype(p.var.dtype())?)?;
                 }
             }

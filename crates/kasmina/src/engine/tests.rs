@@ -699,3 +699,28 @@ fn a_seed_over_the_counted_mac_budget_is_refused_at_germination() {
         .unwrap();
     assert_eq!(ok(&k.fence(1, 0, now())), vec!["germinated at r0"]);
 }
+
+/// Device discipline: a Kasmina whose model lives on `cuda:0` (the double:
+/// this CPU build's kernel source builds on the CPU) refuses the seed at
+/// germination, naming the parameter and both devices; the slot stays empty.
+#[test]
+fn a_seed_built_off_the_model_device_is_refused_at_germination() {
+    let f = fixture();
+    let gpu = DeviceLocation::Cuda { gpu_id: 0 };
+    let mut k = f.kasmina.with_device(gpu);
+    k.intake_mut()
+        .submit(germinate("c1", "s1", "conv.residual"), now())
+        .unwrap();
+    let outcomes = k.fence(0, 0, now());
+    match &outcomes[0].result {
+        Err(Rejection::Failed(f @ Failure::Device { source, .. })) => {
+            assert_eq!(source.expected, gpu);
+            assert_eq!(source.found, DeviceLocation::Cpu);
+            let text = f.to_string();
+            assert!(text.contains("seed s1's parameter"), "{text}");
+            assert!(text.contains("on cpu, the model on cuda:0"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(k.slots().slot("r0").unwrap().seed().is_none());
+}

@@ -140,6 +140,25 @@ impl Snapshot {
                 )));
             }
         }
+        // Every saved tensor on the model's device before anything changes
+        // (a restore either happens whole or not at all).
+        for p in params {
+            let device = optimizer
+                .device()
+                .unwrap_or_else(|| p.var.device().location());
+            if let Some(saved) = self.params.get(&p.name) {
+                esper_ops::device::ensure_on(saved, device, || {
+                    format!("the saved value of {}", p.name)
+                })?;
+            }
+            if let (Some(entry), Some(device)) = (self.optimizer.get(&p.name), optimizer.device()) {
+                for moment in [&entry.first, &entry.second].into_iter().flatten() {
+                    esper_ops::device::ensure_on(moment, device, || {
+                        format!("the saved optimizer moment of {}", p.name)
+                    })?;
+                }
+            }
+        }
         for p in params {
             if let Some(saved) = self.params.get(&p.name) {
                 p.var.set(saved)?;
@@ -163,5 +182,52 @@ impl Snapshot {
     /// Names of the saved parameters.
     pub fn parameter_names(&self) -> impl Iterator<Item = &str> {
         self.params.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{ParamGroup, Rule};
+    use candle_core::{Device, DeviceLocation, Var};
+
+    /// Device discipline with a double: a snapshot (a known-good state, or a
+    /// checkpoint loaded on the wrong device) restored into a model declared
+    /// on `cuda:0` is refused naming the tensor, and nothing is written.
+    #[test]
+    fn a_snapshot_off_the_model_device_is_refused_whole() {
+        let p = NamedParameter {
+            name: "w".into(),
+            var: Var::from_vec(vec![1f32, 2.0], 2, &Device::Cpu).unwrap(),
+        };
+        let rule = Rule::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+        };
+        let mut opt = Optimizer::new(rule).unwrap();
+        opt.add_group(ParamGroup::new("host", vec![p.clone()], 0.1, 0.0))
+            .unwrap();
+        let snap = Snapshot::capture(std::slice::from_ref(&p), &opt, 0, 0).unwrap();
+        p.var
+            .set(&Tensor::new(&[5f32, 6.0], &Device::Cpu).unwrap())
+            .unwrap();
+        opt.declare_device(DeviceLocation::Cuda { gpu_id: 0 });
+        let e = snap
+            .restore(std::slice::from_ref(&p), &mut opt)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the saved value of w is on cpu, the model on cuda:0"),
+            "{e}"
+        );
+        assert_eq!(
+            p.var.to_vec1::<f32>().unwrap(),
+            [5.0, 6.0],
+            "written anyway"
+        );
+        // On the model's device it restores.
+        opt.declare_device(DeviceLocation::Cpu);
+        snap.restore(std::slice::from_ref(&p), &mut opt).unwrap();
+        assert_eq!(p.var.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
     }
 }

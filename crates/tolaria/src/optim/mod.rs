@@ -11,8 +11,8 @@ mod state;
 
 use std::collections::BTreeMap;
 
-use candle_core::Tensor;
 use candle_core::backprop::GradStore;
+use candle_core::{DeviceLocation, Tensor};
 use kasmina::NamedParameter;
 
 pub use state::StateEntry;
@@ -93,6 +93,9 @@ pub struct Optimizer {
     rule: Rule,
     groups: Vec<ParamGroup>,
     state: BTreeMap<String, ParamState>,
+    /// Where every parameter and moment lives: declared with
+    /// [`Optimizer::on`], or taken from the first parameter added.
+    device: Option<DeviceLocation>,
 }
 
 impl Optimizer {
@@ -121,7 +124,28 @@ impl Optimizer {
             rule,
             groups: Vec::new(),
             state: BTreeMap::new(),
+            device: None,
         })
+    }
+
+    /// Declares the model's device: a parameter or a saved moment elsewhere
+    /// is refused ([`Error::Device`]) instead of failing inside a step.
+    pub fn on(mut self, device: DeviceLocation) -> Self {
+        self.device = Some(device);
+        self
+    }
+
+    /// Test double for a model on another device: re-declares the device
+    /// after CPU parameters were added.
+    #[cfg(test)]
+    pub(crate) fn declare_device(&mut self, device: DeviceLocation) {
+        self.device = Some(device);
+    }
+
+    /// The device every parameter and moment lives on (`None` until declared
+    /// or a parameter is added).
+    pub fn device(&self) -> Option<DeviceLocation> {
+        self.device
     }
 
     /// The update rule.
@@ -162,6 +186,20 @@ impl Optimizer {
                 )));
             }
         }
+        let device = self
+            .device
+            .or_else(|| group.params.first().map(|p| p.var.device().location()));
+        if let Some(device) = device {
+            esper_ops::device::ensure_all_on(
+                group
+                    .params
+                    .iter()
+                    .map(|p| (p.name.as_str(), p.var.as_tensor())),
+                device,
+                &format!("optimizer group {}'s parameter", group.name),
+            )?;
+        }
+        self.device = device;
         self.groups.push(group);
         Ok(())
     }

@@ -54,13 +54,17 @@ impl Optimizer {
                 )));
             };
             for (what, tensor) in [("first", &entry.first), ("second", &entry.second)] {
-                if let Some(t) = tensor
-                    && t.dims() != *shape
-                {
+                let Some(t) = tensor else { continue };
+                if t.dims() != *shape {
                     return Err(Error::Optimizer(format!(
                         "saved {what} moment of {name} has shape {:?}, parameter has {shape:?}",
                         t.dims()
                     )));
+                }
+                if let Some(device) = self.device {
+                    esper_ops::device::ensure_on(t, device, || {
+                        format!("the saved {what} moment of {name}")
+                    })?;
                 }
             }
             state.insert(

@@ -253,3 +253,47 @@ fn optimizer_state_keeps_no_op_history() {
         }
     }
 }
+
+/// Device discipline with a double: an optimizer declared on `cuda:0`
+/// refuses this CPU build's parameters and saved moments, naming each and
+/// adding nothing; undeclared, it takes its first parameter's device.
+#[test]
+fn parameters_and_moments_off_the_model_device_are_refused() {
+    let gpu = DeviceLocation::Cuda { gpu_id: 0 };
+    let mut opt = Optimizer::new(ADAMW).unwrap().on(gpu);
+    let e = opt
+        .add_group(ParamGroup::new("seed-s1", vec![param("w", 1.0)], 0.1, 0.0))
+        .unwrap_err();
+    match &e {
+        Error::Device(m) => {
+            assert_eq!((m.expected, m.found), (gpu, DeviceLocation::Cpu));
+            assert_eq!(m.what, "optimizer group seed-s1's parameter w");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(opt.groups().is_empty(), "a refused group was added");
+
+    let mut opt = Optimizer::new(ADAMW).unwrap();
+    assert_eq!(opt.device(), None);
+    let p = param("w", 1.0);
+    opt.add_group(ParamGroup::new("host", vec![p.clone()], 0.1, 0.0))
+        .unwrap();
+    assert_eq!(opt.device(), Some(DeviceLocation::Cpu));
+    opt.step(&grads(&[(&p, 1.0)])).unwrap();
+    let saved = opt.export_state();
+    // The same state into an optimizer over the same parameter declared on
+    // the GPU: the CPU moments are refused, the state unchanged.
+    let mut gpu_opt = Optimizer::new(ADAMW).unwrap();
+    gpu_opt
+        .add_group(ParamGroup::new("host", vec![p.clone()], 0.1, 0.0))
+        .unwrap();
+    gpu_opt.declare_device(gpu);
+    let e = gpu_opt.import_state(saved.clone()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the saved first moment of w is on cpu, the model on cuda:0"),
+        "{e}"
+    );
+    assert!(gpu_opt.export_state().is_empty());
+    opt.import_state(saved).unwrap();
+}

@@ -234,7 +234,7 @@ impl Trainer {
             ),
         })?;
         let host = crate::hosts::build_with_ops(&config.host, seed, &device, config.ops)?;
-        let mut optimizer = Optimizer::new(config.optimizer.rule)?;
+        let mut optimizer = Optimizer::new(config.optimizer.rule)?.on(device.location());
         optimizer.add_group(ParamGroup::new(
             "host",
             host.parameters(),
@@ -569,6 +569,11 @@ impl Trainer {
                     .forward_with_slots(&batch.images, &mut DormantSlots)?,
             };
             classes = logits.dim(1)?;
+            // The loss is made where the model is: a host or seed that left
+            // its output elsewhere is named here, not deep in the backward.
+            esper_ops::device::ensure_on(&logits, self.device.location(), || {
+                format!("host {}'s logits", self.host.name())
+            })?;
             let mut loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
             if let Some(kd) = self.distillation_loss(&batch.images, &logits)? {
                 loss = (loss + kd)?;

@@ -72,9 +72,12 @@ impl<'a> Builder<'a> {
                         ),
                     });
                 }
-                let on_device = tensor
-                    .to_device(device)
-                    .map_err(Error::tensor(format!("{}: placing {name}", self.context)))?;
+                let on_device = esper_ops::device::move_to(
+                    &tensor,
+                    device,
+                    esper_ops::device::Boundary::KernelLoad,
+                )
+                .map_err(Error::tensor(format!("{}: placing {name}", self.context)))?;
                 Var::from_tensor(&on_device)
                     .map_err(Error::tensor(format!("{}: {name}", self.context)))?
             }
