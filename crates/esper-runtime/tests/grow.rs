@@ -189,7 +189,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The decisions of a run: fence, action and rule (ids and timings aside).
-fn decisions(runs: &Path, id: &str) -> Vec<String> {
+pub(crate) fn decisions(runs: &Path, id: &str) -> Vec<String> {
     let lines = std::fs::read_to_string(runs.join(id).join("decisions.jsonl")).unwrap();
     lines
         .lines()

@@ -9,6 +9,8 @@ mod cohort;
 mod control;
 mod exporter;
 mod fleet;
+#[cfg(feature = "cuda")]
+mod gpu;
 mod grow;
 mod policy;
 mod redis_outage;

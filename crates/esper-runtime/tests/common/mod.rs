@@ -8,7 +8,11 @@ use std::process::{Command, Output};
 /// `esper args` in `cwd` with exactly `env` as its `ESPER_*` environment
 /// (the developer's shell cannot leak in), not started yet.
 pub(crate) fn esper_command(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_esper"));
+    // A test executable carried to another machine (scripts/gpu-suite.sh)
+    // is told where the carried `esper` is; otherwise cargo's.
+    let program = std::env::var_os("GPU_SUITE_ESPER")
+        .unwrap_or_else(|| std::ffi::OsString::from(env!("CARGO_BIN_EXE_esper")));
+    let mut cmd = Command::new(program);
     cmd.current_dir(cwd).args(args);
     for (key, _) in std::env::vars() {
         if key.starts_with("ESPER_") {
