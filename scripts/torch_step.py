@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch CPU baseline for `cargo bench -p tolaria --bench step_compare`.
+"""PyTorch baseline for `cargo bench -p tolaria --bench step_compare` (CPU)
+and `--bench gpu_step` (CUDA).
 
 Trains the reference hosts of DESIGN §7 exactly as Esper builds them (same
 layers, shapes, batch 128, cross-entropy, AdamW lr 1e-3 weight decay 0.01) for a
 fixed number of steps on random inputs at a given thread count, and prints one
 JSON object: {"torch": version, "threads": n, "hosts": {name: images_per_second}}.
+
+Arguments: THREADS STEPS_JSON [DEVICE [BATCH]] (DEVICE cpu or cuda, default
+cpu; BATCH default 128). On CUDA the timed loop is bracketed by
+torch.cuda.synchronize().
 """
 import json
 import sys
@@ -37,12 +42,17 @@ HOSTS = {
 }
 
 
-def rate(build, steps, warmup):
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def rate(build, steps, warmup, device="cpu", batch=BATCH):
     torch.manual_seed(0)
-    model = build()
+    model = build().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    x = torch.randn(BATCH, 1, 28, 28)
-    y = torch.arange(BATCH) % 10
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.arange(batch, device=device) % 10
     def step():
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
@@ -50,17 +60,24 @@ def rate(build, steps, warmup):
         opt.step()
     for _ in range(warmup):
         step()
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return steps * BATCH / (time.perf_counter() - start)
+    sync(device)
+    return steps * batch / (time.perf_counter() - start)
 
 
 def main():
     threads = int(sys.argv[1])
     steps = json.loads(sys.argv[2])  # {"mlp": 200, ...}
+    device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
+    batch = int(sys.argv[4]) if len(sys.argv) > 4 else BATCH
     torch.set_num_threads(threads)
-    out = {name: rate(HOSTS[name], n, max(3, n // 10)) for name, n in steps.items()}
+    out = {
+        name: rate(HOSTS[name], n, max(3, n // 10), device, batch)
+        for name, n in steps.items()
+    }
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "hosts": out}))
 
 

@@ -16,12 +16,13 @@ use anyhow::{Context, Result, bail};
 /// The crates with a `cuda` feature.
 const CRATES: [&str; 3] = ["esper-ops", "tolaria", "esper-runtime"];
 
-pub(crate) fn check(root: &Path) -> Result<()> {
-    let started = Instant::now();
+/// The toolkit (set up once in `target/cuda-home`) and the environment a
+/// `--features cuda` build runs in: its own target directory, Hopper PTX.
+fn cuda_env(root: &Path) -> Result<Vec<(&'static str, String)>> {
     let home = root.join("target/cuda-home");
     if !home.join("bin/nvcc").exists() {
         println!(
-            "xtask cuda-check: setting up the CUDA toolkit from PyPI in {} (once)",
+            "xtask cuda: setting up the CUDA toolkit from PyPI in {} (once)",
             home.display()
         );
         let status = Command::new("bash")
@@ -39,14 +40,43 @@ pub(crate) fn check(root: &Path) -> Result<()> {
         home.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let home_text = home.display().to_string();
-    let target = root.join("target/cuda").display().to_string();
-    let env = [
-        ("CUDA_HOME", home_text.as_str()),
-        ("PATH", path.as_str()),
-        ("CUDA_COMPUTE_CAP", "90"),
-        ("CARGO_TARGET_DIR", target.as_str()),
-    ];
+    Ok(vec![
+        ("CUDA_HOME", home.display().to_string()),
+        ("PATH", path),
+        ("CUDA_COMPUTE_CAP", "90".to_owned()),
+        (
+            "CARGO_TARGET_DIR",
+            root.join("target/cuda").display().to_string(),
+        ),
+    ])
+}
+
+/// `cargo xtask bench step --device cuda`: the GPU training-step bench
+/// (`tolaria --bench gpu_step`: candle-CUDA vs PyTorch-CUDA at several
+/// batches, GPU vs CPU). Needs a GPU; on a machine without one, build with
+/// `scripts/gpu-suite.sh build` and run the carried executable there.
+pub(crate) fn bench_step(root: &Path) -> Result<()> {
+    let owned = cuda_env(root)?;
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    super::cargo_env(
+        root,
+        &[
+            "bench",
+            "-p",
+            "tolaria",
+            "--features",
+            "cuda",
+            "--bench",
+            "gpu_step",
+        ],
+        &env,
+    )
+}
+
+pub(crate) fn check(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let owned = cuda_env(root)?;
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut packages = Vec::new();
     for c in CRATES {
         packages.extend(["-p", c]);

@@ -12,6 +12,9 @@
 //!   done by CI) so that `step_compare` can print esper-ops / PyTorch ratios;
 //! - `bench step [--with-torch]`: only the training-step comparison (each
 //!   reference host on esper-ops, on candle's own ops and in PyTorch);
+//! - `bench step --device cuda [--with-torch]`: the same on a GPU, candle-CUDA
+//!   vs PyTorch-CUDA at batch 128 and larger, and GPU vs CPU (needs a GPU;
+//!   `scripts/gpu-suite.sh` builds it to carry to one);
 //! - `drill --list | --quick | all | NAME...`: fault drills against the
 //!   release binary (`drill.rs`), a PASS/FAIL line each with its figures;
 //! - `cuda-check`: `cargo check` and clippy with `--features cuda` on a
@@ -35,7 +38,7 @@ mod tidy;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench [step] [--with-torch] | cuda-check | data | drill --list | --quick | all | NAME...>";
+const USAGE: &str = "usage: cargo xtask <ci | tidy | proto-check [--bless] | bench [step] [--device cuda] [--with-torch] | cuda-check | data | drill --list | --quick | all | NAME...>";
 
 /// `cargo xtask bench step`: the training-step comparison alone.
 const STEP_BENCH: &[&str] = &["bench", "-p", "tolaria", "--bench", "step_compare"];
@@ -62,6 +65,11 @@ fn main() -> Result<()> {
         ["bench", "step", "--with-torch"] => {
             ensure_torch(&root)?;
             cargo(&root, STEP_BENCH)
+        }
+        ["bench", "step", "--device", "cuda"] => cuda::bench_step(&root),
+        ["bench", "step", "--device", "cuda", "--with-torch"] => {
+            ensure_torch(&root)?;
+            cuda::bench_step(&root)
         }
         ["cuda-check"] => cuda::check(&root),
         ["data"] => data::run(&root),

@@ -13,12 +13,10 @@
 // A benchmark that cannot set itself up should abort loudly, hence `expect`.
 #![allow(missing_docs, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::{BATCH, StepFixture};
+use common::{BATCH, StepFixture, python, torch_rates};
 use esper_ops::ComputePool;
 use tolaria::hosts::Ops;
 
@@ -40,50 +38,6 @@ fn rate(name: &str, steps: usize, ops: Ops) -> f64 {
     (steps * BATCH) as f64 / started.elapsed().as_secs_f64()
 }
 
-fn python() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let venv = root.join("target/torch-venv/bin/python");
-    [venv, PathBuf::from("python3")].into_iter().find(|p| {
-        Command::new(p)
-            .args(["-c", "import torch"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-/// (torch version, {host: img/s}) from `scripts/torch_step.py`.
-fn torch_rates(python: &Path, threads: usize) -> Option<(String, Vec<(String, f64)>)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/torch_step.py");
-    let steps = format!(
-        "{{{}}}",
-        STEPS
-            .iter()
-            .map(|(n, s)| format!("\"{n}\": {s}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let out = Command::new(python)
-        .arg(script)
-        .arg(threads.to_string())
-        .arg(steps)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "torch_step.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let version = v["torch"].as_str()?.to_owned();
-    let hosts = STEPS
-        .iter()
-        .filter_map(|(n, _)| v["hosts"][n].as_f64().map(|r| ((*n).to_owned(), r)))
-        .collect();
-    Some((version, hosts))
-}
-
 fn main() {
     // `cargo bench` passes harness flags such as `--bench`; nothing to parse.
     esper_ops::alloc::retain_freed_memory();
@@ -97,7 +51,7 @@ fn main() {
             .map(|&(n, s)| (n, rate(n, s, Ops::Esper), rate(n, s, Ops::Candle)))
             .collect()
     });
-    let torch = python().and_then(|p| torch_rates(&p, threads));
+    let torch = python().and_then(|p| torch_rates(&p, threads, &STEPS, "cpu", BATCH));
     if torch.is_none() {
         println!(
             "PyTorch not available (run `cargo xtask bench step --with-torch` to install it into target/torch-venv)"

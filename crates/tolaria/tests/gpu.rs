@@ -9,13 +9,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
-use candle_core::{Device, DeviceLocation, Tensor, Var};
-use kasmina::NamedParameter;
-use tolaria::checkpoints::{CheckpointMeta, CheckpointStore, Snapshot};
-use tolaria::optim::{Optimizer, ParamGroup, Rule, StateEntry};
+use candle_core::{Device, DeviceLocation};
 use tolaria::{Config, DeviceKind, Trainer};
+
+#[path = "support/rollback.rs"]
+mod rollback;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -121,92 +120,5 @@ fn gpu_checkpoints_resume_across_devices() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test --features cuda -- --ignored gpu"]
 fn gpu_rollback_within_its_budgets() {
-    let device = Device::new_cuda(0).unwrap();
-    let per = 1_000_000;
-    let params: Vec<NamedParameter> = (0..10)
-        .map(|i| NamedParameter {
-            name: format!("layer{i}.weight"),
-            var: Var::from_tensor(&Tensor::randn(0f32, 1.0, per, &device).unwrap()).unwrap(),
-        })
-        .collect();
-    let rule = Rule::AdamW {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-    };
-    let mut optimizer = Optimizer::new(rule).unwrap().on(GPU);
-    optimizer
-        .add_group(ParamGroup::new("host", params.clone(), 1e-3, 0.0))
-        .unwrap();
-    let moment = || Some(Tensor::randn(0f32, 1.0, per, &device).unwrap());
-    let state: BTreeMap<String, StateEntry> = params
-        .iter()
-        .map(|p| {
-            let entry = StateEntry {
-                step: 1,
-                first: moment(),
-                second: moment(),
-            };
-            (p.name.clone(), entry)
-        })
-        .collect();
-    optimizer.import_state(state).unwrap();
-    let good = Snapshot::capture(&params, &optimizer, 100, 1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = CheckpointStore::open(dir.path(), 2).unwrap();
-    let meta = CheckpointMeta {
-        host: "sla".into(),
-        seed: 0,
-        lr: 1e-3,
-        config_sha256: "0".repeat(64),
-    };
-    store.save(&good, &meta).unwrap();
-    let scribble = || {
-        for p in &params {
-            p.var.set(&p.var.as_tensor().zeros_like().unwrap()).unwrap();
-        }
-    };
-    let sum = || -> f32 {
-        let s = params[0].var.as_tensor().sum_all().unwrap();
-        s.to_device(&Device::Cpu)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    let expected = sum();
-    let (mut fast, mut full) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        scribble();
-        let started = Instant::now();
-        good.restore(&params, &mut optimizer).unwrap();
-        device.synchronize().unwrap();
-        fast.push(started.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(sum(), expected);
-        scribble();
-        let started = Instant::now();
-        let (loaded, skipped) = store.load_latest(&device).unwrap();
-        loaded
-            .expect("the checkpoint")
-            .snapshot
-            .restore(&params, &mut optimizer)
-            .unwrap();
-        device.synchronize().unwrap();
-        full.push(started.elapsed().as_secs_f64() * 1e3);
-        assert!(skipped.is_empty());
-        assert_eq!(sum(), expected);
-    }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (fast_ms, full_ms) = (median(fast), median(full));
-    let budgets = leyline::Config::default().budgets.performance;
-    println!(
-        "gpu rollback: 10M parameters + AdamW moments on {:?}: fast {fast_ms:.1} ms (budget {} ms), full {full_ms:.1} ms (budget {} ms)",
-        device.location(),
-        budgets.fast_rollback_ms,
-        budgets.full_rollback_ms
-    );
-    assert!(fast_ms <= budgets.fast_rollback_ms, "fast {fast_ms} ms");
-    assert!(full_ms <= budgets.full_rollback_ms, "full {full_ms} ms");
+    rollback::rollback_sla(&Device::new_cuda(0).unwrap());
 }

@@ -1,6 +1,9 @@
 //! What the training-step benches share: a reference host with AdamW and one
 //! random batch of 128 MNIST-shaped images.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use candle_core::{Device, Tensor};
 use kasmina::{DormantSlots, Host};
 use tolaria::optim::{Optimizer, ParamGroup, Rule};
@@ -24,17 +27,25 @@ impl StepFixture {
     }
 
     /// The reference host `name`, seed 0, on the CPU, on `ops`.
+    #[allow(dead_code)] // not every bench uses every constructor
     pub(crate) fn with_ops(name: &str, ops: tolaria::hosts::Ops) -> Self {
-        let x = Tensor::randn(0f32, 1.0, (BATCH, 1, 28, 28), &Device::Cpu).expect("input");
-        let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 10).collect();
-        let y = Tensor::from_vec(labels, BATCH, &Device::Cpu).expect("labels");
-        let host = tolaria::hosts::build_with_ops(name, 0, &Device::Cpu, ops).expect("host");
+        Self::on(name, ops, &Device::Cpu, BATCH)
+    }
+
+    /// The reference host `name`, seed 0, on `device`, on `ops`, with a
+    /// batch of `batch` images.
+    pub(crate) fn on(name: &str, ops: tolaria::hosts::Ops, device: &Device, batch: usize) -> Self {
+        let x = Tensor::randn(0f32, 1.0, (batch, 1, 28, 28), device).expect("input");
+        let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+        let y = Tensor::from_vec(labels, batch, device).expect("labels");
+        let host = tolaria::hosts::build_with_ops(name, 0, device, ops).expect("host");
         let mut optimizer = Optimizer::new(Rule::AdamW {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
         })
-        .expect("rule");
+        .expect("rule")
+        .on(device.location());
         optimizer
             .add_group(ParamGroup::new("host", host.parameters(), 1e-3, 0.01))
             .expect("group");
@@ -57,4 +68,69 @@ impl StepFixture {
         let grads = loss.backward().expect("backward");
         self.optimizer.step(&grads).expect("step");
     }
+}
+
+/// A Python that can `import torch`: `target/torch-venv` (made by `cargo
+/// xtask bench step --with-torch`) or the system `python3`.
+#[allow(dead_code)] // not every bench compares with PyTorch
+pub(crate) fn python() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = root.join("target/torch-venv/bin/python");
+    [venv, PathBuf::from("python3")].into_iter().find(|p| {
+        Command::new(p)
+            .args(["-c", "import torch"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// (torch version, {host: img/s}) from `scripts/torch_step.py` for `steps`
+/// (host, timed steps) on `device` (`cpu` or `cuda`) at `batch`. The script
+/// is found from the working directory first (a bench executable carried to
+/// another machine runs from the repository root there), then from the
+/// source tree.
+#[allow(dead_code)] // not every bench compares with PyTorch
+pub(crate) fn torch_rates(
+    python: &Path,
+    threads: usize,
+    steps: &[(&str, usize)],
+    device: &str,
+    batch: usize,
+) -> Option<(String, Vec<(String, f64)>)> {
+    let local = PathBuf::from("scripts/torch_step.py");
+    let script = if local.is_file() {
+        local
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/torch_step.py")
+    };
+    let steps_json = format!(
+        "{{{}}}",
+        steps
+            .iter()
+            .map(|(n, s)| format!("\"{n}\": {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let out = Command::new(python)
+        .arg(script)
+        .arg(threads.to_string())
+        .arg(steps_json)
+        .arg(device)
+        .arg(batch.to_string())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "torch_step.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let version = v["torch"].as_str()?.to_owned();
+    let hosts = steps
+        .iter()
+        .filter_map(|(n, _)| v["hosts"][n].as_f64().map(|r| ((*n).to_owned(), r)))
+        .collect();
+    Some((version, hosts))
 }

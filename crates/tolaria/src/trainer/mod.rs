@@ -191,6 +191,12 @@ fn device(kind: DeviceKind) -> Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
         DeviceKind::Cuda => Device::new_cuda(0).map_err(|e| {
+            // The driver's answer, without the backtrace candle attaches
+            // under RUST_BACKTRACE: an operator's message, not a crash.
+            let e = match e {
+                candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                other => other,
+            };
             Error::Config(leyline::ConfigError::at(
                 "tolaria.device",
                 format!("cuda requested but unavailable: {e}"),
