@@ -21,6 +21,9 @@
 //! * [`device`]: device discipline — [`device::ensure_on`] names a tensor
 //!   found off the model's device ([`device::DeviceMismatch`]), and
 //!   [`device::move_to`] is the one crossing, at a named [`device::Boundary`].
+//! * [`adamw_update`] ([`AdamWStep`]): AdamW in one in-place pass per
+//!   parameter with the moments as plain buffers, bit for bit the candle
+//!   composition (no per-step temporaries).
 //! * [`threads`]: the compute pool a CPU training run executes on.
 //! * `alloc` (feature `mimalloc`): mimalloc as the global allocator, with
 //!   freed memory retained for the next step.
@@ -32,6 +35,7 @@
 #![deny(missing_docs)]
 
 mod act;
+mod adamw;
 #[cfg(feature = "mimalloc")]
 pub mod alloc;
 #[cfg(test)]
@@ -47,6 +51,7 @@ mod pool;
 pub mod threads;
 
 pub use act::{bias_add, bias_relu};
+pub use adamw::{AdamWStep, adamw_composition, adamw_update};
 pub use blend::{convex_blend, incubate, residual_blend};
 pub use conv::{Conv2dSpec, conv2d, conv2d_bias_relu_max_pool2x2};
 pub use fused::bias_relu_max_pool2x2;

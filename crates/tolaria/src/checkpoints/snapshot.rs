@@ -81,7 +81,7 @@ impl Snapshot {
             global_step,
             epoch,
             params,
-            optimizer: optimizer.export_state(),
+            optimizer: optimizer.export_state()?,
             kasmina: None,
             resume: None,
         })

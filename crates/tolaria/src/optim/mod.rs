@@ -81,10 +81,30 @@ impl ParamGroup {
 #[derive(Debug, Clone, Default)]
 struct ParamState {
     step: u64,
-    /// AdamW first moment, or the SGD momentum buffer.
+    /// AdamW first moment, or the SGD momentum buffer (as tensors: off the
+    /// CPU, and after an import until the first fused step).
     first: Option<Tensor>,
     /// AdamW second moment.
     second: Option<Tensor>,
+    /// AdamW moments as plain buffers, updated in place by the fused CPU
+    /// pass (`esper_ops::adamw_update`); exported as tensors.
+    buffers: Option<Moments>,
+}
+
+/// AdamW moments of one parameter as plain `f32` buffers.
+#[derive(Debug, Clone)]
+struct Moments {
+    first: Vec<f32>,
+    second: Vec<f32>,
+    shape: candle_core::Shape,
+}
+
+/// Whether the fused in-place AdamW pass applies: CPU `f32`, contiguous.
+fn fused(param: &Tensor, grad: &Tensor) -> bool {
+    param.device().is_cpu()
+        && param.dtype() == candle_core::DType::F32
+        && grad.dtype() == candle_core::DType::F32
+        && param.is_contiguous()
 }
 
 /// An optimizer over named parameter groups.
@@ -256,27 +276,58 @@ impl Optimizer {
                 let g = &g.detach();
                 let state = self.state.entry(p.name.clone()).or_default();
                 state.step += 1;
+                let adamw = |beta1, beta2, eps| esper_ops::AdamWStep {
+                    lr: group.lr,
+                    weight_decay: group.weight_decay,
+                    beta1,
+                    beta2,
+                    eps,
+                    step: state.step,
+                };
+                if let Rule::AdamW { beta1, beta2, eps } = self.rule
+                    && fused(p.var.as_tensor(), g)
+                {
+                    // One in-place pass, bit for bit the composition below.
+                    let moments = match state.buffers.take() {
+                        Some(moments) => moments,
+                        None => {
+                            let n = p.var.elem_count();
+                            let take = |t: Option<Tensor>| -> Result<Vec<f32>> {
+                                Ok(match t {
+                                    Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
+                                    None => vec![0.0; n],
+                                })
+                            };
+                            Moments {
+                                first: take(state.first.take())?,
+                                second: take(state.second.take())?,
+                                shape: p.var.shape().clone(),
+                            }
+                        }
+                    };
+                    let moments = state.buffers.insert(moments);
+                    esper_ops::adamw_update(
+                        p.var.as_tensor(),
+                        g,
+                        &mut moments.first,
+                        &mut moments.second,
+                        adamw(beta1, beta2, eps),
+                    )?;
+                    continue;
+                }
                 let param = &p.var.as_tensor().detach();
                 let updated = match self.rule {
                     Rule::AdamW { beta1, beta2, eps } => {
-                        let decayed = param.affine(1.0 - group.lr * group.weight_decay, 0.0)?;
-                        let m = match &state.first {
-                            Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
-                            None => (g * (1.0 - beta1))?,
-                        };
-                        let g2 = g.sqr()?;
-                        let v = match &state.second {
-                            Some(v) => ((v * beta2)? + (g2 * (1.0 - beta2))?)?,
-                            None => (g2 * (1.0 - beta2))?,
-                        };
-                        let t = state.step as i32;
-                        let bias1 = 1.0 - beta1.powi(t);
-                        let bias2 = 1.0 - beta2.powi(t);
-                        let denom = (v.sqrt()? / bias2.sqrt())?.affine(1.0, eps)?;
-                        let update = (m.div(&denom)? * (group.lr / bias1))?;
+                        let (updated, m, v) = esper_ops::adamw_composition(
+                            param,
+                            g,
+                            state.first.as_ref(),
+                            state.second.as_ref(),
+                            adamw(beta1, beta2, eps),
+                        )?;
                         state.first = Some(m);
                         state.second = Some(v);
-                        (decayed - update)?
+                        updated
                     }
                     Rule::Sgd { momentum, nesterov } => {
                         let g = if group.weight_decay > 0.0 {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use super::{Optimizer, ParamState};
 use crate::error::{Error, Result};
@@ -19,19 +19,26 @@ pub struct StateEntry {
 }
 
 impl Optimizer {
-    /// Every parameter's state, by name.
-    pub fn export_state(&self) -> BTreeMap<String, StateEntry> {
+    /// Every parameter's state, by name (moments kept as buffers are copied
+    /// into tensors on the CPU).
+    pub fn export_state(&self) -> Result<BTreeMap<String, StateEntry>> {
         self.state
             .iter()
             .map(|(name, s)| {
-                (
-                    name.clone(),
-                    StateEntry {
-                        step: s.step,
-                        first: s.first.clone(),
-                        second: s.second.clone(),
-                    },
-                )
+                let (first, second) = match &s.buffers {
+                    // Copies: the buffers go on changing in place.
+                    Some(m) => (
+                        Some(Tensor::from_slice(&m.first, &m.shape, &Device::Cpu)?),
+                        Some(Tensor::from_slice(&m.second, &m.shape, &Device::Cpu)?),
+                    ),
+                    None => (s.first.clone(), s.second.clone()),
+                };
+                let entry = StateEntry {
+                    step: s.step,
+                    first,
+                    second,
+                };
+                Ok((name.clone(), entry))
             })
             .collect()
     }
@@ -73,6 +80,7 @@ impl Optimizer {
                     step: entry.step,
                     first: entry.first,
                     second: entry.second,
+                    buffers: None,
                 },
             );
         }

@@ -109,7 +109,7 @@ fn adding_and_removing_a_group_leaves_the_others_bit_identical() {
         }
         (
             value(&host).to_bits(),
-            opt.export_state()["host.w"]
+            opt.export_state().unwrap()["host.w"]
                 .first
                 .as_ref()
                 .unwrap()
@@ -183,7 +183,7 @@ fn state_round_trips_and_bad_state_is_rejected_without_change() {
     opt.add_group(ParamGroup::new("g", vec![p.clone()], 0.1, 0.0))
         .unwrap();
     opt.step(&grads(&[(&p, 0.5)])).unwrap();
-    let saved = opt.export_state();
+    let saved = opt.export_state().unwrap();
     let mut bad = saved.clone();
     bad.insert(
         "ghost".into(),
@@ -280,7 +280,7 @@ fn parameters_and_moments_off_the_model_device_are_refused() {
         .unwrap();
     assert_eq!(opt.device(), Some(DeviceLocation::Cpu));
     opt.step(&grads(&[(&p, 1.0)])).unwrap();
-    let saved = opt.export_state();
+    let saved = opt.export_state().unwrap();
     // The same state into an optimizer over the same parameter declared on
     // the GPU: the CPU moments are refused, the state unchanged.
     let mut gpu_opt = Optimizer::new(ADAMW).unwrap();
@@ -294,6 +294,6 @@ fn parameters_and_moments_off_the_model_device_are_refused() {
             .contains("the saved first moment of w is on cpu, the model on cuda:0"),
         "{e}"
     );
-    assert!(gpu_opt.export_state().is_empty());
+    assert!(gpu_opt.export_state().unwrap().is_empty());
     opt.import_state(saved).unwrap();
 }

@@ -247,7 +247,7 @@ impl Trainer {
         }
         // A resumed run's seeds continue with their optimizer state.
         if !self.pending_seed_optimizer.is_empty() {
-            let mut state = self.optimizer.export_state();
+            let mut state = self.optimizer.export_state()?;
             state.extend(std::mem::take(&mut self.pending_seed_optimizer));
             self.optimizer.import_state(state)?;
         }
