@@ -12,6 +12,16 @@ fn composition(
     adamw_composition(param, g, m, v, h).unwrap()
 }
 
+/// A first step at the usual hyperparameters.
+const FIRST_STEP: AdamWStep = AdamWStep {
+    lr: 1e-3,
+    weight_decay: 0.01,
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    step: 1,
+};
+
 fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
         .unwrap()
@@ -68,14 +78,7 @@ proptest! {
 /// matmul's backward gives: the gradient is read by its values.
 #[test]
 fn a_transposed_gradient_updates_like_its_contiguous_copy() {
-    let h = AdamWStep {
-        lr: 1e-3,
-        weight_decay: 0.01,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        step: 1,
-    };
+    let h = FIRST_STEP;
     let mut init = crate::ParamInit::new(3, Device::Cpu);
     let p = init.uniform(&[6, 4], 1.0).unwrap();
     let q = Var::from_tensor(p.as_tensor()).unwrap();
@@ -91,12 +94,8 @@ fn a_transposed_gradient_updates_like_its_contiguous_copy() {
 #[test]
 fn mismatched_shapes_and_moments_are_errors() {
     let h = AdamWStep {
-        lr: 1e-3,
         weight_decay: 0.0,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        step: 1,
+        ..FIRST_STEP
     };
     let p = Var::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
     let g = Tensor::zeros(5, candle_core::DType::F32, &Device::Cpu).unwrap();
@@ -122,14 +121,7 @@ fn the_fused_update_allocates_no_parameter_sized_buffer() {
     let (_, allocated) = counted(|| {
         let mut guard = moments.lock().unwrap();
         let (m, v) = &mut *guard;
-        let h = AdamWStep {
-            lr: 1e-3,
-            weight_decay: 0.01,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            step: 1,
-        };
+        let h = FIRST_STEP;
         adamw_update(p.as_tensor(), &g, m, v, h).unwrap();
     });
     assert!(
