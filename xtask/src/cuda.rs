@@ -51,14 +51,19 @@ fn cuda_env(root: &Path) -> Result<Vec<(&'static str, String)>> {
     ])
 }
 
+/// `cargo args` with `--features cuda` builds' environment ([`cuda_env`]).
+fn cargo_cuda(root: &Path, args: &[&str]) -> Result<()> {
+    let owned = cuda_env(root)?;
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    super::cargo_env(root, args, &env)
+}
+
 /// `cargo xtask bench step --device cuda`: the GPU training-step bench
 /// (`tolaria --bench gpu_step`: candle-CUDA vs PyTorch-CUDA at several
 /// batches, GPU vs CPU). Needs a GPU; on a machine without one, build with
 /// `scripts/gpu-suite.sh build` and run the carried executable there.
 pub(crate) fn bench_step(root: &Path) -> Result<()> {
-    let owned = cuda_env(root)?;
-    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    super::cargo_env(
+    cargo_cuda(
         root,
         &[
             "bench",
@@ -69,14 +74,11 @@ pub(crate) fn bench_step(root: &Path) -> Result<()> {
             "--bench",
             "gpu_step",
         ],
-        &env,
     )
 }
 
 pub(crate) fn check(root: &Path) -> Result<()> {
     let started = Instant::now();
-    let owned = cuda_env(root)?;
-    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut packages = Vec::new();
     for c in CRATES {
         packages.extend(["-p", c]);
@@ -84,7 +86,7 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     let mut check = vec!["check"];
     check.extend(&packages);
     check.extend(["--features", "cuda", "--all-targets"]);
-    super::cargo_env(root, &check, &env)?;
+    cargo_cuda(root, &check)?;
     let mut clippy = vec!["clippy"];
     clippy.extend(&packages);
     clippy.extend([
@@ -95,7 +97,7 @@ pub(crate) fn check(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]);
-    super::cargo_env(root, &clippy, &env)?;
+    cargo_cuda(root, &clippy)?;
     println!(
         "xtask cuda-check: ok in {:.1} s ({} with --features cuda, all targets: check and clippy)",
         started.elapsed().as_secs_f64(),

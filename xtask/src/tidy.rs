@@ -142,9 +142,9 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 const DEVICE_MODULE: &str = "crates/esper-ops/src/device.rs";
 
 /// `.to_device(` in library code outside [`DEVICE_MODULE`]: a device
-/// crossing that is not at a named boundary (`esper_ops::device::move_to`).
-/// Test code (files named `tests.rs`, `tests/` and `benches/` folders, and
-/// anything after a file's first `#[cfg(test)]`) may move tensors freely.
+/// crossing not made through `esper_ops::device::move_to`. Test code (files
+/// named `tests.rs`, `tests/` folders, anything after a file's first
+/// `#[cfg(test)]`) may move tensors freely; benches are not library code.
 fn device_crossings(rel: &str, text: &str) -> Vec<String> {
     let library = rel.starts_with("crates/") && rel.contains("/src/");
     if !library || rel == DEVICE_MODULE || rel.ends_with("/tests.rs") || rel.contains("/tests/") {
@@ -157,7 +157,7 @@ fn device_crossings(rel: &str, text: &str) -> Vec<String> {
         .map(|(i, _)| {
             format!(
                 "{rel}:{}: `.to_device(` outside {DEVICE_MODULE}: cross devices with \
-                 esper_ops::device::move_to at a named Boundary",
+                 esper_ops::device::move_to, naming the crossing",
                 i + 1
             )
         })

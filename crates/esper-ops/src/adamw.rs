@@ -54,13 +54,19 @@ struct Constants {
     step_size: f32,
 }
 
+impl AdamWStep {
+    /// The bias corrections `(1 − β₁ᵗ, 1 − β₂ᵗ)`, with `powi` as Tolaria's
+    /// composition always computed them (the step saturates at `i32::MAX`,
+    /// where both are 1 anyway).
+    fn corrections(self) -> (f64, f64) {
+        let t = i32::try_from(self.step).unwrap_or(i32::MAX);
+        (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
+    }
+}
+
 impl Constants {
     fn new(h: AdamWStep) -> Self {
-        // `powi` as the composition did: the step saturates at i32::MAX,
-        // where both corrections are 1 anyway.
-        let t = i32::try_from(h.step).unwrap_or(i32::MAX);
-        let bias1 = 1.0 - h.beta1.powi(t);
-        let bias2 = 1.0 - h.beta2.powi(t);
+        let (bias1, bias2) = h.corrections();
         Self {
             decay: (1.0 - h.lr * h.weight_decay) as f32,
             beta1: h.beta1 as f32,
@@ -213,9 +219,7 @@ pub fn adamw_composition(
         Some(v) => ((v * h.beta2)? + (g2 * (1.0 - h.beta2))?)?,
         None => (g2 * (1.0 - h.beta2))?,
     };
-    let t = i32::try_from(h.step).unwrap_or(i32::MAX);
-    let bias1 = 1.0 - h.beta1.powi(t);
-    let bias2 = 1.0 - h.beta2.powi(t);
+    let (bias1, bias2) = h.corrections();
     let denom = (v.sqrt()? / bias2.sqrt())?.affine(1.0, h.eps)?;
     let update = (m.div(&denom)? * (h.lr / bias1))?;
     Ok(((decayed - update)?, m, v))

@@ -1,48 +1,22 @@
 //! Device discipline: every tensor a seed, blend, optimizer, snapshot,
 //! checkpoint or loss creates lives on the model's device, and data crosses
-//! between devices only at a named [`Boundary`].
+//! between devices only at a named crossing.
 //!
 //! Candle already refuses an operation over tensors on two devices, but with
 //! a bare `DeviceMismatchBinaryOp` from deep inside a forward pass that names
 //! neither the seed nor the parameter. [`ensure_on`] checks where a tensor
 //! lives against where the model is *before* it is used, and says which
-//! tensor it was; [`move_to`] is the one sanctioned crossing (`cargo xtask
-//! tidy` refuses `.to_device(` anywhere else in library code).
+//! tensor it was; [`move_to`] is the one sanctioned move (`cargo xtask tidy`
+//! refuses `.to_device(` anywhere else in library code). The other crossings
+//! create their tensors on the device directly: the data loader's batches
+//! (`Tensor::from_vec` onto the device) and checkpoint loads
+//! (`safetensors::load_buffer` onto the device); telemetry reads values back.
 //!
 //! The check compares [`DeviceLocation`]s, which exist without a GPU build:
 //! a component told its model lives on `cuda:0` refuses CPU tensors, which is
 //! how the CPU test suite exercises every mismatch path.
 
 use candle_core::{Device, DeviceLocation, Tensor};
-
-/// The places where data may cross between the host and a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Boundary {
-    /// A batch from the data loader to the model's device.
-    DataLoader,
-    /// Model or optimizer state to host memory, to be written.
-    CheckpointSave,
-    /// Checkpoint tensors from host memory to the model's device.
-    CheckpointLoad,
-    /// A blueprint's weights, built or read on the host, to the model's
-    /// device at germination.
-    KernelLoad,
-    /// Figures read back to the host for telemetry and logs.
-    Telemetry,
-}
-
-impl Boundary {
-    /// A short name for messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::DataLoader => "data loader",
-            Self::CheckpointSave => "checkpoint save",
-            Self::CheckpointLoad => "checkpoint load",
-            Self::KernelLoad => "kernel load",
-            Self::Telemetry => "telemetry",
-        }
-    }
-}
 
 /// A tensor found on another device than the model's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,18 +70,12 @@ pub fn ensure_all_on<'a>(
     Ok(())
 }
 
-/// Moves `tensor` to `device` at `boundary` (a no-op when it is there
-/// already). The boundary is named so that every crossing can be found and
-/// reviewed; nothing else in library code moves tensors.
-pub fn move_to(
-    tensor: &Tensor,
-    device: &Device,
-    boundary: Boundary,
-) -> candle_core::Result<Tensor> {
-    // The argument documents the crossing at the call site; the move itself
-    // is candle's.
-    let _ = boundary;
-    tensor.to_device(device)
+/// Moves `tensor` to `device`, `crossing` naming the move (a no-op when it
+/// is there already); a failure says which crossing failed and where to.
+pub fn move_to(tensor: &Tensor, device: &Device, crossing: &str) -> candle_core::Result<Tensor> {
+    tensor
+        .to_device(device)
+        .map_err(|e| e.context(format!("moving {crossing} to {}", name(device.location()))))
 }
 
 #[cfg(test)]
@@ -149,8 +117,7 @@ mod tests {
     #[test]
     fn a_move_to_the_same_device_keeps_the_values() {
         let t = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
-        let moved = move_to(&t, &Device::Cpu, Boundary::DataLoader).unwrap();
+        let moved = move_to(&t, &Device::Cpu, "a test tensor").unwrap();
         assert_eq!(moved.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
-        assert_eq!(Boundary::CheckpointLoad.as_str(), "checkpoint load");
     }
 }

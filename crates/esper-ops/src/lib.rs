@@ -20,7 +20,7 @@
 //!   each way, bit for bit the candle composition.
 //! * [`device`]: device discipline — [`device::ensure_on`] names a tensor
 //!   found off the model's device ([`device::DeviceMismatch`]), and
-//!   [`device::move_to`] is the one crossing, at a named [`device::Boundary`].
+//!   [`device::move_to`] is the one move between devices, naming its crossing.
 //! * [`adamw_update`] ([`AdamWStep`]): AdamW in one in-place pass per
 //!   parameter with the moments as plain buffers, bit for bit the candle
 //!   composition (no per-step temporaries).

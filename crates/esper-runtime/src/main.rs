@@ -231,38 +231,38 @@ fn train(
         log.abandon();
         return Err(anyhow::Error::new(e).context("checking the policy file"));
     }
-    // A run killed before its first checkpoint (no checkpoint was ever
-    // written, none was skipped, no epoch was recorded) has lost nothing: its
-    // recorded config and seed start it again exactly, so `--resume` does that,
-    // saying so. Any recorded epoch or a damaged checkpoint keeps the error.
-    let never_checkpointed = trainer.skipped_checkpoints().is_empty()
-        && esper_runtime::runlog::read_metrics(log.dir())?.0.is_empty();
-    if resuming && trainer.resumed_from().is_none() && never_checkpointed {
-        eprintln!(
-            "esper train: run {} stopped before its first checkpoint and recorded no epoch: it starts again from the beginning",
-            resolved.run_id
-        );
-    } else if resuming && trainer.resumed_from().is_none() {
-        let why: Vec<String> = trainer
-            .skipped_checkpoints()
-            .iter()
-            .map(|c| format!("{}: {}", c.path.display(), c.reason))
-            .collect();
-        anyhow::bail!(
-            "--resume {}: no valid checkpoint remains in {}{}",
-            resolved.run_id,
-            config
-                .checkpoint
-                .dir
-                .as_deref()
-                .unwrap_or(log.dir())
-                .display(),
-            if why.is_empty() {
-                " (there are none)".to_owned()
-            } else {
-                format!("; skipped: {}", why.join("; "))
-            }
-        );
+    if resuming && trainer.resumed_from().is_none() {
+        let skipped = trainer.skipped_checkpoints();
+        // A run killed before its first checkpoint (none written, none
+        // skipped, no epoch recorded) has lost nothing: its recorded config
+        // and seed start it again exactly, so `--resume` does that, saying
+        // so. Any recorded epoch or a damaged checkpoint keeps the error.
+        if skipped.is_empty() && esper_runtime::runlog::read_metrics(log.dir())?.0.is_empty() {
+            eprintln!(
+                "esper train: run {} stopped before its first checkpoint and recorded no epoch: it starts again from the beginning",
+                resolved.run_id
+            );
+        } else {
+            let why: Vec<String> = skipped
+                .iter()
+                .map(|c| format!("{}: {}", c.path.display(), c.reason))
+                .collect();
+            anyhow::bail!(
+                "--resume {}: no valid checkpoint remains in {}{}",
+                resolved.run_id,
+                config
+                    .checkpoint
+                    .dir
+                    .as_deref()
+                    .unwrap_or(log.dir())
+                    .display(),
+                if why.is_empty() {
+                    " (there are none)".to_owned()
+                } else {
+                    format!("; skipped: {}", why.join("; "))
+                }
+            );
+        }
     }
     let mut log = log;
     let rewound = log

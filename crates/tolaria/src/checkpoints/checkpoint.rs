@@ -286,8 +286,8 @@ impl CheckpointStore {
                     "{file} checksum mismatch (expected {expected}, found {actual})"
                 )));
             }
-            // The checkpoint-load crossing (`Boundary::CheckpointLoad`):
-            // verified bytes in host memory become tensors on the model's device.
+            // The checkpoint-load crossing: verified bytes in host memory
+            // become tensors on the model's device.
             maps.push(
                 candle_core::safetensors::load_buffer(&bytes, device)
                     .map_err(|e| corrupt(format!("{file}: {e}")))?,

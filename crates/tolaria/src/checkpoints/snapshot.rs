@@ -126,6 +126,7 @@ impl Snapshot {
                 params.len()
             )));
         }
+        // Every check before anything changes: a restore is whole or nothing.
         for p in params {
             let saved = self
                 .params
@@ -139,32 +140,16 @@ impl Snapshot {
                     p.var.dims()
                 )));
             }
-        }
-        // Every saved tensor on the model's device before anything changes
-        // (a restore either happens whole or not at all).
-        for p in params {
             let device = optimizer
                 .device()
                 .unwrap_or_else(|| p.var.device().location());
-            if let Some(saved) = self.params.get(&p.name) {
-                esper_ops::device::ensure_on(saved, device, || {
-                    format!("the saved value of {}", p.name)
-                })?;
-            }
-            if let (Some(entry), Some(device)) = (self.optimizer.get(&p.name), optimizer.device()) {
-                for moment in [&entry.first, &entry.second].into_iter().flatten() {
-                    esper_ops::device::ensure_on(moment, device, || {
-                        format!("the saved optimizer moment of {}", p.name)
-                    })?;
-                }
-            }
+            esper_ops::device::ensure_on(saved, device, || {
+                format!("the saved value of {}", p.name)
+            })?;
         }
-        for p in params {
-            if let Some(saved) = self.params.get(&p.name) {
-                p.var.set(saved)?;
-            }
-        }
-        // State of seeds that are gone has no group to go back to.
+        // The optimizer's state next: its import checks names, shapes and
+        // devices, and changes nothing when it refuses. State of seeds that
+        // are gone has no group to go back to.
         let known: std::collections::BTreeSet<String> = optimizer
             .groups()
             .iter()
@@ -176,7 +161,13 @@ impl Snapshot {
             .filter(|(name, _)| known.contains(*name) || !kasmina::names::is_seed_name(name))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        optimizer.import_state(state)
+        optimizer.import_state(state)?;
+        for p in params {
+            if let Some(saved) = self.params.get(&p.name) {
+                p.var.set(saved)?;
+            }
+        }
+        Ok(())
     }
 
     /// Names of the saved parameters.

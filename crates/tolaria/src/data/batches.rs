@@ -33,9 +33,8 @@ pub(crate) struct Batch {
 }
 
 impl HostBatch {
-    /// Moves the batch onto `device`: the data loader's device crossing
-    /// ([`esper_ops::device::Boundary::DataLoader`]), made by creating the
-    /// tensors there from host memory.
+    /// Moves the batch onto `device`: the data loader's device crossing,
+    /// made by creating the tensors there from host memory.
     pub(crate) fn into_device(self, device: &Device) -> Result<Batch> {
         let n = self.dims[0];
         Ok(Batch {

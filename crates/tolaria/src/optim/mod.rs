@@ -91,6 +91,32 @@ struct ParamState {
     buffers: Option<Moments>,
 }
 
+impl ParamState {
+    /// The moments as buffers for the fused pass: those already kept, or
+    /// the tensor moments (after an import) copied out, or zeros before the
+    /// first step.
+    fn moment_buffers(&mut self, param: &Tensor) -> Result<&mut Moments> {
+        let moments = match self.buffers.take() {
+            Some(moments) => moments,
+            None => {
+                let n = param.elem_count();
+                let take = |t: Option<Tensor>| -> Result<Vec<f32>> {
+                    Ok(match t {
+                        Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
+                        None => vec![0.0; n],
+                    })
+                };
+                Moments {
+                    first: take(self.first.take())?,
+                    second: take(self.second.take())?,
+                    shape: param.shape().clone(),
+                }
+            }
+        };
+        Ok(self.buffers.insert(moments))
+    }
+}
+
 /// AdamW moments of one parameter as plain `f32` buffers.
 #[derive(Debug, Clone)]
 struct Moments {
@@ -276,36 +302,20 @@ impl Optimizer {
                 let g = &g.detach();
                 let state = self.state.entry(p.name.clone()).or_default();
                 state.step += 1;
+                let step = state.step;
                 let adamw = |beta1, beta2, eps| esper_ops::AdamWStep {
                     lr: group.lr,
                     weight_decay: group.weight_decay,
                     beta1,
                     beta2,
                     eps,
-                    step: state.step,
+                    step,
                 };
                 if let Rule::AdamW { beta1, beta2, eps } = self.rule
                     && fused(p.var.as_tensor(), g)
                 {
                     // One in-place pass, bit for bit the composition below.
-                    let moments = match state.buffers.take() {
-                        Some(moments) => moments,
-                        None => {
-                            let n = p.var.elem_count();
-                            let take = |t: Option<Tensor>| -> Result<Vec<f32>> {
-                                Ok(match t {
-                                    Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
-                                    None => vec![0.0; n],
-                                })
-                            };
-                            Moments {
-                                first: take(state.first.take())?,
-                                second: take(state.second.take())?,
-                                shape: p.var.shape().clone(),
-                            }
-                        }
-                    };
-                    let moments = state.buffers.insert(moments);
+                    let moments = state.moment_buffers(p.var.as_tensor())?;
                     esper_ops::adamw_update(
                         p.var.as_tensor(),
                         g,

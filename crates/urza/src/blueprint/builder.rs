@@ -72,12 +72,10 @@ impl<'a> Builder<'a> {
                         ),
                     });
                 }
-                let on_device = esper_ops::device::move_to(
-                    &tensor,
-                    device,
-                    esper_ops::device::Boundary::KernelLoad,
-                )
-                .map_err(Error::tensor(format!("{}: placing {name}", self.context)))?;
+                // The kernel-load crossing: weights read on the host go to
+                // the model's device.
+                let on_device = esper_ops::device::move_to(&tensor, device, "blueprint weights")
+                    .map_err(Error::tensor(format!("{}: placing {name}", self.context)))?;
                 Var::from_tensor(&on_device)
                     .map_err(Error::tensor(format!("{}: {name}", self.context)))?
             }
