@@ -3,7 +3,8 @@
 and `--bench gpu_step` (CUDA).
 
 Trains the reference hosts of DESIGN §7 exactly as Esper builds them (same
-layers, shapes, batch 128, cross-entropy, AdamW lr 1e-3 weight decay 0.01) for a
+layers, shapes, batch 128, cross-entropy, AdamW lr 1e-3 weight decay 0.01),
+and `gnn-dense` (a GNN-sized dense network over 64 nodes, batch = nodes), for a
 fixed number of steps on random inputs at a given thread count, and prints one
 JSON object: {"torch": version, "threads": n, "hosts": {name: images_per_second}}.
 
@@ -35,10 +36,21 @@ def cnn(c1, c2, k):
     )
 
 
+def gnn_dense():
+    """The GNN-sized dense network of `cargo bench -p tolaria --bench
+    dense`: three 64-wide ReLU layers and a 10-way head over 64 nodes."""
+    layers = []
+    for _ in range(3):
+        layers += [nn.Linear(64, 64), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(64, 10))
+
+
+# name: (model, one input's shape)
 HOSTS = {
-    "mlp": lambda: mlp(),
-    "cnn": lambda: cnn(16, 32, 3),
-    "cnn-impaired": lambda: cnn(4, 8, 1),
+    "mlp": (mlp, (1, 28, 28)),
+    "cnn": (lambda: cnn(16, 32, 3), (1, 28, 28)),
+    "cnn-impaired": (lambda: cnn(4, 8, 1), (1, 28, 28)),
+    "gnn-dense": (gnn_dense, (64,)),
 }
 
 
@@ -47,11 +59,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def rate(build, steps, warmup, device="cpu", batch=BATCH):
+def rate(host, steps, warmup, device="cpu", batch=BATCH):
+    build, shape = host
     torch.manual_seed(0)
     model = build().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    x = torch.randn(batch, 1, 28, 28, device=device)
+    x = torch.randn(batch, *shape, device=device)
     y = torch.arange(batch, device=device) % 10
     def step():
         opt.zero_grad(set_to_none=True)

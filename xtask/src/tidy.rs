@@ -17,7 +17,7 @@ const ALLOWED: &[(&str, Option<&[&str]>)] = &[
     ("oona", Some(&["leyline"])),
     ("urza", Some(&["leyline", "oona", "esper-ops"])),
     ("kasmina", Some(&["leyline", "oona", "urza", "esper-ops"])),
-    ("tamiyo", Some(&["leyline", "oona", "urza"])),
+    ("tamiyo", Some(&["leyline", "oona", "urza", "esper-ops"])),
     (
         "tolaria",
         Some(&["leyline", "oona", "kasmina", "esper-ops"]),

@@ -35,11 +35,11 @@ struct BiasAdd;
 
 /// `(y, g) → g · [y > 0]`.
 #[derive(Debug, Clone, Copy)]
-struct ReluGrad;
+pub(crate) struct ReluGrad;
 
 /// `[N, C, …] → [C]`: the sum over every axis but the channel.
 #[derive(Debug, Clone, Copy)]
-struct ChannelSum;
+pub(crate) struct ChannelSum;
 
 /// `f(x, bias of x's channel)` for every value of `x [N, C, …]` (storage
 /// and layout), parallel over samples; `op` names the operation in errors.

@@ -15,6 +15,11 @@
 //! * [`bias_relu_max_pool2x2`] and [`conv2d_bias_relu_max_pool2x2`]: bias + ReLU + 2×2 max pooling in one pass each way, without
 //!   the full-size activation in between (a conv block's epilogue; the second
 //!   with its convolution).
+//! * [`linear`] ([`Activation`]): a fully connected layer with its bias and
+//!   activation (ReLU, GELU) fused, one GEMM forward and one per needed
+//!   gradient backward (none for an untracked input), the bias gradient one
+//!   column sum.
+//! * [`cross_entropy`]: softmax cross-entropy as one op each way.
 //! * [`incubate`], [`residual_blend`], [`convex_blend`]: a seed's output
 //!   joining the host activation (Kasmina's incubator and blends), one pass
 //!   each way, bit for bit the candle composition.
@@ -43,10 +48,12 @@ mod alloc_count;
 mod blend;
 mod conv;
 mod cpu;
+mod dense;
 pub mod device;
 mod fused;
 mod gemm;
 mod init;
+mod loss;
 mod pool;
 pub mod threads;
 
@@ -54,7 +61,9 @@ pub use act::{bias_add, bias_relu};
 pub use adamw::{AdamWStep, adamw_composition, adamw_update};
 pub use blend::{convex_blend, incubate, residual_blend};
 pub use conv::{Conv2dSpec, conv2d, conv2d_bias_relu_max_pool2x2};
+pub use dense::{Activation, linear};
 pub use fused::bias_relu_max_pool2x2;
 pub use init::ParamInit;
+pub use loss::cross_entropy;
 pub use pool::{avg_pool2d, max_pool2d, max_pool2x2};
 pub use threads::ComputePool;

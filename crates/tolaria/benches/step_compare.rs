@@ -1,6 +1,7 @@
 //! Training-step throughput of the reference hosts on esper-ops, on candle's
 //! own ops, and in PyTorch on the CPU, in one run at the same thread count and
-//! batch (128: forward, cross-entropy, backward, AdamW). Prints images per
+//! batch (128: forward, cross-entropy, backward, AdamW; `mlp` also at 32,
+//! where per-op overhead dominates). Prints images per
 //! second and the ratios esper-ops / PyTorch and esper-ops / candle. Runs as
 //! `esper train` does: on the compute pool, with freed memory retained
 //! (`esper_ops::threads`, `esper_ops::alloc`).
@@ -16,6 +17,7 @@
 use std::time::Instant;
 
 mod common;
+use candle_core::Device;
 use common::{BATCH, StepFixture, python, torch_rates};
 use esper_ops::ComputePool;
 use tolaria::hosts::Ops;
@@ -26,8 +28,11 @@ static GLOBAL: esper_ops::alloc::MiMalloc = esper_ops::alloc::MiMalloc;
 /// Timed steps per host (after a tenth as many warm-up steps, at least 3).
 const STEPS: [(&str, usize); 3] = [("mlp", 200), ("cnn", 30), ("cnn-impaired", 60)];
 
-fn rate(name: &str, steps: usize, ops: Ops) -> f64 {
-    let mut fixture = StepFixture::with_ops(name, ops);
+/// `mlp` again at this batch.
+const SMALL_BATCH: usize = 32;
+
+fn rate(name: &str, steps: usize, ops: Ops, batch: usize) -> f64 {
+    let mut fixture = StepFixture::on(name, ops, &Device::Cpu, batch);
     for _ in 0..(steps / 10).max(3) {
         fixture.step();
     }
@@ -35,7 +40,7 @@ fn rate(name: &str, steps: usize, ops: Ops) -> f64 {
     for _ in 0..steps {
         fixture.step();
     }
-    (steps * BATCH) as f64 / started.elapsed().as_secs_f64()
+    (steps * batch) as f64 / started.elapsed().as_secs_f64()
 }
 
 fn main() {
@@ -43,15 +48,26 @@ fn main() {
     esper_ops::alloc::retain_freed_memory();
     let pool = ComputePool::new(0).expect("compute pool");
     let threads = pool.threads();
-    println!("training step, batch {BATCH}, {threads} threads, release + mimalloc");
-    // (host, esper-ops img/s, candle img/s)
-    let ours: Vec<(&str, f64, f64)> = pool.run(|| {
-        STEPS
-            .iter()
-            .map(|&(n, s)| (n, rate(n, s, Ops::Esper), rate(n, s, Ops::Candle)))
+    println!("training step, {threads} threads, release + mimalloc");
+    // (host, batch, steps) in the order printed
+    let runs: Vec<(&str, usize, usize)> = STEPS
+        .iter()
+        .map(|&(n, s)| (n, BATCH, s))
+        .chain([("mlp", SMALL_BATCH, 400)])
+        .collect();
+    // (host, batch, esper-ops img/s, candle img/s)
+    let ours: Vec<(&str, usize, f64, f64)> = pool.run(|| {
+        runs.iter()
+            .map(|&(n, b, s)| (n, b, rate(n, s, Ops::Esper, b), rate(n, s, Ops::Candle, b)))
             .collect()
     });
-    let torch = python().and_then(|p| torch_rates(&p, threads, &STEPS, "cpu", BATCH));
+    let python = python();
+    let torch = python
+        .as_ref()
+        .and_then(|p| torch_rates(p, threads, &STEPS, "cpu", BATCH));
+    let torch_small = python
+        .as_ref()
+        .and_then(|p| torch_rates(p, threads, &[("mlp", 400)], "cpu", SMALL_BATCH));
     if torch.is_none() {
         println!(
             "PyTorch not available (run `cargo xtask bench step --with-torch` to install it into target/torch-venv)"
@@ -60,8 +76,9 @@ fn main() {
     if let Some((version, _)) = &torch {
         println!("PyTorch {version} at {threads} threads, same run:");
     }
-    for (name, esper, candle) in ours {
-        let torch = torch
+    for (name, batch, esper, candle) in ours {
+        let rates = if batch == BATCH { &torch } else { &torch_small };
+        let torch = rates
             .as_ref()
             .and_then(|(_, rates)| rates.iter().find(|(n, _)| n == name))
             .map(|(_, t)| *t);
@@ -70,7 +87,7 @@ fn main() {
             None => String::new(),
         };
         println!(
-            "{name:>13}  esper-ops {esper:>7.0} img/s | candle ops {candle:>7.0} img/s | esper-ops/candle {:.2}{torch}",
+            "{name:>13} batch {batch:>3}  esper-ops {esper:>7.0} img/s | candle ops {candle:>7.0} img/s | esper-ops/candle {:.2}{torch}",
             esper / candle
         );
     }

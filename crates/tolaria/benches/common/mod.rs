@@ -17,6 +17,7 @@ pub(crate) struct StepFixture {
     pub(crate) optimizer: Optimizer,
     pub(crate) x: Tensor,
     pub(crate) y: Tensor,
+    pub(crate) ops: tolaria::hosts::Ops,
 }
 
 impl StepFixture {
@@ -54,17 +55,19 @@ impl StepFixture {
             optimizer,
             x,
             y,
+            ops,
         }
     }
 
     /// One training step: forward through dormant slots, cross-entropy,
     /// backward, AdamW.
+    #[allow(dead_code)] // the dense bench times the step's phases itself
     pub(crate) fn step(&mut self) {
         let logits = self
             .host
             .forward_with_slots(&self.x, &mut DormantSlots)
             .expect("forward");
-        let loss = candle_nn::loss::cross_entropy(&logits, &self.y).expect("loss");
+        let loss = self.ops.cross_entropy(&logits, &self.y).expect("loss");
         let grads = loss.backward().expect("backward");
         self.optimizer.step(&grads).expect("step");
     }

@@ -22,6 +22,17 @@ pub enum Ops {
     Candle,
 }
 
+impl Ops {
+    /// The mean softmax cross-entropy of `logits [N, C]` against `labels
+    /// [N]`: esper-ops' fused op, or candle-nn's composition.
+    pub fn cross_entropy(self, logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Ops::Esper => esper_ops::cross_entropy(logits, labels),
+            Ops::Candle => candle_nn::loss::cross_entropy(logits, labels),
+        }
+    }
+}
+
 /// The parameters of a layer with a weight and a bias, named `name.weight` and
 /// `name.bias`.
 fn weight_and_bias(name: &str, weight: &Var, bias: &Var) -> Vec<NamedParameter> {
@@ -67,23 +78,29 @@ impl Linear {
         Self { ops, ..self }
     }
 
-    /// Applies the layer to `[N, in]`.
+    /// Applies the layer to `[N, in]`: on esper-ops, one fused op
+    /// (`esper_ops::linear`).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.weight.as_tensor().t()?)?;
-        match self.ops {
-            Ops::Esper => esper_ops::bias_add(&y, self.bias.as_tensor()),
-            Ops::Candle => y.broadcast_add(self.bias.as_tensor()),
-        }
+        self.apply(x, esper_ops::Activation::Identity)
     }
 
-    /// `relu(x Wᵀ + b)`: on esper-ops, bias and ReLU in one fused pass.
+    /// `relu(x Wᵀ + b)`: on esper-ops, product, bias and ReLU in one op.
     pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(x, esper_ops::Activation::Relu)
+    }
+
+    fn apply(&self, x: &Tensor, act: esper_ops::Activation) -> candle_core::Result<Tensor> {
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
         match self.ops {
-            Ops::Esper => esper_ops::bias_relu(
-                &x.matmul(&self.weight.as_tensor().t()?)?,
-                self.bias.as_tensor(),
-            ),
-            Ops::Candle => self.forward(x)?.relu(),
+            Ops::Esper => esper_ops::linear(x, w, b, act),
+            Ops::Candle => {
+                let y = x.matmul(&w.t()?)?.broadcast_add(b)?;
+                match act {
+                    esper_ops::Activation::Identity => Ok(y),
+                    esper_ops::Activation::Relu => y.relu(),
+                    esper_ops::Activation::Gelu => y.gelu(),
+                }
+            }
         }
     }
 

@@ -580,7 +580,7 @@ impl Trainer {
             esper_ops::device::ensure_on(&logits, self.device.location(), || {
                 format!("host {}'s logits", self.host.name())
             })?;
-            let mut loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+            let mut loss = self.config.ops.cross_entropy(&logits, &batch.labels)?;
             if let Some(kd) = self.distillation_loss(&batch.images, &logits)? {
                 loss = (loss + kd)?;
             }

@@ -52,8 +52,11 @@ impl Trainer {
             }
             .detach();
             let n = batch.labels.dims1()?;
-            let loss =
-                candle_nn::loss::cross_entropy(&logits, &batch.labels)?.to_scalar::<f32>()?;
+            let loss = self
+                .config
+                .ops
+                .cross_entropy(&logits, &batch.labels)?
+                .to_scalar::<f32>()?;
             loss_sum += f64::from(loss) * n as f64;
             correct += count_correct(&logits, &batch.labels)?;
             seen += n;

@@ -162,10 +162,27 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        self.forward_act(x, esper_ops::Activation::Identity)
+    }
+
+    /// `act(x Wᵀ + b)`: with a bias, esper-ops' fused layer (one GEMM each
+    /// way); without, candle's matmul and activation.
+    pub(crate) fn forward_act(
+        &self,
+        x: &Tensor,
+        act: esper_ops::Activation,
+    ) -> candle_core::Result<Tensor> {
+        let w = self.weight.as_tensor();
         match &self.bias {
-            Some(b) => y.broadcast_add(b.as_tensor()),
-            None => Ok(y),
+            Some(b) => esper_ops::linear(x, w, b.as_tensor(), act),
+            None => {
+                let y = x.matmul(&w.t()?)?;
+                match act {
+                    esper_ops::Activation::Identity => Ok(y),
+                    esper_ops::Activation::Relu => y.relu(),
+                    esper_ops::Activation::Gelu => y.gelu(),
+                }
+            }
         }
     }
 

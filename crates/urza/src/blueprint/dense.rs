@@ -144,10 +144,12 @@ impl Mlp {
         let mut y = x.clone();
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
-            y = layer.forward(&y)?;
-            if i < last {
-                y = y.relu()?;
-            }
+            let act = if i < last {
+                esper_ops::Activation::Relu
+            } else {
+                esper_ops::Activation::Identity
+            };
+            y = layer.forward_act(&y, act)?;
         }
         Ok(y)
     }
@@ -169,7 +171,8 @@ impl GatedFeedForward {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gated = (self.value.forward(x)?.gelu()? * self.gate.forward(x)?)?;
+        let gated =
+            (self.value.forward_act(x, esper_ops::Activation::Gelu)? * self.gate.forward(x)?)?;
         self.output.forward(&gated)
     }
 }

@@ -87,9 +87,18 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.w.as_tensor().t().map_err(tensor_error)?)
-            .and_then(|y| y.broadcast_add(self.b.as_tensor()))
-            .map_err(tensor_error)
+        self.apply(x, esper_ops::Activation::Identity)
+    }
+
+    /// `relu(x Wᵀ + b)` in one op.
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, esper_ops::Activation::Relu)
+    }
+
+    /// esper-ops' fused dense layer: one GEMM each way, and no gradient
+    /// for an input that does not need one (the graph's features).
+    fn apply(&self, x: &Tensor, act: esper_ops::Activation) -> Result<Tensor> {
+        esper_ops::linear(x, self.w.as_tensor(), self.b.as_tensor(), act).map_err(tensor_error)
     }
 }
 
@@ -276,7 +285,7 @@ impl GnnModel {
             let m = f(Tensor::from_slice(&nodes.mask, (n, t.dim()), &Device::Cpu))?;
             let input = f(Tensor::cat(&[&x, &m], 1))?;
             let encoder = self.encoder(t)?;
-            h.insert(t, f(encoder.forward(&input)?.relu())?);
+            h.insert(t, encoder.forward_relu(&input)?);
         }
         // SAGE: self + mean of messages per relation and direction.
         let mut next = BTreeMap::new();
@@ -439,7 +448,7 @@ impl GnnModel {
             ],
             1,
         ))?;
-        let g = f(self.pool.forward(&pooled_in)?.relu())?;
+        let g = self.pool.forward_relu(&pooled_in)?;
         let with_global = |x: &Tensor| -> Result<Tensor> {
             let n = x.dim(0).map_err(tensor_error)?;
             f(Tensor::cat(&[x, &f(g.broadcast_as((n, hidden)))?], 1))
