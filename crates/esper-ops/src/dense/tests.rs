@@ -224,3 +224,44 @@ fn allocates_its_results_only() {
         ours + candle_accumulation + 4 * BOOKKEEPING
     );
 }
+
+/// Runs are bit-identical whatever the compute pool's size: the output and
+/// every gradient, at a size where the GEMMs split across threads.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let (m, k, n) = (96, 200, 72);
+    let x = Var::from_vec(pseudo(m * k, 31), (m, k), &Device::Cpu).unwrap();
+    let w = Var::from_vec(pseudo(n * k, 32), (n, k), &Device::Cpu).unwrap();
+    let b = Var::from_vec(pseudo(n, 33), n, &Device::Cpu).unwrap();
+    let labels: Vec<u32> = (0..m as u32).map(|i| i % n as u32).collect();
+    let labels = Tensor::from_vec(labels, m, &Device::Cpu).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let y = linear(
+                x.as_tensor(),
+                w.as_tensor(),
+                b.as_tensor(),
+                Activation::Gelu,
+            )
+            .unwrap();
+            let loss = crate::cross_entropy(&y, &labels).unwrap();
+            let grads = loss.backward().unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> { values(t).iter().map(|v| v.to_bits()).collect() };
+            [
+                bits(&y),
+                bits(&loss),
+                bits(grads.get(&x).unwrap()),
+                bits(grads.get(&w).unwrap()),
+                bits(grads.get(&b).unwrap()),
+            ]
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        assert!(run(threads) == one, "{threads} threads differ from 1");
+    }
+}
