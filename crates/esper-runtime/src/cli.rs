@@ -185,6 +185,11 @@ pub(crate) enum PolicyCommand {
         /// of running them here (see docs/OPERATIONS.md).
         #[arg(long)]
         fleet: bool,
+        /// Make the first N updates behaviour cloning: in their episodes
+        /// the heuristic decides and the policy learns to take its actions
+        /// (a warm start for PPO, which runs the updates after).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        imitate: u32,
     },
     /// Run a cohort with the policy as one more arm (`learned`, greedy) and
     /// print the verdict; exits like `esper cohort`.
@@ -257,6 +262,7 @@ pub(crate) fn policy(
             seed,
             resume,
             fleet,
+            imitate,
         } => {
             let options = policy::train::Options {
                 out,
@@ -267,6 +273,7 @@ pub(crate) fn policy(
                 jobs: jobs_or_cores(jobs),
                 resume,
                 fleet,
+                imitate,
             };
             let exe = std::env::current_exe().context("locating the esper executable")?;
             match policy::train::train(resolved, &options, exe, env)? {

@@ -101,6 +101,14 @@ pub fn build(
             (None, Controller::Script) => Some(Box::new(load_script(resolved, slots)?)),
             (None, Controller::Learned) => {
                 let mut policy = load_learned(resolved)?;
+                if config.tamiyo.learned.exploration == tamiyo::Exploration::Imitate {
+                    // Behaviour cloning: the heuristic decides, the policy
+                    // records its decisions as actions.
+                    policy = policy.with_teacher(Box::new(tamiyo::HeuristicPolicy::new(
+                        config.tamiyo.heuristic.clone(),
+                        urza::select::SelectionPolicy::default(),
+                    )));
+                }
                 policy
                     .record_to(&resolved.run_dir().join(tamiyo::trajectory::FILE_NAME))
                     .map_err(tamiyo_error)?;

@@ -107,9 +107,12 @@ fn policy_train_runs_episodes_against_baselines_and_resumes() {
         all.extend_from_slice(args);
         esper(d, &all, &[])
     };
-    let (ok, t) = train(&["--updates", "1", "--jobs", "2"]);
+    // The first update is behaviour cloning of the heuristic, the second
+    // (after --resume, without --imitate) PPO.
+    let (ok, t) = train(&["--updates", "1", "--jobs", "2", "--imitate", "1"]);
     assert!(ok, "{t}");
     assert!(t.contains("update 1/1 | 2 episode(s)"), "{t}");
+    assert!(t.contains("imitation nll"), "{t}");
     let home = d.join("runs/policy-train/p/runs");
     for run in [
         "p-cnn-impaired-baseline-s1000",
@@ -125,6 +128,7 @@ fn policy_train_runs_episodes_against_baselines_and_resumes() {
     let (ok, t) = train(&["--updates", "2", "--jobs", "2", "--resume"]);
     assert!(ok, "{t}");
     assert!(t.contains("update 2/2"), "{t}");
+    assert!(t.contains("| kl "), "{t}");
     // Update 2 reused both baselines (their seeds came round again).
     let (ok, t) = esper(d, &["policy", "show", "p.safetensors"], &[]);
     assert!(ok, "{t}");
@@ -135,7 +139,11 @@ fn policy_train_runs_episodes_against_baselines_and_resumes() {
     assert!(t.contains("mean_return"), "{t}");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("p.learner.json")).unwrap()).unwrap();
-    assert_eq!(state["history"].as_array().unwrap().len(), 2);
+    let history = state["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    let agreement = history[0]["imitation_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agreement), "{state}");
+    assert!(history[1].get("imitation_nll").is_none(), "{state}");
 }
 
 #[test]

@@ -31,6 +31,10 @@ pub enum Exploration {
     /// A draw from the masked distribution (training episodes), from the
     /// seeded stream `tamiyo.learned.sample_seed`.
     Sample,
+    /// Behaviour cloning: a teacher (the heuristic) decides, and the policy
+    /// records each decision as the action the network would have to take
+    /// (`esper policy train --imitate`'s episodes). Needs a teacher.
+    Imitate,
 }
 
 /// The `[tamiyo.learned]` section: which policy file the `learned`

@@ -48,6 +48,9 @@ pub struct Options {
     pub resume: bool,
     /// Run the episodes on the fleet (`esper worker`s) instead of here.
     pub fleet: bool,
+    /// Updates (from the first) that are behaviour cloning: the heuristic
+    /// decides in their episodes and the policy learns its actions.
+    pub imitate: u32,
 }
 
 /// One update's figures (a line of the learner state and of the output).
@@ -88,6 +91,13 @@ pub struct UpdateLine {
     pub value_loss: f64,
     /// Wall time of the update (episodes included), s.
     pub seconds: f64,
+    /// A behaviour-cloning update: the teacher's actions' mean negative
+    /// log-likelihood in its last pass (nats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imitation_nll: Option<f64>,
+    /// … and the share of its decisions the policy now takes greedily.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imitation_agreement: Option<f64>,
 }
 
 /// `<policy>.learner.json`.
@@ -164,6 +174,7 @@ fn cohort(
     seeds: &[u64],
     update: u32,
     snapshot: &Path,
+    imitate: bool,
 ) -> Result<CohortFile> {
     let ppo = &resolved.config.tamiyo.ppo;
     let stem = home
@@ -196,12 +207,14 @@ fn cohort(
     std::fs::write(&path, text).map_err(io(&path))?;
     let mut file = CohortFile::load(&path).map_err(|e| fail(e.to_string()))?;
     // The episodes check the snapshot's signature with the key it was
-    // signed with, and sample from this update's stream.
+    // signed with, and sample from this update's stream (or, imitating,
+    // record the heuristic's decisions).
     let episode = file
         .add_learned_arm(&format!("u{update}"), snapshot, super::key_source(resolved))
         .map_err(|e| fail(e.to_string()))?;
     let mut sampling = toml::Table::new();
-    sampling.insert("exploration".into(), "sample".into());
+    let exploration = if imitate { "imitate" } else { "sample" };
+    sampling.insert("exploration".into(), exploration.into());
     sampling.insert("sample_seed".into(), i64::from(update).into());
     let mut tamiyo = toml::Table::new();
     tamiyo.insert("learned".into(), sampling.into());
@@ -471,6 +484,7 @@ pub fn train(
     let mut last = None;
     while state.updates < options.updates {
         let update = state.updates;
+        let imitating = update < options.imitate;
         let started = Instant::now();
         let snapshot = snapshots.join(format!("u{update}.safetensors"));
         manifest.provenance = format!("esper policy train, update {update} snapshot");
@@ -491,7 +505,7 @@ pub fn train(
         );
         bar.set_prefix(format!("update {}/{}", update + 1, options.updates));
         for (host, seeds) in &by_host {
-            let file = cohort(resolved, &home, host, seeds, update, &snapshot)?;
+            let file = cohort(resolved, &home, host, seeds, update, &snapshot, imitating)?;
             let plan = file.plan(threads, env).map_err(|e| fail(e.to_string()))?;
             // Episodes and the baselines not run yet.
             let todo = plan.iter().filter(|r| !runner::is_finished(r)).count();
@@ -554,9 +568,19 @@ pub fn train(
             )));
         }
         let samples: Vec<Sample> = scored.iter().flat_map(|s| s.samples.clone()).collect();
-        let stats = learner
-            .update(&samples, u64::from(update))
-            .map_err(tamiyo_error)?;
+        let (stats, imitation) = if imitating {
+            let i = learner
+                .imitate(&samples, u64::from(update))
+                .map_err(tamiyo_error)?;
+            let mut stats = tamiyo::ppo::UpdateStats::default();
+            stats.last.value = i.value;
+            (stats, Some(i))
+        } else {
+            let stats = learner
+                .update(&samples, u64::from(update))
+                .map_err(tamiyo_error)?;
+            (stats, None)
+        };
         let n = scored.len() as f64;
         let mean = |f: &dyn Fn(&Scored) -> f64| scored.iter().map(f).sum::<f64>() / n;
         let mut return_by_host: BTreeMap<String, (f64, f64)> = BTreeMap::new();
@@ -588,19 +612,25 @@ pub fn train(
             entropy: stats.last.entropy,
             value_loss: stats.last.value,
             seconds: started.elapsed().as_secs_f64(),
+            imitation_nll: imitation.map(|i| i.nll),
+            imitation_agreement: imitation.map(|i| i.agreement),
         };
         state.updates += 1;
         state.episodes += scored.len() as u64;
         manifest.training_step = u64::from(state.updates);
         manifest.episodes = state.episodes;
         manifest.provenance = format!(
-            "{}esper policy train: {} update(s), {} episode(s) on {} (seed pool {}..{})",
+            "{}esper policy train: {} update(s){}, {} episode(s) on {} (seed pool {}..{})",
             if origin.starts_with("from ") {
                 format!("{origin}; then ")
             } else {
                 String::new()
             },
             state.updates,
+            match options.imitate.min(state.updates) {
+                0 => String::new(),
+                n => format!(" (the first {n} behaviour cloning of the heuristic)"),
+            },
             state.episodes,
             ppo.hosts.join(", "),
             ppo.seed_pool_start,
@@ -638,8 +668,14 @@ pub fn describe(line: &UpdateLine, of: u32) -> String {
         .iter()
         .map(|(h, r)| format!("{h} {r:+.2}"))
         .collect();
+    let learning = match (line.imitation_nll, line.imitation_agreement) {
+        (Some(nll), Some(agreement)) => {
+            format!("imitation nll {nll:.3}, agrees {:.0}%", 100.0 * agreement)
+        }
+        _ => format!("kl {:.4} | entropy {:.2}", line.approx_kl, line.entropy),
+    };
     format!(
-        "update {}/{of} | {} episode(s){} | return {:+.2} ({}) | gain {:+.2} pts | +{:.0} params | germinate {:.0}% | kl {:.4} | entropy {:.2} | {:.0} s",
+        "update {}/{of} | {} episode(s){} | return {:+.2} ({}) | gain {:+.2} pts | +{:.0} params | germinate {:.0}% | {learning} | {:.0} s",
         line.update,
         line.episodes,
         match (line.failed, line.halted) {
@@ -653,8 +689,6 @@ pub fn describe(line: &UpdateLine, of: u32) -> String {
         line.mean_gain,
         line.mean_parameters_added,
         100.0 * line.germinate_share,
-        line.approx_kl,
-        line.entropy,
         line.seconds
     )
 }

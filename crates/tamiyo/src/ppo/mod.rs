@@ -3,14 +3,17 @@
 //! with a value loss and an entropy bonus, on candle tensors so that the
 //! policy and value networks get their gradients from it; [`Learner`] runs
 //! whole updates of the GNN (minibatches, gradient clipping, AdamW, KL early
-//! stop). Every setting is in [`PpoConfig`] (`[tamiyo.ppo]`).
+//! stop), and behaviour-cloning updates toward a teacher's decisions
+//! ([`Learner::imitate`]). Every setting is in [`PpoConfig`] (`[tamiyo.ppo]`).
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod imitate;
 mod update;
+pub use imitate::ImitationStats;
 pub use update::{Learner, Sample, UpdateStats};
 
 /// The `[tamiyo.ppo]` section.

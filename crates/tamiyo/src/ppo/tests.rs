@@ -325,3 +325,90 @@ fn the_gnn_learns_when_to_grow_and_when_not_to() {
     }
     eprintln!("contextual bandit: grow/wait learned in {updates} PPO updates");
 }
+
+/// Behaviour cloning: a teacher that grows (a particular slot, blueprint,
+/// blend and tempo) when the host is short of capacity and waits when it is
+/// not is imitated exactly — every head — within a bounded number of
+/// imitation updates, and the teacher actions' negative log-likelihood falls.
+#[test]
+fn imitation_learns_a_teachers_whole_action() {
+    use crate::graph::{GraphBuilder, GraphSchema};
+    use crate::policy::action::{Action, Op, greedy};
+    use crate::policy::gnn::{GnnConfig, GnnModel, mask_for};
+
+    let context = |train_accuracy: f64| {
+        let mut p = crate::graph::tests::packet(3);
+        p.validation_accuracy = Some(0.5);
+        p.training_metrics
+            .insert("train_accuracy".into(), train_accuracy);
+        let g = GraphBuilder::new(GraphSchema::default())
+            .unwrap()
+            .build(&p, &crate::graph::tests::catalog())
+            .unwrap();
+        let mask = mask_for(&g, &p, 2);
+        (g, mask)
+    };
+    let (short, ample) = (context(0.6), context(0.99));
+    // The teacher's growth: the last slot, the first blueprint it allows
+    // there, the first blend it allows, the slowest tempo.
+    let slot = short.1.slot.len() - 1;
+    let blueprint = short.1.blueprint[slot].iter().position(|&ok| ok).unwrap();
+    let blend = short.1.blend[blueprint].iter().position(|&ok| ok).unwrap();
+    let grow = Action {
+        op: Op::Germinate,
+        slot: Some(slot),
+        blueprint: Some(blueprint),
+        blend: Some(blend),
+        tempo: Some(3),
+        seed: None,
+    };
+    let samples: Vec<Sample> = (0..16)
+        .map(|i| {
+            let ((g, mask), action) = if i % 2 == 0 {
+                (&short, grow)
+            } else {
+                (&ample, Action::wait())
+            };
+            Sample {
+                graph: g.clone(),
+                mask: mask.clone(),
+                action,
+                old_log_prob: 0.0,
+                advantage: 0.0,
+                target: 0.0,
+            }
+        })
+        .collect();
+    let config = PpoConfig {
+        epochs: 4,
+        minibatch: 8,
+        learning_rate: 3e-3,
+        ..PpoConfig::default()
+    };
+    let mut learner =
+        Learner::new(GnnModel::new(GnnConfig { hidden: 8 }, 5).unwrap(), config).unwrap();
+    let greedy_of =
+        |learner: &Learner,
+         (g, m): &(crate::graph::ObservationGraph, crate::policy::action::Mask)| {
+            greedy(&learner.model().forward(g).unwrap().logits, m)
+                .unwrap()
+                .0
+        };
+    let first = learner.imitate(&samples, 0).unwrap();
+    let mut last = first;
+    let mut updates = 1;
+    while greedy_of(&learner, &short) != grow || greedy_of(&learner, &ample) != Action::wait() {
+        assert!(updates < 40, "after {updates} imitation updates: {last:?}");
+        last = learner.imitate(&samples, updates).unwrap();
+        updates += 1;
+    }
+    assert!(last.nll < first.nll, "{first:?} → {last:?}");
+    assert!(
+        (last.agreement - 1.0).abs() < 1e-9 || updates == 1,
+        "{last:?}"
+    );
+    eprintln!(
+        "imitation: the teacher's whole action in {updates} updates, nll {:.3} → {:.3}",
+        first.nll, last.nll
+    );
+}

@@ -48,7 +48,7 @@ pub struct UpdateStats {
     pub grad_norm: f64,
 }
 
-fn tensor_error(e: candle_core::Error) -> Error {
+pub(super) fn tensor_error(e: candle_core::Error) -> Error {
     Error::Action(format!("PPO update: {e}"))
 }
 
@@ -92,6 +92,15 @@ impl Learner {
     /// The model being trained.
     pub fn model(&self) -> &GnnModel {
         &self.model
+    }
+
+    /// The hyperparameters it was made with.
+    pub(super) fn config(&self) -> &PpoConfig {
+        &self.config
+    }
+
+    pub(super) fn optimizer_mut(&mut self) -> &mut candle_nn::AdamW {
+        &mut self.optimizer
     }
 
     /// One PPO update on `samples`; `shuffle_seed` orders the minibatches.
@@ -177,7 +186,7 @@ impl Learner {
 
     /// Scales every gradient so that their global L2 norm is at most
     /// `max_grad_norm`; returns the norm before.
-    fn clip(&self, grads: &mut candle_core::backprop::GradStore) -> Result<f64> {
+    pub(super) fn clip(&self, grads: &mut candle_core::backprop::GradStore) -> Result<f64> {
         let vars = self.model.vars();
         let mut squared = 0f64;
         for v in &vars {

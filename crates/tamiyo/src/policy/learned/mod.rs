@@ -34,6 +34,8 @@ use crate::graph::{GraphBuilder, GraphSchema, NodeType, Normalisers, Observation
 use crate::observation::Observation;
 use crate::trajectory::{DecisionRecord, TrajectoryWriter};
 
+mod imitate;
+
 /// The GNN policy in the loop.
 pub struct LearnedPolicy {
     model: GnnModel,
@@ -47,6 +49,11 @@ pub struct LearnedPolicy {
     /// The packet decided last, the normalisers from before it, and its
     /// record (not yet written: a retry may replace it).
     last: Option<Last>,
+    /// Who decides under `exploration = "imitate"`.
+    teacher: Option<Box<dyn Policy>>,
+    /// Teacher decisions with no action in the network's space (not
+    /// recorded).
+    unimitable: u64,
 }
 
 struct Last {
@@ -82,6 +89,9 @@ struct State {
     sample_seed: u64,
     normalisers: Normalisers,
     decisions: u64,
+    /// The teacher's own state, under `exploration = "imitate"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    teacher: Option<serde_json::Value>,
 }
 
 impl LearnedPolicy {
@@ -105,7 +115,24 @@ impl LearnedPolicy {
             trajectory: None,
             decisions: 0,
             last: None,
+            teacher: None,
+            unimitable: 0,
         })
+    }
+
+    /// The policy that decides under `exploration = "imitate"` (behaviour
+    /// cloning): its proposals go out unchanged, and each is recorded as the
+    /// network's action for it.
+    pub fn with_teacher(mut self, teacher: Box<dyn Policy>) -> Self {
+        self.teacher = Some(teacher);
+        self
+    }
+
+    /// Teacher decisions that had no action in the network's space (a
+    /// choice the mask forbids, a blueprint outside the graph): made, not
+    /// recorded.
+    pub fn unimitable(&self) -> u64 {
+        self.unimitable
     }
 
     /// Loads the policy file `config.policy`, verified under `key`.
@@ -233,13 +260,36 @@ impl Policy for LearnedPolicy {
         cancel.check("policy network")?;
         let mask = mask_for(&graph, packet, self.max_live_seeds);
         let out = self.model.forward(&graph)?;
-        let (action, log_prob) = match self.exploration {
-            Exploration::Greedy => action::greedy(&out.logits, &mask)?,
-            Exploration::Sample => action::sample(
-                &out.logits,
-                &mask,
-                &mut stream(self.sample_seed, packet.global_step),
-            )?,
+        let (action, log_prob, taught) = match self.exploration {
+            Exploration::Greedy => {
+                let (a, lp) = action::greedy(&out.logits, &mask)?;
+                (a, lp, None)
+            }
+            Exploration::Sample => {
+                let (a, lp) = action::sample(
+                    &out.logits,
+                    &mask,
+                    &mut stream(self.sample_seed, packet.global_step),
+                )?;
+                (a, lp, None)
+            }
+            Exploration::Imitate => {
+                let teacher = self.teacher.as_mut().ok_or_else(|| {
+                    Error::Action(
+                        "tamiyo.learned.exploration = \"imitate\" needs a teacher policy".into(),
+                    )
+                })?;
+                let proposed = teacher.decide(observation, catalog, cancel)?;
+                let imitated = imitate::action_of(&graph, &proposed.proposal).and_then(|a| {
+                    action::log_prob(&out.logits, &mask, &a)
+                        .map(|lp| (a, lp))
+                        .map_err(|e| format!("the mask forbids it ({e})"))
+                });
+                match imitated {
+                    Ok((a, lp)) => (a, lp, Some(Ok(proposed))),
+                    Err(why) => (Action::wait(), 0.0, Some(Err((proposed, why)))),
+                }
+            }
         };
         if !(log_prob.is_finite() && out.value.is_finite()) {
             return Err(Error::Action(format!(
@@ -247,11 +297,12 @@ impl Policy for LearnedPolicy {
                 out.value
             )));
         }
-        let proposal = self.proposal(&graph, observation, &action)?;
         if !retry {
             self.decisions += 1;
         }
+        let recordable = !matches!(taught, Some(Err(_)));
         if self.trajectory.is_some()
+            && recordable
             && let Some(last) = self.last.as_mut()
         {
             last.record = Some(DecisionRecord {
@@ -260,7 +311,7 @@ impl Policy for LearnedPolicy {
                 global_step: packet.global_step,
                 generation: packet.generation,
                 validation_accuracy: packet.validation_accuracy,
-                graph,
+                graph: graph.clone(),
                 mask,
                 action,
                 log_prob,
@@ -268,6 +319,18 @@ impl Policy for LearnedPolicy {
                 policy_step: self.manifest.training_step,
             });
         }
+        match taught {
+            None => {}
+            Some(Ok(proposed)) => return Ok(proposed),
+            Some(Err((mut proposed, why))) => {
+                if !retry {
+                    self.unimitable += 1;
+                }
+                proposed.detail = format!("{} (not imitable: {why})", proposed.detail);
+                return Ok(proposed);
+            }
+        }
+        let proposal = self.proposal(&graph, observation, &action)?;
         let rule = match action.op {
             Op::Wait => "learned_wait",
             Op::Germinate => "learned_germinate",
@@ -291,6 +354,12 @@ impl Policy for LearnedPolicy {
         })
     }
 
+    fn issued(&mut self, proposal: &Proposal) {
+        if let Some(teacher) = self.teacher.as_mut() {
+            teacher.issued(proposal);
+        }
+    }
+
     fn export_state(&self) -> Result<serde_json::Value> {
         super::encode_state(
             "learned",
@@ -299,6 +368,11 @@ impl Policy for LearnedPolicy {
                 sample_seed: self.sample_seed,
                 normalisers: self.builder.normalisers().clone(),
                 decisions: self.decisions,
+                teacher: self
+                    .teacher
+                    .as_ref()
+                    .map(|t| t.export_state())
+                    .transpose()?,
             },
         )
     }
@@ -315,6 +389,15 @@ impl Policy for LearnedPolicy {
                 "the checkpoint sampled from seed {}, this run from {}",
                 state.sample_seed, self.sample_seed
             )));
+        }
+        match (self.teacher.as_mut(), state.teacher) {
+            (Some(teacher), Some(taught)) => teacher.import_state(taught)?,
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::State(
+                    "the checkpoint and this run differ in having a teacher policy".into(),
+                ));
+            }
         }
         self.builder.set_normalisers(state.normalisers)?;
         self.decisions = state.decisions;

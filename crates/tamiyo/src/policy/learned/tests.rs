@@ -214,3 +214,125 @@ fn a_retried_packet_is_decided_alike_and_recorded_once() {
         packets.iter().map(|p| p.global_step).collect::<Vec<_>>()
     );
 }
+
+/// A teacher that germinates at epoch 1 (on a slot and blueprint of its
+/// choosing), culls a seed the packet does not have at epoch 2 (nothing the
+/// network could choose) and waits after.
+struct Teacher {
+    slot: String,
+    blueprint: String,
+    issued: usize,
+}
+
+impl Policy for Teacher {
+    fn name(&self) -> &'static str {
+        "teacher"
+    }
+
+    fn decide(
+        &mut self,
+        observation: &Observation<'_>,
+        _catalog: &[CatalogEntry],
+        _cancel: &Cancel,
+    ) -> Result<Proposed> {
+        let proposal = match observation.packet.current_epoch {
+            1 => Proposal::Germinate {
+                slot_id: self.slot.clone(),
+                blueprint_id: self.blueprint.clone(),
+                parameters: Default::default(),
+                seed_id: "taught".into(),
+                alpha_steps: 380,
+                blend: leyline::v1::BlendMode::Residual,
+            },
+            2 => Proposal::Cull {
+                seed_id: "no-such-seed".into(),
+            },
+            _ => Proposal::Wait {
+                reason: "teacher waits".into(),
+            },
+        };
+        Ok(Proposed {
+            proposal,
+            rule: "teacher",
+            detail: String::new(),
+        })
+    }
+
+    fn issued(&mut self, _proposal: &Proposal) {
+        self.issued += 1;
+    }
+
+    fn export_state(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "issued": self.issued }))
+    }
+
+    fn import_state(&mut self, state: serde_json::Value) -> Result<()> {
+        self.issued = state["issued"].as_u64().unwrap_or(0) as usize;
+        Ok(())
+    }
+}
+
+#[test]
+fn imitation_passes_the_teachers_proposals_on_and_records_them_as_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(crate::trajectory::FILE_NAME);
+    let packets: Vec<_> = (1..4).map(epoch_end).collect();
+    let slot = packets[0].slots[1].slot_id.clone();
+    let blueprint = "conv.residual".to_string();
+    let mut p = policy(Exploration::Imitate, 0).with_teacher(Box::new(Teacher {
+        slot: slot.clone(),
+        blueprint: blueprint.clone(),
+        issued: 0,
+    }));
+    p.record_to(&path).unwrap();
+    let proposed: Vec<_> = packets.iter().map(|k| decide(&mut p, k)).collect();
+    assert!(matches!(&proposed[0].proposal,
+        Proposal::Germinate { slot_id, alpha_steps: 380, .. } if *slot_id == slot));
+    assert_eq!(proposed[0].rule, "teacher");
+    assert!(matches!(&proposed[1].proposal, Proposal::Cull { .. }));
+    assert!(
+        proposed[1].detail.contains("not imitable"),
+        "{}",
+        proposed[1].detail
+    );
+    assert_eq!(p.unimitable(), 1);
+    p.issued(&proposed[0].proposal);
+    let state = p.export_state().unwrap();
+    assert_eq!(state["teacher"]["issued"], 1);
+    let model = p.model.clone();
+    drop(p);
+    let t = crate::trajectory::read(&path).unwrap();
+    // Epochs 1 and 3: the cull of a seed the graph lacks is not recorded.
+    assert_eq!(
+        t.records.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    let grow = &t.records[0];
+    assert_eq!(grow.action.op, Op::Germinate);
+    let ids = &grow.graph.nodes[&NodeType::Slot].ids;
+    assert_eq!(ids[grow.action.slot.unwrap()], slot);
+    let ids = &grow.graph.nodes[&NodeType::Blueprint].ids;
+    assert_eq!(ids[grow.action.blueprint.unwrap()], blueprint);
+    assert_eq!(
+        BLENDS[grow.action.blend.unwrap()],
+        leyline::v1::BlendMode::Residual
+    );
+    assert_eq!(TEMPOS[grow.action.tempo.unwrap()], 400);
+    for r in &t.records {
+        let e = model.evaluate(&r.graph, &r.mask, &r.action).unwrap();
+        let lp = e.log_prob.to_scalar::<f32>().unwrap();
+        assert!((lp - r.log_prob).abs() < 1e-4, "{lp} vs {}", r.log_prob);
+    }
+}
+
+#[test]
+fn imitation_without_a_teacher_is_an_error() {
+    let mut p = policy(Exploration::Imitate, 0);
+    let obs = Observation {
+        packet: &epoch_end(1),
+        coverage: 1.0,
+        present: 0,
+    };
+    let err = p.decide(&obs, &catalog(), &Cancel::new()).unwrap_err();
+    assert!(err.to_string().contains("teacher"), "{err}");
+}
