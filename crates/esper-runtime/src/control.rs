@@ -74,11 +74,24 @@ pub fn load_script(
 /// key, its schema against this build's) recording every decision to the
 /// run's trajectory file: `esper train` calls it before the run directory
 /// is written, so an unusable policy leaves nothing; [`build`] calls it
-/// again to attach the trajectory.
+/// again to attach the trajectory. Under `exploration = "imitate"` it comes
+/// with the heuristic as its teacher.
 pub fn load_learned(resolved: &Resolved) -> Result<tamiyo::LearnedPolicy> {
     let tamiyo = &resolved.config.tamiyo;
-    tamiyo::LearnedPolicy::load(&tamiyo.learned, tamiyo.graph.clone(), &resolved.policy_key)
-        .map_err(tamiyo_error)
+    let policy =
+        tamiyo::LearnedPolicy::load(&tamiyo.learned, tamiyo.graph.clone(), &resolved.policy_key)
+            .map_err(tamiyo_error)?;
+    Ok(match tamiyo.learned.exploration {
+        // Behaviour cloning: the heuristic decides, the policy records its
+        // decisions as actions.
+        tamiyo::Exploration::Imitate => {
+            policy.with_teacher(Box::new(tamiyo::HeuristicPolicy::new(
+                tamiyo.heuristic.clone(),
+                urza::select::SelectionPolicy::default(),
+            )))
+        }
+        tamiyo::Exploration::Greedy | tamiyo::Exploration::Sample => policy,
+    })
 }
 
 /// Builds the control plane for a host with `slots` on `device`.
@@ -101,14 +114,6 @@ pub fn build(
             (None, Controller::Script) => Some(Box::new(load_script(resolved, slots)?)),
             (None, Controller::Learned) => {
                 let mut policy = load_learned(resolved)?;
-                if config.tamiyo.learned.exploration == tamiyo::Exploration::Imitate {
-                    // Behaviour cloning: the heuristic decides, the policy
-                    // records its decisions as actions.
-                    policy = policy.with_teacher(Box::new(tamiyo::HeuristicPolicy::new(
-                        config.tamiyo.heuristic.clone(),
-                        urza::select::SelectionPolicy::default(),
-                    )));
-                }
                 policy
                     .record_to(&resolved.run_dir().join(tamiyo::trajectory::FILE_NAME))
                     .map_err(tamiyo_error)?;
