@@ -144,6 +144,8 @@ fn policy_train_runs_episodes_against_baselines_and_resumes() {
     let agreement = history[0]["imitation_agreement"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&agreement), "{state}");
     assert!(history[1].get("imitation_nll").is_none(), "{state}");
+    // The manifest reports what the last update optimised: PPO's KL.
+    assert!(t.contains("approx_kl"), "{t}");
 }
 
 #[test]

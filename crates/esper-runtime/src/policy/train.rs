@@ -644,9 +644,21 @@ pub fn train(
                 line.mean_parameters_added,
             ),
             ("germinate_share".to_string(), line.germinate_share),
-            ("approx_kl".to_string(), line.approx_kl),
-            ("entropy".to_string(), line.entropy),
         ]);
+        // What the update optimised: the teacher's likelihood, or PPO's
+        // objective (an imitation update has no KL or entropy to report).
+        match (line.imitation_nll, line.imitation_agreement) {
+            (Some(nll), Some(agreement)) => {
+                manifest.metrics.insert("imitation_nll".into(), nll);
+                manifest
+                    .metrics
+                    .insert("imitation_agreement".into(), agreement);
+            }
+            _ => {
+                manifest.metrics.insert("approx_kl".into(), line.approx_kl);
+                manifest.metrics.insert("entropy".into(), line.entropy);
+            }
+        }
         save_policy(&options.out, learner.model(), &manifest, &key).map_err(tamiyo_error)?;
         state.history.push(line.clone());
         let path = state_path(&options.out);
