@@ -250,28 +250,36 @@ fn defaults_are_valid_and_bad_values_name_their_key() {
     }
 }
 
+/// The observation graph and action mask of a host of `slots` conv slots at
+/// validation accuracy 0.5 and this training accuracy (short of capacity
+/// when low, not when near 1).
+fn context(
+    slots: usize,
+    train_accuracy: f64,
+) -> (crate::graph::ObservationGraph, crate::policy::action::Mask) {
+    use crate::graph::{GraphBuilder, GraphSchema};
+    let mut p = crate::graph::tests::packet(slots);
+    p.validation_accuracy = Some(0.5);
+    p.training_metrics
+        .insert("train_accuracy".into(), train_accuracy);
+    let g = GraphBuilder::new(GraphSchema::default())
+        .unwrap()
+        .build(&p, &crate::graph::tests::catalog())
+        .unwrap();
+    let mask = crate::policy::gnn::mask_for(&g, &p, 2);
+    (g, mask)
+}
+
 /// The GNN learns, from rewards alone, to germinate where the host is short
 /// of capacity (training accuracy 0.6) and to wait where it is not (0.99):
 /// a contextual bandit over real observation graphs, the skill the learned
 /// controller needs most.
 #[test]
 fn the_gnn_learns_when_to_grow_and_when_not_to() {
-    use crate::graph::{GraphBuilder, GraphSchema};
     use crate::policy::action::{Op, Sampler, greedy, sample};
-    use crate::policy::gnn::{GnnConfig, GnnModel, mask_for};
+    use crate::policy::gnn::{GnnConfig, GnnModel};
 
-    let context = |train_accuracy: f64| {
-        let mut p = crate::graph::tests::packet(2);
-        p.validation_accuracy = Some(0.5);
-        p.training_metrics
-            .insert("train_accuracy".into(), train_accuracy);
-        let g = GraphBuilder::new(GraphSchema::default())
-            .unwrap()
-            .build(&p, &crate::graph::tests::catalog())
-            .unwrap();
-        let mask = mask_for(&g, &p, 2);
-        (g, mask)
-    };
+    let context = |train_accuracy: f64| context(2, train_accuracy);
     let short = context(0.6);
     let ample = context(0.99);
     let config = PpoConfig {
@@ -332,22 +340,10 @@ fn the_gnn_learns_when_to_grow_and_when_not_to() {
 /// imitation updates, and the teacher actions' negative log-likelihood falls.
 #[test]
 fn imitation_learns_a_teachers_whole_action() {
-    use crate::graph::{GraphBuilder, GraphSchema};
     use crate::policy::action::{Action, Op, greedy};
-    use crate::policy::gnn::{GnnConfig, GnnModel, mask_for};
+    use crate::policy::gnn::{GnnConfig, GnnModel};
 
-    let context = |train_accuracy: f64| {
-        let mut p = crate::graph::tests::packet(3);
-        p.validation_accuracy = Some(0.5);
-        p.training_metrics
-            .insert("train_accuracy".into(), train_accuracy);
-        let g = GraphBuilder::new(GraphSchema::default())
-            .unwrap()
-            .build(&p, &crate::graph::tests::catalog())
-            .unwrap();
-        let mask = mask_for(&g, &p, 2);
-        (g, mask)
-    };
+    let context = |train_accuracy: f64| context(3, train_accuracy);
     let (short, ample) = (context(0.6), context(0.99));
     // The teacher's growth: the last slot, the first blueprint it allows
     // there, the first blend it allows, the slowest tempo.
