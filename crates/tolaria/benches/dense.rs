@@ -27,10 +27,10 @@ use candle_core::{Device, Tensor, Var};
 use esper_ops::{Activation, ComputePool};
 use kasmina::DormantSlots;
 use tolaria::hosts::Ops;
-use tolaria::optim::{Optimizer, ParamGroup, Rule};
+use tolaria::optim::Optimizer;
 
 mod common;
-use common::{StepFixture, python, torch_rates};
+use common::{StepFixture, adamw, python, torch_rates};
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static CALLS: AtomicUsize = AtomicUsize::new(0);
@@ -209,15 +209,7 @@ impl Gnn {
                 ]
             })
             .collect();
-        let mut optimizer = Optimizer::new(Rule::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        })
-        .expect("rule");
-        optimizer
-            .add_group(ParamGroup::new("gnn", params, 1e-3, 0.01))
-            .expect("group");
+        let optimizer = adamw(params, &Device::Cpu);
         let x = Tensor::randn(0f32, 1.0, (Self::NODES, Self::WIDTH), &Device::Cpu).expect("x");
         let labels: Vec<u32> = (0..Self::NODES as u32).map(|i| i % 10).collect();
         let y = Tensor::from_vec(labels, Self::NODES, &Device::Cpu).expect("y");
@@ -241,13 +233,10 @@ impl Gnn {
             };
             h = match self.ops {
                 Ops::Esper => esper_ops::linear(&h, w.as_tensor(), b.as_tensor(), act),
-                Ops::Candle => {
-                    let y = h
-                        .matmul(&w.as_tensor().t().expect("t"))
-                        .and_then(|y| y.broadcast_add(b.as_tensor()))
-                        .expect("linear");
-                    if i < last { y.relu() } else { Ok(y) }
-                }
+                Ops::Candle => h
+                    .matmul(&w.as_tensor().t().expect("t"))
+                    .and_then(|y| y.broadcast_add(b.as_tensor()))
+                    .and_then(|y| act.apply(y)),
             }
             .expect("layer");
         }

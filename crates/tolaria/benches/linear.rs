@@ -48,8 +48,8 @@ fn bench(c: &mut Criterion) {
                     let y = x
                         .matmul(&w.as_tensor().t().expect("t"))
                         .and_then(|y| y.broadcast_add(b.as_tensor()))
+                        .and_then(|y| act.apply(y))
                         .expect("forward");
-                    let y = if relu { y.relu().expect("relu") } else { y };
                     (y * &g)
                         .and_then(|l| l.sum_all())
                         .expect("loss")

@@ -17,11 +17,7 @@ fn composition(x: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> Tensor {
         .unwrap()
         .broadcast_add(b)
         .unwrap();
-    match act {
-        Activation::Identity => y,
-        Activation::Relu => y.relu().unwrap(),
-        Activation::Gelu => y.gelu().unwrap(),
-    }
+    act.apply(y).unwrap()
 }
 
 fn activation() -> impl Strategy<Value = Activation> {

@@ -12,9 +12,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Optimizer;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::SeedableRng;
 
-use super::update::{Learner, Sample, tensor_error};
+use super::update::{Learner, Sample, shuffle, tensor_error};
 use crate::error::{Error, Result};
 use crate::policy::action;
 
@@ -55,10 +55,7 @@ impl Learner {
         let size = self.config().minibatch as usize;
         let value_coef = self.config().value_coef;
         for _ in 0..self.config().epochs {
-            for i in (1..order.len()).rev() {
-                let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-                order.swap(i, j);
-            }
+            shuffle(&mut order, &mut rng);
             let (mut nll_sum, mut value_sum, mut batches) = (0.0, 0.0, 0u32);
             for chunk in order.chunks(size) {
                 let (mut lps, mut vs, mut targets) = (Vec::new(), Vec::new(), Vec::new());

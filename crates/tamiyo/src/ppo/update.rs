@@ -52,6 +52,15 @@ pub(super) fn tensor_error(e: candle_core::Error) -> Error {
     Error::Action(format!("PPO update: {e}"))
 }
 
+/// Fisher–Yates over `order` with the seeded stream: one pass's minibatch
+/// order.
+pub(super) fn shuffle(order: &mut [usize], rng: &mut rand_chacha::ChaCha8Rng) {
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+}
+
 /// The GNN's weights and their optimizer.
 pub struct Learner {
     model: GnnModel,
@@ -115,11 +124,7 @@ impl Learner {
         let mut grad_norms = Vec::new();
         let size = self.config.minibatch as usize;
         for _ in 0..self.config.epochs {
-            // Fisher–Yates with the seeded stream.
-            for i in (1..order.len()).rev() {
-                let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-                order.swap(i, j);
-            }
+            shuffle(&mut order, &mut rng);
             let mut pass = Vec::new();
             for chunk in order.chunks(size) {
                 let (total, loss_stats) = self.minibatch_loss(samples, &advantages, chunk)?;

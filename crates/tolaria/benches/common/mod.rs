@@ -40,16 +40,7 @@ impl StepFixture {
         let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
         let y = Tensor::from_vec(labels, batch, device).expect("labels");
         let host = tolaria::hosts::build_with_ops(name, 0, device, ops).expect("host");
-        let mut optimizer = Optimizer::new(Rule::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        })
-        .expect("rule")
-        .on(device.location());
-        optimizer
-            .add_group(ParamGroup::new("host", host.parameters(), 1e-3, 0.01))
-            .expect("group");
+        let optimizer = adamw(host.parameters(), device);
         Self {
             host,
             optimizer,
@@ -71,6 +62,22 @@ impl StepFixture {
         let grads = loss.backward().expect("backward");
         self.optimizer.step(&grads).expect("step");
     }
+}
+
+/// AdamW (lr 1e-3, weight decay 0.01, PyTorch's betas and eps) over
+/// `params` on `device`, as `scripts/torch_step.py` trains.
+pub(crate) fn adamw(params: Vec<kasmina::NamedParameter>, device: &Device) -> Optimizer {
+    let mut optimizer = Optimizer::new(Rule::AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+    })
+    .expect("rule")
+    .on(device.location());
+    optimizer
+        .add_group(ParamGroup::new("host", params, 1e-3, 0.01))
+        .expect("group");
+    optimizer
 }
 
 /// A Python that can `import torch`: `target/torch-venv` (made by `cargo

@@ -93,14 +93,7 @@ impl Linear {
         let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
         match self.ops {
             Ops::Esper => esper_ops::linear(x, w, b, act),
-            Ops::Candle => {
-                let y = x.matmul(&w.t()?)?.broadcast_add(b)?;
-                match act {
-                    esper_ops::Activation::Identity => Ok(y),
-                    esper_ops::Activation::Relu => y.relu(),
-                    esper_ops::Activation::Gelu => y.gelu(),
-                }
-            }
+            Ops::Candle => act.apply(x.matmul(&w.t()?)?.broadcast_add(b)?),
         }
     }
 

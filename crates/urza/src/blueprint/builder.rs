@@ -175,14 +175,7 @@ impl Linear {
         let w = self.weight.as_tensor();
         match &self.bias {
             Some(b) => esper_ops::linear(x, w, b.as_tensor(), act),
-            None => {
-                let y = x.matmul(&w.t()?)?;
-                match act {
-                    esper_ops::Activation::Identity => Ok(y),
-                    esper_ops::Activation::Relu => y.relu(),
-                    esper_ops::Activation::Gelu => y.gelu(),
-                }
-            }
+            None => act.apply(x.matmul(&w.t()?)?),
         }
     }
 

@@ -56,6 +56,14 @@ pub struct LearnedPolicy {
     unimitable: u64,
 }
 
+/// Who made a decision: the network (its proposal), or the teacher (its
+/// proposal, which the network's action imitates — or cannot, and why).
+enum Made {
+    Own(Proposal),
+    Taught(Proposed),
+    Unimitable(Proposed, String),
+}
+
 struct Last {
     packet_id: String,
     normalisers_before: Normalisers,
@@ -260,10 +268,10 @@ impl Policy for LearnedPolicy {
         cancel.check("policy network")?;
         let mask = mask_for(&graph, packet, self.max_live_seeds);
         let out = self.model.forward(&graph)?;
-        let (action, log_prob, taught) = match self.exploration {
+        let (action, log_prob, made) = match self.exploration {
             Exploration::Greedy => {
                 let (a, lp) = action::greedy(&out.logits, &mask)?;
-                (a, lp, None)
+                (a, lp, Made::Own(self.proposal(&graph, observation, &a)?))
             }
             Exploration::Sample => {
                 let (a, lp) = action::sample(
@@ -271,7 +279,7 @@ impl Policy for LearnedPolicy {
                     &mask,
                     &mut stream(self.sample_seed, packet.global_step),
                 )?;
-                (a, lp, None)
+                (a, lp, Made::Own(self.proposal(&graph, observation, &a)?))
             }
             Exploration::Imitate => {
                 let teacher = self.teacher.as_mut().ok_or_else(|| {
@@ -286,8 +294,8 @@ impl Policy for LearnedPolicy {
                         .map_err(|e| format!("the mask forbids it ({e})"))
                 });
                 match imitated {
-                    Ok((a, lp)) => (a, lp, Some(Ok(proposed))),
-                    Err(why) => (Action::wait(), 0.0, Some(Err((proposed, why)))),
+                    Ok((a, lp)) => (a, lp, Made::Taught(proposed)),
+                    Err(why) => (Action::wait(), 0.0, Made::Unimitable(proposed, why)),
                 }
             }
         };
@@ -300,9 +308,8 @@ impl Policy for LearnedPolicy {
         if !retry {
             self.decisions += 1;
         }
-        let recordable = !matches!(taught, Some(Err(_)));
         if self.trajectory.is_some()
-            && recordable
+            && !matches!(made, Made::Unimitable(..))
             && let Some(last) = self.last.as_mut()
         {
             last.record = Some(DecisionRecord {
@@ -311,7 +318,7 @@ impl Policy for LearnedPolicy {
                 global_step: packet.global_step,
                 generation: packet.generation,
                 validation_accuracy: packet.validation_accuracy,
-                graph: graph.clone(),
+                graph,
                 mask,
                 action,
                 log_prob,
@@ -319,18 +326,17 @@ impl Policy for LearnedPolicy {
                 policy_step: self.manifest.training_step,
             });
         }
-        match taught {
-            None => {}
-            Some(Ok(proposed)) => return Ok(proposed),
-            Some(Err((mut proposed, why))) => {
+        let proposal = match made {
+            Made::Own(proposal) => proposal,
+            Made::Taught(proposed) => return Ok(proposed),
+            Made::Unimitable(mut proposed, why) => {
                 if !retry {
                     self.unimitable += 1;
                 }
                 proposed.detail = format!("{} (not imitable: {why})", proposed.detail);
                 return Ok(proposed);
             }
-        }
-        let proposal = self.proposal(&graph, observation, &action)?;
+        };
         let rule = match action.op {
             Op::Wait => "learned_wait",
             Op::Germinate => "learned_germinate",
