@@ -238,7 +238,12 @@ pub(crate) fn policy(
             // not one failed run per seed.
             policy::show(resolved, &path)?;
             let mut file = CohortFile::load(&cohort)?;
-            file.add_learned_arm(&arm, &path, policy::key_source(resolved))?;
+            file.add_learned_arm(
+                &arm,
+                &path,
+                policy::key_source(resolved),
+                &resolved.config.tamiyo.learned.blueprint_parameters,
+            )?;
             let exe = std::env::current_exe().context("locating the esper executable")?;
             let fleet = fleet
                 .then(|| esper_runtime::fleet::submit::Fleet::connect(resolved))

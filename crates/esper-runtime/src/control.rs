@@ -81,7 +81,14 @@ pub fn load_learned(resolved: &Resolved) -> Result<tamiyo::LearnedPolicy> {
     let policy =
         tamiyo::LearnedPolicy::load(&tamiyo.learned, tamiyo.graph.clone(), &resolved.policy_key)
             .map_err(tamiyo_error)?;
-    Ok(match tamiyo.learned.exploration {
+    Ok(with_teacher(resolved, policy))
+}
+
+/// `policy` with the heuristic as its teacher under `exploration =
+/// "imitate"`, else as it is.
+pub fn with_teacher(resolved: &Resolved, policy: tamiyo::LearnedPolicy) -> tamiyo::LearnedPolicy {
+    let tamiyo = &resolved.config.tamiyo;
+    match tamiyo.learned.exploration {
         // Behaviour cloning: the heuristic decides, the policy records its
         // decisions as actions.
         tamiyo::Exploration::Imitate => {
@@ -91,7 +98,7 @@ pub fn load_learned(resolved: &Resolved) -> Result<tamiyo::LearnedPolicy> {
             )))
         }
         tamiyo::Exploration::Greedy | tamiyo::Exploration::Sample => policy,
-    })
+    }
 }
 
 /// Builds the control plane for a host with `slots` on `device`.

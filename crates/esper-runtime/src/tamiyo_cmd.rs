@@ -9,6 +9,13 @@
 //!
 //! SIGINT or SIGTERM stops it; trainers then miss their fences (counted)
 //! and go on training without commands.
+//!
+//! With `learned`, the policy file is loaded and validated once
+//! ([`tamiyo::ServedPolicy`]); SIGHUP reads it again and serves the new file
+//! to new sessions only if it passes the same validation run — otherwise the
+//! served policy stays and the rejection is printed on stderr (and counted
+//! in `tamiyo_policy_reloads_total{outcome}` for a metrics recorder).
+//! Replacing the file on disk changes nothing until then.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,13 +44,28 @@ pub fn serve(resolved: &Resolved, listen: Option<&str>, max_sessions: usize) -> 
         ))
     })?;
     let config = &resolved.config;
-    let policy_name = match config.tamiyo.controller {
-        Controller::Heuristic => "heuristic",
+    let (policy_name, reloadable) = match config.tamiyo.controller {
+        Controller::Heuristic => ("heuristic", None),
         Controller::Learned => {
-            // Checked once here: a bad policy file is one error at start,
-            // not one per session.
-            crate::control::load_learned(resolved)?;
-            "learned"
+            // Loaded and validated once here: a bad policy file is one error
+            // at start, not one per session.
+            let (served, checked) = tamiyo::ServedPolicy::load(
+                &config.tamiyo.learned,
+                config.tamiyo.graph.clone(),
+                &resolved.policy_key,
+            )
+            .map_err(tamiyo_error)?;
+            println!(
+                "esper tamiyo serve: policy {} validated ({} observations, {} with growth legal)",
+                served
+                    .manifest()
+                    .weights_sha256
+                    .get(..12)
+                    .unwrap_or_default(),
+                checked.observations,
+                checked.with_growth
+            );
+            ("learned", Some(Arc::new(served)))
         }
         Controller::Script | Controller::Off => {
             return Err(Error::Config(leyline::ConfigError::at(
@@ -69,14 +91,19 @@ pub fn serve(resolved: &Resolved, listen: Option<&str>, max_sessions: usize) -> 
     let factory: tamiyo::grpc::SessionFactory = {
         let resolved = resolved.clone();
         let cache = Arc::clone(&cache);
+        let reloadable = reloadable.clone();
         Arc::new(move |_run_id: &str| {
             let config = &resolved.config;
-            let policy: Box<dyn tamiyo::Policy> = match config.tamiyo.controller {
-                Controller::Learned => Box::new(
-                    crate::control::load_learned(&resolved)
-                        .map_err(|e| tamiyo::Error::Remote(e.to_string()))?,
-                ),
-                Controller::Heuristic | Controller::Script | Controller::Off => {
+            let policy: Box<dyn tamiyo::Policy> = match (&reloadable, config.tamiyo.controller) {
+                (Some(policy), _) => {
+                    Box::new(crate::control::with_teacher(&resolved, policy.session()?))
+                }
+                (None, Controller::Learned) => {
+                    return Err(tamiyo::Error::Remote(
+                        "the learned controller has no served policy".into(),
+                    ));
+                }
+                (None, Controller::Heuristic | Controller::Script | Controller::Off) => {
                     Box::new(tamiyo::HeuristicPolicy::new(
                         config.tamiyo.heuristic.clone(),
                         urza::select::SelectionPolicy::default(),
@@ -115,9 +142,43 @@ pub fn serve(resolved: &Resolved, listen: Option<&str>, max_sessions: usize) -> 
             served.addr,
             max_sessions.max(1)
         );
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map_err(|e| Error::Runtime(format!("waiting for Ctrl-C: {e}")))?,
-            _ = terminate.recv() => {}
+        let mut hangup = signal(SignalKind::hangup())
+            .map_err(|e| Error::Runtime(format!("installing the SIGHUP handler: {e}")))?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    r.map_err(|e| Error::Runtime(format!("waiting for Ctrl-C: {e}")))?;
+                    break;
+                }
+                _ = terminate.recv() => break,
+                _ = hangup.recv() => {
+                    let Some(policy) = reloadable.clone() else {
+                        println!("esper tamiyo serve: SIGHUP: the heuristic has no policy file to reload");
+                        continue;
+                    };
+                    let key = resolved.policy_key.clone();
+                    let outcome = tokio::task::spawn_blocking(move || {
+                        policy.reload(&key).map(|checked| (checked, policy.manifest()))
+                    })
+                    .await
+                    .map_err(|e| Error::Runtime(format!("policy reload: {e}")))?;
+                    match outcome {
+                        Ok((checked, manifest)) => {
+                            metrics::counter!("tamiyo_policy_reloads_total", "outcome" => "swapped").increment(1);
+                            println!(
+                                "esper tamiyo serve: SIGHUP: now serving policy {} (training step {}; validated on {} observations); open sessions keep theirs",
+                                manifest.weights_sha256.get(..12).unwrap_or_default(),
+                                manifest.training_step,
+                                checked.observations
+                            );
+                        }
+                        Err(e) => {
+                            metrics::counter!("tamiyo_policy_reloads_total", "outcome" => "rejected").increment(1);
+                            eprintln!("esper tamiyo serve: SIGHUP: the new policy is REJECTED, the served one stays: {e}");
+                        }
+                    }
+                }
+            }
         }
         shutdown.cancel();
         served

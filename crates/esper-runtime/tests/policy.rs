@@ -102,13 +102,14 @@ fn policy_train_runs_episodes_against_baselines_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     setup(d);
-    let train = |args: &[&str]| {
+    let train_with = |args: &[&str], env: &[(&str, &str)]| {
         let mut all = vec!["policy", "train", "--out", "p.safetensors", "--hidden", "8"];
         all.extend_from_slice(args);
-        esper(d, &all, &[])
+        esper(d, &all, env)
     };
+    let train = |args: &[&str]| train_with(args, &[]);
     // The first update is behaviour cloning of the heuristic, the second
-    // (after --resume, without --imitate) PPO.
+    // (after --resume) PPO, regularised by the first's demonstrations.
     let (ok, t) = train(&["--updates", "1", "--jobs", "2", "--imitate", "1"]);
     assert!(ok, "{t}");
     assert!(t.contains("update 1/1 | 2 episode(s)"), "{t}");
@@ -125,10 +126,25 @@ fn policy_train_runs_episodes_against_baselines_and_resumes() {
     // Without --resume an existing learner is not overwritten.
     let (ok, t) = train(&["--updates", "2"]);
     assert!(!ok && t.contains("--resume"), "{t}");
-    let (ok, t) = train(&["--updates", "2", "--jobs", "2", "--resume"]);
+    let (ok, t) = train_with(
+        &[
+            "--updates",
+            "2",
+            "--jobs",
+            "2",
+            "--resume",
+            "--imitate",
+            "1",
+        ],
+        &[("ESPER_TAMIYO__PPO__IMITATION_COEF", "1.0")],
+    );
     assert!(ok, "{t}");
+    assert!(
+        t.contains("demonstration(s) of the teacher read back from the first 1 update(s)"),
+        "{t}"
+    );
     assert!(t.contains("update 2/2"), "{t}");
-    assert!(t.contains("| kl "), "{t}");
+    assert!(t.contains("| kl ") && t.contains("| teacher nll "), "{t}");
     // Update 2 reused both baselines (their seeds came round again).
     let (ok, t) = esper(d, &["policy", "show", "p.safetensors"], &[]);
     assert!(ok, "{t}");
@@ -143,7 +159,9 @@ fn policy_train_runs_episodes_against_baselines_and_resumes() {
     assert_eq!(history.len(), 2);
     let agreement = history[0]["imitation_agreement"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&agreement), "{state}");
-    assert!(history[1].get("imitation_nll").is_none(), "{state}");
+    // The PPO update reports the demonstrations' likelihood, no agreement.
+    assert!(history[1]["imitation_nll"].as_f64().is_some(), "{state}");
+    assert!(history[1].get("imitation_agreement").is_none(), "{state}");
     // The manifest reports what the last update optimised: PPO's KL.
     assert!(t.contains("approx_kl"), "{t}");
 }
@@ -201,7 +219,7 @@ fn the_shipped_policy_verifies_and_loads() {
             "policies/train.toml",
             "policy",
             "show",
-            "policies/esper-v2.safetensors",
+            "policies/esper-v6.safetensors",
         ],
         &root,
         &[],
@@ -209,4 +227,115 @@ fn the_shipped_policy_verifies_and_loads() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("signature and weights verified"), "{t}");
+}
+
+/// `esper tamiyo serve` with the learned controller validates its policy
+/// before serving, and on SIGHUP swaps in a replaced file only when it loads
+/// and validates: a tampered file is rejected (said on stderr) and the
+/// served policy stays; a good one is served from then on.
+#[test]
+fn tamiyo_serve_swaps_its_policy_on_sighup_only_after_validating_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = with_a_policy();
+    let (ok, t) = esper(
+        dir.path(),
+        &[
+            "policy",
+            "init",
+            "p1.safetensors",
+            "--hidden",
+            "8",
+            "--seed",
+            "7",
+        ],
+        &[],
+    );
+    assert!(ok, "{t}");
+    let served = dir.path().join("served.safetensors");
+    std::fs::copy(dir.path().join("p0.safetensors"), &served).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = crate::common::esper_command(
+        &[
+            "--config",
+            "esper.toml",
+            "tamiyo",
+            "serve",
+            "--listen",
+            &listen,
+        ],
+        dir.path(),
+        &[
+            ("ESPER_LEYLINE__SECURITY__SECRET__SOURCE", "env"),
+            ("ESPER_LEYLINE__SECURITY__SECRET__VAR", "SERVE_TEST_SECRET"),
+            ("SERVE_TEST_SECRET", &"cd".repeat(32)),
+            ("ESPER_TAMIYO__CONTROLLER", "learned"),
+            ("ESPER_TAMIYO__LEARNED__POLICY", "served.safetensors"),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+    let pid = child.id();
+    let _guard = Kill(pid);
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let validated = out.next().unwrap().unwrap();
+    assert!(
+        validated.contains("validated (36 observations"),
+        "{validated}"
+    );
+    let listening = out.next().unwrap().unwrap();
+    assert!(listening.contains("learned controller on"), "{listening}");
+    let hangup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // A tampered file: refused, said on stderr.
+    let mut bytes = std::fs::read(dir.path().join("p1.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&served, &bytes).unwrap();
+    hangup();
+    let rejected = err
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("SIGHUP"))
+        .unwrap();
+    assert!(
+        rejected.contains("REJECTED, the served one stays"),
+        "{rejected}"
+    );
+
+    // A good one: served from now on.
+    std::fs::copy(dir.path().join("p1.safetensors"), &served).unwrap();
+    hangup();
+    let swapped = out.next().unwrap().unwrap();
+    assert!(swapped.contains("now serving policy"), "{swapped}");
+    assert_ne!(
+        swapped.split_whitespace().nth(7),
+        validated.split_whitespace().nth(4),
+        "{validated} / {swapped}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

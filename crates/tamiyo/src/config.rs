@@ -3,6 +3,7 @@
 //! changed afterwards (the service keeps it behind an `Arc`). The step
 //! deadline is the shared `leyline.budgets.performance.tamiyo_step_deadline_ms`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,12 @@ pub struct LearnedConfig {
     /// (at least 32 bytes) in an environment variable or a file; unset, the
     /// Leyline secret (`leyline.security.secret`) signs and verifies them.
     pub key: Option<leyline::SecretSource>,
+    /// The parameters each blueprint is germinated with, over its defaults
+    /// (default none: every blueprint at its defaults). The policy chooses
+    /// where, when and which blueprint; this says which variant of it —
+    /// e.g. `"conv.depthwise" = { kernel_size = 5 }` — and the graph prices
+    /// the blueprint's cost at a slot with the same parameters.
+    pub blueprint_parameters: BTreeMap<String, urza::Parameters>,
 }
 
 impl Default for LearnedConfig {
@@ -65,6 +72,7 @@ impl Default for LearnedConfig {
             sample_seed: 0,
             max_live_seeds: 2,
             key: None,
+            blueprint_parameters: BTreeMap::new(),
         }
     }
 }
@@ -386,6 +394,15 @@ impl Config {
         }
         if self.learned.max_live_seeds == 0 {
             return bad("learned.max_live_seeds", "must be at least 1");
+        }
+        for (id, given) in &self.learned.blueprint_parameters {
+            let key = format!("learned.blueprint_parameters.{id}");
+            let Some(def) = urza::definition(id) else {
+                return bad(&key, "unknown blueprint");
+            };
+            if let Err(e) = def.check_parameters(&def.with_defaults(given)) {
+                return bad(&key, &e.to_string());
+            }
         }
         if self.command_ttl_ms == 0 {
             return bad("command_ttl_ms", "must be at least 1");

@@ -47,6 +47,6 @@ pub use policy::action as action_space;
 pub use policy::gnn;
 pub use policy::{
     Cancel, HeuristicPolicy, LearnedPolicy, Policy, Proposal, Proposed, ScriptProblem,
-    ScriptedPolicy,
+    ScriptedPolicy, ServedPolicy, Validated,
 };
 pub use service::{ControllerState, ServiceStats, TamiyoService};

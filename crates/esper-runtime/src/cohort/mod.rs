@@ -17,6 +17,7 @@
 //! schema) by each run before it starts.
 
 pub mod command;
+mod efficiency;
 pub mod runner;
 pub mod stats;
 pub mod verdict;
@@ -291,6 +292,7 @@ impl CohortFile {
         name: &str,
         policy: &Path,
         key: &leyline::SecretSource,
+        blueprint_parameters: &BTreeMap<String, urza::Parameters>,
     ) -> Result<&mut Arm> {
         if self.arms.iter().any(|a| a.name() == name) {
             return Err(self.invalid(format!("arm {name} is listed twice")));
@@ -299,6 +301,14 @@ impl CohortFile {
             .map_err(|e| self.invalid(format!("the policy key cannot be written: {e}")))?;
         let mut learned = toml::Table::new();
         learned.insert("key".into(), key);
+        // The variants the policy germinates are part of what it decides:
+        // its runs germinate what the invoking configuration says.
+        if !blueprint_parameters.is_empty() {
+            let given = toml::Value::try_from(blueprint_parameters).map_err(|e| {
+                self.invalid(format!("the blueprint parameters cannot be written: {e}"))
+            })?;
+            learned.insert("blueprint_parameters".into(), given);
+        }
         let mut tamiyo = toml::Table::new();
         tamiyo.insert("learned".into(), learned.into());
         let mut config = toml::Table::new();

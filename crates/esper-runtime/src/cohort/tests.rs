@@ -408,6 +408,12 @@ fn a_learned_arm_is_judged_against_the_heuristic_too() {
     let c = claim("learned no worse than heuristic by more than 0.5 point");
     assert_eq!(c.outcome, Outcome::Pass, "{v}");
     assert_eq!(claim("learned beats static-small").outcome, Outcome::Pass);
+    // Per parameter: learned +3.64 points (mean of 4 − 0.3 + wiggle +
+    // jitter) for 200 parameters = 18.20 per 1k, the heuristic +3.96 for
+    // 800 = 4.95 per 1k; every resample agrees.
+    let c = claim("learned beats heuristic on accuracy per parameter added");
+    assert_eq!(c.outcome, Outcome::Pass, "{v}");
+    assert!(c.reason.contains("18.20 vs 4.95"), "{}", c.reason);
     // One point worse throughout: FAIL.
     for r in rows
         .iter_mut()
@@ -422,4 +428,71 @@ fn a_learned_arm_is_judged_against_the_heuristic_too() {
         .find(|c| c.claim.starts_with("learned no worse"))
         .unwrap();
     assert_eq!(c.outcome, Outcome::Fail, "{v}");
+    let per_parameter = |v: &verdict::Verdict| {
+        v.claims
+            .iter()
+            .find(|c| c.claim.ends_with("on accuracy per parameter added"))
+            .unwrap()
+            .clone()
+    };
+    // The heuristic at 200 parameters too: 2.7 against 4.0 points for the
+    // same parameters — worse per parameter: FAIL.
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.arm.as_deref() == Some("heuristic"))
+    {
+        r.parameters_final = Some(1200);
+    }
+    let c = per_parameter(&judge(&file, &rows).unwrap());
+    assert_eq!(c.outcome, Outcome::Fail, "{}", c.reason);
+    // Growing on one seed in five: no ranking per parameter.
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.arm.as_deref() == Some("learned") && r.seed != Some(1))
+    {
+        r.parameters_final = Some(1000);
+    }
+    let c = per_parameter(&judge(&file, &rows).unwrap());
+    assert_eq!(c.outcome, Outcome::Inconclusive, "{}", c.reason);
+    assert!(c.reason.contains("added nothing"), "{}", c.reason);
+    // Growing nowhere: inconclusive, and it says which arm.
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.arm.as_deref() == Some("learned"))
+    {
+        r.parameters_final = Some(1000);
+    }
+    let c = per_parameter(&judge(&file, &rows).unwrap());
+    assert_eq!(c.outcome, Outcome::Inconclusive, "{}", c.reason);
+    assert!(
+        c.reason.starts_with("learned added no parameters"),
+        "{}",
+        c.reason
+    );
+}
+
+/// A learned arm added for `esper policy eval` or a training episode
+/// germinates the variants the invoking configuration names
+/// (`tamiyo.learned.blueprint_parameters`), not the blueprints' defaults.
+#[test]
+fn an_added_learned_arm_carries_the_blueprint_parameters() {
+    let mut file = load(FULL).unwrap();
+    let key = leyline::SecretSource::File {
+        path: "k.key".into(),
+    };
+    let plain = file
+        .add_learned_arm("plain", Path::new("p.safetensors"), &key, &BTreeMap::new())
+        .unwrap();
+    let learned = plain.config["tamiyo"]["learned"].as_table().unwrap();
+    assert!(!learned.contains_key("blueprint_parameters"), "{learned:?}");
+    let given = BTreeMap::from([(
+        "conv.depthwise".to_string(),
+        urza::Parameters::from([("kernel_size".to_string(), 5.0)]),
+    )]);
+    let arm = file
+        .add_learned_arm("variant", Path::new("p.safetensors"), &key, &given)
+        .unwrap();
+    let k =
+        &arm.config["tamiyo"]["learned"]["blueprint_parameters"]["conv.depthwise"]["kernel_size"];
+    assert_eq!(k.as_float(), Some(5.0), "{:?}", arm.config);
 }

@@ -16,6 +16,9 @@
 //! For each `learned` arm L, when the cohort has a `heuristic` arm H:
 //! 5. L is no worse than H by more than [`NO_WORSE_MARGIN`]: the interval of
 //!    L − H lies above −½ point (FAIL when it lies below).
+//! 6. L beats H on accuracy per parameter added: points gained over
+//!    `static-small` per thousand parameters added, a paired bootstrap
+//!    interval of the difference above 0 (`cohort/efficiency.rs`).
 //!
 //! And once: 4. `off-switch` shows no gain — the interval of off − small lies
 //! below [`NO_GAIN_MARGIN`] (whatever it gains is under half a point; a
@@ -108,6 +111,8 @@ pub struct ArmStats {
     pub not_completed: Vec<(String, String)>,
     /// Final accuracy by run seed.
     pub by_seed: BTreeMap<u64, f64>,
+    /// Parameters added by growth, by run seed.
+    pub added_by_seed: BTreeMap<u64, f64>,
 }
 
 /// A paired comparison.
@@ -158,7 +163,7 @@ fn arm_stats(file: &CohortFile, rows: &[RunRow], arm: &super::Arm) -> ArmStats {
         .filter(|r| r.arm.as_deref() == Some(arm.name()))
         .collect();
     let mut not_completed = Vec::new();
-    let mut by_seed = BTreeMap::new();
+    let (mut by_seed, mut added_by_seed) = (BTreeMap::new(), BTreeMap::new());
     let (mut params, mut added, mut seconds, mut step) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut macs, mut flops) = (Vec::new(), Vec::new());
@@ -173,6 +178,7 @@ fn arm_stats(file: &CohortFile, rows: &[RunRow], arm: &super::Arm) -> ArmStats {
                 by_seed.insert(seed, r.validation_accuracy.unwrap_or(f64::NAN));
                 params.push(r.parameters_final.unwrap_or(0) as f64);
                 added.push(r.parameters_added().unwrap_or(0) as f64);
+                added_by_seed.insert(seed, r.parameters_added().unwrap_or(0) as f64);
                 seconds.push(r.train_seconds);
                 step.push(r.step_ms_p50.unwrap_or(f64::NAN));
                 macs.push(r.forward_macs_final.map_or(f64::NAN, |m| m as f64));
@@ -204,6 +210,7 @@ fn arm_stats(file: &CohortFile, rows: &[RunRow], arm: &super::Arm) -> ArmStats {
         training_flops: mean(&flops),
         not_completed,
         by_seed,
+        added_by_seed,
     }
 }
 
@@ -391,6 +398,12 @@ pub fn judge(file: &CohortFile, rows: &[RunRow]) -> Result<Verdict, VerdictError
                 unready(&[l, h]),
                 &d,
                 -NO_WORSE_MARGIN,
+            ));
+            claims.push(super::efficiency::claim(
+                l,
+                h,
+                small,
+                unready(&[l, h, small]),
             ));
         }
     }

@@ -252,3 +252,33 @@ fn the_learned_controller_needs_a_policy_and_a_key_that_outlives_the_process() {
     assert_eq!(tag(&r.policy_key), tag(&expected));
     assert_ne!(tag(&r.signing_key), tag(&expected));
 }
+
+#[test]
+fn learned_blueprint_parameters_are_checked_against_the_blueprint() {
+    let ok =
+        "[tamiyo.learned]\nblueprint_parameters = { \"conv.depthwise\" = { kernel_size = 5 } }\n";
+    let r = load(Some(write(ok).path()), &env(&[])).unwrap();
+    assert_eq!(
+        r.config.tamiyo.learned.blueprint_parameters["conv.depthwise"]["kernel_size"],
+        5.0
+    );
+    for (bad, problem) in [
+        (
+            "{ \"conv.nope\" = { kernel_size = 5 } }",
+            "unknown blueprint",
+        ),
+        (
+            "{ \"conv.depthwise\" = { kernel_size = 9 } }",
+            "kernel_size",
+        ),
+        ("{ \"conv.depthwise\" = { width = 2 } }", "width"),
+    ] {
+        let text = format!("[tamiyo.learned]\nblueprint_parameters = {bad}\n");
+        let (key, detail) = key_error(load(Some(write(&text).path()), &env(&[])));
+        assert!(
+            key.starts_with("tamiyo.learned.blueprint_parameters."),
+            "{key}"
+        );
+        assert!(detail.contains(problem), "{bad}: {detail}");
+    }
+}

@@ -43,8 +43,9 @@ pub struct UpdateLine {
     pub value_loss: f64,
     /// Wall time of the update (episodes included), s.
     pub seconds: f64,
-    /// A behaviour-cloning update: the teacher's actions' mean negative
-    /// log-likelihood in its last pass (nats).
+    /// The teacher's actions' mean negative log-likelihood in the last pass
+    /// (nats): of a behaviour-cloning update, or of the demonstrations
+    /// regularising a PPO update (`tamiyo.ppo.imitation_coef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imitation_nll: Option<f64>,
     /// … and the share of its decisions the policy now takes greedily.
@@ -64,7 +65,11 @@ pub fn describe(line: &UpdateLine, of: u32) -> String {
         (Some(nll), Some(agreement)) => {
             format!("imitation nll {nll:.3}, agrees {:.0}%", 100.0 * agreement)
         }
-        _ => format!("kl {:.4} | entropy {:.2}", line.approx_kl, line.entropy),
+        (Some(nll), None) => format!(
+            "kl {:.4} | entropy {:.2} | teacher nll {nll:.3}",
+            line.approx_kl, line.entropy
+        ),
+        (None, _) => format!("kl {:.4} | entropy {:.2}", line.approx_kl, line.entropy),
     };
     format!(
         "update {}/{of} | {} episode(s){} | return {:+.2} ({}) | gain {:+.2} pts | +{:.0} params | germinate {:.0}% | {learning} | {:.0} s",

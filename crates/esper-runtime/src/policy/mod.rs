@@ -17,6 +17,7 @@ use tamiyo::graph::Normalisers;
 use crate::config::Resolved;
 use crate::error::{Error, Result};
 
+mod demos;
 mod line;
 pub mod reward;
 pub mod train;

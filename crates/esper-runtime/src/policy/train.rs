@@ -81,7 +81,7 @@ fn tamiyo_error(e: tamiyo::Error) -> Error {
     Error::Runtime(format!("tamiyo: {e}"))
 }
 
-fn fail(what: impl Into<String>) -> Error {
+pub(super) fn fail(what: impl Into<String>) -> Error {
     Error::Runtime(what.into())
 }
 
@@ -98,14 +98,14 @@ fn home(resolved: &Resolved, out: &Path) -> PathBuf {
 
 /// One episode to run: a host and a run seed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Episode {
-    host: String,
-    seed: u64,
+pub(super) struct Episode {
+    pub(super) host: String,
+    pub(super) seed: u64,
 }
 
 /// The episodes of update `update` (from 0): hosts in turn, each host's
 /// seeds walking its pool.
-fn episodes(ppo: &PpoConfig, update: u32) -> Vec<Episode> {
+pub(super) fn episodes(ppo: &PpoConfig, update: u32) -> Vec<Episode> {
     let per = u64::from(ppo.episodes_per_update);
     let hosts = ppo.hosts.len() as u64;
     (0..per)
@@ -121,7 +121,7 @@ fn episodes(ppo: &PpoConfig, update: u32) -> Vec<Episode> {
 
 /// Writes the cohort file of one host's episodes of update `update` and
 /// loads it.
-fn cohort(
+pub(super) fn cohort(
     resolved: &Resolved,
     home: &Path,
     host: &str,
@@ -164,7 +164,12 @@ fn cohort(
     // signed with, and sample from this update's stream (or, imitating,
     // record the heuristic's decisions).
     let episode = file
-        .add_learned_arm(&format!("u{update}"), snapshot, super::key_source(resolved))
+        .add_learned_arm(
+            &format!("u{update}"),
+            snapshot,
+            super::key_source(resolved),
+            &resolved.config.tamiyo.learned.blueprint_parameters,
+        )
         .map_err(|e| fail(e.to_string()))?;
     let mut sampling = toml::Table::new();
     let exploration = if imitate { "imitate" } else { "sample" };
@@ -179,10 +184,10 @@ fn cohort(
 }
 
 /// One finished episode, scored.
-struct Scored {
+pub(super) struct Scored {
     run_id: String,
     host: String,
-    samples: Vec<Sample>,
+    pub(super) samples: Vec<Sample>,
     episode_return: f64,
     gain: f64,
     parameters_added: u64,
@@ -197,7 +202,7 @@ struct Scored {
 /// epoch without rent (it has no summary to price seeds from), and its last
 /// decision is charged `tamiyo.ppo.halt_penalty_points`: leaving it out
 /// would never charge the policy for what ended it.
-fn score(
+pub(super) fn score(
     episode: &PlannedRun,
     baseline: &PlannedRun,
     host: &str,
@@ -435,6 +440,24 @@ pub fn train(
         ppo.episode_epochs,
         home.display()
     );
+    // The teacher's decisions of every imitation update so far: imitation
+    // updates learn from all of them, PPO updates are regularised by them
+    // (`tamiyo.ppo.imitation_coef`). On --resume they are read back from
+    // the earlier updates' episodes.
+    let mut demos = super::demos::stored(
+        resolved,
+        &home,
+        options.imitate.min(state.updates),
+        threads,
+        env,
+    )?;
+    if !demos.is_empty() {
+        println!(
+            "  {} demonstration(s) of the teacher read back from the first {} update(s)",
+            demos.len(),
+            options.imitate.min(state.updates)
+        );
+    }
     let mut last = None;
     while state.updates < options.updates {
         let update = state.updates;
@@ -523,15 +546,16 @@ pub fn train(
         }
         let samples: Vec<Sample> = scored.iter().flat_map(|s| s.samples.clone()).collect();
         let (stats, imitation) = if imitating {
+            demos.extend(samples.iter().cloned());
             let i = learner
-                .imitate(&samples, u64::from(update))
+                .imitate(&demos, u64::from(update))
                 .map_err(tamiyo_error)?;
             let mut stats = tamiyo::ppo::UpdateStats::default();
             stats.last.value = i.value;
             (stats, Some(i))
         } else {
             let stats = learner
-                .update(&samples, u64::from(update))
+                .update(&samples, &demos, u64::from(update))
                 .map_err(tamiyo_error)?;
             (stats, None)
         };
@@ -566,7 +590,7 @@ pub fn train(
             entropy: stats.last.entropy,
             value_loss: stats.last.value,
             seconds: started.elapsed().as_secs_f64(),
-            imitation_nll: imitation.map(|i| i.nll),
+            imitation_nll: imitation.map(|i| i.nll).or(stats.imitation_nll),
             imitation_agreement: imitation.map(|i| i.agreement),
         };
         state.updates += 1;
@@ -608,10 +632,14 @@ pub fn train(
                     .metrics
                     .insert("imitation_agreement".into(), agreement);
             }
-            _ => {
+            (nll, None) => {
                 manifest.metrics.insert("approx_kl".into(), line.approx_kl);
                 manifest.metrics.insert("entropy".into(), line.entropy);
+                if let Some(nll) = nll {
+                    manifest.metrics.insert("imitation_nll".into(), nll);
+                }
             }
+            (None, Some(_)) => {}
         }
         save_policy(&options.out, learner.model(), &manifest, &key).map_err(tamiyo_error)?;
         state.history.push(line.clone());

@@ -7,10 +7,11 @@ use leyline::v1::{
     SystemStatePacket,
 };
 
+use super::memory::RunMemory;
 use crate::observation::stage_of;
 
 /// Width of the global node's features.
-pub const GLOBAL_DIM: usize = 12;
+pub const GLOBAL_DIM: usize = 17;
 /// Width of a slot node's features.
 pub const SLOT_DIM: usize = 10;
 /// Width of a seed node's features.
@@ -22,7 +23,7 @@ pub const EDGE_DIM: usize = 4;
 /// The meaning of the features: bumped whenever any feature changes what it
 /// measures or how it is scaled, even at the same widths, so that a policy
 /// trained on the old meaning is refused (it is part of the schema hash).
-pub const FEATURES_VERSION: u32 = 2;
+pub const FEATURES_VERSION: u32 = 3;
 
 /// One node's features before normalisation.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +61,7 @@ impl Row {
 
 /// Continuous and optional features of each type (indices into the row).
 pub(crate) const GLOBAL_CONTINUOUS: &[usize] = &[0, 1, 2, 3, 5, 6, 7];
-const GLOBAL_OPTIONAL: &[usize] = &[2, 3, 4, 5, 6, 8, 9, 10, 11];
+const GLOBAL_OPTIONAL: &[usize] = &[2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15];
 pub(crate) const SLOT_CONTINUOUS: &[usize] = &[2, 3, 4, 5, 8, 9];
 const SLOT_OPTIONAL: &[usize] = &[8, 9];
 pub(crate) const SEED_CONTINUOUS: &[usize] = &[12, 13, 14, 16];
@@ -69,14 +70,20 @@ pub(crate) const BLUEPRINT_CONTINUOUS: &[usize] = &[];
 
 /// Epoch, log step, training loss*, validation loss*, validation accuracy*,
 /// step ms*, learning rate*, live seeds, training accuracy*, host
-/// parameters*, host forward MACs*, share of the run left* (* optional).
+/// parameters*, host forward MACs*, share of the run left*, then from the
+/// run's memory (`memory` has already seen `p`): relative validation-loss
+/// fall over the last epoch* and over the one before*, generalisation gap*,
+/// epochs since the newest seed was germinated* (/10), seeds tried so far
+/// (/4) (* optional).
 ///
-/// The last four are raw (not normalised): they tell one host and one moment
+/// Features 8 on are raw (not normalised): they tell one host and one moment
 /// of a run from another, which a per-run normaliser would flatten to 0 —
-/// whether the host is short of capacity (training accuracy) and how big it
-/// is, and whether a seed has time left to pay for itself. Sizes are
-/// `ln(1 + x) / 10`, so the reference hosts fall between 0.8 and 1.5.
-pub(crate) fn global(p: &SystemStatePacket) -> Row {
+/// whether the host is short of capacity (training accuracy, the gap
+/// `(validation − training loss) / training loss`) and how big it is,
+/// whether a seed has time left to pay for itself, whether learning has
+/// plateaued and what growth was already tried. Sizes are `ln(1 + x) / 10`,
+/// so the reference hosts fall between 0.8 and 1.5.
+pub(crate) fn global(p: &SystemStatePacket, memory: &RunMemory) -> Row {
     let mut r = Row::new(GLOBAL_DIM, GLOBAL_OPTIONAL, GLOBAL_CONTINUOUS);
     r.set(0, f64::from(p.current_epoch));
     r.set(1, (p.global_step as f64).ln_1p());
@@ -101,6 +108,24 @@ pub(crate) fn global(p: &SystemStatePacket) -> Row {
             .filter(|&total| total > 0.0)
             .map(|total| ((total - f64::from(p.current_epoch)) / total).clamp(0.0, 1.0)),
     );
+    r.maybe(12, memory.improvement(0));
+    r.maybe(13, memory.improvement(1));
+    r.maybe(
+        14,
+        p.training_loss
+            .zip(p.validation_loss)
+            .filter(|(train, _)| *train > 0.0)
+            .map(|(train, validation)| ((validation - train) / train).clamp(-1.0, 4.0)),
+    );
+    r.maybe(
+        15,
+        p.seed_states
+            .iter()
+            .map(|s| s.age_epochs)
+            .min()
+            .map(|age| f64::from(age) / 10.0),
+    );
+    r.set(16, memory.seeds_seen() as f64 / 4.0);
     r
 }
 

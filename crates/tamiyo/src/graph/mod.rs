@@ -15,9 +15,12 @@
 //! errors). Optional inputs carry a presence mask per feature and count in
 //! the graph's coverage. Continuous features are normalised by per-feature
 //! EWMA statistics ([`Normalisers`]) whose save and load errors are returned,
-//! never swallowed.
+//! never swallowed. What no single packet holds — the validation loss at
+//! earlier epoch ends, the seeds already tried — the builder remembers in a
+//! [`RunMemory`], checkpointed with the policy.
 
 mod features;
+mod memory;
 mod normalise;
 
 use std::collections::BTreeMap;
@@ -29,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::observation::stage_of;
 
 pub use features::{BLUEPRINT_DIM, EDGE_DIM, FEATURES_VERSION, GLOBAL_DIM, SEED_DIM, SLOT_DIM};
+pub use memory::RunMemory;
 pub use normalise::Normalisers;
 
 /// The kinds of node.
@@ -193,6 +197,9 @@ pub struct ObservationGraph {
 pub struct GraphBuilder {
     schema: GraphSchema,
     normalisers: Normalisers,
+    memory: RunMemory,
+    /// Parameters blueprints are priced with, over their defaults.
+    parameters: BTreeMap<String, urza::Parameters>,
 }
 
 impl GraphBuilder {
@@ -204,7 +211,30 @@ impl GraphBuilder {
         Ok(Self {
             schema,
             normalisers: Normalisers::new(0.05),
+            memory: RunMemory::default(),
+            parameters: BTreeMap::new(),
         })
+    }
+
+    /// Prices (and fits) each blueprint named in `parameters` with them over
+    /// its defaults — the variant the policy germinates — instead of its
+    /// defaults alone.
+    pub fn with_blueprint_parameters(
+        mut self,
+        parameters: BTreeMap<String, urza::Parameters>,
+    ) -> Self {
+        self.parameters = parameters;
+        self
+    }
+
+    /// What the builder remembers of the run (to checkpoint it).
+    pub fn memory(&self) -> &RunMemory {
+        &self.memory
+    }
+
+    /// Replaces the run's memory (from a checkpoint).
+    pub fn set_memory(&mut self, memory: RunMemory) {
+        self.memory = memory;
     }
 
     /// The normalisers (to save them).
@@ -250,7 +280,8 @@ impl GraphBuilder {
         g.truncated.slots = slots.len().saturating_sub(max_slots);
         slots.truncate(max_slots);
 
-        let global = features::global(packet);
+        self.memory.observe(packet);
+        let global = features::global(packet, &self.memory);
         self.push(
             &mut g,
             NodeType::Global,
@@ -306,8 +337,8 @@ impl GraphBuilder {
                     if !d.slot_kinds.contains(&(kind as i32)) {
                         continue;
                     }
-                    let Some([params, macs]) = fit_at_defaults(&d.blueprint_id, s, host_macs)
-                    else {
+                    let given = self.parameters.get(&d.blueprint_id);
+                    let Some([params, macs]) = fit_at(&d.blueprint_id, given, s, host_macs) else {
                         continue;
                     };
                     let bi = blueprint_index.len() as u32 - 1;
@@ -413,14 +444,15 @@ impl GraphBuilder {
     }
 }
 
-/// Whether `blueprint` at its default parameters fits `slot` (its shape
-/// constraints, not only its kind), and if so its cost there as edge
-/// features: parameters `ln(1 + n) / 10` and forward MACs relative to the
-/// host's, `ln(1 + seed / host)` (0 when the host does not count them). A
-/// blueprint this build does not know (a remote catalog's) fits by kind,
+/// Whether `blueprint` with `given` parameters over its defaults fits `slot`
+/// (its shape constraints, not only its kind), and if so its cost there as
+/// edge features: parameters `ln(1 + n) / 10` and forward MACs relative to
+/// the host's, `ln(1 + seed / host)` (0 when the host does not count them).
+/// A blueprint this build does not know (a remote catalog's) fits by kind,
 /// at unknown cost.
-fn fit_at_defaults(
+fn fit_at(
     blueprint: &str,
+    given: Option<&urza::Parameters>,
     slot: &leyline::v1::SlotState,
     host_macs: Option<f64>,
 ) -> Option<[f32; 2]> {
@@ -433,7 +465,7 @@ fn fit_at_defaults(
         slot.feature_shape.iter().map(|&d| d as usize).collect(),
     )
     .ok()?;
-    let params = def.default_parameters();
+    let params = given.map_or_else(|| def.default_parameters(), |g| def.with_defaults(g));
     let count = def.parameter_count(&params, &shape).ok()?;
     let macs = def.forward_macs(&params, &shape).ok()?;
     let relative = host_macs

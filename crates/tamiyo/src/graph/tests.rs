@@ -212,3 +212,52 @@ fn normalisers_round_trip_and_their_errors_surface() {
     let err = Normalisers::load(&path).unwrap_err();
     assert!(err.to_string().contains("features for Global"), "{err}");
 }
+
+/// The global node's history features (features v3): the validation loss's
+/// relative fall over the last two epochs, the generalisation gap, the
+/// youngest seed's age and the seeds tried — raw, so a plateau reads the
+/// same on every host; a packet without the history has them masked.
+#[test]
+fn the_global_node_remembers_the_runs_plateau_and_growth() {
+    let mut b = GraphBuilder::new(GraphSchema::default()).unwrap();
+    let cat = catalog();
+    let global = |g: &ObservationGraph| {
+        let n = &g.nodes[&NodeType::Global];
+        (n.features.clone(), n.mask.clone())
+    };
+    let mut p = packet(2);
+    p.current_epoch = 1;
+    p.validation_loss = Some(1.0);
+    let (f, m) = global(&b.build(&p, &cat).unwrap());
+    assert_eq!(f.len(), GLOBAL_DIM);
+    assert_eq!(
+        (m[12], m[13], m[15]),
+        (0.0, 0.0, 0.0),
+        "no history yet: {m:?}"
+    );
+    // training loss 0.5, validation 1.0: the gap is (1.0 − 0.5) / 0.5.
+    assert_eq!((f[14], m[14]), (1.0, 1.0));
+    assert_eq!(f[16], 0.0);
+    p.current_epoch = 2;
+    p.validation_loss = Some(0.6);
+    seed(&mut p, 0, "s1", "conv.residual");
+    p.seed_states[0].age_epochs = 3;
+    let (f, m) = global(&b.build(&p, &cat).unwrap());
+    assert!((f[12] - 0.4).abs() < 1e-6 && m[12] == 1.0, "{f:?}");
+    assert_eq!(m[13], 0.0);
+    assert!((f[15] - 0.3).abs() < 1e-6 && m[15] == 1.0);
+    assert!((f[16] - 0.25).abs() < 1e-6);
+    p.current_epoch = 3;
+    p.validation_loss = Some(0.57);
+    p.seed_states.clear();
+    let built = b.build(&p, &cat).unwrap();
+    // Built again (a retried decision): the same history (the normalisers
+    // moved, which the learned policy undoes for a retry).
+    let (again, _) = global(&b.build(&p, &cat).unwrap());
+    let (f, m) = global(&built);
+    assert_eq!(again[12..], f[12..]);
+    assert!((f[12] - 0.05).abs() < 1e-6, "a plateau: {f:?}");
+    assert!((f[13] - 0.4).abs() < 1e-6 && m[13] == 1.0);
+    assert_eq!(m[15], 0.0, "no seed in the packet");
+    assert!((f[16] - 0.25).abs() < 1e-6, "the culled seed still counts");
+}

@@ -24,7 +24,7 @@ mod learned;
 mod scripted;
 
 pub use heuristic::HeuristicPolicy;
-pub use learned::LearnedPolicy;
+pub use learned::{LearnedPolicy, ServedPolicy, Validated};
 pub use scripted::{ScriptProblem, ScriptedPolicy};
 
 /// A cooperative cancellation flag, checked by policies between stages.

@@ -67,6 +67,12 @@ pub struct PpoConfig {
     /// Reward: points charged to the last decision of an episode that ended
     /// early (the governor halted it; default 10).
     pub halt_penalty_points: f64,
+    /// Weight of the teacher's negative log-likelihood, over the stored
+    /// demonstrations of `esper policy train --imitate`, added to every PPO
+    /// minibatch's loss (default 0: pure PPO). A regulariser that keeps a
+    /// cloned policy near its teacher where PPO's few, noisy advantages do
+    /// not say otherwise, so that one bad update cannot erase growing.
+    pub imitation_coef: f64,
 }
 
 impl Default for PpoConfig {
@@ -91,6 +97,7 @@ impl Default for PpoConfig {
             param_rent_points: 2.0,
             mac_rent_points: 0.5,
             halt_penalty_points: 10.0,
+            imitation_coef: 0.0,
         }
     }
 }
@@ -144,6 +151,7 @@ impl PpoConfig {
             ("param_rent_points", self.param_rent_points),
             ("mac_rent_points", self.mac_rent_points),
             ("halt_penalty_points", self.halt_penalty_points),
+            ("imitation_coef", self.imitation_coef),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(key, "must be finite and >= 0");

@@ -327,7 +327,7 @@ fn the_gnn_learns_when_to_grow_and_when_not_to() {
                 target: reward,
             });
         }
-        let stats = learner.update(&samples, updates).unwrap();
+        let stats = learner.update(&samples, &[], updates).unwrap();
         assert!(stats.minibatches >= 1 && stats.grad_norm.is_finite());
         updates += 1;
     }
@@ -407,4 +407,90 @@ fn imitation_learns_a_teachers_whole_action() {
         "imitation: the teacher's whole action in {updates} updates, nll {:.3} → {:.3}",
         first.nll, last.nll
     );
+}
+
+/// The imitation regulariser: PPO updates whose advantages push a policy
+/// away from its teacher's growth leave the teacher's actions far more
+/// likely when the demonstrations weigh in (`imitation_coef`) than when they
+/// do not; without the coefficient, or without demonstrations, the update is
+/// plain PPO and reports no teacher likelihood.
+#[test]
+fn the_imitation_regulariser_keeps_the_teachers_actions_likely() {
+    use crate::policy::action::{Action, Op};
+    use crate::policy::gnn::{GnnConfig, GnnModel};
+
+    let (g, mask) = context(3, 0.6);
+    let slot = mask.slot.len() - 1;
+    let blueprint = mask.blueprint[slot].iter().position(|&ok| ok).unwrap();
+    let blend = mask.blend[blueprint].iter().position(|&ok| ok).unwrap();
+    let grow = Action {
+        op: Op::Germinate,
+        slot: Some(slot),
+        blueprint: Some(blueprint),
+        blend: Some(blend),
+        tempo: Some(0),
+        seed: None,
+    };
+    let sample = |action: Action, advantage: f64| Sample {
+        graph: g.clone(),
+        mask: mask.clone(),
+        action,
+        old_log_prob: 0.0,
+        advantage,
+        target: 0.0,
+    };
+    let demos: Vec<Sample> = (0..8).map(|_| sample(grow, 0.0)).collect();
+    // PPO's evidence: growing was bad, waiting good.
+    let adverse: Vec<Sample> = (0..16)
+        .map(|i| {
+            if i % 2 == 0 {
+                sample(grow, -1.0)
+            } else {
+                sample(Action::wait(), 1.0)
+            }
+        })
+        .collect();
+    let run = |coef: f64, regularising: &[Sample]| {
+        let config = PpoConfig {
+            epochs: 4,
+            minibatch: 8,
+            learning_rate: 3e-3,
+            target_kl: 0.0,
+            clip: 0.9,
+            imitation_coef: coef,
+            ..PpoConfig::default()
+        };
+        let mut learner =
+            Learner::new(GnnModel::new(GnnConfig { hidden: 8 }, 9).unwrap(), config).unwrap();
+        learner.imitate(&demos, 0).unwrap();
+        let mut reported = None;
+        for u in 0..6 {
+            let mut adverse = adverse.clone();
+            for s in &mut adverse {
+                let e = learner
+                    .model()
+                    .evaluate(&s.graph, &s.mask, &s.action)
+                    .unwrap();
+                s.old_log_prob = e.log_prob.to_scalar::<f32>().unwrap();
+            }
+            reported = learner
+                .update(&adverse, regularising, u + 1)
+                .unwrap()
+                .imitation_nll;
+        }
+        let refs: Vec<&Sample> = demos.iter().collect();
+        let nll = f64::from(learner.nll(&refs).unwrap().to_scalar::<f32>().unwrap());
+        (nll, reported)
+    };
+    let (free, free_reported) = run(0.0, &demos);
+    let (held, held_reported) = run(2.0, &demos);
+    assert_eq!(free_reported, None, "coef 0 is plain PPO");
+    let held_reported = held_reported.expect("a regularised update reports the teacher's nll");
+    assert!(held_reported.is_finite() && held_reported >= 0.0);
+    assert!(
+        held < 0.5 * free,
+        "teacher nll after adverse PPO: {held:.3} regularised vs {free:.3} free"
+    );
+    let (_, none_reported) = run(2.0, &[]);
+    assert_eq!(none_reported, None, "no demonstrations: plain PPO");
 }

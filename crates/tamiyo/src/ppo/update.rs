@@ -46,6 +46,9 @@ pub struct UpdateStats {
     pub last: LossStats,
     /// Global gradient L2 norm before clipping, mean over minibatches.
     pub grad_norm: f64,
+    /// Mean negative log-likelihood of the demonstrations in the last pass
+    /// (nats), when `imitation_coef` and demonstrations regularised it.
+    pub imitation_nll: Option<f64>,
 }
 
 pub(super) fn tensor_error(e: candle_core::Error) -> Error {
@@ -113,7 +116,17 @@ impl Learner {
     }
 
     /// One PPO update on `samples`; `shuffle_seed` orders the minibatches.
-    pub fn update(&mut self, samples: &[Sample], shuffle_seed: u64) -> Result<UpdateStats> {
+    ///
+    /// With `imitation_coef` > 0 and `demos` (a teacher's recorded
+    /// decisions), each minibatch also takes the next `minibatch` of them in
+    /// a shuffled, cycling order and adds `imitation_coef` × their mean
+    /// negative log-likelihood to its loss.
+    pub fn update(
+        &mut self,
+        samples: &[Sample],
+        demos: &[Sample],
+        shuffle_seed: u64,
+    ) -> Result<UpdateStats> {
         if samples.is_empty() {
             return Err(Error::Action("PPO update: no samples".into()));
         }
@@ -123,11 +136,30 @@ impl Learner {
         let mut stats = UpdateStats::default();
         let mut grad_norms = Vec::new();
         let size = self.config.minibatch as usize;
+        let coef = self.config.imitation_coef;
+        let regularised = coef > 0.0 && !demos.is_empty();
+        let mut demo_order: Vec<usize> = (0..demos.len()).collect();
+        let mut demo_at = demos.len();
         for _ in 0..self.config.epochs {
             shuffle(&mut order, &mut rng);
             let mut pass = Vec::new();
+            let mut nlls = Vec::new();
             for chunk in order.chunks(size) {
-                let (total, loss_stats) = self.minibatch_loss(samples, &advantages, chunk)?;
+                let (mut total, loss_stats) = self.minibatch_loss(samples, &advantages, chunk)?;
+                if regularised {
+                    let mut picked = Vec::with_capacity(size);
+                    while picked.len() < size.min(demos.len()) {
+                        if demo_at == demos.len() {
+                            shuffle(&mut demo_order, &mut rng);
+                            demo_at = 0;
+                        }
+                        picked.push(&demos[demo_order[demo_at]]);
+                        demo_at += 1;
+                    }
+                    let nll = self.nll(&picked)?;
+                    nlls.push(nll.to_scalar::<f32>().map_err(tensor_error)?);
+                    total = (nll * coef).and_then(|r| total + r).map_err(tensor_error)?;
+                }
                 let mut grads = total.backward().map_err(tensor_error)?;
                 grad_norms.push(self.clip(&mut grads)?);
                 self.optimizer.step(&grads).map_err(tensor_error)?;
@@ -135,6 +167,11 @@ impl Learner {
                 stats.minibatches += 1;
             }
             stats.epochs += 1;
+            if regularised {
+                stats.imitation_nll = Some(
+                    nlls.iter().map(|&x| f64::from(x)).sum::<f64>() / nlls.len().max(1) as f64,
+                );
+            }
             let n = pass.len().max(1) as f64;
             let mean = |f: fn(&LossStats) -> f64| pass.iter().map(f).sum::<f64>() / n;
             stats.last = LossStats {
@@ -151,6 +188,19 @@ impl Learner {
         }
         stats.grad_norm = grad_norms.iter().sum::<f64>() / grad_norms.len().max(1) as f64;
         Ok(stats)
+    }
+
+    /// The mean negative log-probability of `demos`' actions (a scalar
+    /// tensor on the graph, to back-propagate).
+    pub(super) fn nll(&self, demos: &[&Sample]) -> Result<Tensor> {
+        let mut lps = Vec::with_capacity(demos.len());
+        for s in demos {
+            lps.push(self.model.evaluate(&s.graph, &s.mask, &s.action)?.log_prob);
+        }
+        Tensor::stack(&lps, 0)
+            .and_then(|t| t.mean_all())
+            .and_then(|t| t.neg())
+            .map_err(tensor_error)
     }
 
     fn minibatch_loss(

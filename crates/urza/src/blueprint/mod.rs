@@ -111,6 +111,13 @@ impl BlueprintDef {
         merged
     }
 
+    /// Checks `params` against the declared names and bounds only (no slot):
+    /// what a configuration naming a blueprint's parameters can be checked
+    /// against before any slot is known.
+    pub fn check_parameters(&self, params: &Parameters) -> Result<()> {
+        params::validate(self.id, self.params, params)
+    }
+
     /// Checks `params` against the declared bounds and the slot (kind, shape
     /// constraints such as divisibility or rank ≤ features).
     pub fn check(&self, params: &Parameters, slot: &SlotShape) -> Result<()> {

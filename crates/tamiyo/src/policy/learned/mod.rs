@@ -30,11 +30,14 @@ use super::gnn::{BLENDS, GnnModel, PolicyManifest, load_policy, mask_for};
 use super::{Cancel, Policy, Proposal, Proposed};
 use crate::config::{Exploration, LearnedConfig};
 use crate::error::{Error, Result};
-use crate::graph::{GraphBuilder, GraphSchema, NodeType, Normalisers, ObservationGraph};
+use crate::graph::{GraphBuilder, GraphSchema, NodeType, Normalisers, ObservationGraph, RunMemory};
 use crate::observation::Observation;
 use crate::trajectory::{DecisionRecord, TrajectoryWriter};
 
 mod imitate;
+mod swap;
+
+pub use swap::{ServedPolicy, Validated};
 
 /// The GNN policy in the loop.
 pub struct LearnedPolicy {
@@ -54,6 +57,8 @@ pub struct LearnedPolicy {
     /// Teacher decisions with no action in the network's space (not
     /// recorded).
     unimitable: u64,
+    /// `tamiyo.learned.blueprint_parameters`.
+    blueprint_parameters: std::collections::BTreeMap<String, urza::Parameters>,
 }
 
 /// Who made a decision: the network (its proposal), or the teacher (its
@@ -96,6 +101,9 @@ struct State {
     weights_sha256: String,
     sample_seed: u64,
     normalisers: Normalisers,
+    /// The graph's memory of the run (absent in checkpoints from before it).
+    #[serde(default)]
+    memory: RunMemory,
     decisions: u64,
     /// The teacher's own state, under `exploration = "imitate"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,7 +119,8 @@ impl LearnedPolicy {
         config: &LearnedConfig,
         schema: GraphSchema,
     ) -> Result<Self> {
-        let mut builder = GraphBuilder::new(schema)?;
+        let mut builder = GraphBuilder::new(schema)?
+            .with_blueprint_parameters(config.blueprint_parameters.clone());
         builder.set_normalisers(manifest.normalisers.clone())?;
         Ok(Self {
             model,
@@ -125,6 +134,7 @@ impl LearnedPolicy {
             last: None,
             teacher: None,
             unimitable: 0,
+            blueprint_parameters: config.blueprint_parameters.clone(),
         })
     }
 
@@ -196,8 +206,9 @@ impl LearnedPolicy {
             Op::Germinate => {
                 let slot_id = id(NodeType::Slot, action.slot, "slot")?;
                 let blueprint_id = id(NodeType::Blueprint, action.blueprint, "blueprint")?;
+                let given = self.blueprint_parameters.get(&blueprint_id);
                 let parameters = urza::definition(&blueprint_id)
-                    .map(|d| d.default_parameters())
+                    .map(|d| given.map_or_else(|| d.default_parameters(), |g| d.with_defaults(g)))
                     .unwrap_or_default();
                 let pick = |i: Option<usize>, head: &str| {
                     i.ok_or_else(|| Error::Action(format!("GERMINATE without a {head}")))
@@ -373,6 +384,7 @@ impl Policy for LearnedPolicy {
                 weights_sha256: self.manifest.weights_sha256.clone(),
                 sample_seed: self.sample_seed,
                 normalisers: self.builder.normalisers().clone(),
+                memory: self.builder.memory().clone(),
                 decisions: self.decisions,
                 teacher: self
                     .teacher
@@ -406,6 +418,7 @@ impl Policy for LearnedPolicy {
             }
         }
         self.builder.set_normalisers(state.normalisers)?;
+        self.builder.set_memory(state.memory);
         self.decisions = state.decisions;
         self.last = None;
         Ok(())

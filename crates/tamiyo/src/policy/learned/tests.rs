@@ -25,6 +25,7 @@ fn epoch_end(epoch: u32) -> SystemStatePacket {
     p.packet_id = format!("epoch-{epoch}");
     p.global_step = 100 * u64::from(epoch);
     p.validation_accuracy = Some(0.5 + 0.05 * f64::from(epoch));
+    p.validation_loss = Some(1.0 / f64::from(epoch));
     p.training_metrics.insert("train_accuracy".into(), 0.6);
     p
 }
@@ -335,4 +336,60 @@ fn imitation_without_a_teacher_is_an_error() {
     };
     let err = p.decide(&obs, &catalog(), &Cancel::new()).unwrap_err();
     assert!(err.to_string().contains("teacher"), "{err}");
+}
+
+/// `tamiyo.learned.blueprint_parameters` names the variant the policy
+/// germinates (over the blueprint's defaults), and the graph prices that
+/// variant: a depthwise seed at kernel 5 on a 4-channel slot has 104
+/// parameters (25 × 4 weights + 4 biases) where the default kernel 3 has 40.
+#[test]
+fn germinations_carry_the_configured_blueprint_parameters() {
+    let schema = GraphSchema::default();
+    let manifest = PolicyManifest::new(16, &schema, Normalisers::new(0.05));
+    let config = LearnedConfig {
+        exploration: Exploration::Sample,
+        sample_seed: 11,
+        blueprint_parameters: std::collections::BTreeMap::from([(
+            "conv.depthwise".to_string(),
+            urza::Parameters::from([("kernel_size".to_string(), 5.0)]),
+        )]),
+        ..LearnedConfig::default()
+    };
+    let model = GnnModel::new(GnnConfig { hidden: 16 }, 21).unwrap();
+    let mut p = LearnedPolicy::new(model, manifest, &config, schema.clone()).unwrap();
+    let mut depthwise = 0;
+    for epoch in 1..300 {
+        if let Proposal::Germinate {
+            blueprint_id,
+            parameters,
+            ..
+        } = decide(&mut p, &epoch_end(epoch)).proposal
+            && blueprint_id == "conv.depthwise"
+        {
+            assert_eq!(parameters.get("kernel_size"), Some(&5.0));
+            depthwise += 1;
+        }
+    }
+    assert!(depthwise > 0, "no depthwise germination was sampled");
+    // The edge's cost feature: ln(1 + parameters) / 10.
+    let cost = |builder: GraphBuilder| {
+        let mut builder = builder;
+        let g = builder.build(&epoch_end(2), &catalog()).unwrap();
+        let bp = g.nodes[&NodeType::Blueprint]
+            .ids
+            .iter()
+            .position(|id| id == "conv.depthwise")
+            .unwrap() as u32;
+        let e = &g.edges[&crate::graph::Relation::SlotBlueprint];
+        let i = e.dst.iter().position(|&d| d == bp).unwrap();
+        e.features[i * crate::graph::EDGE_DIM + 2]
+    };
+    let plain = cost(GraphBuilder::new(schema.clone()).unwrap());
+    let variant = cost(
+        GraphBuilder::new(schema)
+            .unwrap()
+            .with_blueprint_parameters(config.blueprint_parameters.clone()),
+    );
+    assert!((plain - (41f32).ln() / 10.0).abs() < 1e-6, "{plain}");
+    assert!((variant - (105f32).ln() / 10.0).abs() < 1e-6, "{variant}");
 }
