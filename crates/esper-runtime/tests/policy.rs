@@ -255,11 +255,7 @@ fn tamiyo_serve_swaps_its_policy_on_sighup_only_after_validating_it() {
     assert!(ok, "{t}");
     let served = dir.path().join("served.safetensors");
     std::fs::copy(dir.path().join("p0.safetensors"), &served).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = crate::common::esper_command(
         &[

@@ -44,11 +44,7 @@ impl Drop for Service {
 #[test]
 fn a_killed_tamiyo_service_makes_fences_fail_counted_and_training_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut service = Service(
         esper(dir.path(), &["tamiyo", "serve", "--listen", &listen])

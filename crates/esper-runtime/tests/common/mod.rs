@@ -37,6 +37,15 @@ pub(crate) fn text(out: &Output) -> String {
     )
 }
 
+/// A loopback port free when asked (the OS picks it).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `redis-server` without persistence on a free loopback port, killed on
 /// drop; `cli` runs `redis-cli` against it.
 pub(crate) struct Redis {
@@ -46,12 +55,7 @@ pub(crate) struct Redis {
 
 impl Redis {
     pub(crate) fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
+        Self::start_on(free_port())
     }
 
     /// A fresh server (empty: no persistence) on the port of `url`, after the
