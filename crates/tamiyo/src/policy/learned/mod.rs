@@ -110,6 +110,14 @@ struct State {
     teacher: Option<serde_json::Value>,
 }
 
+/// `tamiyo.learned.policy`, or the error that it names no file.
+fn policy_path(config: &LearnedConfig) -> Result<&Path> {
+    config.policy.as_deref().ok_or_else(|| Error::PolicyFile {
+        path: "(unset)".into(),
+        problem: "tamiyo.learned.policy names no policy file".into(),
+    })
+}
+
 impl LearnedPolicy {
     /// The policy of `model` and `manifest` for a run whose graph schema is
     /// `schema`; the graph starts from the manifest's normaliser statistics.
@@ -159,11 +167,7 @@ impl LearnedPolicy {
         schema: GraphSchema,
         key: &leyline::security::SigningKey,
     ) -> Result<Self> {
-        let path = config.policy.as_deref().ok_or_else(|| Error::PolicyFile {
-            path: "(unset)".into(),
-            problem: "tamiyo.learned.policy names no policy file".into(),
-        })?;
-        let (model, manifest) = load_policy(path, key, &schema)?;
+        let (model, manifest) = load_policy(policy_path(config)?, key, &schema)?;
         Self::new(model, manifest, config, schema)
     }
 

@@ -92,10 +92,7 @@ fn load_checked(
     schema: &GraphSchema,
     key: &leyline::security::SigningKey,
 ) -> Result<(GnnModel, PolicyManifest, Validated)> {
-    let path = config.policy.as_deref().ok_or_else(|| Error::PolicyFile {
-        path: "(unset)".into(),
-        problem: "tamiyo.learned.policy names no policy file".into(),
-    })?;
+    let path = super::policy_path(config)?;
     let (model, manifest) = load_policy(path, key, schema)?;
     let report = validate(&model, &manifest, config, schema).map_err(|e| Error::PolicyFile {
         path: path.to_path_buf(),
