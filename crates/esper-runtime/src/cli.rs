@@ -242,7 +242,7 @@ pub(crate) fn policy(
                 &arm,
                 &path,
                 policy::key_source(resolved),
-                &resolved.config.tamiyo.learned.blueprint_parameters,
+                &resolved.config.tamiyo.learned,
             )?;
             let exe = std::env::current_exe().context("locating the esper executable")?;
             let fleet = fleet

@@ -14,8 +14,13 @@
 //! ([`tamiyo::ServedPolicy`]); SIGHUP reads it again and serves the new file
 //! to new sessions only if it passes the same validation run — otherwise the
 //! served policy stays and the rejection is printed on stderr (and counted
-//! in `tamiyo_policy_reloads_total{outcome}` for a metrics recorder).
-//! Replacing the file on disk changes nothing until then.
+//! in `tamiyo_policy_reloads_total{outcome}`). Replacing the file on disk
+//! changes nothing until then.
+//!
+//! With `[runtime] listen`, the process serves `/metrics` (its counters:
+//! `tamiyo_policy_reloads_total`, `tamiyo_grpc_steps_total`,
+//! `tamiyo_grpc_rejected_total`, the blueprint cache's `urza_cache_*`), `/healthz`, and `/readyz` (ready while the
+//! gRPC service accepts sessions), like `esper train`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,6 +85,26 @@ pub fn serve(resolved: &Resolved, listen: Option<&str>, max_sessions: usize) -> 
         .enable_all()
         .build()
         .map_err(|e| Error::Runtime(format!("cannot start the service runtime: {e}")))?;
+    let exporter = match config.runtime.listen_addr()? {
+        Some(at) => {
+            let exporter = crate::exporter::install(at, runtime.handle())?;
+            // Both outcomes exist from the start at 0, so that an alert on
+            // `increase(...{outcome="rejected"})` sees a series.
+            metrics::describe_counter!(
+                "tamiyo_policy_reloads_total",
+                "SIGHUP reloads of the served policy, by outcome (swapped or rejected)"
+            );
+            for outcome in ["swapped", "rejected"] {
+                metrics::counter!("tamiyo_policy_reloads_total", "outcome" => outcome).increment(0);
+            }
+            println!(
+                "esper tamiyo serve: metrics on http://{}/metrics (and /healthz, /readyz)",
+                exporter.addr()
+            );
+            Some(exporter)
+        }
+        None => None,
+    };
     let store: Arc<dyn urza::BlueprintStore> =
         Arc::from(runtime.block_on(crate::urza_cmd::store(resolved))?);
     let cache = Arc::new(BlueprintCache::from_store(
@@ -137,6 +162,10 @@ pub fn serve(resolved: &Resolved, listen: Option<&str>, max_sessions: usize) -> 
         let served = tamiyo::grpc::serve(factory, addr, serve_config, shutdown.clone())
             .await
             .map_err(tamiyo_error)?;
+        // Ready before it says so: whoever reads the line may probe at once.
+        if let Some(exporter) = &exporter {
+            exporter.set_ready(true);
+        }
         println!(
             "esper tamiyo serve: {policy_name} controller on http://{} (up to {} sessions; calls need a token made with the shared secret; SIGINT/SIGTERM stops)",
             served.addr,
@@ -180,6 +209,9 @@ pub fn serve(resolved: &Resolved, listen: Option<&str>, max_sessions: usize) -> 
                 }
             }
         }
+        if let Some(exporter) = &exporter {
+            exporter.set_ready(false);
+        }
         shutdown.cancel();
         served
             .task
@@ -187,6 +219,10 @@ pub fn serve(resolved: &Resolved, listen: Option<&str>, max_sessions: usize) -> 
             .map_err(|e| Error::Runtime(format!("server task: {e}")))?
             .map_err(tamiyo_error)
     })?;
+    if let Some(exporter) = exporter {
+        let linger = Duration::from_secs(config.runtime.linger_s);
+        exporter.finish(runtime.handle(), linger);
+    }
     println!("esper tamiyo serve: stopped");
     Ok(())
 }

@@ -2,31 +2,10 @@
 //! `/metrics`, `/healthz` and `/readyz`, and every metric the example alert
 //! rules name is in a real run's `/metrics`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader};
 
-/// `GET path` over plain HTTP/1.1: (status code, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
+use crate::common::get;
+use std::process::{Command, Stdio};
 
 /// The value of an unlabelled gauge in Prometheus text.
 fn gauge(text: &str, name: &str) -> Option<f64> {

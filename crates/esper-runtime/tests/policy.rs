@@ -219,7 +219,7 @@ fn the_shipped_policy_verifies_and_loads() {
             "policies/train.toml",
             "policy",
             "show",
-            "policies/esper-v6.safetensors",
+            "policies/esper-v7.safetensors",
         ],
         &root,
         &[],
@@ -232,7 +232,8 @@ fn the_shipped_policy_verifies_and_loads() {
 /// `esper tamiyo serve` with the learned controller validates its policy
 /// before serving, and on SIGHUP swaps in a replaced file only when it loads
 /// and validates: a tampered file is rejected (said on stderr) and the
-/// served policy stays; a good one is served from then on.
+/// served policy stays; a good one is served from then on. With
+/// `[runtime] listen` its `/metrics` counts both outcomes.
 #[test]
 fn tamiyo_serve_swaps_its_policy_on_sighup_only_after_validating_it() {
     use std::io::{BufRead, BufReader};
@@ -257,6 +258,7 @@ fn tamiyo_serve_swaps_its_policy_on_sighup_only_after_validating_it() {
     std::fs::copy(dir.path().join("p0.safetensors"), &served).unwrap();
     let port = crate::common::free_port();
     let listen = format!("127.0.0.1:{port}");
+    let metrics_at = format!("127.0.0.1:{}", crate::common::free_port());
     let mut child = crate::common::esper_command(
         &[
             "--config",
@@ -273,6 +275,7 @@ fn tamiyo_serve_swaps_its_policy_on_sighup_only_after_validating_it() {
             ("SERVE_TEST_SECRET", &"cd".repeat(32)),
             ("ESPER_TAMIYO__CONTROLLER", "learned"),
             ("ESPER_TAMIYO__LEARNED__POLICY", "served.safetensors"),
+            ("ESPER_RUNTIME__LISTEN", &metrics_at),
         ],
     )
     .stdout(Stdio::piped())
@@ -296,8 +299,22 @@ fn tamiyo_serve_swaps_its_policy_on_sighup_only_after_validating_it() {
         validated.contains("validated (36 observations"),
         "{validated}"
     );
+    let metrics = out.next().unwrap().unwrap();
+    assert!(metrics.contains("metrics on http://"), "{metrics}");
     let listening = out.next().unwrap().unwrap();
     assert!(listening.contains("learned controller on"), "{listening}");
+    // The reload counters, as an operator's Prometheus scrapes them.
+    let reloads = |outcome: &str| -> f64 {
+        let (status, text) = crate::common::get(&metrics_at, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        let series = format!("tamiyo_policy_reloads_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series}in {text}"))
+    };
+    assert_eq!(crate::common::get(&metrics_at, "/readyz").0, 200);
+    assert_eq!((reloads("swapped"), reloads("rejected")), (0.0, 0.0));
     let hangup = || {
         let status = std::process::Command::new("kill")
             .args(["-HUP", &pid.to_string()])
@@ -321,6 +338,7 @@ fn tamiyo_serve_swaps_its_policy_on_sighup_only_after_validating_it() {
         rejected.contains("REJECTED, the served one stays"),
         "{rejected}"
     );
+    assert_eq!((reloads("swapped"), reloads("rejected")), (0.0, 1.0));
 
     // A good one: served from now on.
     std::fs::copy(dir.path().join("p1.safetensors"), &served).unwrap();
@@ -332,6 +350,7 @@ fn tamiyo_serve_swaps_its_policy_on_sighup_only_after_validating_it() {
         validated.split_whitespace().nth(4),
         "{validated} / {swapped}"
     );
+    assert_eq!((reloads("swapped"), reloads("rejected")), (1.0, 1.0));
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -67,6 +67,23 @@ pub enum CohortError {
         #[source]
         source: Box<crate::Error>,
     },
+    /// A run directory holds a run of another plan: its configuration or
+    /// its policy's weights differ from what this plan gives the run, so
+    /// its result is not this arm's (and resuming it would mix the two).
+    #[error(
+        "cohort {cohort}: run {run_id} in {dir} ran under another configuration or policy \
+         than this plan gives it (a changed config, a retrained policy file, an arm \
+         renamed onto another's name?): its result would not be this arm's. Remove \
+         that directory to run it again, or give the arm another name"
+    )]
+    Stale {
+        /// The cohort's name.
+        cohort: String,
+        /// The run.
+        run_id: String,
+        /// Its directory.
+        dir: PathBuf,
+    },
     /// The fleet could not take or return the runs.
     #[error(transparent)]
     Fleet(Box<crate::fleet::FleetError>),
@@ -189,6 +206,9 @@ pub struct PlannedRun {
     pub config: PathBuf,
     /// The run's directory.
     pub dir: PathBuf,
+    /// What the run is, as a digest ([`plan_digest`]): its resolved
+    /// configuration and, for a learned arm, its policy's weights.
+    pub plan: String,
 }
 
 /// `cohort.json` in a run directory: which cohort and arm the run belongs to.
@@ -203,6 +223,10 @@ pub struct Membership {
     pub kind: String,
     /// The run seed.
     pub seed: u64,
+    /// The plan's digest of the run ([`PlannedRun::plan`]); absent in runs
+    /// made before it was recorded, which are taken as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// The file a run directory names its cohort in.
@@ -286,13 +310,17 @@ impl CohortFile {
     /// Adds a `learned` arm named `name` running `policy` (greedy), its
     /// runs checking the file with the key from `key`, as if the file listed
     /// it (`esper policy eval`; `esper policy train` adds its overrides to
-    /// the arm returned). An arm of that name already there is an error.
+    /// the arm returned). The arm's runs take the invoking configuration's
+    /// `[tamiyo.learned]` settings that shape what the policy may do
+    /// (`max_live_seeds`, `blueprint_parameters`); the policy file,
+    /// exploration and sampling seed are the arm's own. An arm of that name
+    /// already there is an error.
     pub fn add_learned_arm(
         &mut self,
         name: &str,
         policy: &Path,
         key: &leyline::SecretSource,
-        blueprint_parameters: &BTreeMap<String, urza::Parameters>,
+        invoking: &tamiyo::LearnedConfig,
     ) -> Result<&mut Arm> {
         if self.arms.iter().any(|a| a.name() == name) {
             return Err(self.invalid(format!("arm {name} is listed twice")));
@@ -301,10 +329,15 @@ impl CohortFile {
             .map_err(|e| self.invalid(format!("the policy key cannot be written: {e}")))?;
         let mut learned = toml::Table::new();
         learned.insert("key".into(), key);
-        // The variants the policy germinates are part of what it decides:
-        // its runs germinate what the invoking configuration says.
-        if !blueprint_parameters.is_empty() {
-            let given = toml::Value::try_from(blueprint_parameters).map_err(|e| {
+        // How many seeds may live at once and which variant of a blueprint
+        // is germinated are part of what the policy decides under: its runs
+        // decide under what the invoking configuration says.
+        learned.insert(
+            "max_live_seeds".into(),
+            i64::from(invoking.max_live_seeds).into(),
+        );
+        if !invoking.blueprint_parameters.is_empty() {
+            let given = toml::Value::try_from(&invoking.blueprint_parameters).map_err(|e| {
                 self.invalid(format!("the blueprint parameters cannot be written: {e}"))
             })?;
             learned.insert("blueprint_parameters".into(), given);
@@ -467,24 +500,72 @@ impl CohortFile {
                 })?;
                 // Resolved as the worker will resolve it (with the
                 // environment a worker gets: no ESPER_* overrides).
-                crate::config::load(Some(&path), &worker_env(env)).map_err(|e| {
-                    CohortError::Config {
+                let config_error = |e| CohortError::Config {
+                    cohort: self.name.clone(),
+                    run_id: run_id.clone(),
+                    source: Box::new(e),
+                };
+                let resolved =
+                    crate::config::load(Some(&path), &worker_env(env)).map_err(config_error)?;
+                let plan = plan_digest(&resolved.config).map_err(config_error)?;
+                let dir = self.dir.join(&run_id);
+                if stale(&dir, &plan) {
+                    return Err(CohortError::Stale {
                         cohort: self.name.clone(),
-                        run_id: run_id.clone(),
-                        source: Box::new(e),
-                    }
-                })?;
+                        run_id,
+                        dir,
+                    });
+                }
                 runs.push(PlannedRun {
-                    dir: self.dir.join(&run_id),
+                    dir,
                     run_id,
                     arm: arm.name().to_owned(),
                     kind: arm.kind,
                     seed,
                     config: path,
+                    plan,
                 });
             }
         }
         Ok(runs)
+    }
+}
+
+/// A run's identity as a digest: its resolved configuration without
+/// `tolaria.cpu_threads` (how many threads a worker gets depends on
+/// `--jobs`, not on what the run is) and, under the learned controller, the
+/// weights digest its policy file states — so that a retrained policy at
+/// the same path is another run.
+pub fn plan_digest(
+    config: &crate::config::EsperConfig,
+) -> std::result::Result<String, crate::Error> {
+    let mut value = serde_json::to_value(config)
+        .map_err(|e| crate::Error::Runtime(format!("encoding the run's configuration: {e}")))?;
+    if let Some(tolaria) = value.get_mut("tolaria").and_then(|t| t.as_object_mut()) {
+        tolaria.remove("cpu_threads");
+    }
+    let mut text = value.to_string();
+    if let (tamiyo::Controller::Learned, Some(policy)) =
+        (config.tamiyo.controller, &config.tamiyo.learned.policy)
+    {
+        let weights = tamiyo::gnn::stated_weights_digest(policy)
+            .map_err(|e| crate::Error::Runtime(format!("tamiyo.learned.policy: {e}")))?;
+        text.push_str("\npolicy weights ");
+        text.push_str(&weights);
+    }
+    Ok(urza::artifact::sha256_hex(text.as_bytes()))
+}
+
+/// Whether `dir` holds a run recorded under a plan other than `plan` (a run
+/// recorded without one, or no run, is not stale).
+fn stale(dir: &Path, plan: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(MEMBERSHIP)) else {
+        return false;
+    };
+    match serde_json::from_str::<Membership>(&text) {
+        Ok(m) => m.plan.as_deref().is_some_and(|p| p != plan),
+        // Unreadable: the run directory's own checks say so when it runs.
+        Err(_) => false,
     }
 }
 

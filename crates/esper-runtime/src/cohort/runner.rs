@@ -4,7 +4,9 @@
 //! one that was interrupted continues from its newest valid checkpoint
 //! (a run's id is fixed, its checkpoints live in its directory and
 //! `tolaria.checkpoint.resume` is on). A failed run leaves `exit.json` with
-//! its exit code; its log is `<cohort home>/logs/<run id>.log`.
+//! its exit code; its log is `<cohort home>/logs/<run id>.log`. A run's
+//! `cohort.json` records its plan's digest: planning refuses a directory
+//! whose run was made under another plan (see [`super::CohortError::Stale`]).
 //!
 //! Workers hold their standard input open to this process and exit when it
 //! closes (`esper train --exit-with-stdin`), so killing the cohort process
@@ -117,6 +119,7 @@ pub fn membership_json(file: &CohortFile, run: &PlannedRun) -> String {
         arm: run.arm.clone(),
         kind: run.kind.as_str().to_owned(),
         seed: run.seed,
+        plan: Some(run.plan.clone()),
     };
     serde_json::to_string_pretty(&membership).unwrap_or_default()
 }

@@ -340,7 +340,7 @@ fn merging_replaces_leaves_and_merges_tables() {
 fn the_shipped_cohorts_load_and_every_run_resolves() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cohorts");
     let mut seen = 0;
-    for dir in [root.clone(), root.join("held-out")] {
+    for dir in [root.clone(), root.join("held-out"), root.join("confirm")] {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_owned();
@@ -373,8 +373,8 @@ fn the_shipped_cohorts_load_and_every_run_resolves() {
         }
     }
     assert_eq!(
-        seen, 6,
-        "cnn-impaired, mlp and cnn, and their held-out seeds"
+        seen, 7,
+        "cnn-impaired, mlp and cnn, their held-out seeds, and cnn-impaired's confirmation"
     );
 }
 
@@ -472,27 +472,95 @@ fn a_learned_arm_is_judged_against_the_heuristic_too() {
 }
 
 /// A learned arm added for `esper policy eval` or a training episode
-/// germinates the variants the invoking configuration names
-/// (`tamiyo.learned.blueprint_parameters`), not the blueprints' defaults.
+/// decides under the invoking configuration's `[tamiyo.learned]` limits:
+/// the variants it names (`blueprint_parameters`, not the blueprints'
+/// defaults) and `max_live_seeds`.
 #[test]
-fn an_added_learned_arm_carries_the_blueprint_parameters() {
+fn an_added_learned_arm_carries_the_invoking_learned_settings() {
     let mut file = load(FULL).unwrap();
     let key = leyline::SecretSource::File {
         path: "k.key".into(),
     };
+    let defaults = tamiyo::LearnedConfig::default();
     let plain = file
-        .add_learned_arm("plain", Path::new("p.safetensors"), &key, &BTreeMap::new())
+        .add_learned_arm("plain", Path::new("p.safetensors"), &key, &defaults)
         .unwrap();
     let learned = plain.config["tamiyo"]["learned"].as_table().unwrap();
     assert!(!learned.contains_key("blueprint_parameters"), "{learned:?}");
-    let given = BTreeMap::from([(
-        "conv.depthwise".to_string(),
-        urza::Parameters::from([("kernel_size".to_string(), 5.0)]),
-    )]);
+    assert_eq!(
+        learned["max_live_seeds"].as_integer(),
+        Some(2),
+        "{learned:?}"
+    );
+    let invoking = tamiyo::LearnedConfig {
+        max_live_seeds: 1,
+        blueprint_parameters: BTreeMap::from([(
+            "conv.depthwise".to_string(),
+            urza::Parameters::from([("kernel_size".to_string(), 5.0)]),
+        )]),
+        ..defaults
+    };
     let arm = file
-        .add_learned_arm("variant", Path::new("p.safetensors"), &key, &given)
+        .add_learned_arm("variant", Path::new("p.safetensors"), &key, &invoking)
         .unwrap();
-    let k =
-        &arm.config["tamiyo"]["learned"]["blueprint_parameters"]["conv.depthwise"]["kernel_size"];
+    let learned = &arm.config["tamiyo"]["learned"];
+    let k = &learned["blueprint_parameters"]["conv.depthwise"]["kernel_size"];
     assert_eq!(k.as_float(), Some(5.0), "{:?}", arm.config);
+    assert_eq!(
+        learned["max_live_seeds"].as_integer(),
+        Some(1),
+        "{learned:?}"
+    );
+    // The arm's runs resolve those settings, not the defaults.
+    let run = file.run_config(file.arm("variant").unwrap(), 20, 1);
+    let resolved: tamiyo::Config = run["tamiyo"].clone().try_into().unwrap();
+    assert_eq!(resolved.learned.max_live_seeds, 1);
+    assert_eq!(
+        resolved.learned.blueprint_parameters,
+        invoking.blueprint_parameters
+    );
+    assert!(resolved.learned.policy.is_some());
+}
+
+/// A run directory holding a run of another plan — the same arm name over
+/// another configuration, or a retrained policy — is refused before
+/// anything runs, naming the run, instead of being taken as this arm's
+/// result; the same plan (with another `--jobs`) and runs recorded before
+/// plans were are taken as they are.
+#[test]
+fn a_run_made_under_another_plan_is_refused_not_reused() {
+    let out = tempfile::tempdir().unwrap();
+    let cohort = |epochs: u32| {
+        let path = out.path().join(format!("c{epochs}.toml"));
+        let text = format!(
+            "name = \"t\"\nseeds = [1, 2, 3, 4, 5]\n[config.tolaria]\nhost = \"cnn-impaired\"\n\
+             epochs = {epochs}\n[[arm]]\nkind = \"heuristic\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let mut file = CohortFile::load(&path).unwrap();
+        file.dir = out.path().join("runs");
+        file
+    };
+    let file = cohort(1);
+    let plan = file.plan(1, &BTreeMap::new()).unwrap();
+    // The runner records each run's plan where it runs.
+    let run = &plan[0];
+    std::fs::create_dir_all(&run.dir).unwrap();
+    let membership = run.dir.join(MEMBERSHIP);
+    std::fs::write(&membership, runner::membership_json(&file, run)).unwrap();
+    let again = file.plan(2, &BTreeMap::new()).unwrap();
+    assert_eq!(again[0].plan, run.plan, "threads are not what the run is");
+
+    let err = cohort(2).plan(1, &BTreeMap::new()).unwrap_err();
+    assert!(
+        matches!(&err, CohortError::Stale { run_id, .. } if *run_id == run.run_id),
+        "{err}"
+    );
+    assert!(err.to_string().contains("Remove that directory"), "{err}");
+
+    let mut legacy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&membership).unwrap()).unwrap();
+    legacy.as_object_mut().unwrap().remove("plan");
+    std::fs::write(&membership, legacy.to_string()).unwrap();
+    cohort(2).plan(1, &BTreeMap::new()).unwrap();
 }

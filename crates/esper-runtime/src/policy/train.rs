@@ -168,7 +168,7 @@ pub(super) fn cohort(
             &format!("u{update}"),
             snapshot,
             super::key_source(resolved),
-            &resolved.config.tamiyo.learned.blueprint_parameters,
+            &resolved.config.tamiyo.learned,
         )
         .map_err(|e| fail(e.to_string()))?;
     let mut sampling = toml::Table::new();
@@ -713,6 +713,7 @@ mod halted {
             seed: 1,
             config: path.join("config.toml"),
             dir: path,
+            plan: String::new(),
         }
     }
 

@@ -185,15 +185,9 @@ pub fn save_policy(
     Ok(manifest)
 }
 
-/// Reads, verifies and instantiates the policy at `path` for a run whose
-/// graph schema is `schema`.
-pub fn load_policy(
-    path: &Path,
-    key: &leyline::security::SigningKey,
-    schema: &GraphSchema,
-) -> Result<(GnnModel, PolicyManifest)> {
-    let bytes = std::fs::read(path).map_err(crate::framing::io("reading policy", path))?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+/// The manifest text and signature in a policy file's safetensors header.
+fn header(path: &Path, bytes: &[u8]) -> Result<(String, Vec<u8>)> {
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| problem(path, format!("not a safetensors file: {e}")))?;
     let meta = metadata
         .metadata()
@@ -203,9 +197,35 @@ pub fn load_policy(
         meta.get(key)
             .ok_or_else(|| problem(path, format!("header field `{key}` is missing")))
     };
-    let text = field(KEY_MANIFEST)?;
+    let text = field(KEY_MANIFEST)?.clone();
     let signature = urza::unhex(field(KEY_SIGNATURE)?)
         .ok_or_else(|| problem(path, "the signature is not hex"))?;
+    Ok((text, signature))
+}
+
+/// The weights digest `path`'s manifest states (`weights_sha256`), read
+/// without verifying the file's signature: it tells which network a file
+/// holds — whether a file re-saved with a new manifest (a resumed training's
+/// snapshot) or replaced by another training holds the same weights — and
+/// trusts nothing; [`load_policy`] verifies before a run uses the file.
+pub fn stated_weights_digest(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(crate::framing::io("reading policy", path))?;
+    let (text, _) = header(path, &bytes)?;
+    let manifest: PolicyManifest =
+        serde_json::from_str(&text).map_err(|e| problem(path, format!("manifest: {e}")))?;
+    Ok(manifest.weights_sha256)
+}
+
+/// Reads, verifies and instantiates the policy at `path` for a run whose
+/// graph schema is `schema`.
+pub fn load_policy(
+    path: &Path,
+    key: &leyline::security::SigningKey,
+    schema: &GraphSchema,
+) -> Result<(GnnModel, PolicyManifest)> {
+    let bytes = std::fs::read(path).map_err(crate::framing::io("reading policy", path))?;
+    let (text, signature) = header(path, &bytes)?;
+    let text = text.as_str();
     if !leyline::security::domain_mac_valid(key, DOMAIN, text.as_bytes(), &signature) {
         return Err(problem(
             path,
@@ -412,5 +432,29 @@ mod tests {
             }
             other => panic!("not refused: {:?}", other.map(|(_, m)| m)),
         }
+    }
+
+    /// The stated weights digest names the network, not the file: a re-save
+    /// with another manifest (a resumed training's snapshot) keeps it, other
+    /// weights change it, and a file that is not a policy is an error.
+    #[test]
+    fn the_stated_weights_digest_follows_the_weights_not_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, model) = saved(dir.path());
+        let first = stated_weights_digest(&path).unwrap();
+        assert_eq!(first.len(), 64, "{first}");
+        let mut manifest = PolicyManifest::new(8, &GraphSchema::default(), Normalisers::new(0.05));
+        manifest.training_step = 13;
+        manifest.provenance = "re-saved".into();
+        save_policy(&path, &model, &manifest, &key(2)).unwrap();
+        assert_eq!(stated_weights_digest(&path).unwrap(), first);
+        let other = GnnModel::new(GnnConfig { hidden: 8 }, 4).unwrap();
+        save_policy(&path, &other, &manifest, &key(1)).unwrap();
+        assert_ne!(stated_weights_digest(&path).unwrap(), first);
+        std::fs::write(&path, b"not a policy").unwrap();
+        assert!(matches!(
+            stated_weights_digest(&path),
+            Err(Error::PolicyFile { .. })
+        ));
     }
 }

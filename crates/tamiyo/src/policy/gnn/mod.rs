@@ -25,7 +25,9 @@ mod evaluate;
 mod file;
 mod mask;
 pub use evaluate::Evaluation;
-pub use file::{POLICY_FORMAT, PolicyManifest, load_policy, save_policy, schema_hash};
+pub use file::{
+    POLICY_FORMAT, PolicyManifest, load_policy, save_policy, schema_hash, stated_weights_digest,
+};
 pub use mask::mask_for;
 
 /// Blend modes the blend head chooses between, in head order.
