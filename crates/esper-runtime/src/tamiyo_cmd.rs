@@ -19,8 +19,9 @@
 //!
 //! With `[runtime] listen`, the process serves `/metrics` (its counters:
 //! `tamiyo_policy_reloads_total`, `tamiyo_grpc_steps_total`,
-//! `tamiyo_grpc_rejected_total`, the blueprint cache's `urza_cache_*`), `/healthz`, and `/readyz` (ready while the
-//! gRPC service accepts sessions), like `esper train`.
+//! `tamiyo_grpc_rejected_total`, the blueprint cache's `urza_cache_*`),
+//! `/healthz`, and `/readyz` (ready while the gRPC service accepts
+//! sessions), like `esper train`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
